@@ -1,0 +1,44 @@
+# The two commands of the README. Both work on a fresh machine: they create .venv, install the
+# package, and make sure the default dataset (Fashion-MNIST from Debian's package) is present.
+PY        ?= python3
+VENV      ?= .venv
+BIN       := $(VENV)/bin
+FMNIST    := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+# torch/torchvision pinned to the builds that carry a working torchvision on this platform.
+TORCH     ?= torch==2.14.1 torchvision==0.29.1
+RUN_OUT   ?= runs/quickstart
+
+.PHONY: run test setup data lint bench clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+setup: $(VENV)/.installed
+
+# The embedded default dataset. Needs root (as on CI) or an existing install; DEMEM_DATA overrides.
+data:
+	@if [ -n "$$DEMEM_DATA" ] || [ -f $(FMNIST) ]; then true; \
+	elif [ "$$(id -u)" = 0 ]; then apt-get update -q && apt-get install -y -q dataset-fashion-mnist; \
+	else echo "Fashion-MNIST missing: run 'sudo apt-get install -y dataset-fashion-mnist' or set DEMEM_DATA"; exit 1; fi
+
+run: setup data
+	$(BIN)/demem train --dataset fashion-mnist --arch small-cnn --method pgd_at --pool-size 4000 \
+		--epochs 3 --n-models 2 --model-index 0 --seed 0 --out $(RUN_OUT) --resume
+
+test: setup data
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check .
+
+bench: setup data
+	$(BIN)/python benchmarks/bench_train.py
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,226 @@
+"""Evasion attacks in pixel space: FGSM, PGD (L-inf / L2, CE or CW-margin loss), AutoAttack.
+
+Every attack is a function `attack(model, x, y, cfg, generator=None) -> x_adv` of tensors plus a
+frozen `AttackConfig`. Images are pixels in [0, 1]; the model normalises internally
+(`demem.models.Normalized`). Attacks run the model in eval mode (so BatchNorm statistics are neither
+used from the batch nor updated) and put it back in the mode it was in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from demem.registry import Registry
+
+ATTACKS: Registry[Callable[..., torch.Tensor]] = Registry("attack")
+NORMS = ("linf", "l2")
+LOSSES = ("ce", "cw")
+
+
+@dataclass(frozen=True)
+class AttackConfig:
+    """One attack's settings.
+
+    Attributes:
+        name: registered attack: "pgd", "fgsm" or "autoattack".
+        eps: radius in the attack's norm, in pixel units of [0, 1] images (8/255 ~ 0.031 for CIFAR).
+        norm: "linf" or "l2".
+        steps: PGD iterations (ignored by FGSM).
+        step_size: per-step move in pixel units; None means 2.5 * eps / steps (Madry et al.), which is
+            the reference code's 1/255 for PGD-20 at eps 8/255.
+        loss: "ce" (cross-entropy) or "cw" (Carlini-Wagner margin, max_{j != y} z_j - z_y).
+        random_start: start from a uniform point in the eps-ball (PGD).
+        keep_best: evaluation mode: a sample that any iterate misclassified is returned at that
+            iterate, so more steps can never make the model look more robust on the same start.
+            Training wants the last iterate (False).
+    """
+
+    name: str = "pgd"
+    eps: float = 8 / 255
+    norm: str = "linf"
+    steps: int = 10
+    step_size: float | None = None
+    loss: str = "ce"
+    random_start: bool = True
+    keep_best: bool = False
+
+    def __post_init__(self) -> None:
+        ATTACKS.check(self.name)
+        if not self.eps > 0:
+            raise ValueError(f"attack.eps must be > 0, got {self.eps}")
+        if self.norm not in NORMS:
+            raise ValueError(f"attack.norm must be one of {NORMS}, got {self.norm!r}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"attack.loss must be one of {LOSSES}, got {self.loss!r}")
+        if self.steps < 1:
+            raise ValueError(f"attack.steps must be >= 1, got {self.steps}")
+        if self.step_size is not None and not self.step_size > 0:
+            raise ValueError(f"attack.step_size must be > 0 or None, got {self.step_size}")
+
+    @property
+    def alpha(self) -> float:
+        """The step size actually used."""
+        return self.step_size if self.step_size is not None else 2.5 * self.eps / self.steps
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Run `model` in eval mode and restore its previous mode afterwards, even on error."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def attack_loss(logits: torch.Tensor, y: torch.Tensor, kind: str) -> torch.Tensor:
+    """Per-sample loss the attacker maximises. logits: (B, K), y: (B,). Returns (B,)."""
+    logits = logits.float()
+    if kind == "ce":
+        return F.cross_entropy(logits, y, reduction="none")
+    true = logits.gather(1, y[:, None]).squeeze(1)
+    other = logits.masked_fill(F.one_hot(y, logits.shape[1]).bool(), float("-inf"))
+    return other.amax(1) - true
+
+
+def _per_sample_norm(t: torch.Tensor) -> torch.Tensor:
+    """L2 norm of each sample, shaped (B, 1, 1, 1) for broadcasting."""
+    return t.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (t.dim() - 1)))
+
+
+def project(delta: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
+    """Project perturbations onto the eps-ball of `norm`."""
+    if norm == "linf":
+        return delta.clamp(-eps, eps)
+    return delta * (eps / _per_sample_norm(delta)).clamp(max=1.0)
+
+
+def random_init(x: torch.Tensor, eps: float, norm: str, generator: torch.Generator | None) -> torch.Tensor:
+    """A random perturbation inside the eps-ball: uniform per coordinate (L-inf) or a uniform
+    direction with radius uniform in [0, eps] (L2)."""
+    if norm == "linf":
+        u = torch.rand(x.shape, device=x.device, dtype=x.dtype, generator=generator)
+        return (2 * u - 1) * eps
+    d = torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=generator)
+    r = torch.rand((x.shape[0],) + (1,) * (x.dim() - 1), device=x.device, dtype=x.dtype, generator=generator)
+    return d / _per_sample_norm(d) * r * eps
+
+
+def _ascent_direction(grad: torch.Tensor, norm: str) -> torch.Tensor:
+    return grad.sign() if norm == "linf" else grad / _per_sample_norm(grad)
+
+
+@ATTACKS.register("pgd")
+def pgd(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    cfg: AttackConfig,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Projected gradient ascent on the attack loss (Madry et al. 2018).
+
+    Args:
+        model: maps (B, C, H, W) pixels in [0, 1] to (B, K) logits.
+        x: (B, C, H, W) clean images in [0, 1].
+        y: (B,) int64 labels.
+        cfg: attack settings.
+        generator: RNG for the random start, for reproducible attacks.
+
+    Returns:
+        (B, C, H, W) adversarial images, detached, with ||x_adv - x|| <= eps in cfg.norm and values
+        in [0, 1].
+    """
+    x = x.detach()
+    delta = random_init(x, cfg.eps, cfg.norm, generator) if cfg.random_start else torch.zeros_like(x)
+    delta = (x + delta).clamp(0, 1) - x
+    fooled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+    best = x.clone() if cfg.keep_best else None
+    with eval_mode(model):
+        for _ in range(cfg.steps):
+            delta.requires_grad_(True)
+            logits = model(x + delta)
+            loss = attack_loss(logits, y, cfg.loss)
+            (grad,) = torch.autograd.grad(loss.sum(), delta)
+            with torch.no_grad():
+                if best is not None:
+                    _record_fooled(logits, y, x + delta, fooled, best)
+                delta = project(delta + cfg.alpha * _ascent_direction(grad, cfg.norm), cfg.eps, cfg.norm)
+                delta = (x + delta).clamp(0, 1) - x
+        x_adv = (x + delta).detach()
+        if best is not None:
+            with torch.no_grad():
+                _record_fooled(model(x_adv), y, x_adv, fooled, best)
+                x_adv = torch.where(fooled.view(-1, 1, 1, 1), best, x_adv)
+    return x_adv
+
+
+def _record_fooled(logits: torch.Tensor, y: torch.Tensor, x_cur: torch.Tensor, fooled: torch.Tensor,
+                   best: torch.Tensor) -> None:
+    """Remember, in place, the first iterate at which each sample was misclassified."""
+    newly = (logits.argmax(1) != y) & ~fooled
+    best[newly] = x_cur.detach()[newly]
+    fooled |= newly
+
+
+@ATTACKS.register("fgsm")
+def fgsm(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    cfg: AttackConfig,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Fast gradient sign method (Goodfellow et al. 2015): one full step of size eps from x
+    (L2: one step of length eps along the normalised gradient). No random start."""
+    x = x.detach()
+    with eval_mode(model):
+        xr = x.clone().requires_grad_(True)
+        loss = attack_loss(model(xr), y, cfg.loss)
+        (grad,) = torch.autograd.grad(loss.sum(), xr)
+    delta = project(cfg.eps * _ascent_direction(grad, cfg.norm), cfg.eps, cfg.norm)
+    return (x + delta).clamp(0, 1).detach()
+
+
+@ATTACKS.register("autoattack")
+def autoattack(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    cfg: AttackConfig,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Standard AutoAttack (Croce & Hein 2020) through torchattacks (`pip install 'demem[autoattack]'`)."""
+    try:
+        import torchattacks
+    except ImportError as e:  # an optional extra: say exactly how to get it
+        raise ImportError(
+            "AutoAttack needs torchattacks: pip install 'demem[autoattack]' (or pip install torchattacks)"
+        ) from e
+    with eval_mode(model):
+        n_classes = model(x[:1]).shape[1]
+        seed = 0 if generator is None else int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+        atk = torchattacks.AutoAttack(
+            model, norm="Linf" if cfg.norm == "linf" else "L2", eps=cfg.eps, version="standard",
+            n_classes=n_classes, seed=seed,
+        )
+        x_adv = atk(x.detach(), y)
+    return x_adv.detach()
+
+
+def run_attack(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    cfg: AttackConfig,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Dispatch to the attack that `cfg.name` names."""
+    return ATTACKS.get(cfg.name)(model, x, y, cfg, generator=generator)

@@ -1,0 +1,206 @@
+"""The `demem` command line. `demem train` trains and evaluates one model of a group, no cluster needed.
+
+Commands that need Ray (run, resume, status, ...) live in `orchestrator/` and are added there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from demem import __version__
+from demem.attacks import LOSSES as ATTACK_LOSSES
+from demem.attacks import NORMS as ATTACK_NORMS
+from demem.demem import RISKS, THRESHOLD_MODES
+from demem.models import NORMS
+from demem.train import SCHEDULES, SPLITS
+
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist (default), mnist, cifar10, cifar100, svhn")
+    g.add_argument("--data-root", default=None, help="directory holding the dataset files (else $DEMEM_DATA, ...)")
+    g.add_argument("--download", action="store_true", help="let torchvision download a missing dataset")
+    g.add_argument("--pool-size", type=int, default=None, help="subsample the merged train+test pool to this size")
+    g.add_argument("--pool-seed", type=int, default=0, help="seed of the pool subsample and of the keep mask")
+    g.add_argument("--splits", default="train+test", choices=SPLITS)
+    g = p.add_argument_group("group membership")
+    g.add_argument("--n-models", type=int, default=2, help="models in the group (M); each trains on half the pool")
+    g.add_argument("--model-index", type=int, default=0, help="which of the M models to train, 0..M-1")
+    g.add_argument("--seed", type=int, default=0, help="training seed (init, batch order, attacks)")
+    g = p.add_argument_group("model and optimisation")
+    g.add_argument("--arch", default="small-cnn")
+    g.add_argument("--norm", default="batch", choices=NORMS)
+    g.add_argument("--epochs", type=int, default=None, help="default: per dataset (15 for (fashion-)mnist)")
+    g.add_argument("--batch-size", type=int, default=256)
+    g.add_argument("--lr", type=float, default=0.1)
+    g.add_argument("--weight-decay", type=float, default=5e-4)
+    g.add_argument("--schedule", default="step", choices=SCHEDULES)
+    g.add_argument("--no-augment", action="store_true", help="train without random crops and flips")
+    g = p.add_argument_group("method")
+    g.add_argument("--method", default="pgd_at", help="standard, pgd_at, trades, mart, fgsm_rs")
+    g.add_argument("--beta", type=float, default=None, help="TRADES / MART robustness weight (default 6 / 5)")
+    g.add_argument("--awp-gamma", type=float, default=0.0, help="AWP size for pgd_at / trades (0 = off)")
+    g.add_argument("--eps", type=float, default=None, help="attack radius (default: per dataset)")
+    g.add_argument("--attack-norm", default="linf", choices=ATTACK_NORMS)
+    g.add_argument("--train-attack-steps", type=int, default=3)
+    g.add_argument("--train-attack-step", type=float, default=None, help="default 1.25 * eps / steps")
+    g = p.add_argument_group("DeMem")
+    g.add_argument("--demem-lambda", type=float, default=0.0, help="penalty weight, >= 0 (0 = off)")
+    g.add_argument("--demem-threshold", type=float, default=0.0, help="risk threshold tau in [0, 1)")
+    g.add_argument("--demem-risk", default="loss_deviation", choices=RISKS)
+    g.add_argument("--demem-risk-file", default=None, help="per-sample memorization table (risk 'memorization')")
+    g.add_argument("--demem-threshold-mode", default="quantile", choices=THRESHOLD_MODES)
+    g = p.add_argument_group("evaluation")
+    g.add_argument("--eval-attack-steps", type=int, default=20)
+    g.add_argument("--eval-attack-loss", default="ce", choices=ATTACK_LOSSES)
+    g.add_argument("--autoattack", action="store_true", help="also AutoAttack (needs demem[autoattack])")
+    g = p.add_argument_group("output")
+    g.add_argument("--out", required=True, help="directory for config, checkpoint, statistics and metrics")
+    g.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1, ...")
+    g.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    g.add_argument("--json", action="store_true", help="print the final metrics as JSON on the last stdout line")
+
+
+def run_dict_from_args(a: argparse.Namespace) -> dict[str, Any]:
+    """The RunConfig dict the `train` flags describe."""
+    attack: dict[str, Any] = {"norm": a.attack_norm, "steps": a.train_attack_steps}
+    evals: dict[str, Any] = {"norm": a.attack_norm, "steps": a.eval_attack_steps, "loss": a.eval_attack_loss}
+    if a.eps is not None:
+        attack["eps"] = evals["eps"] = a.eps
+    if a.train_attack_step is not None:
+        attack["step_size"] = a.train_attack_step
+    return {
+        "data": {"dataset": a.dataset, "pool_size": a.pool_size, "pool_seed": a.pool_seed, "splits": a.splits,
+                 "root": a.data_root, "download": a.download},
+        "train": {"arch": a.arch, "norm": a.norm, "epochs": a.epochs, "batch_size": a.batch_size, "lr": a.lr,
+                  "weight_decay": a.weight_decay, "schedule": a.schedule, "augment": not a.no_augment},
+        "method": {"name": a.method, "beta": a.beta, "awp_gamma": a.awp_gamma},
+        "attack": attack,
+        "eval": {"attack": evals, "autoattack": a.autoattack},
+        "demem": {"lambda": a.demem_lambda, "risk_threshold": a.demem_threshold, "risk": a.demem_risk,
+                  "risk_file": a.demem_risk_file, "threshold_mode": a.demem_threshold_mode},
+        "n_models": a.n_models, "model_index": a.model_index, "seed": a.seed,
+    }
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def _write_npz(path: Path, **arrays: np.ndarray) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".npz")
+    os.close(fd)
+    np.savez_compressed(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    from demem.train import RunConfig, resolve_device
+
+    try:
+        run = RunConfig.from_dict(run_dict_from_args(a))
+        device = resolve_device(a.device)
+    except ValueError as e:
+        print(f"demem train: {e}", file=sys.stderr)
+        return 2
+    out = Path(a.out)
+    if not a.resume and ((out / "metrics.json").exists() or (out / "checkpoint.pt").exists()):
+        print(f"demem train: {out} already holds a run; pass --resume to continue it or choose another --out",
+              file=sys.stderr)
+        return 2
+
+    from demem.data import DatasetNotFoundError
+    from demem.evaluate import evaluate_heldout, sample_statistics
+    from demem.train import CHECKPOINT, prepare
+
+    log = sys.stderr if a.json else sys.stdout
+    try:
+        state = prepare(run, device)
+    except (DatasetNotFoundError, FileNotFoundError, ValueError) as e:
+        print(f"demem train: {e}", file=sys.stderr)
+        return 2
+    out.mkdir(parents=True, exist_ok=True)
+    if a.resume and (out / CHECKPOINT).exists():
+        try:
+            state.load(out)
+        except ValueError as e:
+            print(f"demem train: {out / CHECKPOINT}: {e}", file=sys.stderr)
+            return 2
+        print(f"resumed from {out / CHECKPOINT} at epoch {state.epoch}/{run.train.epochs}", file=log)
+    provenance = {"demem_version": __version__, "pool_fingerprint": state.pool.fingerprint(),
+                  "pool_size": state.pool.n, "n_train": int(state.keep.sum()), "device": str(device),
+                  "python": platform.python_version(), "schema_version": 1}
+    _write_json(out / "config.json", {"run": run.to_dict(), **provenance})
+    np.save(out / "keep.npy", state.keep)
+    print(f"training {run.method.name} ({run.train.arch}) on {state.pool.info.name}: model "
+          f"{run.model_index}/{run.n_models}, {int(state.keep.sum())} of {state.pool.n} pool samples, "
+          f"{run.train.epochs} epochs, eps {run.attack.eps:.4g}, DeMem lambda {run.demem.lam:g} "
+          f"tau {run.demem.risk_threshold:g}, device {device}", file=log)
+    t0 = time.perf_counter()
+    try:
+        for m in _epochs(state, out):
+            print(f"epoch {m['epoch']:>3}/{run.train.epochs}  loss {m['train_loss']:.4f}  "
+                  f"penalty {m['penalty']:.4f}  train acc {m['train_acc']:.3f}  lr {m['lr']:.4g}  "
+                  f"{m['seconds']:.1f}s ({m['samples_per_s']:.0f} samples/s)", file=log, flush=True)
+    except FloatingPointError as e:
+        print(f"demem train: {e}", file=sys.stderr)
+        return 1
+    train_s = time.perf_counter() - t0
+    print("evaluating on held-out samples ...", file=log, flush=True)
+    ev = evaluate_heldout(state.model, state.pool, state.keep, run.eval, device=device, seed=run.seed)
+    stats = sample_statistics(state.model, state.pool, device=device)
+    _write_npz(out / "samples.npz", keep=state.keep, **stats)
+    last = state.history[-1] if state.history else {}
+    metrics = {**provenance, **ev, "train_loss": last.get("train_loss"), "train_acc": last.get("train_acc"),
+               "epochs_done": state.epoch, "train_seconds": train_s, "history": state.history,
+               "run_id": f"{run.seed}-{run.model_index}", "status": "done"}
+    _write_json(out / "metrics.json", metrics)
+    aa = f"  AutoAttack {ev['robust_acc_aa']:.4f}" if ev["robust_acc_aa"] is not None else ""
+    print(f"held-out ({ev['n_heldout']} samples): natural acc {ev['natural_acc']:.4f}  "
+          f"PGD-{run.eval.attack.steps} acc {ev['robust_acc_pgd']:.4f}{aa}", file=log)
+    print(f"wrote {out}/{{config.json, checkpoint.pt, keep.npy, samples.npz, metrics.json}}", file=log)
+    if a.json:
+        print(json.dumps({k: v for k, v in metrics.items() if k != "history"}, sort_keys=True))
+    return 0
+
+
+def _epochs(state, out: Path):
+    from demem.train import epochs
+
+    for m in epochs(state):
+        state.save(out)  # every epoch: an interrupted run resumes with --resume
+        yield m
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="demem", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="version", version=f"demem {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="train and evaluate one model of a group",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    _add_train_args(t)
+    t.set_defaults(func=cmd_train)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

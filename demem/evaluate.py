@@ -1,0 +1,116 @@
+"""Evaluation of a trained model: accuracy (natural, PGD, AutoAttack) on its held-out pool samples,
+and the per-sample statistics of the whole pool that the privacy audit needs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from demem.attacks import AttackConfig, eval_mode, run_attack
+from demem.data import Pool
+from demem.train import EvalConfig, autocast
+
+
+def logit_scaled_confidence(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """phi = log p_y - log(1 - p_y), computed as z_y - logsumexp_{j != y} z_j.
+
+    This is exact and never takes log(0): a confident model gives a large finite phi where the
+    naive formula would give inf. logits: (B, K), y: (B,). Returns (B,) float32.
+    """
+    logits = logits.float()
+    true = logits.gather(1, y[:, None]).squeeze(1)
+    others = logits.masked_fill(F.one_hot(y, logits.shape[1]).bool(), float("-inf"))
+    return true - torch.logsumexp(others, dim=1)
+
+
+def _chunks(n: int, batch_size: int) -> Iterator[slice]:
+    for start in range(0, n, batch_size):
+        yield slice(start, min(start + batch_size, n))
+
+
+def _to_float(x_u8: torch.Tensor, device: torch.device) -> torch.Tensor:
+    x = x_u8.to(device, non_blocking=True).float().div_(255)
+    return x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x
+
+
+def accuracy(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    device: torch.device,
+    batch_size: int = 500,
+    attack: AttackConfig | None = None,
+    generator: torch.Generator | None = None,
+) -> float:
+    """Top-1 accuracy on (N, C, H, W) uint8 images, optionally under `attack`. Returns a fraction."""
+    correct = 0
+    with eval_mode(model):
+        for sl in _chunks(images.shape[0], batch_size):
+            x = _to_float(images[sl], device)
+            y = labels[sl].to(device)
+            with autocast(device):
+                if attack is not None:
+                    x = run_attack(model, x, y, attack, generator=generator)
+                with torch.no_grad():
+                    correct += int((model(x).argmax(1) == y).sum())
+    return correct / max(images.shape[0], 1)
+
+
+def evaluate_heldout(
+    model: nn.Module, pool: Pool, keep: np.ndarray, cfg: EvalConfig, *, device: torch.device, seed: int = 0
+) -> dict[str, float | int | None]:
+    """Natural and robust accuracy on the samples this model did not train on (keep == 0).
+
+    The attack RNG is seeded from `seed` alone, so the numbers do not depend on what ran before.
+    """
+    idx = torch.from_numpy(np.flatnonzero(~keep))
+    x, y = pool.images[idx], pool.labels[idx]
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seed)
+    out: dict[str, float | int | None] = {
+        "n_heldout": int(idx.numel()),
+        "natural_acc": accuracy(model, x, y, device=device, batch_size=cfg.batch_size),
+        "robust_acc_pgd": accuracy(model, x, y, device=device, batch_size=cfg.batch_size, attack=cfg.attack,
+                                   generator=gen),
+        "robust_acc_aa": None,
+    }
+    if cfg.autoattack:
+        n = min(cfg.autoattack_samples, x.shape[0])
+        aa = AttackConfig(name="autoattack", eps=cfg.attack.eps, norm=cfg.attack.norm)
+        out["robust_acc_aa"] = accuracy(model, x[:n], y[:n], device=device, batch_size=cfg.batch_size,
+                                        attack=aa, generator=gen)
+        out["n_autoattack"] = n
+    return out
+
+
+def sample_statistics(
+    model: nn.Module, pool: Pool, *, device: torch.device, batch_size: int = 1000
+) -> dict[str, np.ndarray]:
+    """Per-sample membership signals of the model on the WHOLE pool, in pool order.
+
+    Returns:
+        sample_id (N,) int64, phi (N,) float32 logit-scaled confidence, loss (N,) float32 CE,
+        correct (N,) bool.
+    """
+    phi, loss, correct = [], [], []
+    with eval_mode(model), torch.no_grad():
+        for sl in _chunks(pool.n, batch_size):
+            x = _to_float(pool.images[sl], device)
+            y = pool.labels[sl].to(device)
+            with autocast(device):
+                logits = model(x).float()
+            phi.append(logit_scaled_confidence(logits, y).cpu())
+            loss.append(F.cross_entropy(logits, y, reduction="none").cpu())
+            correct.append((logits.argmax(1) == y).cpu())
+    return {
+        "sample_id": pool.sample_ids.numpy().astype(np.int64),
+        "phi": torch.cat(phi).numpy().astype(np.float32),
+        "loss": torch.cat(loss).numpy().astype(np.float32),
+        "correct": torch.cat(correct).numpy(),
+    }

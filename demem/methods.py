@@ -1,0 +1,278 @@
+"""Training objectives per batch: standard, PGD-AT, TRADES, MART, FGSM-RS, optionally with AWP, and
+with the DeMem penalty on top of any of them.
+
+A method is two functions of tensors plus configs:
+    generate(model, x, y, attack, cfg, generator) -> x_adv or None   (the examples it trains on)
+    loss(model, x, x_adv, y, cfg) -> MethodOutput                     (scalar loss + per-sample CE)
+The split lets Adversarial Weight Perturbation (AWP) reuse a method's loss to perturb the weights
+between generating the examples and taking the step.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from demem import demem as demem_penalty
+from demem.attacks import AttackConfig, eval_mode, pgd, project
+from demem.demem import DeMemConfig
+from demem.registry import Registry
+
+
+class MethodOutput(NamedTuple):
+    loss: torch.Tensor  # () the method's own objective L_method
+    per_sample: torch.Tensor  # (B,) CE on the examples the method attacks with (clean for standard)
+    logits: torch.Tensor  # (B, K) the logits behind per_sample, for training accuracy
+
+
+@dataclass(frozen=True)
+class Method:
+    generate: Callable[..., torch.Tensor | None]
+    loss: Callable[..., MethodOutput]
+    default_beta: float | None = None  # methods with a robustness weight
+    supports_awp: bool = False
+
+
+METHODS: Registry[Method] = Registry("method")
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """Training-method settings.
+
+    Attributes:
+        name: one of METHODS (standard, pgd_at, trades, mart, fgsm_rs).
+        beta: robustness weight of TRADES (default 6) and MART (default 5); None takes the default.
+        awp_gamma: AWP weight-perturbation size relative to each layer's weight norm (Wu et al. 2020;
+            0.01 for PGD-AT, 0.005 for TRADES in the reference); 0 disables AWP.
+        awp_warmup: epochs trained without AWP before it starts.
+    """
+
+    name: str = "pgd_at"
+    beta: float | None = None
+    awp_gamma: float = 0.0
+    awp_warmup: int = 0
+
+    def __post_init__(self) -> None:
+        method = METHODS.get(self.name)
+        if self.beta is not None:
+            if method.default_beta is None:
+                raise ValueError(f"method.beta is not used by {self.name!r}; only by trades and mart")
+            if not self.beta >= 0:
+                raise ValueError(f"method.beta must be >= 0, got {self.beta}")
+        if not self.awp_gamma >= 0:
+            raise ValueError(f"method.awp_gamma must be >= 0, got {self.awp_gamma}")
+        if self.awp_gamma > 0 and not method.supports_awp:
+            allowed = [n for n in METHODS if METHODS.get(n).supports_awp]
+            raise ValueError(f"AWP (method.awp_gamma > 0) works with {allowed}, not {self.name!r}")
+        if self.awp_warmup < 0:
+            raise ValueError(f"method.awp_warmup must be >= 0, got {self.awp_warmup}")
+
+    @property
+    def beta_value(self) -> float:
+        if self.beta is not None:
+            return self.beta
+        return METHODS.get(self.name).default_beta or 0.0
+
+    @property
+    def adversarial(self) -> bool:
+        return self.name != "standard"
+
+
+def _ce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits.float(), y, reduction="none")
+
+
+# --- standard -------------------------------------------------------------------------------------
+
+
+def _no_attack(model, x, y, attack, cfg, generator=None):
+    return None
+
+
+def _clean_loss(model, x, x_adv, y, cfg) -> MethodOutput:
+    logits = model(x).float()
+    ce = _ce(logits, y)
+    return MethodOutput(ce.mean(), ce, logits)
+
+
+METHODS.register("standard")(Method(_no_attack, _clean_loss))
+
+
+# --- PGD-AT (Madry et al. 2018) and FGSM-RS (Wong et al. 2020) -------------------------------------
+
+
+def _pgd_examples(model, x, y, attack: AttackConfig, cfg, generator=None):
+    return pgd(model, x, y, attack, generator=generator)
+
+
+def _fgsm_rs_examples(model, x, y, attack: AttackConfig, cfg, generator=None):
+    # Fast AT is one PGD step from a uniform random start with step 1.25 * eps.
+    fast = AttackConfig(eps=attack.eps, norm=attack.norm, steps=1, step_size=1.25 * attack.eps,
+                        loss="ce", random_start=True)
+    return pgd(model, x, y, fast, generator=generator)
+
+
+def _adv_ce_loss(model, x, x_adv, y, cfg) -> MethodOutput:
+    logits = model(x_adv).float()
+    ce = _ce(logits, y)
+    return MethodOutput(ce.mean(), ce, logits)
+
+
+METHODS.register("pgd_at")(Method(_pgd_examples, _adv_ce_loss, supports_awp=True))
+METHODS.register("fgsm_rs")(Method(_fgsm_rs_examples, _adv_ce_loss))
+
+
+# --- TRADES (Zhang et al. 2019) -----------------------------------------------------------------
+
+
+def _kl_per_sample(logits_p_ref: torch.Tensor, logits_q: torch.Tensor) -> torch.Tensor:
+    """KL(softmax(ref) || softmax(q)) per sample. Shapes (B, K) -> (B,)."""
+    log_p = F.log_softmax(logits_p_ref.float(), dim=1)
+    log_q = F.log_softmax(logits_q.float(), dim=1)
+    return (log_p.exp() * (log_p - log_q)).sum(1)
+
+
+def _trades_examples(model, x, y, attack: AttackConfig, cfg, generator=None):
+    """Maximise KL(p(x) || p(x')) over the eps-ball from a tiny Gaussian start, as TRADES does."""
+    x = x.detach()
+    with eval_mode(model):
+        with torch.no_grad():
+            ref = model(x).float()
+        noise = torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=generator)
+        delta = project(0.001 * noise, attack.eps, attack.norm)
+        for _ in range(attack.steps):
+            delta.requires_grad_(True)
+            kl = _kl_per_sample(ref, model((x + delta).clamp(0, 1))).sum()
+            (grad,) = torch.autograd.grad(kl, delta)
+            with torch.no_grad():
+                step = grad.sign() if attack.norm == "linf" else grad / grad.flatten(1).norm(dim=1).clamp_min(
+                    1e-12).view(-1, 1, 1, 1)
+                delta = project(delta + attack.alpha * step, attack.eps, attack.norm)
+                delta = (x + delta).clamp(0, 1) - x
+    return (x + delta).detach()
+
+
+def _trades_loss(model, x, x_adv, y, cfg) -> MethodOutput:
+    # CE(clean) + beta * KL(p_clean || p_adv), batch-mean, as in the authors' implementation.
+    logits_clean = model(x).float()
+    logits_adv = model(x_adv).float()
+    loss = F.cross_entropy(logits_clean, y) + cfg.beta_value * _kl_per_sample(logits_clean, logits_adv).mean()
+    return MethodOutput(loss, _ce(logits_adv, y), logits_adv)
+
+
+METHODS.register("trades")(Method(_trades_examples, _trades_loss, default_beta=6.0, supports_awp=True))
+
+
+# --- MART (Wang et al. 2020) ---------------------------------------------------------------------
+
+
+def _mart_loss(model, x, x_adv, y, cfg) -> MethodOutput:
+    logits_clean = model(x).float()
+    logits_adv = model(x_adv).float()
+    adv_probs = F.softmax(logits_adv, dim=1)
+    # Boosted CE: CE plus a margin term on the most likely wrong class.
+    top2 = adv_probs.topk(2, dim=1).indices
+    wrong = torch.where(top2[:, 0] == y, top2[:, 1], top2[:, 0])
+    ce_adv = _ce(logits_adv, y)
+    bce = ce_adv + F.nll_loss(torch.log(1.0001 - adv_probs + 1e-12), wrong, reduction="none")
+    # KL weighted by how unsure the model is of the true class on the clean input.
+    clean_probs = F.softmax(logits_clean, dim=1)
+    true_prob = clean_probs.gather(1, y[:, None]).squeeze(1)
+    kl = (clean_probs * (torch.log(clean_probs + 1e-12) - torch.log(adv_probs + 1e-12))).sum(1)
+    loss = bce.mean() + cfg.beta_value * (kl * (1.0000001 - true_prob)).mean()
+    return MethodOutput(loss, ce_adv, logits_adv)
+
+
+METHODS.register("mart")(Method(_pgd_examples, _mart_loss, default_beta=5.0))
+
+
+# --- the full objective -------------------------------------------------------------------------
+
+
+class Objective(NamedTuple):
+    total: torch.Tensor  # () L_method + DeMem penalty
+    method_loss: torch.Tensor  # () L_method
+    penalty: torch.Tensor  # () lambda * (1/(B-1)) sum_H (l_i - mean l)^2
+    per_sample: torch.Tensor  # (B,)
+    logits: torch.Tensor  # (B, K)
+    high_risk: torch.Tensor  # (B,) bool, the set H
+
+
+def generate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, method: MethodConfig,
+             attack: AttackConfig, generator: torch.Generator | None = None) -> torch.Tensor | None:
+    """The examples `method` trains on, (B, C, H, W), or None for standard training."""
+    return METHODS.get(method.name).generate(model, x, y, attack, method, generator=generator)
+
+
+def objective(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    x_adv: torch.Tensor | None,
+    *,
+    method: MethodConfig,
+    demem: DeMemConfig,
+    memorization: torch.Tensor | None = None,
+) -> Objective:
+    """L = L_method + DeMem penalty for one batch, with the model in whatever mode the caller set.
+
+    Args:
+        x: (B, C, H, W) clean images in [0, 1]; y: (B,) labels; x_adv: output of `generate`.
+        memorization: (B,) risk scores of the batch when demem.risk == 'memorization'.
+    """
+    out = METHODS.get(method.name).loss(model, x, x_adv, y, method)
+    if demem.active:
+        pen, mask = demem_penalty.penalty(out.per_sample, demem, memorization)
+    else:
+        pen = out.loss.new_zeros(())
+        mask = torch.zeros_like(y, dtype=torch.bool)
+    return Objective(out.loss + pen, out.loss, pen, out.per_sample, out.logits, mask)
+
+
+class AWP:
+    """Adversarial Weight Perturbation (Wu et al. 2020).
+
+    Before each step, a proxy copy of the model takes one gradient-ascent step on the method's loss;
+    the difference, rescaled per layer to gamma * ||w||, is added to the model's weights for the
+    step and removed after it. Only multi-dimensional weights (conv, linear) are perturbed.
+    """
+
+    def __init__(self, model: nn.Module, gamma: float, proxy_lr: float = 0.01) -> None:
+        self.gamma = gamma
+        self.proxy = copy.deepcopy(model)
+        self.proxy_opt = torch.optim.SGD(self.proxy.parameters(), lr=proxy_lr)
+
+    def _perturbed(self, model: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        pairs = []
+        for (name, p), q in zip(model.named_parameters(), self.proxy.parameters()):
+            if p.dim() > 1 and "weight" in name:
+                pairs.append((p, q))
+        return pairs
+
+    def perturb(self, model: nn.Module, loss_fn: Callable[[nn.Module], torch.Tensor]) -> list[torch.Tensor]:
+        """Add the perturbation to `model` in place and return it (for `restore`)."""
+        self.proxy.load_state_dict(model.state_dict())
+        self.proxy.train(model.training)
+        self.proxy_opt.zero_grad(set_to_none=True)
+        (-loss_fn(self.proxy)).backward()
+        self.proxy_opt.step()
+        deltas = []
+        with torch.no_grad():
+            for p, q in self._perturbed(model):
+                diff = q - p
+                d = self.gamma * p.norm() * diff / (diff.norm() + 1e-20)
+                p.add_(d)
+                deltas.append(d)
+        return deltas
+
+    def restore(self, model: nn.Module, deltas: list[torch.Tensor]) -> None:
+        with torch.no_grad():
+            for (p, _), d in zip(self._perturbed(model), deltas):
+                p.sub_(d)

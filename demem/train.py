@@ -1,0 +1,393 @@
+"""Train one model of a group: the run config, the training state, and the epoch loop.
+
+    run = RunConfig.from_dict({...})      # every check happens here, before any data is loaded
+    state = prepare(run, device)          # pool, keep row, model, optimizer, resident data
+    for metrics in epochs(state):         # yields after each epoch; the caller reports/checkpoints
+        state.save(out_dir)
+
+The training data live on the device as uint8 and are augmented there in batches. On CUDA the
+forward/backward passes (attacks included) run under bf16 autocast with channels_last; on the CPU
+both are no-ops. The LR schedule is a pure function of the epoch, so the epoch counter is the
+scheduler's whole state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from demem import __version__
+from demem import config as cfglib
+from demem.attacks import AttackConfig
+from demem.augment import augment
+from demem.data import DATASETS, SPLITS, Pool, dataset_info, make_pool
+from demem.demem import DeMemConfig, load_risk_table, scores_for
+from demem.membership import keep_row
+from demem.methods import AWP, MethodConfig, generate, objective
+from demem.models import MODELS, NORMS, build_model
+
+SCHEDULES = ("step", "cosine", "constant")
+CHECKPOINT = "checkpoint.pt"
+
+# Per-dataset training defaults, following the DeMem reference code where it has one.
+DATASET_EPOCHS = {"cifar10": 100, "cifar100": 130, "svhn": 50, "fashion-mnist": 15, "mnist": 15}
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which pool the group trains on. `root`/`download` only say where to find the data."""
+
+    dataset: str = "fashion-mnist"
+    pool_size: int | None = None
+    pool_seed: int = 0
+    splits: str = "train+test"
+    root: str | None = None
+    download: bool = False
+
+    def __post_init__(self) -> None:
+        DATASETS.check(self.dataset)
+        if self.splits not in SPLITS:
+            raise ValueError(f"data.splits must be one of {SPLITS}, got {self.splits!r}")
+        if self.pool_size is not None and self.pool_size < 4:
+            raise ValueError(f"data.pool_size must be >= 4 or None (whole dataset), got {self.pool_size}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings (SGD with momentum and weight decay, as the reference).
+
+    Attributes:
+        epochs: None takes the dataset's default (DATASET_EPOCHS).
+        lr_milestones: for schedule "step", fractions of `epochs` at which the LR is multiplied by
+            `lr_decay` (reference: x0.1 at epoch 75 of 100).
+        augment: random crop (+ flip where the dataset allows) during training.
+    """
+
+    arch: str = "small-cnn"
+    norm: str = "batch"
+    epochs: int | None = None
+    batch_size: int = 256
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "step"
+    lr_milestones: tuple[float, ...] = (0.75,)
+    lr_decay: float = 0.1
+    augment: bool = True
+
+    def __post_init__(self) -> None:
+        MODELS.check(self.arch)
+        if self.norm not in NORMS:
+            raise ValueError(f"train.norm must be one of {NORMS}, got {self.norm!r}")
+        if self.epochs is not None and self.epochs < 1:
+            raise ValueError(f"train.epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 2:
+            raise ValueError(f"train.batch_size must be >= 2, got {self.batch_size}")
+        if not self.lr > 0:
+            raise ValueError(f"train.lr must be > 0, got {self.lr}")
+        if not 0 <= self.momentum < 1 or self.weight_decay < 0:
+            raise ValueError("train.momentum must be in [0, 1) and train.weight_decay >= 0")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"train.schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if any(not 0 < m < 1 for m in self.lr_milestones) or not 0 < self.lr_decay <= 1:
+            raise ValueError("train.lr_milestones must be fractions in (0, 1) and train.lr_decay in (0, 1]")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Held-out evaluation: natural accuracy, PGD robust accuracy, optional AutoAttack.
+
+    `attack` None means PGD-20 at the training eps with step 2.5 * eps / 20 (the reference's 1/255 at
+    8/255), keeping each sample's first successful iterate. AutoAttack is slow: it runs on the first
+    `autoattack_samples` held-out samples.
+    """
+
+    attack: AttackConfig | None = None
+    autoattack: bool = False
+    autoattack_samples: int = 1000
+    batch_size: int = 500
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.autoattack_samples < 1:
+            raise ValueError("eval.batch_size and eval.autoattack_samples must be >= 1")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that defines one trained model. Build it with `RunConfig.from_dict`.
+
+    The group is every field but `seed` and `model_index`. The keep row of model `model_index` is
+    derived from (n_models, pool, pool_seed) alone, so the models of a group agree on it without
+    talking to each other; `seed` drives initialisation, batch order, augmentation and attacks.
+    """
+
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    attack: AttackConfig | None = None
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    demem: DeMemConfig = field(default_factory=DeMemConfig)
+    n_models: int = 2
+    model_index: int = 0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.n_models < 1:
+            raise ValueError(f"n_models must be >= 1, got {self.n_models}")
+        if not 0 <= self.model_index < self.n_models:
+            raise ValueError(f"model_index must be in [0, n_models={self.n_models}), got {self.model_index}")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
+        """Validate `data` and fill dataset-dependent defaults (epochs, attack eps, step sizes)."""
+        raw = data or {}
+        run = cfglib.build(cls, raw)  # unknown keys and bad values fail here
+        info = dataset_info(run.data.dataset)
+        train = run.train if run.train.epochs else replace(run.train, epochs=DATASET_EPOCHS[info.name])
+        atk = {"eps": info.eps, "steps": 3, **(raw.get("attack") or {})}
+        atk.setdefault("step_size", 1.25 * atk["eps"] / atk["steps"])  # the reference training attack
+        ev = {"eps": atk["eps"], "steps": 20, "keep_best": True, **((raw.get("eval") or {}).get("attack") or {})}
+        return replace(run, train=train, attack=cfglib.build(AttackConfig, atk, "attack."),
+                       eval=replace(run.eval, attack=cfglib.build(AttackConfig, ev, "eval.attack.")))
+
+    def to_dict(self) -> dict[str, Any]:
+        return cfglib.to_dict(self)
+
+    @property
+    def model_seed(self) -> int:
+        """Seed of this model: distinct for every (seed, model_index)."""
+        return int(np.random.SeedSequence([self.seed, self.model_index]).generate_state(1)[0])
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for, but CUDA is not available here")
+    return dev
+
+
+def autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA; nothing elsewhere (CPU bf16 would be slower and less exact)."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def lr_at(train: TrainConfig, epoch: int) -> float:
+    """Learning rate of (0-based) `epoch`."""
+    if train.schedule == "constant":
+        return train.lr
+    if train.schedule == "cosine":
+        return 0.5 * train.lr * (1 + math.cos(math.pi * epoch / train.epochs))
+    passed = sum(epoch >= round(m * train.epochs) for m in train.lr_milestones)
+    return train.lr * train.lr_decay**passed
+
+
+def model_for(run: RunConfig, device: torch.device) -> nn.Module:
+    """The architecture of `run`, initialised from the model seed, on `device`."""
+    info = dataset_info(run.data.dataset)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(run.model_seed)
+        model = build_model(run.train.arch, in_channels=info.channels, num_classes=info.num_classes,
+                            image_size=info.image_size, mean=info.mean, std=info.std, norm=run.train.norm)
+    model = model.to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def load_pool(run: RunConfig) -> Pool:
+    d = run.data
+    return make_pool(d.dataset, pool_size=d.pool_size, seed=d.pool_seed, splits=d.splits,
+                     root=d.root, download=d.download)
+
+
+@dataclass
+class TrainState:
+    """Everything one training run holds; `save`/`load` make it resumable."""
+
+    run: RunConfig
+    device: torch.device
+    pool: Pool
+    keep: np.ndarray  # (N,) bool, this model's row of the group's keep mask
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator
+    train_x: torch.Tensor  # (n, C, H, W) uint8 on device
+    train_y: torch.Tensor  # (n,) int64 on device
+    train_mem: torch.Tensor | None  # (n,) float memorization scores, for risk="memorization"
+    awp: AWP | None = None
+    epoch: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    @property
+    def done(self) -> bool:
+        return self.epoch >= self.run.train.epochs
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "format": 1,
+            "demem_version": __version__,
+            "run": self.run.to_dict(),
+            "pool_fingerprint": self.pool.fingerprint(),
+            "epoch": self.epoch,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "generator": self.generator.get_state(),
+            "history": self.history,
+        }
+
+    def load_state_dict(self, sd: dict[str, Any]) -> None:
+        if sd.get("run") != self.run.to_dict():
+            raise ValueError("checkpoint was written by a different run config; refusing to resume from it")
+        if sd.get("pool_fingerprint") != self.pool.fingerprint():
+            raise ValueError("checkpoint was written for a different pool; refusing to resume from it")
+        self.model.load_state_dict(sd["model"])
+        self.optimizer.load_state_dict(sd["optimizer"])
+        self.generator.set_state(sd["generator"])
+        self.epoch = int(sd["epoch"])
+        self.history = list(sd["history"])
+
+    def save(self, directory: str | Path) -> Path:
+        """Write `checkpoint.pt` into `directory` atomically (temp file + rename)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / CHECKPOINT
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".checkpoint.", suffix=".tmp")
+        os.close(fd)
+        try:
+            torch.save(self.state_dict(), tmp)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return path
+
+    def load(self, directory: str | Path) -> None:
+        path = Path(directory) / CHECKPOINT
+        self.load_state_dict(torch.load(path, map_location=self.device, weights_only=True))
+
+
+def prepare(run: RunConfig, device: torch.device | str = "cpu", pool: Pool | None = None) -> TrainState:
+    """Load the pool, pick this model's training half, build model and optimizer.
+
+    Args:
+        run: a config from `RunConfig.from_dict`.
+        device: where to train; the data are copied there once.
+        pool: an already loaded pool of the same config (saves re-reading the dataset).
+    """
+    device = torch.device(device) if isinstance(device, str) else device
+    pool = pool if pool is not None else load_pool(run)
+    keep = keep_row(run.n_models, pool.n, run.data.pool_seed, run.model_index)
+    idx = torch.from_numpy(np.flatnonzero(keep))
+    mem = None
+    if run.demem.risk == "memorization":
+        table = load_risk_table(run.demem.risk_file)
+        scores = scores_for(pool.sample_ids.numpy()[keep], table, run.demem.risk_file)
+        mem = torch.from_numpy(scores).to(device)
+    model = model_for(run, device)
+    opt = torch.optim.SGD(model.parameters(), lr=lr_at(run.train, 0), momentum=run.train.momentum,
+                          weight_decay=run.train.weight_decay)
+    gen = torch.Generator(device=device)
+    gen.manual_seed(run.model_seed)
+    awp = AWP(model, run.method.awp_gamma) if run.method.awp_gamma > 0 else None
+    return TrainState(run=run, device=device, pool=pool, keep=keep, model=model, optimizer=opt, generator=gen,
+                      train_x=pool.images[idx].to(device), train_y=pool.labels[idx].to(device),
+                      train_mem=mem, awp=awp)
+
+
+def _batches(n: int, batch_size: int, perm: torch.Tensor) -> Iterator[torch.Tensor]:
+    # A last batch of one sample would break BatchNorm and has no variance: fold it away.
+    stop = n - 1 if n % batch_size == 1 else n
+    for start in range(0, stop, batch_size):
+        yield perm[start:min(start + batch_size, stop)]
+
+
+def train_epoch(state: TrainState) -> dict[str, float]:
+    """Run one epoch and return its metrics. Raises FloatingPointError on a non-finite loss."""
+    run, device = state.run, state.device
+    info = state.pool.info
+    lr = lr_at(run.train, state.epoch)
+    for g in state.optimizer.param_groups:
+        g["lr"] = lr
+    model = state.model
+    n = state.train_x.shape[0]
+    perm = torch.randperm(n, device=device, generator=state.generator)
+    batches = list(_batches(n, run.train.batch_size, perm))
+    # Per-batch sums stay on the device: no host sync inside the loop.
+    sums = torch.zeros(len(batches), 5, device=device, dtype=torch.float64)
+    use_awp = state.awp is not None and state.epoch >= run.method.awp_warmup
+    t0 = time.perf_counter()
+    for b, idx in enumerate(batches):
+        x = state.train_x[idx].float().div_(255)
+        if run.train.augment:
+            x = augment(x, crop_pad=info.crop_pad, flip=info.flip, generator=state.generator)
+        if device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        y = state.train_y[idx]
+        mem = state.train_mem[idx] if state.train_mem is not None else None
+        with autocast(device):
+            x_adv = generate(model, x, y, method=run.method, attack=run.attack, generator=state.generator)
+            model.train()
+            deltas = None
+            if use_awp:
+                deltas = state.awp.perturb(
+                    model, lambda m: objective(m, x, y, x_adv, method=run.method, demem=run.demem,
+                                               memorization=mem).total)
+            obj = objective(model, x, y, x_adv, method=run.method, demem=run.demem, memorization=mem)
+        state.optimizer.zero_grad(set_to_none=True)
+        obj.total.backward()
+        state.optimizer.step()
+        if deltas is not None:
+            state.awp.restore(model, deltas)
+        with torch.no_grad():
+            k = y.shape[0]
+            sums[b, 0] = obj.total.detach() * k
+            sums[b, 1] = obj.method_loss.detach() * k
+            sums[b, 2] = obj.penalty.detach() * k
+            sums[b, 3] = (obj.logits.argmax(1) == y).sum()
+            sums[b, 4] = obj.high_risk.sum()
+    state.epoch += 1
+    totals = sums.cpu()
+    bad = ~torch.isfinite(totals[:, 0])
+    if bad.any():
+        first = int(bad.nonzero()[0, 0])
+        raise FloatingPointError(
+            f"non-finite training loss at epoch {state.epoch} batch {first + 1}/{len(batches)} "
+            f"(method {run.method.name}, lr {lr:g}); lower the learning rate or demem.lambda"
+        )
+    seconds = time.perf_counter() - t0
+    used = sum(len(i) for i in batches)
+    s = totals.sum(0) / used
+    metrics = {
+        "epoch": state.epoch,
+        "train_loss": float(s[0]),
+        "method_loss": float(s[1]),
+        "penalty": float(s[2]),
+        "train_acc": float(s[3]),
+        "high_risk_frac": float(s[4]),
+        "lr": lr,
+        "seconds": seconds,
+        "samples_per_s": used / seconds,
+    }
+    state.history.append(metrics)
+    return metrics
+
+
+def epochs(state: TrainState) -> Iterator[dict[str, float]]:
+    """Train the remaining epochs, yielding each epoch's metrics once it is done."""
+    while not state.done:
+        yield train_epoch(state)

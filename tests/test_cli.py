@@ -1,0 +1,106 @@
+"""`demem train`: outputs, --json, argument errors before any data is touched, resume."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import demem.data
+import demem.train
+from demem.cli import main
+from demem.train import RunConfig
+
+FAST = ["--pool-size", "300", "--epochs", "2", "--batch-size", "64", "--train-attack-steps", "1",
+        "--eval-attack-steps", "3"]
+
+
+def test_train_writes_all_outputs_and_json(tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = main(["train", "--method", "trades", "--demem-lambda", "0.4", "--demem-threshold", "0.5",
+               "--n-models", "4", "--model-index", "1", "--out", str(out), "--json", *FAST])
+    assert rc == 0
+    stdout = capsys.readouterr().out.strip().splitlines()
+    last = json.loads(stdout[-1])
+    assert last["status"] == "done" and last["epochs_done"] == 2 and last["n_heldout"] == 150
+    assert 0 <= last["robust_acc_pgd"] <= last["natural_acc"] <= 1
+    for name in ("config.json", "checkpoint.pt", "keep.npy", "samples.npz", "metrics.json"):
+        assert (out / name).is_file(), name
+    cfg = json.loads((out / "config.json").read_text())
+    run = RunConfig.from_dict(cfg["run"])
+    assert run.method.name == "trades" and run.demem.lam == 0.4 and run.model_index == 1
+    keep = np.load(out / "keep.npy")
+    with np.load(out / "samples.npz") as z:
+        assert np.array_equal(z["keep"], keep) and keep.sum() == 150
+        assert z["phi"].shape == (300,) and np.isfinite(z["phi"]).all()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert len(metrics["history"]) == 2 and metrics["pool_fingerprint"] == cfg["pool_fingerprint"]
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--method", "madry"], "unknown method 'madry'; known: fgsm_rs, mart, pgd_at, standard, trades"),
+        (["--demem-lambda", "-0.2"], "demem.lambda must be a finite number >= 0"),
+        (["--demem-threshold", "1.0"], "demem.risk_threshold must be in [0, 1)"),
+        (["--eps", "0"], "attack.eps must be > 0"),
+        (["--arch", "vgg16"], "unknown model 'vgg16'; known:"),
+        (["--dataset", "imagenet"], "unknown dataset 'imagenet'; known:"),
+        (["--model-index", "2"], "model_index must be in [0, n_models=2)"),
+    ],
+)
+def test_bad_arguments_fail_before_any_data_is_loaded(tmp_path, capsys, monkeypatch, args, message):
+    def no_data(*a, **k):
+        raise AssertionError("data loaded before the arguments were checked")
+
+    monkeypatch.setattr(demem.data, "load_splits", no_data)
+    monkeypatch.setattr(demem.train, "make_pool", no_data)
+    assert main(["train", "--out", str(tmp_path / "x"), *args]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_missing_dataset_names_the_fetch_command(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("DEMEM_DATA", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert main(["train", "--dataset", "cifar10", "--data-root", str(tmp_path / "empty"),
+                 "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "--download" in err and str(tmp_path / "empty") in err
+
+
+def test_refuses_to_overwrite_and_resumes_after_interruption(tmp_path, capsys, monkeypatch):
+    straight = tmp_path / "straight"
+    assert main(["train", "--out", str(straight), *FAST]) == 0
+    assert main(["train", "--out", str(straight), *FAST]) == 2
+    assert "--resume" in capsys.readouterr().err
+
+    calls = {"n": 0}
+    real = demem.train.train_epoch
+
+    def interrupted(state):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt  # the user hits Ctrl-C during epoch 2
+        return real(state)
+
+    cut = tmp_path / "cut"
+    monkeypatch.setattr(demem.train, "train_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        main(["train", "--out", str(cut), *FAST])
+    monkeypatch.setattr(demem.train, "train_epoch", real)
+    assert not (cut / "metrics.json").exists() and (cut / "checkpoint.pt").exists()
+    assert main(["train", "--out", str(cut), "--resume", *FAST]) == 0
+    assert "resumed from" in capsys.readouterr().out
+    a = json.loads((straight / "metrics.json").read_text())
+    b = json.loads((cut / "metrics.json").read_text())
+    for key in ("natural_acc", "robust_acc_pgd", "train_loss"):
+        assert a[key] == b[key], key
+
+
+def test_console_script_help():
+    out = subprocess.run([sys.executable, "-m", "demem.cli", "train", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "--demem-threshold" in out.stdout

@@ -1,0 +1,163 @@
+"""The training loop: exact resume, non-finite losses, schedules, on-device augmentation, configs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from demem.augment import augment, shift
+from demem.config import to_dict
+from demem.evaluate import evaluate_heldout, logit_scaled_confidence, sample_statistics
+from demem.train import RunConfig, TrainState, lr_at, prepare, train_epoch
+
+from .conftest import tiny_run
+
+
+@pytest.fixture(scope="module")
+def small_pool():
+    from demem.data import make_pool
+
+    return make_pool("fashion-mnist", pool_size=400, seed=1)
+
+
+def _weights(state: TrainState) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in state.model.state_dict().items()}
+
+
+@pytest.mark.parametrize("method", [{"name": "pgd_at", "awp_gamma": 0.01}, {"name": "trades"}])
+def test_resume_gives_the_same_weights(tmp_path, small_pool, method):
+    run = tiny_run(data={"pool_size": 400, "pool_seed": 1}, train={"epochs": 3, "batch_size": 64},
+                   method=method, demem={"lambda": 0.4, "risk_threshold": 0.5})
+    straight = prepare(run, "cpu", pool=small_pool)
+    for _ in range(3):
+        train_epoch(straight)
+
+    first = prepare(run, "cpu", pool=small_pool)
+    train_epoch(first)
+    first.save(tmp_path)
+    del first
+    resumed = prepare(run, "cpu", pool=small_pool)
+    resumed.load(tmp_path)
+    assert resumed.epoch == 1
+    while not resumed.done:
+        train_epoch(resumed)
+
+    a, b = _weights(straight), _weights(resumed)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert [h["train_loss"] for h in straight.history] == [h["train_loss"] for h in resumed.history]
+
+
+def test_resume_refuses_a_checkpoint_of_another_config(tmp_path, small_pool):
+    run = tiny_run(data={"pool_size": 400, "pool_seed": 1}, train={"epochs": 1})
+    state = prepare(run, "cpu", pool=small_pool)
+    state.save(tmp_path)
+    other = prepare(tiny_run(data={"pool_size": 400, "pool_seed": 1}, train={"epochs": 1}, seed=5), "cpu",
+                    pool=small_pool)
+    with pytest.raises(ValueError, match="different run config"):
+        other.load(tmp_path)
+
+
+def test_non_finite_loss_names_epoch_and_batch(small_pool):
+    run = tiny_run(data={"pool_size": 400, "pool_seed": 1}, train={"epochs": 2, "lr": 1e30, "batch_size": 32},
+                   method={"name": "standard"})
+    state = prepare(run, "cpu", pool=small_pool)
+    with pytest.raises(FloatingPointError, match=r"epoch 1 batch \d+/7"):
+        train_epoch(state)
+
+
+def test_training_learns_and_reports_metrics(small_pool):
+    run = tiny_run(data={"pool_size": 400, "pool_seed": 1}, train={"epochs": 4, "batch_size": 32},
+                   method={"name": "standard"}, demem={"lambda": 0.2})
+    state = prepare(run, "cpu", pool=small_pool)
+    hist = [train_epoch(state) for _ in range(4)]
+    assert hist[-1]["train_loss"] < hist[0]["train_loss"]
+    assert all(h["penalty"] > 0 for h in hist)
+    assert set(hist[0]) >= {"epoch", "train_loss", "penalty", "train_acc", "lr", "seconds"}
+    ev = evaluate_heldout(state.model, state.pool, state.keep, run.eval, device=torch.device("cpu"))
+    assert ev["n_heldout"] == 200
+    assert 0.3 < ev["natural_acc"] <= 1 and 0 <= ev["robust_acc_pgd"] <= ev["natural_acc"]
+
+
+def test_sample_statistics_cover_the_whole_pool(trained_standard):
+    s = trained_standard
+    stats = sample_statistics(s.model, s.pool, device=torch.device("cpu"))
+    assert stats["sample_id"].tolist() == s.pool.sample_ids.tolist()
+    assert stats["phi"].shape == stats["loss"].shape == stats["correct"].shape == (s.pool.n,)
+    assert np.isfinite(stats["phi"]).all()
+    # Members (trained on) look more confident than non-members for an overfit-ish model.
+    assert stats["phi"][s.keep].mean() > stats["phi"][~s.keep].mean()
+    assert stats["correct"].mean() > 0.7
+
+
+def test_logit_scaled_confidence_is_stable_and_exact():
+    logits = torch.tensor([[2.0, 0.5, -1.0], [200.0, 0.0, 0.0], [-50.0, 50.0, 0.0]])
+    y = torch.tensor([0, 0, 0])
+    phi = logit_scaled_confidence(logits, y)
+    p = F.softmax(logits.double(), 1)[:, 0]
+    assert phi[0].item() == pytest.approx((torch.log(p[0]) - torch.log1p(-p[0])).item(), rel=1e-6)
+    assert torch.isfinite(phi).all()
+    assert phi[1].item() == pytest.approx(200.0 - np.log(2.0), rel=1e-6)  # naive formula gives inf
+    assert phi[2].item() == pytest.approx(-100.0, rel=1e-4)
+
+
+def test_step_and_cosine_schedules():
+    run = tiny_run(train={"epochs": 100, "lr": 0.1})
+    assert lr_at(run.train, 0) == 0.1 and lr_at(run.train, 74) == 0.1
+    assert lr_at(run.train, 75) == pytest.approx(0.01)
+    cos = tiny_run(train={"epochs": 10, "schedule": "cosine"}).train
+    assert lr_at(cos, 0) == pytest.approx(cos.lr) and lr_at(cos, 5) == pytest.approx(cos.lr / 2)
+
+
+def test_shift_matches_pad_and_crop_oracle():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(6, 3, 8, 8, generator=g)
+    dy = torch.tensor([-2, -1, 0, 1, 2, 0])
+    dx = torch.tensor([0, 2, -2, 1, -1, 0])
+    got = shift(x, dy, dx, 2)
+    for i in range(6):
+        padded = F.pad(x[i], (2, 2, 2, 2))
+        want = padded[:, 2 + dy[i]: 2 + dy[i] + 8, 2 + dx[i]: 2 + dx[i] + 8]
+        assert torch.equal(got[i], want)
+
+
+def test_augment_is_reproducible_and_flips_only_when_allowed():
+    x = torch.rand(64, 1, 28, 28)
+    a = augment(x, crop_pad=0, flip=True, generator=torch.Generator().manual_seed(1))
+    b = augment(x, crop_pad=0, flip=True, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(a, b)
+    flipped = [(not torch.equal(a[i], x[i])) and torch.equal(a[i], x[i].flip(2)) for i in range(64)]
+    assert 10 < sum(flipped) < 54
+    assert torch.equal(augment(x, crop_pad=0, flip=False), x)
+
+
+def test_run_config_defaults_round_trip_and_errors():
+    run = RunConfig.from_dict({"data": {"dataset": "cifar10"}})
+    assert run.attack.eps == pytest.approx(8 / 255) and run.train.epochs == 100
+    assert run.attack.step_size == pytest.approx(1.25 * run.attack.eps / 3)
+    assert run.eval.attack.steps == 20 and run.eval.attack.alpha == pytest.approx(1 / 255)
+    assert RunConfig.from_dict(run.to_dict()) == run
+    fm = RunConfig.from_dict({})
+    assert fm.attack.eps == pytest.approx(0.1) and fm.data.dataset == "fashion-mnist"
+    assert to_dict(fm.demem)["lambda"] == 0.0
+    with pytest.raises(ValueError, match=r"unknown key 'demem.lamda'.*lambda"):
+        RunConfig.from_dict({"demem": {"lamda": 0.2}})
+    with pytest.raises(ValueError, match="unknown method 'madry'; known: fgsm_rs, mart, pgd_at, standard, trades"):
+        RunConfig.from_dict({"method": {"name": "madry"}})
+    with pytest.raises(ValueError, match="unknown dataset 'imagenet'"):
+        RunConfig.from_dict({"data": {"dataset": "imagenet"}})
+    with pytest.raises(ValueError, match="model_index"):
+        RunConfig.from_dict({"n_models": 4, "model_index": 4})
+    with pytest.raises(ValueError, match="AWP"):
+        RunConfig.from_dict({"method": {"name": "mart", "awp_gamma": 0.01}})
+
+
+def test_group_models_split_the_pool_between_them(small_pool):
+    run0 = tiny_run(data={"pool_size": 400, "pool_seed": 1}, n_models=2, model_index=0)
+    run1 = tiny_run(data={"pool_size": 400, "pool_seed": 1}, n_models=2, model_index=1)
+    k0 = prepare(run0, "cpu", pool=small_pool).keep
+    k1 = prepare(run1, "cpu", pool=small_pool).keep
+    assert k0.sum() == k1.sum() == 200 and not (k0 & k1).any()
