@@ -10,10 +10,11 @@ batch size, and SGD settings, in one process.
     python benchmarks/bench_train.py                                   # CPU: small-cnn, Fashion-MNIST
     python benchmarks/bench_train.py --synthetic --arch resnet18 --pool-size 20000 --epochs 2   # GPU
 
-Both loops first run one untimed batch (kernel selection, allocator, lazy CUDA init), then
-`--epochs` timed epochs. Timers are read after a CUDA synchronise, so queued GPU work is counted.
-The loops run one after the other, each freed before the next starts, so each CUDA peak-memory
-figure belongs to one loop alone.
+Both loops first train one untimed epoch, then `--epochs` timed ones. A single warm-up batch is not
+enough: on the CPU the first full epoch of a process still ran 10-30% slow here (caches and
+allocators still filling), which would penalise whichever loop runs first. Timers are read after a
+CUDA synchronise, so queued GPU work is counted. The loops run one after the other, each freed before
+the next starts, so each CUDA peak-memory figure (over the measured epochs) belongs to one loop alone.
 """
 
 from __future__ import annotations
@@ -62,13 +63,6 @@ def synthetic_pool(n: int, seed: int = 0) -> Pool:
     )
 
 
-def head(pool: Pool, n: int) -> Pool:
-    """The first `n` samples of `pool` (ids stay increasing, so this is a valid pool)."""
-    n = min(n, pool.n)
-    return Pool(info=pool.info, images=pool.images[:n], labels=pool.labels[:n],
-                sample_ids=pool.sample_ids[:n], seed=pool.seed)
-
-
 def run_config(args: argparse.Namespace, dataset: str) -> RunConfig:
     """PGD-AT with a constant LR, so the epoch counter cannot make the two loops' steps differ."""
     return RunConfig.from_dict({
@@ -96,14 +90,40 @@ def timed(device: torch.device, fn: Callable[..., dict[str, float]], *args) -> t
 
 
 def free(device: torch.device) -> None:
-    """Return cached blocks, so the next loop's peak memory starts from what it holds itself."""
+    """Between loops: return cached blocks, so the next loop starts from what it allocates itself."""
     if device.type == "cuda":
         torch.cuda.empty_cache()
+
+
+def reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
 
 def peak_mib(device: torch.device) -> float | None:
     return torch.cuda.max_memory_allocated(device) / MIB if device.type == "cuda" else None
+
+
+def cpu_seconds() -> tuple[float, float] | None:
+    """(CPU seconds the whole machine has been busy, CPU seconds this process and its reaped children
+    have used), from /proc/stat and os.times; None where /proc/stat does not exist."""
+    try:
+        first = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    except OSError:
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in first[1:9])
+    # Steal is time the hypervisor gave to other machines: contention just the same.
+    machine = (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+    t = os.times()
+    return machine, t.user + t.system + t.children_user + t.children_system
+
+
+def others_busy(start: tuple[float, float] | None, wall: float) -> float | None:
+    """Cores' worth of CPU that other processes used on average since `start` (from `cpu_seconds`)."""
+    end = cpu_seconds()
+    if start is None or end is None:
+        return None
+    return max(0.0, (end[0] - start[0]) - (end[1] - start[1])) / wall
 
 
 @dataclass
@@ -145,14 +165,9 @@ class LoopResult:
 
 def bench_ours(run: RunConfig, device: torch.device, pool: Pool, epochs: int) -> tuple[LoopResult, np.ndarray]:
     """Time `train_epoch`. Returns the result and the keep row (which pool samples it trained on)."""
-    # Warm-up: a pool of 2 batches has a training half of exactly one batch, so one epoch of it is
-    # one batch through the same code path, on a throwaway model.
-    warm = prepare(run, device, pool=head(pool, 2 * run.train.batch_size))
-    train_epoch(warm)
-    del warm
-    free(device)
-
     state = prepare(run, device, pool=pool)
+    train_epoch(state)  # warm-up
+    reset_peak(device)
     res = LoopResult("ours")
     for _ in range(epochs):
         seconds, m = timed(device, train_epoch, state)
@@ -219,12 +234,10 @@ def reference_pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float
 
 
 def reference_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader, device: torch.device,
-                    run: RunConfig, max_batches: int | None = None) -> dict[str, float]:
+                    run: RunConfig) -> dict[str, float]:
     model.train()
     seen, correct, loss_sum = 0, 0, 0.0
-    for i, (x, y) in enumerate(loader):
-        if max_batches is not None and i >= max_batches:
-            break
+    for x, y in loader:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         x_adv = reference_pgd(model, x, y, run.attack.eps, run.attack.alpha, run.attack.steps)
         logits = model(x_adv)
@@ -259,8 +272,8 @@ def bench_reference(run: RunConfig, device: torch.device, pool: Pool, keep: np.n
                         image_size=info.image_size, mean=info.mean, std=info.std, norm=run.train.norm).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=run.train.lr, momentum=run.train.momentum,
                                 weight_decay=run.train.weight_decay)
-    reference_epoch(model, optimizer, loader, device, run, max_batches=1)  # warm-up
-    free(device)
+    reference_epoch(model, optimizer, loader, device, run)  # warm-up
+    reset_peak(device)
 
     res = LoopResult("reference")
     for _ in range(epochs):
@@ -288,7 +301,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pool-size", type=int, default=4000, help="pool samples; half of them are trained on")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--attack-steps", type=int, default=3, help="PGD steps of the training attack")
-    p.add_argument("--epochs", type=int, default=2, help="measured epochs, after one untimed warm-up batch")
+    p.add_argument("--epochs", type=int, default=2, help="measured epochs, after one untimed warm-up epoch")
     p.add_argument("--device", default="auto", help="auto: cuda if available, else cpu")
     p.add_argument("--num-workers", type=int, default=None,
                    help="reference DataLoader workers (default 2 on CUDA, 0 on CPU)")
@@ -318,10 +331,11 @@ def main(argv: list[str] | None = None) -> dict:
     pool = synthetic_pool(args.pool_size, args.seed) if args.synthetic else make_pool(
         dataset, pool_size=args.pool_size, seed=run.data.pool_seed)
 
-    # Other processes on the machine skew wall-clock figures; the load average makes that visible.
-    load_before = os.getloadavg()
+    # Other processes on the machine skew wall-clock figures: measure how much CPU they took meanwhile.
+    cpu0, t0 = cpu_seconds(), time.perf_counter()
     ours, keep = bench_ours(run, device, pool, args.epochs)
     ref = bench_reference(run, device, pool, keep, args.epochs, workers)
+    others = others_busy(cpu0, time.perf_counter() - t0)
     ratio = ours.mean / ref.mean
 
     atk = run.attack
@@ -341,7 +355,7 @@ def main(argv: list[str] | None = None) -> dict:
         "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
         "ours_precision": "bf16 autocast + channels_last" if device.type == "cuda" else "fp32",
         "reference_precision": "fp32",
-        "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
+        "other_processes_cores": others,  # mean CPU cores other processes kept busy during the benchmark
     }
     print(f"device   {env['device']} ({env['device_name']}), torch {env['torch']}, "
           f"{env['threads']} threads, {env['cpus']} CPUs, cudnn.benchmark={env['cudnn_benchmark']}, "
@@ -358,10 +372,10 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{r.name:<9}{r.mean:9.1f} ± {r.std:.1f} samples/s  epoch s [{secs}]{mem}  "
               f"(last epoch: loss {r.last_loss:.3f}, adv acc {r.last_acc:.3f})")
     print(f"ratio    ours / reference = {ratio:.2f}x")
-    before, after = (" ".join(f"{v:.2f}" for v in env[k]) for k in ("loadavg_before", "loadavg_after"))
-    print(f"load     1/5/15-min load average before {before}, after {after}")
-    if load_before[0] >= 1:
-        print("warning  the machine was busy before the run started: the timings may be skewed")
+    if others is not None:
+        print(f"load     other processes kept {others:.2f} of {env['cpus']} CPUs busy on average meanwhile")
+        if others > 0.25:
+            print("warning  other processes competed for the CPUs: the timings are skewed; rerun on a quiet machine")
 
     result = {"config": config, "env": env, "ours": ours.to_dict(), "reference": ref.to_dict(), "ratio": ratio}
     if args.json is not None:

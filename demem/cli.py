@@ -42,7 +42,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--arch", default="small-cnn")
     g.add_argument("--norm", default="batch", choices=NORMS)
     g.add_argument("--epochs", type=int, default=None, help="default: per dataset (15 for (fashion-)mnist)")
-    g.add_argument("--batch-size", type=int, default=256)
+    g.add_argument("--batch-size", type=int, default=None, help="default: 256 (CIFAR, SVHN), 128 ((fashion-)mnist)")
     g.add_argument("--lr", type=float, default=0.1)
     g.add_argument("--weight-decay", type=float, default=5e-4)
     g.add_argument("--schedule", default="step", choices=SCHEDULES)

@@ -122,6 +122,10 @@ def test_shift_matches_pad_and_crop_oracle():
         padded = F.pad(x[i], (2, 2, 2, 2))
         want = padded[:, 2 + dy[i]: 2 + dy[i] + 8, 2 + dx[i]: 2 + dx[i] + 8]
         assert torch.equal(got[i], want)
+    mirrored = shift(x, dy, dx, 2, flip=torch.tensor([True, False, True, False, True, True]))
+    for i in range(6):
+        plain = got[i].flip(2) if i in (0, 2, 4, 5) else got[i]
+        assert torch.equal(mirrored[i], plain)
 
 
 def test_augment_is_reproducible_and_flips_only_when_allowed():
@@ -161,3 +165,50 @@ def test_group_models_split_the_pool_between_them(small_pool):
     k0 = prepare(run0, "cpu", pool=small_pool).keep
     k1 = prepare(run1, "cpu", pool=small_pool).keep
     assert k0.sum() == k1.sum() == 200 and not (k0 & k1).any()
+
+
+def test_memorization_risk_from_a_file(tmp_path, small_pool):
+    ids = small_pool.sample_ids.numpy()
+    mem = np.linspace(0, 1, len(ids)).astype(np.float32)
+    np.savez(tmp_path / "risk.npz", sample_id=ids, memorization=mem)
+    run = tiny_run(data={"pool_size": 400, "pool_seed": 1}, train={"epochs": 1, "batch_size": 50},
+                   method={"name": "standard"},
+                   demem={"lambda": 0.5, "risk": "memorization", "risk_file": str(tmp_path / "risk.npz"),
+                          "risk_threshold": 0.5, "threshold_mode": "absolute"})
+    state = prepare(run, "cpu", pool=small_pool)
+    assert torch.allclose(state.train_mem.cpu(), torch.from_numpy(mem[state.keep]))
+    m = train_epoch(state)
+    expected = float((mem[state.keep] >= 0.5).mean())
+    assert m["high_risk_frac"] == pytest.approx(expected, abs=1e-9)
+
+    np.savez(tmp_path / "partial.npz", sample_id=ids[:100], memorization=mem[:100])
+    bad = tiny_run(data={"pool_size": 400, "pool_seed": 1},
+                   demem={"lambda": 0.5, "risk": "memorization", "risk_file": str(tmp_path / "partial.npz")})
+    with pytest.raises(ValueError, match="no score for"):
+        prepare(bad, "cpu", pool=small_pool)
+
+
+def test_awp_perturbs_each_layer_by_gamma_and_restores_exactly(small_pool):
+    from demem.methods import AWP, MethodConfig, objective
+
+    run = tiny_run(data={"pool_size": 400, "pool_seed": 1})
+    state = prepare(run, "cpu", pool=small_pool)
+    model = state.model
+    before = {k: v.clone() for k, v in model.named_parameters()}
+    x = state.train_x[:32].float() / 255
+    y = state.train_y[:32]
+    awp = AWP(model, gamma=0.01)
+    method = MethodConfig(name="pgd_at")
+    deltas = awp.perturb(model, lambda m: objective(m, x, y, x, method=method, demem=run.demem).total)
+    changed = 0
+    for name, p in model.named_parameters():
+        diff = (p - before[name]).norm()
+        if p.dim() > 1:
+            assert diff.item() == pytest.approx(0.01 * before[name].norm().item(), rel=1e-4)
+            changed += 1
+        else:
+            assert diff.item() == 0  # biases and norm parameters are left alone
+    assert changed >= 4 and len(deltas) == changed
+    awp.restore(model, deltas)
+    for name, p in model.named_parameters():
+        assert torch.allclose(p, before[name], atol=1e-7)
