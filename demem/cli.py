@@ -7,16 +7,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from demem import __version__
 from demem.attacks import LOSSES as ATTACK_LOSSES
@@ -94,20 +89,6 @@ def run_dict_from_args(a: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
-
-
-def _write_npz(path: Path, **arrays: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".npz")
-    os.close(fd)
-    np.savez_compressed(tmp, **arrays)
-    os.replace(tmp, path)
-
-
 def cmd_train(a: argparse.Namespace) -> int:
     from demem.train import RunConfig, resolve_device
 
@@ -123,8 +104,8 @@ def cmd_train(a: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
 
+    from demem import artifacts
     from demem.data import DatasetNotFoundError
-    from demem.evaluate import evaluate_heldout, sample_statistics
     from demem.train import CHECKPOINT, prepare
 
     log = sys.stderr if a.json else sys.stdout
@@ -141,11 +122,7 @@ def cmd_train(a: argparse.Namespace) -> int:
             print(f"demem train: {out / CHECKPOINT}: {e}", file=sys.stderr)
             return 2
         print(f"resumed from {out / CHECKPOINT} at epoch {state.epoch}/{run.train.epochs}", file=log)
-    provenance = {"demem_version": __version__, "pool_fingerprint": state.pool.fingerprint(),
-                  "pool_size": state.pool.n, "n_train": int(state.keep.sum()), "device": str(device),
-                  "python": platform.python_version(), "schema_version": 1}
-    _write_json(out / "config.json", {"run": run.to_dict(), **provenance})
-    np.save(out / "keep.npy", state.keep)
+    artifacts.start_run(state, out)
     print(f"training {run.method.name} ({run.train.arch}) on {state.pool.info.name}: model "
           f"{run.model_index}/{run.n_models}, {int(state.keep.sum())} of {state.pool.n} pool samples, "
           f"{run.train.epochs} epochs, eps {run.attack.eps:.4g}, DeMem lambda {run.demem.lam:g} "
@@ -159,19 +136,11 @@ def cmd_train(a: argparse.Namespace) -> int:
     except FloatingPointError as e:
         print(f"demem train: {e}", file=sys.stderr)
         return 1
-    train_s = time.perf_counter() - t0
     print("evaluating on held-out samples ...", file=log, flush=True)
-    ev = evaluate_heldout(state.model, state.pool, state.keep, run.eval, device=device, seed=run.seed)
-    stats = sample_statistics(state.model, state.pool, device=device)
-    _write_npz(out / "samples.npz", keep=state.keep, **stats)
-    last = state.history[-1] if state.history else {}
-    metrics = {**provenance, **ev, "train_loss": last.get("train_loss"), "train_acc": last.get("train_acc"),
-               "epochs_done": state.epoch, "train_seconds": train_s, "history": state.history,
-               "run_id": f"{run.seed}-{run.model_index}", "status": "done"}
-    _write_json(out / "metrics.json", metrics)
-    aa = f"  AutoAttack {ev['robust_acc_aa']:.4f}" if ev["robust_acc_aa"] is not None else ""
-    print(f"held-out ({ev['n_heldout']} samples): natural acc {ev['natural_acc']:.4f}  "
-          f"PGD-{run.eval.attack.steps} acc {ev['robust_acc_pgd']:.4f}{aa}", file=log)
+    metrics = artifacts.finish_run(state, out, train_seconds=time.perf_counter() - t0)
+    aa = f"  AutoAttack {metrics['robust_acc_aa']:.4f}" if metrics["robust_acc_aa"] is not None else ""
+    print(f"held-out ({metrics['n_heldout']} samples): natural acc {metrics['natural_acc']:.4f}  "
+          f"PGD-{run.eval.attack.steps} acc {metrics['robust_acc_pgd']:.4f}{aa}", file=log)
     print(f"wrote {out}/{{config.json, checkpoint.pt, keep.npy, samples.npz, metrics.json}}", file=log)
     if a.json:
         print(json.dumps({k: v for k, v in metrics.items() if k != "history"}, sort_keys=True))

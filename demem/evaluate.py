@@ -8,24 +8,12 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from demem.attacks import AttackConfig, eval_mode, run_attack
 from demem.data import Pool
+from demem.privacy.signals import pool_signals
 from demem.train import EvalConfig, autocast
-
-
-def logit_scaled_confidence(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """phi = log p_y - log(1 - p_y), computed as z_y - logsumexp_{j != y} z_j.
-
-    This is exact and never takes log(0): a confident model gives a large finite phi where the
-    naive formula would give inf. logits: (B, K), y: (B,). Returns (B,) float32.
-    """
-    logits = logits.float()
-    true = logits.gather(1, y[:, None]).squeeze(1)
-    others = logits.masked_fill(F.one_hot(y, logits.shape[1]).bool(), float("-inf"))
-    return true - torch.logsumexp(others, dim=1)
 
 
 def _chunks(n: int, batch_size: int) -> Iterator[slice]:
@@ -90,27 +78,13 @@ def evaluate_heldout(
 
 
 def sample_statistics(
-    model: nn.Module, pool: Pool, *, device: torch.device, batch_size: int = 1000
+    model: nn.Module, pool: Pool, *, device: torch.device, queries: int = 1, batch_size: int = 1000
 ) -> dict[str, np.ndarray]:
     """Per-sample membership signals of the model on the WHOLE pool, in pool order.
 
     Returns:
-        sample_id (N,) int64, phi (N,) float32 logit-scaled confidence, loss (N,) float32 CE,
-        correct (N,) bool.
+        sample_id (N,), label (N,), and phi / loss / entropy / mentropy / correct as (N, K) arrays
+        over K = `queries` augmented views (see `demem.privacy.signals`).
     """
-    phi, loss, correct = [], [], []
-    with eval_mode(model), torch.no_grad():
-        for sl in _chunks(pool.n, batch_size):
-            x = _to_float(pool.images[sl], device)
-            y = pool.labels[sl].to(device)
-            with autocast(device):
-                logits = model(x).float()
-            phi.append(logit_scaled_confidence(logits, y).cpu())
-            loss.append(F.cross_entropy(logits, y, reduction="none").cpu())
-            correct.append((logits.argmax(1) == y).cpu())
-    return {
-        "sample_id": pool.sample_ids.numpy().astype(np.int64),
-        "phi": torch.cat(phi).numpy().astype(np.float32),
-        "loss": torch.cat(loss).numpy().astype(np.float32),
-        "correct": torch.cat(correct).numpy(),
-    }
+    return pool_signals(model, pool, device=device, queries=queries, batch_size=batch_size,
+                        autocast=lambda: autocast(device))

@@ -36,6 +36,7 @@ from demem.demem import DeMemConfig, load_risk_table, scores_for
 from demem.membership import keep_row
 from demem.methods import AWP, MethodConfig, generate, objective
 from demem.models import MODELS, NORMS, build_model
+from demem.privacy.signals import query_plan
 
 SCHEDULES = ("step", "cosine", "constant")
 CHECKPOINT = "checkpoint.pt"
@@ -118,17 +119,19 @@ class EvalConfig:
 
     `attack` None means PGD-20 at the training eps with step 2.5 * eps / 20 (the reference's 1/255 at
     8/255), keeping each sample's first successful iterate. AutoAttack is slow: it runs on the first
-    `autoattack_samples` held-out samples.
+    `autoattack_samples` held-out samples. `queries` is K, the augmented views per sample whose
+    membership signals are recorded for the privacy audit (identity, flip, shifts).
     """
 
     attack: AttackConfig | None = None
     autoattack: bool = False
     autoattack_samples: int = 1000
     batch_size: int = 500
+    queries: int = 2
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1 or self.autoattack_samples < 1:
-            raise ValueError("eval.batch_size and eval.autoattack_samples must be >= 1")
+        if self.batch_size < 1 or self.autoattack_samples < 1 or self.queries < 1:
+            raise ValueError("eval.batch_size, eval.autoattack_samples and eval.queries must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -167,6 +170,7 @@ class RunConfig:
                         batch_size=run.train.batch_size or defaults["batch_size"])
         atk = {"eps": info.eps, "steps": 3, **(raw.get("attack") or {})}
         atk.setdefault("step_size", 1.25 * atk["eps"] / atk["steps"])  # the reference training attack
+        query_plan(info, run.eval.queries)  # fail now if the dataset has fewer views than asked
         ev = {"eps": atk["eps"], "steps": 20, "keep_best": True, **((raw.get("eval") or {}).get("attack") or {})}
         return replace(run, train=train, attack=cfglib.build(AttackConfig, atk, "attack."),
                        eval=replace(run.eval, attack=cfglib.build(AttackConfig, ev, "eval.attack.")))

@@ -35,7 +35,7 @@ def test_train_writes_all_outputs_and_json(tmp_path, capsys):
     keep = np.load(out / "keep.npy")
     with np.load(out / "samples.npz") as z:
         assert np.array_equal(z["keep"], keep) and keep.sum() == 150
-        assert z["phi"].shape == (300,) and np.isfinite(z["phi"]).all()
+        assert z["phi"].shape == (300, 2) and np.isfinite(z["phi"]).all()
     metrics = json.loads((out / "metrics.json").read_text())
     assert len(metrics["history"]) == 2 and metrics["pool_fingerprint"] == cfg["pool_fingerprint"]
 

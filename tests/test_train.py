@@ -9,7 +9,8 @@ import torch.nn.functional as F
 
 from demem.augment import augment, shift
 from demem.config import to_dict
-from demem.evaluate import evaluate_heldout, logit_scaled_confidence, sample_statistics
+from demem.evaluate import evaluate_heldout, sample_statistics
+from demem.privacy.signals import logit_scaled_confidence, logit_signals
 from demem.train import RunConfig, TrainState, lr_at, prepare, train_epoch
 
 from .conftest import tiny_run
@@ -84,13 +85,37 @@ def test_training_learns_and_reports_metrics(small_pool):
 
 def test_sample_statistics_cover_the_whole_pool(trained_standard):
     s = trained_standard
-    stats = sample_statistics(s.model, s.pool, device=torch.device("cpu"))
+    stats = sample_statistics(s.model, s.pool, device=torch.device("cpu"), queries=2)
     assert stats["sample_id"].tolist() == s.pool.sample_ids.tolist()
-    assert stats["phi"].shape == stats["loss"].shape == stats["correct"].shape == (s.pool.n,)
+    assert stats["label"].tolist() == s.pool.labels.tolist()
+    for name in ("phi", "loss", "entropy", "mentropy", "correct"):
+        assert stats[name].shape == (s.pool.n, 2), name
     assert np.isfinite(stats["phi"]).all()
-    # Members (trained on) look more confident than non-members for an overfit-ish model.
-    assert stats["phi"][s.keep].mean() > stats["phi"][~s.keep].mean()
-    assert stats["correct"].mean() > 0.7
+    # Members (trained on) look more confident than non-members.
+    assert stats["phi"][s.keep, 0].mean() > stats["phi"][~s.keep, 0].mean()
+    assert stats["correct"][:, 0].mean() > 0.7
+    # Query 1 is the horizontal flip: the same as querying flipped images.
+    flipped = s.model(s.pool.images[:50].float().div(255).flip(3))
+    np.testing.assert_allclose(stats["phi"][:50, 1], logit_scaled_confidence(flipped, s.pool.labels[:50]).detach(),
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_signals_match_naive_formulas():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(64, 10, generator=g, dtype=torch.float64) * 3
+    y = torch.randint(0, 10, (64,), generator=g)
+    sig = logit_signals(logits, y)
+    p = F.softmax(logits, 1)
+    py = p[torch.arange(64), y]
+    assert torch.allclose(sig["phi"], torch.log(py) - torch.log(1 - py))
+    assert torch.allclose(sig["loss"], -torch.log(py))
+    assert torch.allclose(sig["entropy"], -(p * torch.log(p)).sum(1))
+    naive_m = -(1 - py) * torch.log(py) - sum(
+        torch.where(y == j, torch.zeros_like(py), p[:, j] * torch.log(1 - p[:, j])) for j in range(10))
+    assert torch.allclose(sig["mentropy"], naive_m)
+    assert torch.equal(sig["correct"], logits.argmax(1) == y)
+    extreme = logit_signals(torch.tensor([[400.0, 0.0, 0.0], [0.0, 400.0, 0.0]]), torch.tensor([0, 0]))
+    assert all(torch.isfinite(v.double()).all() for v in extreme.values())
 
 
 def test_logit_scaled_confidence_is_stable_and_exact():

@@ -1,0 +1,1 @@
+"""Privacy audits: membership-inference attacks (LiRA, threshold attacks), their metrics, memorization."""

@@ -1,0 +1,123 @@
+"""Per-sample membership signals of one model on a whole pool, over K augmented queries.
+
+For every sample and query the model's logits give:
+    phi       logit-scaled confidence log p_y - log(1 - p_y), the LiRA statistic (Carlini et al. 2022)
+    loss      cross-entropy
+    entropy   -sum_j p_j log p_j
+    mentropy  modified entropy (Song & Mittal 2021): -(1 - p_y) log p_y - sum_{j != y} p_j log(1 - p_j)
+    correct   argmax == y
+All logs of (1 - p) are taken as logsumexp over the other logits minus logsumexp over all, so no
+signal is ever log(0), however confident the model.
+
+Queries are fixed, deterministic views of each image: the identity first, then a horizontal flip
+(where the dataset allows flips), then small shifts (and their flips). Averaging a member test over
+queries is what makes LiRA strong at low FPR on augmented training.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from demem.attacks import eval_mode
+from demem.augment import shift
+from demem.data import DatasetInfo, Pool
+
+SIGNALS = ("phi", "loss", "entropy", "mentropy", "correct")
+_SHIFTS = ((1, 0), (0, 1), (-1, 0), (0, -1), (1, 1), (-1, -1), (1, -1), (-1, 1), (2, 0), (0, 2), (-2, 0), (0, -2))
+
+
+def query_plan(info: DatasetInfo, k: int) -> list[tuple[int, int, bool]]:
+    """The first `k` queries (dy, dx, flip) for a dataset: identity, flip, shifts (+ flips)."""
+    plan = [(0, 0, False)] + ([(0, 0, True)] if info.flip else [])
+    for dy, dx in _SHIFTS:
+        plan.append((dy, dx, False))
+        if info.flip:
+            plan.append((dy, dx, True))
+    if not 1 <= k <= len(plan):
+        raise ValueError(f"queries must be in [1, {len(plan)}] for {info.name}, got {k}")
+    return plan[:k]
+
+
+def _log_one_minus_softmax(logits: torch.Tensor) -> torch.Tensor:
+    """log(1 - p_j) for every class j, exactly: logsumexp_{l != j} z_l - logsumexp_l z_l. (B, C) -> (B, C)."""
+    c = logits.shape[1]
+    others = logits[:, None, :].expand(-1, c, -1).masked_fill(torch.eye(c, dtype=torch.bool, device=logits.device),
+                                                               float("-inf"))
+    return torch.logsumexp(others, dim=2) - torch.logsumexp(logits, dim=1, keepdim=True)
+
+
+def logit_signals(logits: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+    """All membership signals from logits (B, C) and labels (B,); each (B,), float64 except correct."""
+    z = logits.double()
+    logp = F.log_softmax(z, dim=1)
+    log1mp = _log_one_minus_softmax(z)
+    p = logp.exp()
+    onehot = F.one_hot(y, z.shape[1]).bool()
+    logp_y = logp.gather(1, y[:, None]).squeeze(1)
+    log1mp_y = log1mp.gather(1, y[:, None]).squeeze(1)
+    p_y = logp_y.exp()
+    return {
+        "phi": logp_y - log1mp_y,
+        "loss": -logp_y,
+        "entropy": -(p * logp).sum(1),
+        "mentropy": -(1 - p_y) * logp_y - (p * log1mp).masked_fill(onehot, 0.0).sum(1),
+        "correct": z.argmax(1) == y,
+    }
+
+
+def logit_scaled_confidence(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """phi = log p_y - log(1 - p_y) = z_y - logsumexp_{j != y} z_j. (B, C), (B,) -> (B,) float32."""
+    logits = logits.float()
+    true = logits.gather(1, y[:, None]).squeeze(1)
+    others = logits.masked_fill(F.one_hot(y, logits.shape[1]).bool(), float("-inf"))
+    return true - torch.logsumexp(others, dim=1)
+
+
+def _chunks(n: int, size: int) -> Iterator[slice]:
+    for start in range(0, n, size):
+        yield slice(start, min(start + size, n))
+
+
+def pool_signals(
+    model: nn.Module, pool: Pool, *, device: torch.device, queries: int = 1, batch_size: int = 1000,
+    autocast: Callable[[], contextlib.AbstractContextManager] | None = None,
+) -> dict[str, np.ndarray]:
+    """Signals of `model` on every sample of `pool`, in pool order.
+
+    Args:
+        queries: K, the number of augmented views per sample (see `query_plan`).
+        autocast: a context-manager factory for the forward pass (bf16 on CUDA), or None.
+
+    Returns:
+        sample_id (N,) int64, label (N,) int64, and for each name in SIGNALS an (N, K) array
+        (float32; bool for correct).
+    """
+    plan = query_plan(pool.info, queries)
+    pad = max(max(abs(dy), abs(dx)) for dy, dx, _ in plan)
+    out = {name: np.empty((pool.n, len(plan)), dtype=bool if name == "correct" else np.float32) for name in SIGNALS}
+    ctx = autocast or contextlib.nullcontext
+    with eval_mode(model), torch.no_grad():
+        for sl in _chunks(pool.n, batch_size):
+            x = pool.images[sl].to(device).float().div_(255)
+            y = pool.labels[sl].to(device)
+            b = x.shape[0]
+            for q, (dy, dx, flip) in enumerate(plan):
+                view = x
+                if (dy, dx, flip) != (0, 0, False):
+                    view = shift(x, torch.full((b,), dy, device=device), torch.full((b,), dx, device=device), pad,
+                                 torch.full((b,), flip, device=device))
+                if device.type == "cuda":
+                    view = view.contiguous(memory_format=torch.channels_last)
+                with ctx():
+                    logits = model(view)
+                for name, value in logit_signals(logits.float(), y).items():
+                    out[name][sl, q] = value.cpu().numpy()
+    out["sample_id"] = pool.sample_ids.numpy().astype(np.int64)
+    out["label"] = pool.labels.numpy().astype(np.int64)
+    return out
