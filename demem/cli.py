@@ -155,6 +155,35 @@ def _epochs(state, out: Path):
         yield m
 
 
+def cmd_audit(a: argparse.Namespace) -> int:
+    from demem.artifacts import GroupError, load_group
+    from demem.privacy.audit import AuditConfig, format_table, parse_attacks, run_audit, write_audit
+
+    try:
+        cfg = AuditConfig(attacks=parse_attacks(a.attacks), targets=a.targets, queries=a.queries,
+                          memorization_from=a.memorization_from)
+    except ValueError as e:
+        print(f"demem audit: {e}", file=sys.stderr)
+        return 2
+    log = sys.stderr if a.json else sys.stdout
+    t0 = time.perf_counter()
+    try:
+        group = load_group(a.directory, seed=a.seed, allow_partial=a.allow_partial)
+        print(f"auditing {group.n_models} models x {group.keep.shape[1]} samples from {a.directory} ...", file=log,
+              flush=True)
+        result, per_sample = run_audit(group, cfg)
+    except (GroupError, ValueError, FileNotFoundError) as e:
+        print(f"demem audit: {e}", file=sys.stderr)
+        return 2
+    result["seconds"] = time.perf_counter() - t0
+    paths = write_audit(a.out or a.directory, result, per_sample)
+    print(format_table(result), file=log)
+    print(f"wrote {', '.join(str(p) for p in paths)}", file=log)
+    if a.json:
+        print(json.dumps({name: r.get("mean", r) for name, r in result["attacks"].items()}, sort_keys=True))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="demem", description=__doc__.splitlines()[0])
     p.add_argument("--version", action="version", version=f"demem {__version__}")
@@ -163,6 +192,21 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     _add_train_args(t)
     t.set_defaults(func=cmd_train)
+    au = sub.add_parser("audit", help="membership-inference audit of one group's trained models",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    au.add_argument("directory", help="directory holding the `demem train --out` directories of one group")
+    au.add_argument("--attacks", default="all",
+                    help="comma-separated: lira (all variants), lira_online, lira_online_fixed, lira_offline, "
+                         "lira_offline_fixed, loss, confidence, entropy, modified_entropy, threshold, all")
+    au.add_argument("--targets", type=int, default=None, help="attack the first K models (default: all)")
+    au.add_argument("--queries", type=int, default=None, help="use the first K augmented queries (default: all)")
+    au.add_argument("--seed", type=int, default=None, help="audit only the models of this seed")
+    au.add_argument("--allow-partial", action="store_true", help="audit even if some of the group's models are missing")
+    au.add_argument("--memorization-from", default=None,
+                    help="per-sample table whose memorization defines the bins (e.g. the undefended group's)")
+    au.add_argument("--out", default=None, help="where to write audit.json and samples.parquet (default: DIRECTORY)")
+    au.add_argument("--json", action="store_true", help="print per-attack mean metrics as JSON on the last line")
+    au.set_defaults(func=cmd_audit)
     return p
 
 

@@ -50,3 +50,38 @@ def _deterministic_threads():
     # Two threads like the CI machine; keeps timings and reductions comparable across runs.
     torch.set_num_threads(2)
     yield
+
+
+def train_group(directory, n_models: int, **overrides):
+    """Train every model of a group with the Python API and write `demem train`-style directories."""
+    from pathlib import Path
+
+    from demem.artifacts import finish_run, start_run
+
+    pool = None
+    for m in range(n_models):
+        run = tiny_run(n_models=n_models, model_index=m, **overrides)
+        state = prepare(run, "cpu", pool=pool)
+        pool = state.pool
+        out = Path(directory) / f"model-{m:02d}"
+        start_run(state, out)
+        while not state.done:
+            train_epoch(state)
+        finish_run(state, out)
+    return Path(directory)
+
+
+OVERFIT = {
+    # 200 real samples, no augmentation, small batches, many epochs: each model memorises its 100
+    # (100% training accuracy from about epoch 30). GroupNorm so DP-SGD can train the same model.
+    "data": {"dataset": "fashion-mnist", "pool_size": 200, "pool_seed": 3},
+    "train": {"epochs": 35, "batch_size": 20, "lr": 0.02, "schedule": "constant", "augment": False, "norm": "group"},
+    "method": {"name": "standard"},
+    "eval": {"attack": {"steps": 1}, "queries": 2},
+}
+
+
+@pytest.fixture(scope="session")
+def overfit_group(tmp_path_factory):
+    """12 overfit small CNNs on 200 Fashion-MNIST samples, each trained on a balanced half."""
+    return train_group(tmp_path_factory.mktemp("overfit"), 12, **OVERFIT)
