@@ -128,3 +128,15 @@ def test_memorization_by_construction():
     # sample 1: in models 1, 3 (1 of 2 correct), out 0, 2 (1 of 2) -> 0.0
     np.testing.assert_allclose(memorization(correct, keep), [1.0, 0.0])
     assert mem_bin(np.array([-0.3, 0.0, 0.01, 0.05, 0.051, 0.95, 1.0])).tolist() == [0, 0, 1, 1, 2, 19, 20]
+
+
+def test_audit_table_drives_a_memorization_risk_run(audited, tmp_path, capsys):
+    out, _ = audited
+    assert main(["train", "--pool-size", "200", "--pool-seed", "3", "--method", "standard", "--epochs", "1",
+                 "--batch-size", "20", "--demem-lambda", "0.5", "--demem-risk", "memorization",
+                 "--demem-risk-file", str(out / "samples.parquet"), "--demem-threshold", "0.5",
+                 "--eval-attack-steps", "1", "--out", str(tmp_path / "run"), "--json"]) == 0
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert last["status"] == "done"
+    history = json.loads((tmp_path / "run" / "metrics.json").read_text())["history"]
+    assert 0.4 < history[0]["high_risk_frac"] < 0.6 and history[0]["penalty"] > 0
