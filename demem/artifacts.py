@@ -84,13 +84,15 @@ def start_run(state, out: Path) -> None:
 
 def finish_run(state, out: Path, *, train_seconds: float | None = None) -> dict[str, Any]:
     """Evaluate a trained state, write samples.npz and metrics.json, return the metrics."""
+    from demem.dp import per_sample_hooks_off
     from demem.evaluate import evaluate_heldout, sample_statistics
 
     out = Path(out)
     run = state.run
     t0 = time.perf_counter()
-    ev = evaluate_heldout(state.model, state.pool, state.keep, run.eval, device=state.device, seed=run.seed)
-    stats = sample_statistics(state.model, state.pool, device=state.device, queries=run.eval.queries)
+    with per_sample_hooks_off(state.train_model if state.dp is not None else None):
+        ev = evaluate_heldout(state.model, state.pool, state.keep, run.eval, device=state.device, seed=run.seed)
+        stats = sample_statistics(state.model, state.pool, device=state.device, queries=run.eval.queries)
     write_npz(out / SAMPLES, keep=state.keep, **stats)
     last = state.history[-1] if state.history else {}
     metrics = {
@@ -98,7 +100,12 @@ def finish_run(state, out: Path, *, train_seconds: float | None = None) -> dict[
         "train_loss": last.get("train_loss"), "train_acc": last.get("train_acc"),
         "epochs_done": state.epoch, "train_seconds": train_seconds, "eval_seconds": time.perf_counter() - t0,
         "seed": run.seed, "model_index": run.model_index, "history": state.history, "status": "done",
+        "defence": run.defence,
     }
+    if state.dp is not None:
+        metrics.update(epsilon=state.dp.epsilon(), delta=state.dp.delta, noise_multiplier=state.dp.noise_multiplier,
+                       max_grad_norm=run.dp.max_grad_norm, sample_rate=state.dp.sample_rate,
+                       accountant=run.dp.accountant)
     write_json(out / METRICS, metrics)
     return metrics
 

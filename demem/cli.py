@@ -17,6 +17,7 @@ from demem import __version__
 from demem.attacks import LOSSES as ATTACK_LOSSES
 from demem.attacks import NORMS as ATTACK_NORMS
 from demem.demem import RISKS, THRESHOLD_MODES
+from demem.dp import ACCOUNTANTS
 from demem.models import NORMS
 from demem.train import SCHEDULES, SPLITS
 
@@ -35,7 +36,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=0, help="training seed (init, batch order, attacks)")
     g = p.add_argument_group("model and optimisation")
     g.add_argument("--arch", default="small-cnn")
-    g.add_argument("--norm", default="batch", choices=NORMS)
+    g.add_argument("--norm", default=None, choices=NORMS, help="default: batch; group for the DP methods")
     g.add_argument("--epochs", type=int, default=None, help="default: per dataset (15 for (fashion-)mnist)")
     g.add_argument("--batch-size", type=int, default=None, help="default: 256 (CIFAR, SVHN), 128 ((fashion-)mnist)")
     g.add_argument("--lr", type=float, default=0.1)
@@ -43,7 +44,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--schedule", default="step", choices=SCHEDULES)
     g.add_argument("--no-augment", action="store_true", help="train without random crops and flips")
     g = p.add_argument_group("method")
-    g.add_argument("--method", default="pgd_at", help="standard, pgd_at, trades, mart, fgsm_rs")
+    g.add_argument("--method", default="pgd_at",
+                   help="standard, pgd_at, trades, mart, fgsm_rs; DP-SGD: dp_sgd, dp_pgd_at, dp_trades")
     g.add_argument("--beta", type=float, default=None, help="TRADES / MART robustness weight (default 6 / 5)")
     g.add_argument("--awp-gamma", type=float, default=0.0, help="AWP size for pgd_at / trades (0 = off)")
     g.add_argument("--eps", type=float, default=None, help="attack radius (default: per dataset)")
@@ -56,6 +58,12 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--demem-risk", default="loss_deviation", choices=RISKS)
     g.add_argument("--demem-risk-file", default=None, help="per-sample memorization table (risk 'memorization')")
     g.add_argument("--demem-threshold-mode", default="quantile", choices=THRESHOLD_MODES)
+    g = p.add_argument_group("differential privacy (methods dp_sgd, dp_pgd_at, dp_trades; through Opacus)")
+    g.add_argument("--dp-noise", type=float, default=None, help="noise multiplier sigma (or --dp-epsilon)")
+    g.add_argument("--dp-epsilon", type=float, default=None, help="target epsilon for the whole run (or --dp-noise)")
+    g.add_argument("--dp-clip", type=float, default=1.0, help="per-sample gradient clipping norm")
+    g.add_argument("--dp-delta", type=float, default=None, help="default: 1/N_train rounded down to a power of ten")
+    g.add_argument("--dp-accountant", default="prv", choices=ACCOUNTANTS)
     g = p.add_argument_group("evaluation")
     g.add_argument("--eval-attack-steps", type=int, default=20)
     g.add_argument("--eval-attack-loss", default="ce", choices=ATTACK_LOSSES)
@@ -78,13 +86,15 @@ def run_dict_from_args(a: argparse.Namespace) -> dict[str, Any]:
     return {
         "data": {"dataset": a.dataset, "pool_size": a.pool_size, "pool_seed": a.pool_seed, "splits": a.splits,
                  "root": a.data_root, "download": a.download},
-        "train": {"arch": a.arch, "norm": a.norm, "epochs": a.epochs, "batch_size": a.batch_size, "lr": a.lr,
+        "train": {"arch": a.arch, **({"norm": a.norm} if a.norm else {}), "epochs": a.epochs, "batch_size": a.batch_size, "lr": a.lr,
                   "weight_decay": a.weight_decay, "schedule": a.schedule, "augment": not a.no_augment},
         "method": {"name": a.method, "beta": a.beta, "awp_gamma": a.awp_gamma},
         "attack": attack,
         "eval": {"attack": evals, "autoattack": a.autoattack},
         "demem": {"lambda": a.demem_lambda, "risk_threshold": a.demem_threshold, "risk": a.demem_risk,
                   "risk_file": a.demem_risk_file, "threshold_mode": a.demem_threshold_mode},
+        "dp": {"noise_multiplier": a.dp_noise, "target_epsilon": a.dp_epsilon, "max_grad_norm": a.dp_clip,
+               "delta": a.dp_delta, "accountant": a.dp_accountant},
         "n_models": a.n_models, "model_index": a.model_index, "seed": a.seed,
     }
 
@@ -126,13 +136,18 @@ def cmd_train(a: argparse.Namespace) -> int:
     print(f"training {run.method.name} ({run.train.arch}) on {state.pool.info.name}: model "
           f"{run.model_index}/{run.n_models}, {int(state.keep.sum())} of {state.pool.n} pool samples, "
           f"{run.train.epochs} epochs, eps {run.attack.eps:.4g}, DeMem lambda {run.demem.lam:g} "
-          f"tau {run.demem.risk_threshold:g}, device {device}", file=log)
+          f"tau {run.demem.risk_threshold:g}, defence {run.defence}, device {device}", file=log)
+    if state.dp is not None:
+        print(f"DP-SGD (Opacus): noise multiplier {state.dp.noise_multiplier:.4g}, clip {run.dp.max_grad_norm:g}, "
+              f"sample rate {state.dp.sample_rate:.4g}, delta {state.dp.delta:g}, accountant {run.dp.accountant}",
+              file=log)
     t0 = time.perf_counter()
     try:
         for m in _epochs(state, out):
             print(f"epoch {m['epoch']:>3}/{run.train.epochs}  loss {m['train_loss']:.4f}  "
                   f"penalty {m['penalty']:.4f}  train acc {m['train_acc']:.3f}  lr {m['lr']:.4g}  "
-                  f"{m['seconds']:.1f}s ({m['samples_per_s']:.0f} samples/s)", file=log, flush=True)
+                  + (f"epsilon {m['epsilon']:.3f}  " if "epsilon" in m else "")
+                  + f"{m['seconds']:.1f}s ({m['samples_per_s']:.0f} samples/s)", file=log, flush=True)
     except FloatingPointError as e:
         print(f"demem train: {e}", file=sys.stderr)
         return 1

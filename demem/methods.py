@@ -37,6 +37,7 @@ class Method:
     loss: Callable[..., MethodOutput]
     default_beta: float | None = None  # methods with a robustness weight
     supports_awp: bool = False
+    dp: bool = False  # trained with DP-SGD through Opacus (demem.dp)
 
 
 METHODS: Registry[Method] = Registry("method")
@@ -47,7 +48,8 @@ class MethodConfig:
     """Training-method settings.
 
     Attributes:
-        name: one of METHODS (standard, pgd_at, trades, mart, fgsm_rs).
+        name: one of METHODS (standard, pgd_at, trades, mart, fgsm_rs, and the DP-SGD versions
+            dp_sgd, dp_pgd_at, dp_trades, which need the `dp` settings).
         beta: robustness weight of TRADES (default 6) and MART (default 5); None takes the default.
         awp_gamma: AWP weight-perturbation size relative to each layer's weight norm (Wu et al. 2020;
             0.01 for PGD-AT, 0.005 for TRADES in the reference); 0 disables AWP.
@@ -63,7 +65,7 @@ class MethodConfig:
         method = METHODS.get(self.name)
         if self.beta is not None:
             if method.default_beta is None:
-                raise ValueError(f"method.beta is not used by {self.name!r}; only by trades and mart")
+                raise ValueError(f"method.beta is not used by {self.name!r}; only by trades, dp_trades and mart")
             if not self.beta >= 0:
                 raise ValueError(f"method.beta must be >= 0, got {self.beta}")
         if not self.awp_gamma >= 0:
@@ -82,7 +84,11 @@ class MethodConfig:
 
     @property
     def adversarial(self) -> bool:
-        return self.name != "standard"
+        return self.name not in ("standard", "dp_sgd")
+
+    @property
+    def dp(self) -> bool:
+        return METHODS.get(self.name).dp
 
 
 def _ce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -191,6 +197,15 @@ def _mart_loss(model, x, x_adv, y, cfg) -> MethodOutput:
 
 
 METHODS.register("mart")(Method(_pgd_examples, _mart_loss, default_beta=5.0))
+
+
+# --- DP-SGD versions (Opacus does the clipping and noise; see demem.dp) -------------------------
+
+METHODS.register("dp_sgd")(Method(_no_attack, _clean_loss, dp=True))
+METHODS.register("dp_pgd_at")(Method(_pgd_examples, _adv_ce_loss, dp=True))
+# TRADES's two forward passes (clean, adversarial) are fine for Opacus's hooks: per-sample gradients
+# of both passes are summed per sample before clipping.
+METHODS.register("dp_trades")(Method(_trades_examples, _trades_loss, default_beta=6.0, dp=True))
 
 
 # --- the full objective -------------------------------------------------------------------------

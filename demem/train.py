@@ -33,8 +33,9 @@ from demem.attacks import AttackConfig
 from demem.augment import augment
 from demem.data import DATASETS, SPLITS, Pool, dataset_info, make_pool
 from demem.demem import DeMemConfig, load_risk_table, scores_for
+from demem.dp import DPConfig, DPRuntime, make_private, per_sample_hooks_off
 from demem.membership import keep_row
-from demem.methods import AWP, MethodConfig, generate, objective
+from demem.methods import AWP, METHODS, MethodConfig, generate, objective
 from demem.models import MODELS, NORMS, build_model
 from demem.privacy.signals import query_plan
 
@@ -101,8 +102,8 @@ class TrainConfig:
             raise ValueError(f"train.norm must be one of {NORMS}, got {self.norm!r}")
         if self.epochs is not None and self.epochs < 1:
             raise ValueError(f"train.epochs must be >= 1, got {self.epochs}")
-        if self.batch_size is not None and self.batch_size < 2:
-            raise ValueError(f"train.batch_size must be >= 2, got {self.batch_size}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ValueError(f"train.batch_size must be >= 1, got {self.batch_size}")
         if not self.lr > 0:
             raise ValueError(f"train.lr must be > 0, got {self.lr}")
         if not 0 <= self.momentum < 1 or self.weight_decay < 0:
@@ -149,6 +150,7 @@ class RunConfig:
     attack: AttackConfig | None = None
     eval: EvalConfig = field(default_factory=EvalConfig)
     demem: DeMemConfig = field(default_factory=DeMemConfig)
+    dp: DPConfig = field(default_factory=DPConfig)
     n_models: int = 2
     model_index: int = 0
     seed: int = 0
@@ -158,7 +160,21 @@ class RunConfig:
             raise ValueError(f"n_models must be >= 1, got {self.n_models}")
         if not 0 <= self.model_index < self.n_models:
             raise ValueError(f"model_index must be in [0, n_models={self.n_models}), got {self.model_index}")
+        if not self.method.dp and self.train.batch_size is not None and self.train.batch_size < 2:
+            # (DP batches are Poisson-sampled, so there the size is only an expectation.)
+            raise ValueError(f"train.batch_size must be >= 2, got {self.train.batch_size}")
+        dp_methods = [n for n in METHODS if METHODS.get(n).dp]
+        if self.method.dp and not self.dp.given:
+            raise ValueError(f"method {self.method.name!r} needs dp.noise_multiplier or dp.target_epsilon")
+        if self.dp.given and not self.method.dp:
+            raise ValueError(f"dp settings are given but method {self.method.name!r} is not a DP method; "
+                             f"use one of {dp_methods}")
 
+    @property
+    def defence(self) -> str:
+        """Which privacy defences the run uses: none, demem, dp or dp+demem."""
+        parts = [p for p, on in (("dp", self.method.dp), ("demem", self.demem.active)) if on]
+        return "+".join(parts) or "none"
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunConfig:
         """Validate `data` and fill dataset-dependent defaults (epochs, attack eps, step sizes)."""
@@ -168,6 +184,12 @@ class RunConfig:
         defaults = DATASET_DEFAULTS[info.name]
         train = replace(run.train, epochs=run.train.epochs or defaults["epochs"],
                         batch_size=run.train.batch_size or defaults["batch_size"])
+        if run.method.dp and train.norm == "batch":
+            # DP-SGD needs per-sample gradients, which BatchNorm does not have: use GroupNorm.
+            if (raw.get("train") or {}).get("norm") == "batch":
+                raise ValueError("train.norm 'batch' cannot be trained with DP-SGD (BatchNorm mixes the samples "
+                                 "of a batch); use 'group'")
+            train = replace(train, norm="group")
         atk = {"eps": info.eps, "steps": 3, **(raw.get("attack") or {})}
         atk.setdefault("step_size", 1.25 * atk["eps"] / atk["steps"])  # the reference training attack
         query_plan(info, run.eval.queries)  # fail now if the dataset has fewer views than asked
@@ -244,6 +266,8 @@ class TrainState:
     train_x: torch.Tensor  # (n, C, H, W) uint8 on device
     train_y: torch.Tensor  # (n,) int64 on device
     train_mem: torch.Tensor | None  # (n,) float memorization scores, for risk="memorization"
+    train_model: nn.Module | None = None  # what the loss is computed through (Opacus's wrapper under DP)
+    dp: DPRuntime | None = None
     awp: AWP | None = None
     epoch: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
@@ -263,6 +287,7 @@ class TrainState:
             "optimizer": self.optimizer.state_dict(),
             "generator": self.generator.get_state(),
             "history": self.history,
+            "dp": self.dp.state_dict() if self.dp is not None else None,
         }
 
     def load_state_dict(self, sd: dict[str, Any]) -> None:
@@ -275,6 +300,8 @@ class TrainState:
         self.generator.set_state(sd["generator"])
         self.epoch = int(sd["epoch"])
         self.history = list(sd["history"])
+        if self.dp is not None:
+            self.dp.load_state_dict(sd["dp"])
 
     def save(self, directory: str | Path) -> Path:
         """Write `checkpoint.pt` into `directory` atomically (temp file + rename)."""
@@ -321,9 +348,13 @@ def prepare(run: RunConfig, device: torch.device | str = "cpu", pool: Pool | Non
     gen = torch.Generator(device=device)
     gen.manual_seed(run.model_seed)
     awp = AWP(model, run.method.awp_gamma) if run.method.awp_gamma > 0 else None
+    train_model, dp = model, None
+    if run.method.dp:
+        train_model, opt, dp = make_private(model, opt, n_train=int(idx.numel()), batch_size=run.train.batch_size,
+                                            epochs=run.train.epochs, cfg=run.dp, seed=run.model_seed, device=device)
     return TrainState(run=run, device=device, pool=pool, keep=keep, model=model, optimizer=opt, generator=gen,
                       train_x=pool.images[idx].to(device), train_y=pool.labels[idx].to(device),
-                      train_mem=mem, awp=awp)
+                      train_mem=mem, train_model=train_model, dp=dp, awp=awp)
 
 
 def _batches(n: int, batch_size: int, perm: torch.Tensor) -> Iterator[torch.Tensor]:
@@ -340,15 +371,20 @@ def train_epoch(state: TrainState) -> dict[str, float]:
     lr = lr_at(run.train, state.epoch)
     for g in state.optimizer.param_groups:
         g["lr"] = lr
-    model = state.model
+    model, train_model = state.model, state.train_model or state.model
     n = state.train_x.shape[0]
-    perm = torch.randperm(n, device=device, generator=state.generator)
-    batches = list(_batches(n, run.train.batch_size, perm))
+    if state.dp is not None:  # Poisson-sampled batches, drawn by Opacus
+        batches = [i.to(device) for (i,) in state.dp.loader]
+    else:
+        batches = list(_batches(n, run.train.batch_size, torch.randperm(n, device=device, generator=state.generator)))
     # Per-batch sums stay on the device: no host sync inside the loop.
     sums = torch.zeros(len(batches), 5, device=device, dtype=torch.float64)
     use_awp = state.awp is not None and state.epoch >= run.method.awp_warmup
     t0 = time.perf_counter()
     for b, idx in enumerate(batches):
+        if idx.numel() == 0:  # a Poisson batch can be empty: Opacus still takes a noise-only step
+            _empty_dp_step(state)
+            continue
         x = state.train_x[idx].float().div_(255)
         if run.train.augment:
             x = augment(x, crop_pad=info.crop_pad, flip=info.flip, generator=state.generator)
@@ -357,14 +393,15 @@ def train_epoch(state: TrainState) -> dict[str, float]:
         y = state.train_y[idx]
         mem = state.train_mem[idx] if state.train_mem is not None else None
         with autocast(device):
-            x_adv = generate(model, x, y, method=run.method, attack=run.attack, generator=state.generator)
-            model.train()
+            with per_sample_hooks_off(state.train_model if state.dp is not None else None):
+                x_adv = generate(model, x, y, method=run.method, attack=run.attack, generator=state.generator)
+            train_model.train()
             deltas = None
             if use_awp:
                 deltas = state.awp.perturb(
                     model, lambda m: objective(m, x, y, x_adv, method=run.method, demem=run.demem,
                                                memorization=mem).total)
-            obj = objective(model, x, y, x_adv, method=run.method, demem=run.demem, memorization=mem)
+            obj = objective(train_model, x, y, x_adv, method=run.method, demem=run.demem, memorization=mem)
         state.optimizer.zero_grad(set_to_none=True)
         obj.total.backward()
         state.optimizer.step()
@@ -387,7 +424,7 @@ def train_epoch(state: TrainState) -> dict[str, float]:
             f"(method {run.method.name}, lr {lr:g}); lower the learning rate or demem.lambda"
         )
     seconds = time.perf_counter() - t0
-    used = sum(len(i) for i in batches)
+    used = max(sum(len(i) for i in batches), 1)
     s = totals.sum(0) / used
     metrics = {
         "epoch": state.epoch,
@@ -400,8 +437,20 @@ def train_epoch(state: TrainState) -> dict[str, float]:
         "seconds": seconds,
         "samples_per_s": used / seconds,
     }
+    if state.dp is not None:
+        metrics["epsilon"] = state.dp.epsilon()
     state.history.append(metrics)
     return metrics
+
+
+def _empty_dp_step(state: TrainState) -> None:
+    """Step on an empty Poisson batch: zero per-sample gradients, so the update is pure noise, and
+    the accountant counts the step as it must."""
+    state.optimizer.zero_grad(set_to_none=True)
+    for p in state.model.parameters():
+        if p.requires_grad:
+            p.grad_sample = torch.zeros((0, *p.shape), device=p.device, dtype=p.dtype)
+    state.optimizer.step()
 
 
 def epochs(state: TrainState) -> Iterator[dict[str, float]]:
