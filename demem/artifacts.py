@@ -31,6 +31,7 @@ CONFIG, KEEP, SAMPLES, METRICS = "config.json", "keep.npy", "samples.npz", "metr
 def write_json(path: Path, obj: Any) -> None:
     """Write JSON atomically (temp file in the same directory + rename)."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
@@ -235,3 +236,12 @@ def load_group(directory: str | Path, *, seed: int | None = None, allow_partial:
         signals={k: np.stack(v) for k, v in signals.items()}, labels=np.asarray(labels), sample_ids=np.asarray(ids),
         run=ref["run"], pool_fingerprint=ref["pool_fingerprint"], metrics=metrics,
     )
+
+
+def read_metrics(out: str | Path) -> dict[str, Any] | None:
+    """The metrics of a finished run directory, or None if it has not finished."""
+    path = Path(out) / METRICS
+    if not path.exists():
+        return None
+    metrics = json.loads(path.read_text())
+    return metrics if metrics.get("status") == "done" else None

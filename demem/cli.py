@@ -86,7 +86,8 @@ def run_dict_from_args(a: argparse.Namespace) -> dict[str, Any]:
     return {
         "data": {"dataset": a.dataset, "pool_size": a.pool_size, "pool_seed": a.pool_seed, "splits": a.splits,
                  "root": a.data_root, "download": a.download},
-        "train": {"arch": a.arch, **({"norm": a.norm} if a.norm else {}), "epochs": a.epochs, "batch_size": a.batch_size, "lr": a.lr,
+        "train": {"arch": a.arch, **({"norm": a.norm} if a.norm else {}), "epochs": a.epochs,
+                  "batch_size": a.batch_size, "lr": a.lr,
                   "weight_decay": a.weight_decay, "schedule": a.schedule, "augment": not a.no_augment},
         "method": {"name": a.method, "beta": a.beta, "awp_gamma": a.awp_gamma},
         "attack": attack,

@@ -55,6 +55,7 @@ __all__ = [
     "Split",
     "dataset_info",
     "load_splits",
+    "locate",
     "make_pool",
 ]
 
@@ -603,6 +604,51 @@ def load_splits(
         f"Fetch it with: {info.fetch_hint}\n"
         "(or point --data-root / $DEMEM_DATA at an existing copy)"
     )
+
+
+def _files_present(name: str, directory: Path) -> bool | None:
+    """Whether `directory` holds the files `name`'s loader reads, judged from file names alone.
+
+    The loaders return None exactly when these files are missing, so this agrees with them without
+    reading (or unpickling) any data. None means "no cheap check for this dataset": ask the loader.
+    """
+    if name in ("fashion-mnist", "mnist"):
+        return _find_idx_dir(directory, "FashionMNIST" if name == "fashion-mnist" else "MNIST") is not None
+    if name == "cifar10":
+        base = directory / "cifar-10-batches-py"
+        names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+        return all((base / f).is_file() for f in names)
+    if name == "cifar100":
+        base = directory / "cifar-100-python"
+        return (base / "train").is_file() and (base / "test").is_file()
+    if name == "svhn":
+        return (directory / "train_32x32.mat").is_file() and (directory / "test_32x32.mat").is_file()
+    return None
+
+
+def locate(name: str, root: str | Path | None = None) -> Path | None:
+    """The directory `load_splits(name, root=root)` would read from, without reading or downloading.
+
+    Follows the same search order as `load_splits` (``root``, ``$DEMEM_DATA``, the Debian package for
+    Fashion-MNIST, the download cache). Only file names are checked, so files that are present but
+    malformed are found here and rejected later by the loader.
+
+    Returns:
+        The first candidate directory that holds the dataset's files, or None if none does.
+
+    Raises:
+        ValueError: unknown dataset name (listing the known ones).
+    """
+    loader = DATASETS.get(name)
+    for directory in _candidate_dirs(name, root):
+        if not directory.is_dir():
+            continue
+        present = _files_present(name, directory)
+        if present is None:  # a dataset without a cheap check: the loader itself decides
+            present = loader(directory) is not None
+        if present:
+            return directory
+    return None
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -474,3 +474,62 @@ def test_pool_seed_validation(tmp_path):
         ).seed
         == 3
     )
+
+
+# ---------------------------------------------------------------------------------------------------
+# locate: where load_splits would read from, without reading
+# ---------------------------------------------------------------------------------------------------
+
+
+_WRITERS = {"mnist": write_mnist, "cifar10": write_cifar10, "cifar100": write_cifar100, "svhn": write_svhn}
+
+
+@pytest.mark.parametrize("name", sorted(_WRITERS))
+def test_locate_follows_the_search_order(name, tmp_path, monkeypatch):
+    root, env, home = tmp_path / "root", tmp_path / "env", tmp_path / "home"
+    for d in (root, env, home):
+        d.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    assert data.locate(name, root) is None
+    _WRITERS[name](home / ".cache" / "demem" / "data" / name)  # the download cache, lowest priority
+    assert data.locate(name, root) == home / ".cache" / "demem" / "data" / name
+    _WRITERS[name](env)  # $DEMEM_DATA itself
+    monkeypatch.setenv("DEMEM_DATA", str(env))
+    assert data.locate(name) == env
+    _WRITERS[name](root / name)  # root/<name> wins over everything
+    found = data.locate(name, root)
+    assert found == root / name
+    # ...and it is the copy load_splits reads: the loader finds files there.
+    assert DATASETS.get(name)(found) is not None
+    assert load_splits(name, root=root)[0].n == load_splits(name, root=found)[0].n
+
+
+def test_locate_agrees_with_loaders_on_partial_copies(tmp_path):
+    write_cifar10(tmp_path)
+    (tmp_path / "cifar-10-batches-py" / "test_batch").unlink()
+    assert data.locate("cifar10", tmp_path) is None
+    with pytest.raises(DatasetNotFoundError):
+        load_splits("cifar10", root=tmp_path)
+    write_mnist(tmp_path / "m")
+    (tmp_path / "m" / "t10k-labels-idx1-ubyte.gz").unlink()
+    assert data.locate("mnist", tmp_path / "m") is None
+
+
+def test_locate_does_not_read_the_files(tmp_path):
+    # File names are all locate looks at: a corrupt copy is located, and the loader rejects it later.
+    base = tmp_path / "cifar-10-batches-py"
+    base.mkdir()
+    for f in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        (base / f).write_bytes(b"not a pickle")
+    assert data.locate("cifar10", tmp_path) == tmp_path
+    with pytest.raises(pickle.UnpicklingError):
+        load_splits("cifar10", root=tmp_path)
+
+
+def test_locate_fashion_default_and_unknown_name(tmp_path):
+    every = set(DATASETS.names())
+    assert all(data._files_present(n, tmp_path) is False for n in every)  # every dataset has a cheap check
+    if (FASHION_DIR / "train-images-idx3-ubyte.gz").is_file():
+        assert data.locate("fashion-mnist", tmp_path) == FASHION_DIR
+    with pytest.raises(ValueError, match="unknown dataset 'imagenet'; known: cifar10"):
+        data.locate("imagenet")

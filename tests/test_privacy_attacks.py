@@ -293,3 +293,31 @@ def test_balanced_accuracy_of_matches_sklearn():
     assert balanced_accuracy_of(pred, members) == pytest.approx(balanced_accuracy_score(members, pred), abs=1e-12)
     with pytest.raises(ValueError):
         balanced_accuracy_of(pred, np.ones(500, bool))
+
+
+def test_excluding_the_complementary_partner_removes_the_small_group_bias():
+    # Signals that carry no membership at all, pair-structured keep masks, few models: plain
+    # leave-one-out gives the IN fit one shadow fewer than the OUT fit exactly for members, which
+    # biases online LiRA below 0.5; leaving out the target's partner as well balances both sides.
+    rng = np.random.default_rng(0)
+    m, n = 8, 3000
+    keep = keep_mask(m, n, seed=1)
+    signals = rng.normal(size=(m, n, 2)) + rng.normal(size=(1, n, 2)) * 2  # per-sample offsets, no membership
+    targets = np.arange(m)
+    partners = targets ^ 1
+    plain = lira_scores(signals, keep, variant="online")
+    paired = lira_scores(signals, keep, variant="online", exclude=partners)
+    auc_plain = np.mean([roc_auc(plain[t], keep[t]) for t in targets])
+    auc_paired = np.mean([roc_auc(paired[t], keep[t]) for t in targets])
+    assert auc_plain < 0.47  # the bias this option exists to remove
+    assert abs(auc_paired - 0.5) < 0.015
+    # And the scores equal a slow fit on the models left after removing target and partner.
+    for t in (0, 5):
+        rest = np.setdiff1d(np.arange(m), [t, t ^ 1])
+        x, k = signals[rest], keep[rest]
+        for i in (0, 17):
+            ins, outs = x[k[:, i], i], x[~k[:, i], i]
+            want = np.mean([stats.norm.logpdf(signals[t, i, q], ins[:, q].mean(), ins[:, q].std())
+                            - stats.norm.logpdf(signals[t, i, q], outs[:, q].mean(), outs[:, q].std())
+                            for q in range(2)])
+            assert paired[t, i] == pytest.approx(want, rel=1e-9, abs=1e-9)

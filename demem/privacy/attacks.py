@@ -105,13 +105,19 @@ def _check_lira_inputs(signals, keep, variant: str, targets, min_shadows: int):
     return signals, keep, targets
 
 
-def _check_shadow_counts(keep: np.ndarray, targets: np.ndarray, need_in: bool, min_shadows: int) -> None:
+def _check_shadow_counts(keep: np.ndarray, targets: np.ndarray, need_in: bool, min_shadows: int,
+                         exclude: np.ndarray | None = None) -> None:
     """Raise if some (target, sample) has fewer than min_shadows IN (if needed) or OUT shadows."""
     n_in_all = keep.sum(axis=0)  # (N,)
     n_out_all = keep.shape[0] - n_in_all
     k = keep[targets]  # (T, N): the target's own row leaves the group it belongs to
     n_in = n_in_all - k
     n_out = n_out_all - ~k
+    if exclude is not None:
+        has = (exclude >= 0)[:, None]
+        e = keep[np.maximum(exclude, 0)]
+        n_in = n_in - (e & has)
+        n_out = n_out - (~e & has)
     short = n_out < min_shadows
     if need_in:
         short |= n_in < min_shadows
@@ -149,13 +155,24 @@ def _group_moments(signals: np.ndarray, member: np.ndarray) -> _Group:
     return _Group(n=n, mean=mean, m2=m2)
 
 
-def _leave_out(group: _Group, own: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and std of a group with each target's own model removed where it belongs to the group.
+def _remove(n: np.ndarray, mean: np.ndarray, m2: np.ndarray, w: np.ndarray, x: np.ndarray):
+    """Remove value x from the moments (count n, mean, sum of squared deviations M2) where w.
 
-    Removing one value x from n values with mean mu and sum of squared deviations M2 leaves
-    mean' = (n mu - x) / (n - 1) and M2' = M2 - (x - mu)(x - mean'), the reverse of Welford's update.
-    This is exact up to rounding; the rounding only matters if the removed value is ~1e6 spreads away
-    from the others, and M2' is clipped at 0 so it can never go negative.
+    The reverse of Welford's update: mean' = (n mean - x) / (n - 1), M2' = M2 - (x - mean)(x - mean').
+    Exact up to rounding, which only matters if x is ~1e6 spreads away from the rest; M2' is clipped
+    at 0 later, so it never goes negative. Shapes: n, w (T, N, 1); mean, m2, x (T, N, K).
+    """
+    n2 = n - w
+    safe = np.where(n2 > 0, n2, 1.0)
+    mean2 = np.where(w, (n * mean - x) / safe, mean)
+    m2_2 = np.where(w, m2 - (x - mean) * (x - mean2), m2)
+    return n2, mean2, m2_2
+
+
+def _leave_out(group: _Group, own: np.ndarray, x: np.ndarray, extra: tuple[np.ndarray, np.ndarray] | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and std of a group with each target's own model removed where it belongs to the group,
+    and optionally one more model per target (`extra` = (membership (T, N), signals (T, N, K))).
 
     Args:
         group: moments over all M models.
@@ -163,14 +180,16 @@ def _leave_out(group: _Group, own: np.ndarray, x: np.ndarray) -> tuple[np.ndarra
         x: (T, N, K) float64, the targets' own signals.
 
     Returns:
-        (mean, std), each (T, N, K): leave-one-out mean and population std (floored at STD_FLOOR).
+        (mean, std), each (T, N, K): leave-out mean and population std (floored at STD_FLOOR).
     """
-    w = own[:, :, None]
-    n = (group.n - own)[:, :, None].astype(np.float64)  # >= min_shadows >= 1, checked beforehand
-    mean_loo = (group.n[:, None] * group.mean - x) / n
-    mean = np.where(w, mean_loo, group.mean)
-    m2 = np.where(w, group.m2 - (x - group.mean) * (x - mean_loo), group.m2)
-    std = np.sqrt(np.maximum(m2, 0.0) / n)
+    t = own.shape[0]
+    n = np.broadcast_to(group.n[None, :, None].astype(np.float64), (t, *group.n.shape, 1))
+    mean = np.broadcast_to(group.mean, (t, *group.mean.shape))
+    m2 = np.broadcast_to(group.m2, (t, *group.m2.shape))
+    n, mean, m2 = _remove(n, mean, m2, own[:, :, None], x)
+    if extra is not None:
+        n, mean, m2 = _remove(n, mean, m2, extra[0][:, :, None], extra[1])
+    std = np.sqrt(np.maximum(m2, 0.0) / np.where(n > 0, n, 1.0))
     np.maximum(std, STD_FLOOR, out=std)
     return mean, std
 
@@ -187,6 +206,7 @@ def lira_scores(
     variant: str = "online",
     targets: Sequence[int] | None = None,
     min_shadows: int = 2,
+    exclude: Sequence[int] | None = None,
 ) -> np.ndarray:
     """LiRA membership scores of target models, each attacked with the group's other models as shadows.
 
@@ -202,6 +222,11 @@ def lira_scores(
         targets: indices of the target models (default: all M, in order).
         min_shadows: the fewest IN and OUT shadows (OUT only, for offline variants) a sample may have
             for any target.
+        exclude: (T,) one more model to leave out of each target's shadows, or -1 for none. Leaving
+            out a target's complementary partner (demem.membership pairs models 2k and 2k+1) gives
+            every sample exactly (M - 2) / 2 IN and OUT shadows. Without it, a sample's IN fit has one
+            shadow fewer than its OUT fit exactly when the target trained on it, which with few shadows
+            biases scores (AUC below 0.5 on models that learned nothing).
 
     Returns:
         (T, N) float64 scores; row j belongs to model ``targets[j]``; higher = more likely a member.
@@ -214,7 +239,12 @@ def lira_scores(
     signals, keep, targets = _check_lira_inputs(signals, keep, variant, targets, min_shadows)
     online = variant.startswith("online")
     fixed = variant.endswith("_fixed")
-    _check_shadow_counts(keep, targets, need_in=online, min_shadows=int(min_shadows))
+    excl = None
+    if exclude is not None:
+        excl = np.asarray(exclude, dtype=np.int64)
+        if excl.shape != targets.shape or (excl >= keep.shape[0]).any() or (excl == targets).any():
+            raise ValueError("lira: exclude needs one model index (or -1) per target, not the target itself")
+    _check_shadow_counts(keep, targets, need_in=online, min_shadows=int(min_shadows), exclude=excl)
 
     _, n_samples, n_queries = signals.shape
     out_group = _group_moments(signals, ~keep)
@@ -225,12 +255,19 @@ def lira_scores(
         t = targets[start:start + chunk]
         x = signals[t].astype(np.float64)  # (c, N, K)
         own_in = keep[t]
-        mu_out, s_out = _leave_out(out_group, ~own_in, x)
+        extra_in = extra_out = None
+        if excl is not None:
+            e = excl[start:start + chunk]
+            has = (e >= 0)[:, None]
+            xe = signals[np.maximum(e, 0)].astype(np.float64)
+            extra_in = (keep[np.maximum(e, 0)] & has, xe)
+            extra_out = (~keep[np.maximum(e, 0)] & has, xe)
+        mu_out, s_out = _leave_out(out_group, ~own_in, x, extra_out)
         if fixed:
             s_out = _fixed(s_out)
         z_out = (x - mu_out) / s_out
         if online:
-            mu_in, s_in = _leave_out(in_group, own_in, x)
+            mu_in, s_in = _leave_out(in_group, own_in, x, extra_in)
             if fixed:
                 s_in = _fixed(s_in)
             z_in = (x - mu_in) / s_in

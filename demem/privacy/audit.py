@@ -1,7 +1,8 @@
 """Audit one group: membership-inference attacks against each target model, memorization, per-sample
 risk, and the per-memorization-bin analysis. Pure arrays in (`GroupData`), plain dicts out.
 
-Every target is attacked leave-one-out: its shadows are the group's other models. Numbers are
+Every target is attacked with the group's other models as shadows, leaving out its complementary
+partner too, so each sample has equally many IN and OUT shadows. Numbers are
 reported per target and as mean ± std over targets, each labelled with its attack variant.
 """
 
@@ -90,6 +91,14 @@ def run_audit(group: GroupData, cfg: AuditConfig) -> tuple[dict[str, Any], dict[
     phi = group.signals["phi"][:, :, :k]
     correct = group.signals["correct"][:, :, 0]
 
+    # Leave each target's complementary partner out too (models 2k and 2k+1 train on complementary
+    # halves): every sample then has exactly (M - 2) / 2 IN and OUT shadows, with no bias from unequal
+    # counts (see demem.privacy.attacks.lira_scores). Models without a partner in the group keep M - 1.
+    idx = {int(mi): j for j, mi in enumerate(group.model_index)}
+    partners = np.array([idx.get(int(group.model_index[t]) ^ 1, -1) for t in targets])
+    for j, p in enumerate(partners):
+        if p >= 0 and not np.array_equal(keep[targets[j]], ~keep[p]):
+            partners[j] = -1
     results: dict[str, Any] = {}
     lira_for_risk = None
     for name in cfg.attacks:
@@ -97,14 +106,16 @@ def run_audit(group: GroupData, cfg: AuditConfig) -> tuple[dict[str, Any], dict[
             variant = name.removeprefix("lira_")
             try:
                 scores = mia.lira_scores(phi, keep, variant=variant, targets=targets,
-                                         min_shadows=_lira_min_shadows(variant))
+                                         min_shadows=_lira_min_shadows(variant), exclude=partners)
             except ValueError as e:  # too few shadows for this variant: say so, keep the others
                 results[name] = {"variant": variant, "skipped": str(e)}
                 continue
             if lira_for_risk is None or variant == "online":
                 lira_for_risk = scores
+            n_shadows = m - 1 - int((partners >= 0).all())
             results[name] = _summarise(scores, keep, targets, {"variant": variant, "family": "lira", "queries": k,
-                                                               "n_shadows": m - 1})
+                                                               "n_shadows": n_shadows,
+                                                               "shadows": "leave target and partner out"})
         else:
             results[name] = _threshold_attack(name, group, targets)
 

@@ -1,0 +1,97 @@
+"""The full `demem` command: the single-run commands of `demem.cli` (train, audit) plus the experiment
+commands (validate, run, resume, status). Ray is imported only by the commands that need it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from demem.cli import build_parser as build_core_parser
+
+
+def cmd_validate(a: argparse.Namespace) -> int:
+    from orchestrator.spec import SpecError, load_spec
+
+    try:
+        spec = load_spec(a.spec, check_data=not a.no_data_check)
+    except SpecError as e:
+        print(f"{a.spec}: {len(e.problems)} problem(s):", file=sys.stderr)
+        for p in e.problems:
+            print(f"  - {p}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as e:
+        print(f"demem validate: {e}", file=sys.stderr)
+        return 2
+    print(f"{a.spec}: valid")
+    print(spec.plan())
+    return 0
+
+
+def cmd_run(a: argparse.Namespace) -> int:
+    from orchestrator.run import run_experiment
+    from orchestrator.spec import SpecError
+
+    try:
+        run_experiment(a.spec, name=a.name, storage=a.storage, address=a.address, max_concurrent=a.max_concurrent)
+    except SpecError as e:
+        print(f"{a.spec}: {len(e.problems)} problem(s):", file=sys.stderr)
+        for p in e.problems:
+            print(f"  - {p}", file=sys.stderr)
+        return 2
+    except (FileExistsError, FileNotFoundError) as e:
+        print(f"demem run: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_resume(a: argparse.Namespace) -> int:
+    from orchestrator.run import resume_experiment
+
+    try:
+        resume_experiment(a.experiment, address=a.address)
+    except FileNotFoundError as e:
+        print(f"demem resume: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_status(a: argparse.Namespace) -> int:
+    from orchestrator.run import status
+
+    return status(a.experiment)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = build_core_parser()
+    sub = next(act for act in p._actions if isinstance(act, argparse._SubParsersAction))
+    v = sub.add_parser("validate", help="check an experiment spec (YAML) and print its plan")
+    v.add_argument("spec")
+    v.add_argument("--no-data-check", action="store_true", help="do not check that datasets are present here")
+    v.set_defaults(func=cmd_validate)
+    r = sub.add_parser("run", help="run an experiment spec on Ray Tune (local Ray by default)")
+    r.add_argument("spec")
+    r.add_argument("--name", default=None, help="experiment name (default: the spec's name)")
+    r.add_argument("--storage", default="results", help="directory holding experiments (default: results)")
+    r.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS or a local Ray)")
+    r.add_argument("--max-concurrent", type=int, default=None,
+                   help="trials running at once (default: as resources allow)")
+    r.set_defaults(func=cmd_run)
+    re_ = sub.add_parser("resume", help="continue an interrupted experiment")
+    re_.add_argument("experiment", help="the experiment directory, e.g. results/quickstart")
+    re_.add_argument("--address", default=None)
+    re_.set_defaults(func=cmd_resume)
+    s = sub.add_parser("status", help="what is done, running, failed and pending in an experiment")
+    s.add_argument("experiment")
+    s.set_defaults(func=cmd_status)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

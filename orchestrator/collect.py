@@ -1,0 +1,136 @@
+"""Collect an experiment's run directories and audits into Parquet files (pyarrow, atomic writes).
+
+    runs.parquet     one row per trained (or failed) model
+    audits.parquet   one row per (group, seed, target model, attack)
+    samples.parquet  one row per (group, seed, sample_id)
+
+The files are rebuilt from the experiment's directories each time, keyed by run id / group id, so
+collecting twice, or after a resume, never duplicates rows. A `schema_version` column lets later code
+read older results.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from demem.artifacts import SCHEMA_VERSION
+from orchestrator.layout import ExperimentDir, read_json
+from orchestrator.spec import ExperimentSpec
+
+RUNS, AUDITS, SAMPLES = "runs.parquet", "audits.parquet", "samples.parquet"
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{key}."))
+        elif isinstance(v, (list, tuple)):
+            out[key] = json.dumps(v)
+        else:
+            out[key] = v
+    return out
+
+
+def _write(df: pd.DataFrame, path: Path) -> Path:
+    tmp = path.with_name(f".{path.name}.tmp")
+    pq.write_table(pa.Table.from_pandas(df, preserve_index=False), tmp)
+    tmp.replace(path)
+    return path
+
+
+def runs_frame(spec: ExperimentSpec, exp: ExperimentDir) -> pd.DataFrame:
+    state = read_json(exp.trials, {}) or {}
+    labels = {g.group_id: g.label for g in spec.groups()}
+    rows = []
+    for t in spec.trials():
+        run_dir = exp.run_dir(t.group_id, t.trial_key)
+        metrics = read_json(run_dir / "metrics.json") or {}
+        st = state.get(t.trial_key, {})
+        status = "done" if metrics.get("status") == "done" else st.get("status", "pending")
+        if status == "pending":
+            continue
+        err = (st.get("error") or "").strip()
+        rows.append({
+            "schema_version": SCHEMA_VERSION, "experiment": spec.name, "group_id": t.group_id,
+            "group_label": labels[t.group_id], "run_id": t.trial_key, "seed": t.seed, "model_index": t.model_index,
+            **{f"config.{k}": v for k, v in _flatten(t.run).items()},
+            "defence": metrics.get("defence"),
+            "natural_acc": metrics.get("natural_acc"), "robust_acc_pgd": metrics.get("robust_acc_pgd"),
+            "robust_acc_aa": metrics.get("robust_acc_aa"), "epsilon": metrics.get("epsilon"),
+            "train_loss": metrics.get("train_loss"), "epochs_done": metrics.get("epochs_done"),
+            "wall_s": (metrics.get("train_seconds") or 0) + (metrics.get("eval_seconds") or 0) if metrics else None,
+            "device": metrics.get("device"), "status": status,
+            "error": err.splitlines()[-1] if (err and status != "done") else None,
+        })
+    return pd.DataFrame(rows)
+
+
+def audits_frame(spec: ExperimentSpec, exp: ExperimentDir) -> tuple[pd.DataFrame, pd.DataFrame]:
+    labels = {g.group_id: g.label for g in spec.groups()}
+    rows, samples = [], []
+    for g in spec.groups():
+        for seed in spec.seeds:
+            d = exp.audit_dir(g.group_id, seed)
+            result = read_json(d / "audit.json")
+            if result is None:
+                continue
+            for attack, res in result["attacks"].items():
+                if "skipped" in res:
+                    continue
+                for row in res["per_target"]:
+                    rows.append({
+                        "schema_version": SCHEMA_VERSION, "experiment": spec.name, "group_id": g.group_id,
+                        "group_label": labels[g.group_id], "seed": seed, "target": row["target"], "attack": attack,
+                        "variant": res["variant"], "family": res["family"],
+                        "n_shadow": res.get("n_shadows", result["n_models"] - 1),
+                        "partial": result.get("partial", False),
+                        **{k: row.get(k) for k in ("auc", "balanced_acc", "tpr_at_1pct", "tpr_at_0_1pct",
+                                                   "tpr_at_0_01pct", "balanced_acc_class_thresholds")},
+                    })
+            if (d / "samples.parquet").exists():
+                table = pd.read_parquet(d / "samples.parquet")
+                table.insert(0, "seed", seed)
+                table.insert(0, "group_id", g.group_id)
+                table.insert(0, "experiment", spec.name)
+                samples.append(table)
+    return pd.DataFrame(rows), (pd.concat(samples, ignore_index=True) if samples else pd.DataFrame())
+
+
+def collect(spec: ExperimentSpec, exp: ExperimentDir) -> list[Path]:
+    """Write the three Parquet files of the experiment; returns their paths."""
+    runs = runs_frame(spec, exp)
+    audits, samples = audits_frame(spec, exp)
+    return [_write(runs, exp.root / RUNS), _write(audits, exp.root / AUDITS), _write(samples, exp.root / SAMPLES)]
+
+
+def group_table(exp: ExperimentDir, attack: str = "lira_online") -> str:
+    """Per group (mean over its models / targets): natural acc, robust acc, LiRA AUC, TPR@0.1%FPR."""
+    runs = pd.read_parquet(exp.root / RUNS)
+    audits = pd.read_parquet(exp.root / AUDITS)
+    if runs.empty:
+        return "no finished runs"
+    done = runs[runs["status"] == "done"]
+    acc = done.groupby(["group_id", "group_label"])[["natural_acc", "robust_acc_pgd"]].mean()
+    failed = runs[runs["status"] == "failed"].groupby("group_id").size()
+    if not audits.empty:
+        chosen = attack if attack in set(audits["attack"]) else sorted(set(audits["attack"]))[0]
+        mia = audits[audits["attack"] == chosen].groupby("group_id")[["auc", "tpr_at_0_1pct"]].mean()
+    else:
+        chosen, mia = attack, pd.DataFrame(columns=["auc", "tpr_at_0_1pct"])
+    lines = [f"{'group':<46} {'natural':>8} {'robust':>8} {'AUC':>7} {'TPR@0.1%':>9}  ({chosen}; failed models)"]
+    for (gid, label), row in acc.iterrows():
+        auc = mia["auc"].get(gid, math.nan) if gid in mia.index else math.nan
+        tpr = mia["tpr_at_0_1pct"].get(gid, math.nan) if gid in mia.index else math.nan
+        fail = f"  {int(failed[gid])} failed" if gid in failed.index else ""
+        lines.append(f"{label[:46]:<46} {row['natural_acc']:>8.4f} {row['robust_acc_pgd']:>8.4f} {auc:>7.4f} "
+                     f"{tpr:>9.4f}{fail}")
+    return "\n".join(lines)

@@ -1,0 +1,144 @@
+"""End to end on local Ray: a tiny experiment, failure injection and retries, interruption + resume."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "search_spaces" / "tiny.yaml"
+
+
+@pytest.fixture(scope="session")
+def ray_session(tmp_path_factory):
+    """One private local Ray instance for the whole test session (127.0.0.1 only)."""
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    tmp = tempfile.mkdtemp(prefix="dm-ray-")  # short: Ray's socket paths must stay under 107 bytes
+    os.environ["RAY_TMPDIR"] = tmp
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False,
+             _temp_dir=str(tmp))
+    yield ray
+    ray.shutdown()
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _spec(tmp_path: Path, **changes) -> Path:
+    raw = yaml.safe_load(TINY.read_text())
+    raw.update(changes)
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_experiment(ray_session, tmp_path_factory):
+    from orchestrator.run import run_experiment
+
+    storage = tmp_path_factory.mktemp("results")
+    lines: list[str] = []
+    exp = run_experiment(TINY, storage=storage, echo=lines.append)
+    return exp, lines
+
+
+def test_tiny_experiment_writes_parquet_and_tensorboard(tiny_experiment):
+    exp, lines = tiny_experiment
+    runs = pd.read_parquet(exp.root / "runs.parquet")
+    audits = pd.read_parquet(exp.root / "audits.parquet")
+    samples = pd.read_parquet(exp.root / "samples.parquet")
+    assert len(runs) == 8 and runs["run_id"].is_unique and (runs["status"] == "done").all()
+    assert runs["group_id"].nunique() == 2 and sorted(runs["model_index"].unique()) == [0, 1, 2, 3]
+    assert runs["natural_acc"].between(0, 1).all() and runs["robust_acc_pgd"].between(0, 1).all()
+    assert runs["natural_acc"].mean() > 0.1  # above chance after one short epoch
+    assert set(runs["config.demem.lambda"]) == {0.0, 0.4}
+    # 2 groups x 4 targets x 2 attacks
+    assert len(audits) == 16 and set(audits["attack"]) == {"lira_online_fixed", "loss"}
+    assert audits["auc"].between(0, 1).all()
+    assert len(samples) == 2 * 512 and samples.groupby("group_id")["sample_id"].nunique().eq(512).all()
+    assert list(exp.tune.rglob("events.out.tfevents*")), "no TensorBoard event files"
+    assert (exp.root / "spec.yaml").exists() and (exp.root / "meta.json").exists()
+    text = "\n".join(lines)
+    assert "[8/8 trials" in text and "natural" in text and "TensorBoard: tensorboard --logdir" in text
+
+
+def test_status_and_idempotent_collect(tiny_experiment, capsys):
+    from orchestrator.cli import main
+    from orchestrator.collect import collect
+    from orchestrator.spec import load_spec
+
+    exp, _ = tiny_experiment
+    assert main(["status", str(exp.root)]) == 0
+    assert "8 done, 0 failed" in capsys.readouterr().out
+    before = pd.read_parquet(exp.root / "runs.parquet")
+    collect(load_spec(exp.spec, check_data=False), exp)
+    after = pd.read_parquet(exp.root / "runs.parquet")
+    pd.testing.assert_frame_equal(before, after)
+
+
+def test_failures_are_retried_or_recorded(ray_session, tmp_path):
+    from orchestrator.run import run_experiment
+
+    spec = _spec(tmp_path, grid={"demem.lambda": [0.0]}, failure={"max_retries": 1},
+                 _test_fail=[{"model_index": 1, "mode": "once", "at_epoch": 1},
+                             {"model_index": 2, "mode": "always", "at_epoch": 1}])
+    lines: list[str] = []
+    exp = run_experiment(spec, storage=tmp_path / "results", echo=lines.append)
+    runs = pd.read_parquet(exp.root / "runs.parquet").set_index("model_index")
+    assert runs.loc[1, "status"] == "done"  # failed once, retried from its checkpoint, then finished
+    assert (exp.run_dir(runs.loc[1, "group_id"], runs.loc[1, "run_id"]) / ".failed-once").exists()
+    assert runs.loc[2, "status"] == "failed" and "injected failure (always)" in runs.loc[2, "error"]
+    assert (runs.loc[[0, 3], "status"] == "done").all()
+    assert any("FAILED" in line for line in lines)
+
+
+def test_interrupted_experiment_resumes_to_the_same_rows(tiny_experiment, tmp_path):
+    storage = tmp_path / "results"
+    # A private Ray for the driver under test: its own temp dir, and no address of the session's Ray.
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    ray_tmp = tempfile.mkdtemp(prefix="dm-ray-")  # short: Ray's socket paths must stay under 107 bytes
+    env.update(RAY_TMPDIR=ray_tmp, PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, "-m", "orchestrator.cli", "run", str(TINY), "--storage", str(storage)]
+    log = open(tmp_path / "driver.log", "w")  # noqa: SIM115 - closed below
+    driver = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    exp_root = storage / "tiny"
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline:  # wait until some, not all, models have finished
+            done = list((exp_root / "artifacts").rglob("metrics.json")) if exp_root.exists() else []
+            if len(done) >= 2:
+                break
+            if driver.poll() is not None:
+                pytest.fail("the driver finished before it could be interrupted")
+            time.sleep(0.5)
+        else:
+            pytest.fail("no model finished in time")
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started
+        driver.wait()
+        log.close()
+    assert len(list((exp_root / "artifacts").rglob("metrics.json"))) < 8
+
+    out = subprocess.run([sys.executable, "-m", "orchestrator.cli", "resume", str(exp_root)], env=env,
+                         capture_output=True, text=True, timeout=600, start_new_session=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    resumed = pd.read_parquet(exp_root / "runs.parquet").sort_values("run_id").reset_index(drop=True)
+    reference = pd.read_parquet(tiny_experiment[0].root / "runs.parquet").sort_values("run_id").reset_index(drop=True)
+    assert resumed["run_id"].tolist() == reference["run_id"].tolist()
+    for col in ("natural_acc", "robust_acc_pgd", "train_loss"):
+        assert resumed[col].tolist() == reference[col].tolist(), col
+    audits = pd.read_parquet(exp_root / "audits.parquet")
+    assert len(audits) == 16 and not audits.duplicated(["group_id", "seed", "target", "attack"]).any()
+    shutil.rmtree(ray_tmp, ignore_errors=True)

@@ -1,0 +1,484 @@
+"""Tests for orchestrator.spec: every validation rule with its exact message, grid expansion, group ids,
+trials, the shipped search spaces, and the local-data check. No Ray."""
+
+from __future__ import annotations
+
+import copy
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from demem.membership import keep_mask
+from demem.methods import METHODS
+from demem.privacy import attacks as mia
+from demem.privacy.audit import ATTACKS, LIRA_ATTACKS, _lira_min_shadows
+from demem.train import RunConfig
+from orchestrator import spec as speclib
+from orchestrator.spec import ExperimentSpec, SpecError, group_id, load_spec, resolve_run, validate
+
+ROOT = Path(__file__).resolve().parents[1]
+FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+needs_fashion = pytest.mark.skipif(not (FASHION_DIR / "train-images-idx3-ubyte.gz").is_file(),
+                                   reason="Debian package dataset-fashion-mnist is not installed")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch, tmp_path_factory):
+    # Keep the developer's $DEMEM_DATA and download cache out of every test.
+    monkeypatch.delenv("DEMEM_DATA", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path_factory.mktemp("home")))
+
+
+def good() -> dict:
+    """A small valid spec: 2 x 2 grid, 4 models per group."""
+    return {
+        "name": "t",
+        "base": {"data": {"dataset": "fashion-mnist", "pool_size": 64}, "train": {"epochs": 2}},
+        "grid": {"method": ["pgd_at", "trades"], "lambda": [0.0, 0.4]},
+        "seeds": [0, 1],
+        "audit": {"models": 4, "attacks": ["lira_online_fixed", "loss"]},
+        "resources": {"cpu": 1, "gpu": 0},
+    }
+
+
+DELETE = object()
+
+
+def patched(*changes: tuple[str, object]) -> dict:
+    """good() with ("a.b.c", value) changes; DELETE removes a key. Dotted grid/space keys use '|' here."""
+    raw = good()
+    for path, value in changes:
+        *parents, last = [p.replace("|", ".") for p in path.split(".")]
+        node = raw
+        for p in parents:
+            node = node.setdefault(p, {})
+        if value is DELETE:
+            node.pop(last, None)
+        else:
+            node[last] = value
+    return raw
+
+
+def problems_of(raw, **kwargs) -> list[str]:
+    with pytest.raises(SpecError) as err:
+        validate(raw, check_data=False, **kwargs)
+    assert str(err.value) == "\n".join(err.value.problems)
+    assert isinstance(err.value, ValueError)
+    return err.value.problems
+
+
+KNOWN_METHODS = ", ".join(METHODS.names())
+DP_METHODS = [n for n in METHODS if METHODS.get(n).dp]
+
+# (id, spec, exact problem line or regex it must produce)
+BAD = [
+    ("name-missing", patched(("name", DELETE)), "name: required"),
+    ("name-chars", patched(("name", "my exp!")), "name: must match [A-Za-z0-9_.-]+"),
+    ("name-type", patched(("name", 12)), "name: must match [A-Za-z0-9_.-]+"),
+    ("top-unknown", patched(("foo", 1)),
+     "foo: unknown key; allowed: audit, base, failure, grid, max_concurrent, name, resources, search, seeds"),
+    ("base-type", patched(("base", [1])), "base: must be a mapping or null"),
+    ("base-method", patched(("grid", None), ("base.method", {"name": "madry"})),
+     f"base: unknown method 'madry'; known: {KNOWN_METHODS}"),
+    ("base-typo-with-grid", patched(("base.trian", {})),
+     "base: unknown key 'trian'; allowed: attack, data, demem, dp, eval, method, model_index, n_models, seed, train"),
+    ("base-n_models", patched(("base.n_models", 8)), "base.n_models: set by audit.models; not allowed here"),
+    ("base-seed", patched(("base.seed", 1)), "base.seed: set by seeds; not allowed here"),
+    ("base-model_index", patched(("base.model_index", 1)),
+     "base.model_index: every trial sets its own; not allowed here"),
+    ("base-lr-yaml-text", patched(("base.train.lr", "1e-2")),
+     "base: train.lr must be a number, got '1e-2' (YAML reads numbers like 1e-2 as text: write 1.0e-2)"),
+    ("base-epochs-float", patched(("base.train.epochs", 2.5)),
+     "base: train.epochs must be an integer or null, got 2.5"),
+    ("grid-point-single-value", patched(("grid.method", ["pgd_at", "madry"])),
+     f"grid point method=madry: unknown method 'madry'; known: {KNOWN_METHODS}"),
+    ("grid-point-combination", patched(("base.dp", {"noise_multiplier": 1.0}), ("grid.method", ["dp_sgd", "pgd_at"])),
+     f"grid point method=pgd_at: dp settings are given but method 'pgd_at' is not a DP method; use one of "
+     f"{DP_METHODS}"),
+    ("grid-point-full-label", patched(("grid", {"threshold": [0.0, 0.5], "demem.risk": ["loss", "memorization"]})),
+     "grid point demem.risk=memorization: demem.risk 'memorization' needs demem.risk_file (the audit's per-sample "
+     "table)"),
+    ("grid-unknown-path", patched(("grid.demem|lamda", [0.0])),
+     "grid.demem.lamda: unknown key path; demem has: lambda, risk, risk_file, risk_threshold, threshold_mode"),
+    ("grid-unknown-top", patched(("grid.optimizer", ["sgd"])),
+     "grid.optimizer: unknown key path; a run config has: attack, data, demem, dp, eval, method, model_index, "
+     "n_models, seed, train"),
+    ("grid-path-through-setting", patched(("grid.train|lr|x", [1])),
+     "grid.train.lr.x: unknown key path; train.lr is a setting, not a section"),
+    ("grid-section", patched(("grid.dp", [{}])),
+     "grid.dp: names a section, not a setting; use one of its keys: accountant, delta, max_grad_norm, "
+     "noise_multiplier, target_epsilon"),
+    ("grid-alias-field-name", patched(("grid.demem|lam", [0.1])),
+     "grid.demem.lam: unknown key path; demem has: lambda, risk, risk_file, risk_threshold, threshold_mode"),
+    ("grid-empty-list", patched(("grid.method", [])), "grid.method: must be a non-empty list"),
+    ("grid-scalar", patched(("grid.lambda", 0.4)), "grid.lambda: must be a non-empty list"),
+    ("grid-n_models", patched(("grid.n_models", [4])), "grid.n_models: set by audit.models; not allowed here"),
+    ("grid-twice", patched(("grid.method|name", ["mart"])),
+     "grid.method.name: given twice (as method and method.name)"),
+    ("grid-repeat", patched(("grid.lambda", [0, 0.0])), "grid.lambda: 0 is listed twice"),
+    ("grid-same-config", patched(("grid", {"epochs": [None, 15]}), ("base.train", {})),
+     re.compile(r"grid: points epochs=null and epochs=15 give the same run config \(group [0-9a-f]{12}\)")),
+    ("grid-type", patched(("grid", [1])), "grid: must be a mapping or null"),
+    ("seeds-empty", patched(("seeds", [])), "seeds: must be a non-empty list of integers >= 0"),
+    ("seeds-negative", patched(("seeds", [0, -1])), "seeds: must be a non-empty list of integers >= 0"),
+    ("seeds-scalar", patched(("seeds", 0)), "seeds: must be a non-empty list of integers >= 0"),
+    ("seeds-bool", patched(("seeds", [True])), "seeds: must be a non-empty list of integers >= 0"),
+    ("seeds-repeat", patched(("seeds", [1, 1])), "seeds: 1 is listed twice"),
+    ("grid-seed-bad", patched(("seeds", DELETE), ("grid.seed", [-2])),
+     "grid.seed: must be a non-empty list of integers >= 0"),
+    ("seeds-both", patched(("grid.seed", [0])), "grid.seed: give the seeds as seeds or as grid.seed, not both"),
+    ("audit-missing", patched(("audit", DELETE)), "audit.models: required"),
+    ("audit-models-missing", patched(("audit.models", DELETE)), "audit.models: required"),
+    ("audit-models-1", patched(("audit.models", 1)), "audit.models: must be an integer >= 2"),
+    ("audit-models-float", patched(("audit.models", 4.0)), "audit.models: must be an integer >= 2"),
+    ("audit-lira-2", patched(("audit.models", 2)), "audit.models: LiRA needs at least 4 models per group, got 2"),
+    ("audit-lira-shorthand-3", patched(("audit.models", 3), ("audit.attacks", ["lira"])),
+     "audit.models: LiRA needs at least 4 models per group, got 3"),
+    ("audit-threshold-only-3", patched(("audit.models", 3), ("audit.attacks", ["loss"])),
+     "audit.models: the audit needs every sample in at least 2 models and out of at least 2, so at least 4 models "
+     "per group, got 3"),
+    ("audit-per-sample-variance", patched(("audit.attacks", "lira,loss")),
+     "audit.attacks: lira_online, lira_offline need at least 6 models per group (2 IN and 2 OUT shadows per sample "
+     "besides the target), got 4; use the _fixed variants or more models"),
+    ("audit-unknown-attack", patched(("audit.attacks", ["loss", "lira_magic", "gap"])),
+     f"audit.attacks: unknown attack(s) 'lira_magic', 'gap'; known: {', '.join(ATTACKS)}, and lira, threshold, all"),
+    ("audit-attacks-empty", patched(("audit.attacks", [])), "audit.attacks: must be a non-empty list of attack names"),
+    ("audit-targets", patched(("audit.targets", 0)), "audit.targets: must be an integer >= 1 or null"),
+    ("audit-targets-too-many", patched(("audit.targets", 5)), "audit.targets: must be <= audit.models (4), got 5"),
+    ("audit-queries", patched(("audit.queries", 0)), "audit.queries: must be an integer >= 1 or null"),
+    ("audit-queries-recorded", patched(("audit.queries", 3)),
+     "audit.queries: 3 asked for, but the models record only 2 (eval.queries) at grid point method=pgd_at lambda=0"),
+    ("audit-unknown-key", patched(("audit.shadows", 3)),
+     "audit.shadows: unknown key; allowed: attacks, models, queries, targets"),
+    ("audit-type", patched(("audit", [4])), "audit: must be a mapping"),
+    ("cpu-zero", patched(("resources.cpu", 0)), "resources.cpu: must be > 0"),
+    ("cpu-text", patched(("resources.cpu", "two")), "resources.cpu: must be > 0"),
+    ("gpu-negative", patched(("resources.gpu", -1)), "resources.gpu: must be >= 0"),
+    ("gpu-1.5", patched(("resources.gpu", 1.5)),
+     "resources.gpu: a trial gets a fraction of one GPU or whole GPUs, got 1.5"),
+    ("resources-unknown", patched(("resources.memory", 4)), "resources.memory: unknown key; allowed: cpu, gpu"),
+    ("max-concurrent-0", patched(("max_concurrent", 0)), "max_concurrent: must be an integer >= 1 or null"),
+    ("max-concurrent-text", patched(("max_concurrent", "4")), "max_concurrent: must be an integer >= 1 or null"),
+    ("retries-negative", patched(("failure.max_retries", -1)), "failure.max_retries: must be an integer >= 0"),
+    ("failure-unknown", patched(("failure.max_failures", 1)),
+     "failure.max_failures: unknown key; allowed: max_retries"),
+]
+
+
+def search(**changes) -> dict:
+    s = {"algorithm": "optuna", "num_samples": 4, "objectives": [{"robust_acc": "max"}, {"mia_tpr_at_1pct": "min"}],
+         "space": {"demem.lambda": {"uniform": [0, 1]}, "train.lr": {"loguniform": [0.01, 0.2]}}, "scheduler": "asha"}
+    s.update(changes)
+    return s
+
+
+def with_search(**changes) -> dict:
+    return patched(("grid", DELETE), ("search", search(**changes)))
+
+
+BAD += [
+    ("search-and-grid", patched(("search", search())), "search: cannot be combined with grid; give one of them"),
+    ("search-type", patched(("grid", DELETE), ("search", [1])), "search: must be a mapping or null"),
+    ("search-unknown", with_search(trials=3),
+     "search.trials: unknown key; allowed: algorithm, num_samples, objectives, scheduler, space"),
+    ("search-algorithm", with_search(algorithm="hyperopt"), "search.algorithm: must be one of optuna, got 'hyperopt'"),
+    ("search-num-samples", with_search(num_samples=0), "search.num_samples: must be an integer >= 1"),
+    ("search-num-samples-missing", with_search(num_samples=None), "search.num_samples: must be an integer >= 1"),
+    ("search-objectives-empty", with_search(objectives=[]),
+     "search.objectives: must be a non-empty list like [{robust_acc: max}, {mia_tpr_at_1pct: min}]"),
+    ("search-objective-metric", with_search(objectives=[{"accuracy": "max"}]),
+     "search.objectives[0]: unknown metric 'accuracy'; known: natural_acc, robust_acc, mia_auc, mia_tpr_at_1pct, "
+     "mia_tpr_at_0_1pct"),
+    ("search-objective-mode", with_search(objectives=[{"robust_acc": "maximize"}]),
+     "search.objectives[0].robust_acc: must be max or min, got 'maximize'"),
+    ("search-objective-shape", with_search(objectives=[{"robust_acc": "max", "mia_auc": "min"}]),
+     "search.objectives[0]: must be one mapping metric: max | min, like {robust_acc: max}"),
+    ("search-objective-twice", with_search(objectives=[{"mia_auc": "min"}, {"mia_auc": "max"}]),
+     "search.objectives: mia_auc is listed twice"),
+    ("search-scheduler", with_search(scheduler="pbt"), "search.scheduler: must be asha or null, got 'pbt'"),
+    ("search-space-empty", with_search(space={}),
+     "search.space: must be a non-empty mapping of key paths to distributions"),
+    ("search-space-path", with_search(space={"demem.lamda": {"uniform": [0, 1]}}),
+     "search.space.demem.lamda: unknown key path; demem has: lambda, risk, risk_file, risk_threshold, threshold_mode"),
+    ("search-space-seed", with_search(space={"seed": {"choice": [0, 1]}}),
+     "search.space.seed: seeds are not searched; list them in seeds"),
+    ("search-space-two-kinds", with_search(space={"lambda": {"uniform": [0, 1], "choice": [0.1]}}),
+     "search.space.lambda: must have exactly one of uniform, loguniform, choice"),
+    ("search-space-twice", with_search(space={"lambda": {"uniform": [0, 1]}, "demem.lambda": {"choice": [0.1]}}),
+     "search.space.demem.lambda: given twice (as lambda and demem.lambda)"),
+    ("search-space-range", with_search(space={"lambda": {"uniform": [1, 0]}}),
+     "search.space.lambda.uniform: must be [low, high] with low < high"),
+    ("search-space-log", with_search(space={"train.lr": {"loguniform": [0, 0.1]}}),
+     "search.space.train.lr.loguniform: must be [low, high] with 0 < low < high"),
+    ("search-space-choice", with_search(space={"method": {"choice": []}}),
+     "search.space.method.choice: must be a non-empty list"),
+    ("search-space-int-uniform", with_search(space={"epochs": {"uniform": [1, 5]}}),
+     "search.space.epochs: uniform samples real numbers, but train.epochs takes an integer or null; use choice"),
+    ("search-space-out-of-range", with_search(space={"threshold": {"uniform": [0, 1]}}),
+     "search.space.threshold: 1: demem.risk_threshold must be in [0, 1), got 1"),
+    ("search-space-bad-choice", with_search(space={"method": {"choice": ["trades", "madry"]}}),
+     f"search.space.method: madry: unknown method 'madry'; known: {KNOWN_METHODS}"),
+]
+
+
+@pytest.mark.parametrize("raw, expected", [pytest.param(r, e, id=i) for i, r, e in BAD])
+def test_bad_spec_reports_the_problem(raw, expected):
+    problems = problems_of(raw)
+    if isinstance(expected, re.Pattern):
+        assert any(expected.fullmatch(p) for p in problems), problems
+    else:
+        assert expected in problems, problems
+
+
+def test_every_problem_is_reported_at_once():
+    raw = patched(("name", DELETE), ("foo", 1), ("grid.demem|lamda", [0.1]), ("grid.method", ["pgd_at", "madry"]),
+                  ("seeds", []), ("audit.models", 1), ("audit.attacks", ["nope"]), ("resources.cpu", 0),
+                  ("resources.gpu", -1), ("max_concurrent", 0), ("failure.max_retries", -1))
+    problems = problems_of(raw)
+    expected = [
+        "name: required",
+        "foo: unknown key; allowed: audit, base, failure, grid, max_concurrent, name, resources, search, seeds",
+        "grid.demem.lamda: unknown key path; demem has: lambda, risk, risk_file, risk_threshold, threshold_mode",
+        f"grid point method=madry: unknown method 'madry'; known: {KNOWN_METHODS}",
+        "seeds: must be a non-empty list of integers >= 0",
+        "audit.models: must be an integer >= 2",
+        f"audit.attacks: unknown attack(s) 'nope'; known: {', '.join(ATTACKS)}, and lira, threshold, all",
+        "resources.cpu: must be > 0",
+        "resources.gpu: must be >= 0",
+        "max_concurrent: must be an integer >= 1 or null",
+        "failure.max_retries: must be an integer >= 0",
+    ]
+    assert sorted(problems) == sorted(expected)
+    assert len(problems) == len(set(problems))
+
+
+def test_a_bad_base_is_reported_once_not_per_grid_point():
+    problems = problems_of(patched(("base.method", {"name": "madry"}), ("grid", {"lambda": [0.0, 0.1, 0.2]})))
+    assert problems == [f"base: unknown method 'madry'; known: {KNOWN_METHODS}"]
+    # ...but a grid that overrides the broken setting blames the grid value, not the base.
+    problems = problems_of(patched(("base.method", {"name": "dp_sgd"}), ("grid", {"dp.noise_multiplier": [None, 1.0]})))
+    assert problems == ["grid point dp.noise_multiplier=null: method 'dp_sgd' needs dp.noise_multiplier or "
+                        "dp.target_epsilon"]
+
+
+def test_available_resources():
+    lines = problems_of(patched(("resources", {"cpu": 4, "gpu": 1})), available={"CPU": 2, "GPU": 0})
+    assert "resources: a trial needs 4 CPU but the largest node has 2; no node could satisfy it" in lines
+    assert "resources: a trial needs 1 GPU but no node has one; no node could satisfy it" in lines
+    lines = problems_of(patched(("resources.gpu", 2)), available={"CPU": 8, "GPU": 1})
+    assert lines == ["resources: a trial needs 2 GPU but the largest node has 1; no node could satisfy it"]
+    ok = validate(patched(("resources", {"cpu": 2, "gpu": 0.25})), check_data=False, available={"CPU": 2, "GPU": 1})
+    assert ok.resources == {"cpu": 2.0, "gpu": 0.25}
+
+
+def test_yaml_syntax_error_names_file_and_line(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: x\nbase:\n  data: {dataset: fashion-mnist\naudit: {models: 4}\n")
+    with pytest.raises(SpecError) as err:
+        load_spec(path)
+    (line,) = err.value.problems
+    assert line.startswith(f"{path}:4: YAML syntax error: ")
+    with pytest.raises(SpecError, match="cannot read the spec"):
+        load_spec(tmp_path / "missing.yaml")
+    (tmp_path / "empty.yaml").write_text("# nothing\n")
+    with pytest.raises(SpecError, match="the spec is empty"):
+        load_spec(tmp_path / "empty.yaml")
+    (tmp_path / "list.yaml").write_text("- 1\n")
+    with pytest.raises(SpecError, match="spec: must be a mapping of settings, got list"):
+        load_spec(tmp_path / "list.yaml")
+
+
+# ---------------------------------------------------------------------------------------------------
+# A good spec: groups, ids, trials, plan
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_groups_labels_and_params():
+    spec = validate(good(), check_data=False)
+    assert spec.grid == {"method.name": ["pgd_at", "trades"], "demem.lambda": [0.0, 0.4]}
+    groups = spec.groups()
+    assert [g.label for g in groups] == ["method=pgd_at lambda=0", "method=pgd_at lambda=0.4",
+                                         "method=trades lambda=0", "method=trades lambda=0.4"]
+    assert groups[3].params == {"method.name": "trades", "demem.lambda": 0.4}
+    assert groups[3].run["method"]["name"] == "trades" and groups[3].run["demem"]["lambda"] == 0.4
+    for g in groups:
+        assert (g.run["n_models"], g.run["seed"], g.run["model_index"]) == (4, 0, 0)
+        assert g.run["data"]["pool_size"] == 64 and g.run["train"]["epochs"] == 2
+        assert re.fullmatch(r"[0-9a-f]{12}", g.group_id)
+    assert len({g.group_id for g in groups}) == 4
+    assert spec.audit == {"models": 4, "targets": None, "attacks": ("lira_online_fixed", "loss"), "queries": None}
+    assert (spec.seeds, spec.max_concurrent, spec.max_retries, spec.search) == ((0, 1), None, 1, None)
+    assert spec.raw == good()
+    no_grid = validate(patched(("grid", DELETE)), check_data=False)
+    assert [g.label for g in no_grid.groups()] == ["base"] and no_grid.groups()[0].params == {}
+
+
+def test_trials_count_order_and_runs():
+    spec = validate(good(), check_data=False)
+    trials = spec.trials()
+    assert len(trials) == 4 * 2 * 4
+    assert len({t.trial_key for t in trials}) == len(trials)
+    groups = spec.groups()
+    expected = [(g.group_id, s, m) for g in groups for s in (0, 1) for m in range(4)]
+    assert [(t.group_id, t.seed, t.model_index) for t in trials] == expected
+    t = trials[13]
+    assert t.trial_key == f"{t.group_id}-s{t.seed}-m{t.model_index:03d}" == f"{groups[1].group_id}-s1-m001"
+    for t in trials:
+        run = RunConfig.from_dict(t.run)
+        assert (run.seed, run.model_index, run.n_models) == (t.seed, t.model_index, 4)
+        assert run.to_dict() == t.run  # a fixed point: resolving again changes nothing
+    assert spec.groups()[0].run["seed"] == 0  # trials copy the group's run, they do not share it
+
+
+def test_group_id_is_stable_and_content_keyed():
+    a = validate(good(), check_data=False)
+    # Same spec written with other key orders (and shorthands spelled out): same ids.
+    raw = good()
+    raw["base"] = {"train": {"epochs": 2}, "data": {"pool_size": 64, "dataset": "fashion-mnist"}}
+    raw["grid"] = {"method.name": ["pgd_at", "trades"], "demem.lambda": [0, 0.4]}
+    b = validate(raw, check_data=False)
+    assert [g.group_id for g in a.groups()] == [g.group_id for g in b.groups()]
+    assert [g.group_id for g in a.groups()] == [g.group_id for g in validate(good(), check_data=False).groups()]
+    # A pinned value: a change to the hashing, or a new RunConfig field, changes every group id and so
+    # orphans stored results. If this fails on purpose, say so in the release notes.
+    run = resolve_run({"data": {"pool_size": 64}, "train": {"epochs": 2}}, {}, 4)
+    assert group_id(run) == "9930eb06304d" == group_id(copy.deepcopy(run))
+    # Where the data lie is not part of the group; what they are, and M, are.
+    moved = resolve_run({"data": {"pool_size": 64, "root": "/elsewhere", "download": True}, "train": {"epochs": 2}},
+                        {}, 4)
+    assert group_id(moved) == group_id(run)
+    assert group_id(resolve_run({"data": {"pool_size": 65}, "train": {"epochs": 2}}, {}, 4)) != group_id(run)
+    assert group_id(resolve_run({"data": {"pool_size": 64}, "train": {"epochs": 2}}, {}, 6)) != group_id(run)
+    assert group_id({**run, "seed": 3, "model_index": 2}) == group_id(run)
+    # The id ignores the labels: the same config through a grid or through the base is one group.
+    via_grid = validate(patched(("grid", {"lambda": [0.4]})), check_data=False).groups()[0]
+    via_base = validate(patched(("grid", DELETE), ("base.demem", {"lambda": 0.4})), check_data=False).groups()[0]
+    assert via_grid.group_id == via_base.group_id and via_grid.label != via_base.label
+
+
+def test_integers_for_float_settings_are_one_config():
+    a = resolve_run({"demem": {"lambda": 0, "risk_threshold": 0}, "train": {"lr": 1, "lr_milestones": [0.5]}}, {}, 4)
+    b = resolve_run({"demem": {"lambda": 0.0, "risk_threshold": 0.0}, "train": {"lr": 1.0}}, {}, 4)
+    assert isinstance(a["demem"]["lambda"], float) and isinstance(a["train"]["lr"], float)
+    assert group_id(a) != group_id(b)  # lr_milestones differ
+    b = resolve_run({"demem": {"lambda": 0.0, "risk_threshold": 0.0}, "train": {"lr": 1.0, "lr_milestones": [0.5]}},
+                    {}, 4)
+    assert a == b and group_id(a) == group_id(b)
+
+
+def test_plan_mentions_groups_trials_epochs_and_resources():
+    spec = validate(good(), check_data=False)
+    plan = spec.plan()
+    assert plan.splitlines()[0] == "experiment t: 4 groups x 2 seeds x 4 models = 32 trials"
+    for g in spec.groups():
+        assert g.label in plan and g.group_id in plan
+    assert "training: 64 epochs in all (32 trials x 2 epochs)" in plan
+    assert "per trial: 1 CPU, 0 GPU" in plan
+    assert "lira_online_fixed, loss" in plan
+
+
+def test_grid_seed_means_seeds_and_underscore_keys_pass_through():
+    raw = patched(("seeds", DELETE), ("grid.seed", [3, 4]), ("_test_fail", [{"model_index": 1}]))
+    spec = validate(raw, check_data=False)
+    assert spec.seeds == (3, 4) and "seed" not in spec.grid
+    assert spec.raw["_test_fail"] == [{"model_index": 1}]
+    assert isinstance(spec, ExperimentSpec)
+
+
+def test_search_is_normalised():
+    spec = validate(patched(("grid", DELETE), ("search", search(space={"lambda": {"uniform": [0, 1]},
+                                                                       "method": {"choice": ["pgd_at", "trades"]}}))),
+                    check_data=False)
+    assert spec.search == {
+        "algorithm": "optuna", "num_samples": 4, "scheduler": "asha",
+        "objectives": [{"metric": "robust_acc", "mode": "max"}, {"metric": "mia_tpr_at_1pct", "mode": "min"}],
+        "space": {"demem.lambda": {"uniform": [0, 1]}, "method.name": {"choice": ["pgd_at", "trades"]}},
+    }
+    assert [g.label for g in spec.groups()] == ["base"]
+    assert "search: optuna, 4 samples" in spec.plan()
+
+
+@pytest.mark.parametrize("m", range(2, 10))
+def test_audit_model_minimums_match_the_audit_code(m):
+    """The spec's model minimums agree with what the audit code accepts on a real keep mask."""
+    keep = keep_mask(m, 64, 0)
+    signals = np.random.default_rng(0).normal(size=keep.shape)
+    # run_audit refuses groups where some sample is in, or out of, fewer than 2 models.
+    assert (keep.sum(0).min() >= 2 and (~keep).sum(0).min() >= 2) == (m >= speclib.MIN_MODELS_AUDIT)
+    for attack in LIRA_ATTACKS:
+        variant = attack.removeprefix("lira_")
+        try:
+            mia.lira_scores(signals, keep, variant=variant, min_shadows=_lira_min_shadows(variant))
+            works = True
+        except ValueError:
+            works = False
+        need = speclib.MIN_MODELS_LIRA if variant.endswith("_fixed") else speclib.MIN_MODELS_LIRA_PER_SAMPLE_VARIANCE
+        assert works == (m >= need), (attack, m)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The shipped search spaces, and the local-data check
+# ---------------------------------------------------------------------------------------------------
+
+
+@needs_fashion
+def test_quickstart_spec():
+    spec = load_spec(ROOT / "search_spaces" / "quickstart.yaml")
+    groups = spec.groups()
+    assert len(groups) == 8 and spec.audit["models"] == 8 and len(spec.trials()) == 64
+    assert {g.run["method"]["name"] for g in groups} == {"pgd_at", "trades"}
+    assert {(g.run["demem"]["lambda"], g.run["demem"]["risk_threshold"]) for g in groups} == {
+        (0.0, 0.0), (0.0, 0.5), (0.4, 0.0), (0.4, 0.5)}
+    run = groups[0].run
+    assert run["data"]["dataset"] == "fashion-mnist" and run["train"]["arch"] == "small-cnn"
+    assert run["eval"]["attack"]["steps"] == 10 and run["eval"]["queries"] == 2
+    assert set(spec.audit["attacks"]) == set(LIRA_ATTACKS) | {"loss"} and spec.resources["cpu"] == 1
+
+
+@needs_fashion
+def test_tiny_spec():
+    spec = load_spec(ROOT / "search_spaces" / "tiny.yaml")
+    groups = spec.groups()
+    assert [g.run["demem"]["lambda"] for g in groups] == [0.0, 0.4]
+    assert len(spec.trials()) == 8 and spec.audit["models"] == 4
+    assert all(g.run["train"]["epochs"] == 1 and g.run["data"]["pool_size"] == 512 for g in groups)
+    assert groups[0].run["eval"]["attack"]["steps"] == 3
+    assert spec.audit["attacks"] == ("lira_online_fixed", "loss") and spec.resources == {"cpu": 1.0, "gpu": 0.0}
+
+
+def test_missing_dataset_names_the_places_and_the_fetch_command(tmp_path, monkeypatch):
+    monkeypatch.delenv("DEMEM_DATA", raising=False)
+    home = tmp_path / "home"
+    monkeypatch.setenv("HOME", str(home))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    raw = patched(("base.data", {"dataset": "cifar10", "root": str(empty), "pool_size": 64}))
+    with pytest.raises(SpecError) as err:
+        validate(raw)
+    cache = home / ".cache" / "demem" / "data"
+    looked = ", ".join(str(p) for p in (empty / "cifar10", empty, cache / "cifar10", cache))
+    line = (f"data.dataset: cifar10 is not present locally (looked in: {looked}); "
+            "fetch it with: demem train --dataset cifar10 --download --data-root DIR")
+    assert err.value.problems == [line]  # four groups, one missing dataset: reported once
+    assert len(validate(raw, check_data=False).groups()) == 4
+    assert validate(patched(("base.data", {"dataset": "cifar10", "root": str(empty), "download": True})))
+    # Two missing datasets: one line each.
+    raw = patched(("base.data", {"root": str(empty), "pool_size": 64}), ("grid", {"dataset": ["cifar10", "svhn"]}))
+    with pytest.raises(SpecError) as err:
+        validate(raw)
+    assert [p.split(" is not")[0] for p in err.value.problems] == ["data.dataset: cifar10", "data.dataset: svhn"]
+
+
+def test_spec_module_does_not_import_ray():
+    code = "import sys, orchestrator.spec; assert 'ray' not in sys.modules, 'ray imported'"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_shipped_specs_are_plain_yaml():
+    for path in sorted((ROOT / "search_spaces").glob("*.yaml")):
+        assert isinstance(yaml.safe_load(path.read_text()), dict), path
