@@ -6,7 +6,8 @@ BIN       := $(VENV)/bin
 FMNIST    := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 # torch/torchvision pinned to the builds that carry a working torchvision on this platform.
 TORCH     ?= torch==2.14.1 torchvision==0.29.1
-RUN_OUT   ?= runs/quickstart
+SPEC      ?= search_spaces/quickstart.yaml
+RESULTS   ?= results
 
 .PHONY: run test setup data lint bench clean
 
@@ -27,9 +28,11 @@ data:
 	elif [ "$$(id -u)" = 0 ]; then apt-get update -q && apt-get install -y -q dataset-fashion-mnist; \
 	else echo "Fashion-MNIST missing: run 'sudo apt-get install -y dataset-fashion-mnist' or set DEMEM_DATA"; exit 1; fi
 
+# The main job: the quickstart experiment on local Ray. A second `make run` resumes it.
 run: setup data
-	$(BIN)/demem train --dataset fashion-mnist --arch small-cnn --method pgd_at --pool-size 4000 \
-		--epochs 3 --n-models 2 --model-index 0 --seed 0 --out $(RUN_OUT) --resume
+	@name=$$(basename $(SPEC) .yaml); \
+	if [ -f $(RESULTS)/$$name/spec.yaml ]; then $(BIN)/demem resume $(RESULTS)/$$name; \
+	else $(BIN)/demem run $(SPEC) --storage $(RESULTS); fi
 
 test: setup data
 	$(BIN)/python -m pytest -q

@@ -194,7 +194,10 @@ class RunConfig:
         atk.setdefault("step_size", 1.25 * atk["eps"] / atk["steps"])  # the reference training attack
         query_plan(info, run.eval.queries)  # fail now if the dataset has fewer views than asked
         ev = {"eps": atk["eps"], "steps": 20, "keep_best": True, **((raw.get("eval") or {}).get("attack") or {})}
-        return replace(run, train=train, attack=cfglib.build(AttackConfig, atk, "attack."),
+        # lambda = 0 is the undefended method whatever the threshold or risk say: store it one way,
+        # so that grid points that differ only there are one group, trained once.
+        demem = run.demem if run.demem.active else DeMemConfig()
+        return replace(run, train=train, demem=demem, attack=cfglib.build(AttackConfig, atk, "attack."),
                        eval=replace(run.eval, attack=cfglib.build(AttackConfig, ev, "eval.attack.")))
 
     def to_dict(self) -> dict[str, Any]:

@@ -11,16 +11,20 @@ from collections.abc import Sequence
 from demem.cli import build_parser as build_core_parser
 
 
+def _print_problems(path: str, e) -> int:
+    print(f"{path}: {len(e.problems)} problem(s):", file=sys.stderr)
+    for p in e.problems:
+        print(f"  - {p}", file=sys.stderr)
+    return 2
+
+
 def cmd_validate(a: argparse.Namespace) -> int:
     from orchestrator.spec import SpecError, load_spec
 
     try:
         spec = load_spec(a.spec, check_data=not a.no_data_check)
     except SpecError as e:
-        print(f"{a.spec}: {len(e.problems)} problem(s):", file=sys.stderr)
-        for p in e.problems:
-            print(f"  - {p}", file=sys.stderr)
-        return 2
+        return _print_problems(a.spec, e)
     except FileNotFoundError as e:
         print(f"demem validate: {e}", file=sys.stderr)
         return 2
@@ -36,10 +40,7 @@ def cmd_run(a: argparse.Namespace) -> int:
     try:
         run_experiment(a.spec, name=a.name, storage=a.storage, address=a.address, max_concurrent=a.max_concurrent)
     except SpecError as e:
-        print(f"{a.spec}: {len(e.problems)} problem(s):", file=sys.stderr)
-        for p in e.problems:
-            print(f"  - {p}", file=sys.stderr)
-        return 2
+        return _print_problems(a.spec, e)
     except (FileExistsError, FileNotFoundError) as e:
         print(f"demem run: {e}", file=sys.stderr)
         return 2

@@ -119,7 +119,7 @@ def group_table(exp: ExperimentDir, attack: str = "lira_online") -> str:
     if runs.empty:
         return "no finished runs"
     done = runs[runs["status"] == "done"]
-    acc = done.groupby(["group_id", "group_label"])[["natural_acc", "robust_acc_pgd"]].mean()
+    acc = done.groupby(["group_id", "group_label"], sort=False)[["natural_acc", "robust_acc_pgd"]].mean()
     failed = runs[runs["status"] == "failed"].groupby("group_id").size()
     if not audits.empty:
         chosen = attack if attack in set(audits["attack"]) else sorted(set(audits["attack"]))[0]
@@ -134,3 +134,32 @@ def group_table(exp: ExperimentDir, attack: str = "lira_online") -> str:
         lines.append(f"{label[:46]:<46} {row['natural_acc']:>8.4f} {row['robust_acc_pgd']:>8.4f} {auc:>7.4f} "
                      f"{tpr:>9.4f}{fail}")
     return "\n".join(lines)
+
+
+def write_hparams(spec: ExperimentSpec, exp: ExperimentDir, attack: str = "lira_online_fixed") -> Path:
+    """One TensorBoard HParams entry per group: its grid values against its mean natural and robust
+    accuracy and its LiRA AUC / TPR@0.1%FPR, so the HParams tab compares groups side by side.
+    (Tune's own logger already writes every trial's per-epoch curves under tune/.)"""
+    from torch.utils.tensorboard import SummaryWriter
+
+    runs = pd.read_parquet(exp.root / RUNS)
+    audits = pd.read_parquet(exp.root / AUDITS)
+    root = exp.root / "tensorboard-groups"
+    for g in spec.groups():
+        done = runs[(runs["group_id"] == g.group_id) & (runs["status"] == "done")] if not runs.empty else runs
+        if done.empty:
+            continue
+        metrics = {"hparam/natural_acc": float(done["natural_acc"].mean()),
+                   "hparam/robust_acc": float(done["robust_acc_pgd"].mean())}
+        if not audits.empty:
+            mine = audits[(audits["group_id"] == g.group_id) & (audits["attack"] == attack)]
+            if not mine.empty:
+                metrics["hparam/lira_auc"] = float(mine["auc"].mean())
+                metrics["hparam/lira_tpr_at_0_1pct"] = float(mine["tpr_at_0_1pct"].mean())
+        hparams = {"group": g.label, "group_id": g.group_id, "method": g.run["method"]["name"],
+                   "dataset": g.run["data"]["dataset"], "demem_lambda": float(g.run["demem"]["lambda"]),
+                   "demem_threshold": float(g.run["demem"]["risk_threshold"]),
+                   **{k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in g.params.items()}}
+        with SummaryWriter(log_dir=str(root / g.group_id)) as w:
+            w.add_hparams(hparams, metrics, run_name=".")
+    return root

@@ -30,6 +30,8 @@ def _env_for_local_ray() -> None:
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "0")
+    # Tune warns when small trials checkpoint every few seconds; that is by design here.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
 
 def start_ray(address: str | None = None) -> dict[str, float]:
@@ -182,7 +184,9 @@ def _tuner(spec: ExperimentSpec, exp: ExperimentDir, max_concurrent: int | None)
     return tune.Tuner(
         trainable,
         param_space=space,
-        tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent or spec.max_concurrent, reuse_actors=False),
+        # Reusing worker processes saves the torch import and dataset parse of every trial; trials
+        # keep no state between them (each builds its own model, optimizer and generators).
+        tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent or spec.max_concurrent, reuse_actors=True),
         run_config=tune.RunConfig(
             name="tune", storage_path=str(exp.root.resolve()),
             failure_config=tune.FailureConfig(max_failures=spec.max_retries),
@@ -243,7 +247,7 @@ def resume_experiment(root: str | Path, *, address: str | None = None, echo: Pri
 
 def finish(spec: ExperimentSpec, exp: ExperimentDir, progress: Progress, echo: Printer) -> None:
     """Wait for running audits, audit what is left, collect the Parquet files, print the group table."""
-    from orchestrator.collect import collect, group_table
+    from orchestrator.collect import collect, group_table, write_hparams
 
     progress.poll(wait=True)
     for run_id, trial in progress.trials.items():  # runs finished by an earlier, interrupted driver
@@ -254,6 +258,7 @@ def finish(spec: ExperimentSpec, exp: ExperimentDir, progress: Progress, echo: P
     for key in sorted({(t.group_id, t.seed) for t in progress.trials.values()}):
         progress.maybe_audit(key, in_process=True)
     paths = collect(spec, exp)
+    write_hparams(spec, exp)
     echo("")
     echo(group_table(exp))
     echo("")

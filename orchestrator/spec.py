@@ -151,12 +151,15 @@ class Group:
             without a grid.
         params: expanded grid key path -> value of this point.
         run: the resolved RunConfig dict with n_models = M, seed = 0 and model_index = 0.
+        aliases: labels of other grid points that resolve to this same run (e.g. lambda=0 with
+            another threshold: the undefended method either way); they are trained once.
     """
 
     group_id: str
     label: str
     params: dict
     run: dict
+    aliases: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -228,7 +231,8 @@ class ExperimentSpec:
         lines = [f"experiment {self.name}: {_count(len(groups), 'group')} x {_count(len(seeds), 'seed')} "
                  f"x {m} models = {n_trials} trials"]
         width = max(len(g.label) for g in groups)
-        lines += [f"  {g.label:<{width}}  {g.group_id}" for g in groups]
+        lines += [f"  {g.label:<{width}}  {g.group_id}" + (f"  (also {'; '.join(g.aliases)}: the same run)"
+                                                             if g.aliases else "") for g in groups]
         epochs = [g.run["train"]["epochs"] for g in groups]
         per_group = len(seeds) * m
         total = sum(epochs) * per_group
@@ -584,7 +588,7 @@ def _expand(base: dict, grid: dict[str, list], n_models: int) -> tuple[list[Grou
 
     groups: list[Group] = []
     problems: list[str] = []
-    seen: dict[str, str] = {}
+    seen: dict[str, int] = {}
     for params, res in results:
         label = _label(params)
         if isinstance(res, str):
@@ -596,10 +600,11 @@ def _expand(base: dict, grid: dict[str, list], n_models: int) -> tuple[list[Grou
             problems.append(f"grid point {where}: {res}")
             continue
         gid = group_id(res)
-        if gid in seen:
-            problems.append(f"grid: points {seen[gid]} and {label} give the same run config (group {gid})")
+        if gid in seen:  # e.g. lambda=0 with several thresholds: the same run, trained once
+            j = seen[gid]
+            groups[j] = dataclasses.replace(groups[j], aliases=groups[j].aliases + (label,))
             continue
-        seen[gid] = label
+        seen[gid] = len(groups)
         groups.append(Group(group_id=gid, label=label, params=params, run=res))
     return groups, list(dict.fromkeys(problems))
 

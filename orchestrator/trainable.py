@@ -20,9 +20,20 @@ import torch
 from ray import tune
 
 from demem import artifacts
-from demem.train import RunConfig, epochs, prepare, resolve_device
+from demem.data import Pool
+from demem.train import DataConfig, RunConfig, epochs, load_pool, prepare, resolve_device
 
 FINAL_KEYS = ("natural_acc", "robust_acc_pgd", "robust_acc_aa", "epsilon", "train_loss", "epochs_done")
+
+
+_POOL: dict[DataConfig, Pool] = {}  # the last pool this worker loaded (Tune reuses worker processes)
+
+
+def _pool(run: RunConfig) -> Pool:
+    if run.data not in _POOL:
+        _POOL.clear()
+        _POOL[run.data] = load_pool(run)
+    return _POOL[run.data]
 
 
 class InjectedFailure(RuntimeError):
@@ -52,7 +63,7 @@ def train_model(config: dict[str, Any]) -> None:
     if done is not None:  # finished before an interruption: report it again, do not retrain
         tune.report({**base, **_final(done), "done": True})
         return
-    state = prepare(run, resolve_device("auto"))
+    state = prepare(run, resolve_device("auto"), pool=_pool(run))
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:

@@ -68,6 +68,7 @@ def test_tiny_experiment_writes_parquet_and_tensorboard(tiny_experiment):
     assert audits["auc"].between(0, 1).all()
     assert len(samples) == 2 * 512 and samples.groupby("group_id")["sample_id"].nunique().eq(512).all()
     assert list(exp.tune.rglob("events.out.tfevents*")), "no TensorBoard event files"
+    assert len(list((exp.root / "tensorboard-groups").rglob("events.out.tfevents*"))) >= 2  # HParams per group
     assert (exp.root / "spec.yaml").exists() and (exp.root / "meta.json").exists()
     text = "\n".join(lines)
     assert "[8/8 trials" in text and "natural" in text and "TensorBoard: tensorboard --logdir" in text
