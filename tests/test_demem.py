@@ -13,7 +13,7 @@ from demem.demem import DeMemConfig, high_risk_mask, load_risk_table, penalty, s
 from demem.methods import METHODS, MethodConfig, generate, objective
 from demem.models import build_model
 
-METHOD_NAMES = ["standard", "pgd_at", "trades", "mart", "fgsm_rs"]
+METHOD_NAMES = ["standard", "pgd_at", "trades", "mart", "fgsm_rs", "dp_sgd", "dp_pgd_at", "dp_trades"]
 
 
 def _model_and_batch(seed=0, b=32):
