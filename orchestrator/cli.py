@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from demem.cli import build_parser as build_core_parser
+from demem.cli import main as core_main
 
 
 def _print_problems(path: str, e) -> int:
@@ -66,6 +67,8 @@ def cmd_status(a: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = build_core_parser()
+    p.description = ("demem: adversarial training with DeMem and privacy audits. train / audit work on one "
+                     "model or group without Ray; validate / run / resume / status run experiments on Ray Tune.")
     sub = next(act for act in p._actions if isinstance(act, argparse._SubParsersAction))
     v = sub.add_parser("validate", help="check an experiment spec (YAML) and print its plan")
     v.add_argument("spec")
@@ -90,8 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return args.func(args)
+    return core_main(argv, build_parser())
 
 
 if __name__ == "__main__":

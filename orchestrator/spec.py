@@ -654,6 +654,22 @@ def _check_base(base: Any, problems: list[str]) -> dict:
     return base
 
 
+def _claim_path(section: str, key: Any, given_as: dict[str, str], problems: list[str],
+                seed_problem: str | None = None) -> str | None:
+    """The expanded key path of a grid / search-space key, or None (with a problem) when it is not a
+    config path or names a path another key of the same section already took."""
+    path = _expand_key(key) if isinstance(key, str) else key
+    why = seed_problem if (seed_problem and path == "seed") else _path_problem(path)
+    if why is not None:
+        problems.append(f"{section}.{key}: {why}")
+        return None
+    if path in given_as:
+        problems.append(f"{section}.{path}: given twice (as {given_as[path]} and {key})")
+        return None
+    given_as[path] = key
+    return path
+
+
 def _check_grid(grid: Any, problems: list[str]) -> tuple[dict[str, list], Any]:
     """Returns (expanded path -> values for the valid keys, the `seed` entry or None)."""
     grid = _mapping("grid", grid, problems)
@@ -664,15 +680,9 @@ def _check_grid(grid: Any, problems: list[str]) -> tuple[dict[str, list], Any]:
         if key == "seed":
             seeds = values
             continue
-        path = _expand_key(key) if isinstance(key, str) else key
-        why = _path_problem(path)
-        if why is not None:
-            problems.append(f"grid.{key}: {why}")
+        path = _claim_path("grid", key, given_as, problems)
+        if path is None:
             continue
-        if path in given_as:
-            problems.append(f"grid.{path}: given twice (as {given_as[path]} and {key})")
-            continue
-        given_as[path] = key
         if not isinstance(values, list) or not values:
             problems.append(f"grid.{key}: must be a non-empty list")
             continue
@@ -848,15 +858,10 @@ def _check_search(search: Any, has_grid: bool, base: dict, n_models: int, base_r
     given_as: dict[str, str] = {}
     for key, dist in space.items():
         where = f"search.space.{key}"
-        path = _expand_key(key) if isinstance(key, str) else key
-        why = "seeds are not searched; list them in seeds" if path == "seed" else _path_problem(path)
-        if why is not None:
-            problems.append(f"{where}: {why}")
+        path = _claim_path("search.space", key, given_as, problems,
+                           seed_problem="seeds are not searched; list them in seeds")
+        if path is None:
             continue
-        if path in given_as:
-            problems.append(f"search.space.{path}: given twice (as {given_as[path]} and {key})")
-            continue
-        given_as[path] = key
         values = _check_distribution(where, path, dist, problems)
         if values is None:
             continue

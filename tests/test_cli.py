@@ -43,7 +43,8 @@ def test_train_writes_all_outputs_and_json(tmp_path, capsys):
 @pytest.mark.parametrize(
     "args,message",
     [
-        (["--method", "madry"], "unknown method 'madry'; known: dp_pgd_at, dp_sgd, dp_trades, fgsm_rs, mart, pgd_at, standard, trades"),
+        (["--method", "madry"], "unknown method 'madry'; known: dp_pgd_at, dp_sgd, dp_trades, fgsm_rs, mart, pgd_at, "
+         "standard, trades"),
         (["--demem-lambda", "-0.2"], "demem.lambda must be a finite number >= 0"),
         (["--demem-threshold", "1.0"], "demem.risk_threshold must be in [0, 1)"),
         (["--eps", "0"], "attack.eps must be > 0"),
