@@ -4,21 +4,14 @@ and the per-sample statistics of the whole pool that the privacy audit needs.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import torch
 from torch import nn
 
 from demem.attacks import AttackConfig, eval_mode, run_attack
 from demem.data import Pool
-from demem.privacy.signals import pool_signals
+from demem.privacy.signals import chunks, pool_signals
 from demem.train import EvalConfig, autocast
-
-
-def _chunks(n: int, batch_size: int) -> Iterator[slice]:
-    for start in range(0, n, batch_size):
-        yield slice(start, min(start + batch_size, n))
 
 
 def _to_float(x_u8: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -39,7 +32,7 @@ def accuracy(
     """Top-1 accuracy on (N, C, H, W) uint8 images, optionally under `attack`. Returns a fraction."""
     correct = 0
     with eval_mode(model):
-        for sl in _chunks(images.shape[0], batch_size):
+        for sl in chunks(images.shape[0], batch_size):
             x = _to_float(images[sl], device)
             y = labels[sl].to(device)
             with autocast(device):

@@ -79,7 +79,8 @@ def logit_scaled_confidence(logits: torch.Tensor, y: torch.Tensor) -> torch.Tens
     return true - torch.logsumexp(others, dim=1)
 
 
-def _chunks(n: int, size: int) -> Iterator[slice]:
+def chunks(n: int, size: int) -> Iterator[slice]:
+    """Consecutive slices of at most `size` covering range(n)."""
     for start in range(0, n, size):
         yield slice(start, min(start + size, n))
 
@@ -103,7 +104,7 @@ def pool_signals(
     out = {name: np.empty((pool.n, len(plan)), dtype=bool if name == "correct" else np.float32) for name in SIGNALS}
     ctx = autocast or contextlib.nullcontext
     with eval_mode(model), torch.no_grad():
-        for sl in _chunks(pool.n, batch_size):
+        for sl in chunks(pool.n, batch_size):
             x = pool.images[sl].to(device).float().div_(255)
             y = pool.labels[sl].to(device)
             b = x.shape[0]
