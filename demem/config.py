@@ -21,15 +21,21 @@ def _aliases(cls: type) -> dict[str, str]:
     return dict(getattr(cls, "_aliases", {}))
 
 
-def _dataclass_in(tp: Any) -> type | None:
+def dataclass_in(tp: Any) -> type | None:
     """The dataclass inside a type hint such as `X` or `X | None`, if any."""
     if dataclasses.is_dataclass(tp):
         return tp
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        for arg in typing.get_args(tp):
-            if dataclasses.is_dataclass(arg):
-                return arg
+        return next((a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)), None)
     return None
+
+
+def external_fields(cls: type) -> dict[str, tuple[str, Any]]:
+    """Key as written in dicts (aliases applied) -> (field name, type hint), for dataclass `cls`."""
+    inverse = {v: k for k, v in _aliases(cls).items()}
+    hints = typing.get_type_hints(cls)
+    return {inverse.get(f.name, f.name): (f.name, hints[f.name])
+            for f in dataclasses.fields(cls) if f.init and not f.name.startswith("_")}
 
 
 def build(cls: type[T], data: dict[str, Any] | None, path: str = "") -> T:
@@ -38,16 +44,13 @@ def build(cls: type[T], data: dict[str, Any] | None, path: str = "") -> T:
         data = {}
     if not isinstance(data, dict):
         raise ValueError(f"{path or cls.__name__}: expected a mapping, got {type(data).__name__}")
-    inverse = {v: k for k, v in _aliases(cls).items()}
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls) if f.init and not f.name.startswith("_")]
-    external = {inverse.get(n, n): n for n in names}  # key in the dict -> field name
+    external = external_fields(cls)
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
-        name = external.get(key)
-        if name is None:
+        if key not in external:
             raise ValueError(f"unknown key {path + key!r}; allowed: {', '.join(sorted(external))}")
-        sub = _dataclass_in(hints[name])
+        name, hint = external[key]
+        sub = dataclass_in(hint)
         if sub is not None and isinstance(value, dict):
             value = build(sub, value, f"{path}{key}.")
         elif isinstance(value, list):

@@ -60,6 +60,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import hashlib
 import itertools
 import json
@@ -74,6 +75,7 @@ from typing import Any
 import yaml
 
 from demem import data as datalib
+from demem.config import dataclass_in, external_fields
 from demem.privacy.audit import ATTACKS, LIRA_ATTACKS, parse_attacks
 from demem.train import RunConfig
 
@@ -205,15 +207,24 @@ class ExperimentSpec:
     search: dict | None
     raw: dict
 
-    def groups(self) -> list[Group]:
-        """The grid points, in grid order (the last grid key varies fastest)."""
+    @functools.cached_property
+    def _groups(self) -> tuple[Group, ...]:
+        # Expanding resolves every grid point through RunConfig; do it once per spec.
         groups, problems = _expand(self.base, self.grid, self.audit["models"])
         if problems:  # only possible for a spec built by hand, not through validate()
             raise SpecError(problems)
-        return groups
+        return tuple(groups)
+
+    def groups(self) -> list[Group]:
+        """The grid points, in grid order (the last grid key varies fastest)."""
+        return list(self._groups)
 
     def trials(self) -> list[Trial]:
         """Every model to train: groups x seeds x model_index 0..M-1, in that order."""
+        return list(self._trials)
+
+    @functools.cached_property
+    def _trials(self) -> tuple[Trial, ...]:
         out = []
         for group in self.groups():
             for seed in self.seeds:
@@ -222,7 +233,7 @@ class ExperimentSpec:
                     run["seed"], run["model_index"] = seed, m
                     out.append(Trial(trial_key=f"{group.group_id}-s{seed}-m{m:03d}", group_id=group.group_id,
                                      seed=seed, model_index=m, run=run))
-        return out
+        return tuple(out)
 
     def plan(self) -> str:
         """A human-readable summary: groups, trials, training epochs, per-trial resources, audit."""
@@ -400,39 +411,23 @@ def _count(n: int, what: str) -> str:
     return f"{n} {what}{'' if n == 1 else 's'}"
 
 
-def _dataclass_in(hint: Any) -> type | None:
-    """The dataclass inside a hint such as `X` or `X | None`, if any."""
-    if dataclasses.is_dataclass(hint):
-        return hint
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        return next((a for a in typing.get_args(hint) if dataclasses.is_dataclass(a)), None)
-    return None
-
-
-def _fields(cls: type) -> dict[str, tuple[str, Any]]:
-    """External key (aliases applied, as in RunConfig dicts) -> (field name, type hint)."""
-    inverse = {v: k for k, v in getattr(cls, "_aliases", {}).items()}
-    hints = typing.get_type_hints(cls)
-    return {inverse.get(f.name, f.name): (f.name, hints[f.name])
-            for f in dataclasses.fields(cls) if f.init and not f.name.startswith("_")}
-
-
 def _leaf_hint(path: str) -> tuple[Any, str | None]:
     """(type hint of the setting at `path`, None), or (None, why the path is not a setting)."""
     cls: type = RunConfig
     parts = path.split(".")
     for i, part in enumerate(parts):
-        fields = _fields(cls)
+        fields = external_fields(cls)
         if part not in fields:
             where = ".".join(parts[:i]) or "a run config"
             return None, f"unknown key path; {where} has: {', '.join(sorted(fields))}"
         hint = fields[part][1]
-        sub = _dataclass_in(hint)
+        sub = dataclass_in(hint)
         last = i == len(parts) - 1
         if sub is None and not last:
             return None, f"unknown key path; {'.'.join(parts[:i + 1])} is a setting, not a section"
         if sub is not None and last:
-            return None, f"names a section, not a setting; use one of its keys: {', '.join(sorted(_fields(sub)))}"
+            keys = ", ".join(sorted(external_fields(sub)))
+            return None, f"names a section, not a setting; use one of its keys: {keys}"
         if sub is not None:
             cls = sub
     return hint, None
@@ -499,13 +494,13 @@ def _type_problems(cls: type, tree: Any, prefix: str = "") -> list[str]:
     """
     if not isinstance(tree, dict):
         return []
-    fields = _fields(cls)
+    fields = external_fields(cls)
     out: list[str] = []
     for key, value in tree.items():
         if key not in fields:
             continue
         hint = fields[key][1]
-        sub = _dataclass_in(hint)
+        sub = dataclass_in(hint)
         if sub is not None:
             out += _type_problems(sub, value, f"{prefix}{key}.")
             continue
@@ -529,12 +524,12 @@ def _parses_as_float(text: str) -> bool:
 
 def _normalise(cls: type, tree: dict) -> dict:
     """Cast integers given for float settings to float, in place (so 0 and 0.0 hash alike)."""
-    fields = _fields(cls)
+    fields = external_fields(cls)
     for key, value in tree.items():
         if key not in fields:
             continue
         hint = fields[key][1]
-        sub = _dataclass_in(hint)
+        sub = dataclass_in(hint)
         if sub is not None:
             if isinstance(value, dict):
                 _normalise(sub, value)
