@@ -28,11 +28,13 @@ data:
 	elif [ "$$(id -u)" = 0 ]; then apt-get update -q && apt-get install -y -q dataset-fashion-mnist; \
 	else echo "Fashion-MNIST missing: run 'sudo apt-get install -y dataset-fashion-mnist' or set DEMEM_DATA"; exit 1; fi
 
-# The main job: the quickstart experiment on local Ray. A second `make run` resumes it.
+# The main job: the quickstart experiment on local Ray, then its summary and report. A second
+# `make run` resumes it.
 run: setup data
 	@name=$$(basename $(SPEC) .yaml); \
 	if [ -f $(RESULTS)/$$name/spec.yaml ]; then $(BIN)/demem resume $(RESULTS)/$$name; \
-	else $(BIN)/demem run $(SPEC) --storage $(RESULTS); fi
+	else $(BIN)/demem run $(SPEC) --storage $(RESULTS); fi && \
+	$(BIN)/demem summarize $(RESULTS)/$$name
 
 test: setup data
 	$(BIN)/python -m pytest -q

@@ -218,14 +218,14 @@ def load_group(directory: str | Path, *, seed: int | None = None, allow_partial:
     keeps, labels, ids = [], None, None
     pool_seed = ref["run"]["data"]["pool_seed"]
     for d, c in runs:
-        with np.load(d / SAMPLES) as z:
-            keep = z["keep"].astype(bool)
-            if labels is None:
-                labels, ids = z["label"], z["sample_id"]
-            elif not np.array_equal(ids, z["sample_id"]):
-                raise GroupError(f"{d}: sample ids differ from {ref_dir}")
-            for name in ("phi", "loss", "entropy", "mentropy", "correct"):
-                signals.setdefault(name, []).append(z[name])
+        z = read_samples(d)
+        keep = z["keep"].astype(bool)
+        if labels is None:
+            labels, ids = z["label"], z["sample_id"]
+        elif not np.array_equal(ids, z["sample_id"]):
+            raise GroupError(f"{d}: sample ids differ from {ref_dir}")
+        for name in ("phi", "loss", "entropy", "mentropy", "correct"):
+            signals.setdefault(name, []).append(z[name])
         if not np.array_equal(keep, keep_row(n_models, len(keep), pool_seed, c["run"]["model_index"])):
             raise GroupError(f"{d}: keep row does not match the group's keep mask for model_index "
                              f"{c['run']['model_index']}")
@@ -245,3 +245,9 @@ def read_metrics(out: str | Path) -> dict[str, Any] | None:
         return None
     metrics = json.loads(path.read_text())
     return metrics if metrics.get("status") == "done" else None
+
+
+def read_samples(out: str | Path) -> dict[str, np.ndarray]:
+    """The per-sample statistics (samples.npz) of a finished run directory, as arrays."""
+    with np.load(Path(out) / SAMPLES) as z:
+        return {k: z[k] for k in z.files}

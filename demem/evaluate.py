@@ -44,13 +44,16 @@ def accuracy(
 
 
 def evaluate_heldout(
-    model: nn.Module, pool: Pool, keep: np.ndarray, cfg: EvalConfig, *, device: torch.device, seed: int = 0
+    model: nn.Module, pool: Pool, keep: np.ndarray, cfg: EvalConfig, *, device: torch.device, seed: int = 0,
+    limit: int | None = None, autoattack: bool = True,
 ) -> dict[str, float | int | None]:
     """Natural and robust accuracy on the samples this model did not train on (keep == 0).
 
     The attack RNG is seeded from `seed` alone, so the numbers do not depend on what ran before.
+    `limit` evaluates only the first `limit` held-out samples (an interim estimate, e.g. per epoch
+    of a search trial); `autoattack=False` skips AutoAttack even where `cfg` asks for it.
     """
-    idx = torch.from_numpy(np.flatnonzero(~keep))
+    idx = torch.from_numpy(np.flatnonzero(~keep)[:limit])
     x, y = pool.images[idx], pool.labels[idx]
     gen = torch.Generator(device=device)
     gen.manual_seed(seed)
@@ -61,7 +64,7 @@ def evaluate_heldout(
                                    generator=gen),
         "robust_acc_aa": None,
     }
-    if cfg.autoattack:
+    if cfg.autoattack and autoattack:
         n = min(cfg.autoattack_samples, x.shape[0])
         aa = AttackConfig(name="autoattack", eps=cfg.attack.eps, norm=cfg.attack.norm)
         out["robust_acc_aa"] = accuracy(model, x[:n], y[:n], device=device, batch_size=cfg.batch_size,
@@ -81,3 +84,22 @@ def sample_statistics(
     """
     return pool_signals(model, pool, device=device, queries=queries, batch_size=batch_size,
                         autocast=lambda: autocast(device))
+
+
+def own_membership(stats: dict[str, np.ndarray], keep: np.ndarray, attack: str = "loss") -> dict[str, float]:
+    """How well a threshold attack tells this model's own members (keep) from its non-members, from
+    the model's per-sample statistics (`sample_statistics`). The cheap privacy score of a search
+    trial: one model, no shadows; LiRA on a full group (`demem confirm`) is the real audit.
+
+    Returns:
+        {"mia_auc", "mia_tpr_at_1pct", "mia_tpr_at_0_1pct", "mia_balanced_acc"}.
+    """
+    from demem.privacy.attacks import _THRESHOLD_SIGNALS, threshold_score
+    from demem.privacy.metrics import attack_metrics
+
+    if attack not in _THRESHOLD_SIGNALS:
+        raise ValueError(f"own_membership: unknown attack {attack!r}; known: {', '.join(_THRESHOLD_SIGNALS)}")
+    name = _THRESHOLD_SIGNALS[attack][0]
+    scores = threshold_score(attack, **{name: stats[name]})
+    m = attack_metrics(scores, np.asarray(keep, dtype=bool))
+    return {f"mia_{k}": m[k] for k in ("auc", "tpr_at_1pct", "tpr_at_0_1pct", "balanced_acc")}

@@ -38,6 +38,7 @@ class Method:
     default_beta: float | None = None  # methods with a robustness weight
     supports_awp: bool = False
     dp: bool = False  # trained with DP-SGD through Opacus (demem.dp)
+    undefended: str | None = None  # for a DP method: the method it privatises (its baseline)
 
 
 METHODS: Registry[Method] = Registry("method")
@@ -201,11 +202,12 @@ METHODS.register("mart")(Method(_pgd_examples, _mart_loss, default_beta=5.0))
 
 # --- DP-SGD versions (Opacus does the clipping and noise; see demem.dp) -------------------------
 
-METHODS.register("dp_sgd")(Method(_no_attack, _clean_loss, dp=True))
-METHODS.register("dp_pgd_at")(Method(_pgd_examples, _adv_ce_loss, dp=True))
+METHODS.register("dp_sgd")(Method(_no_attack, _clean_loss, dp=True, undefended="standard"))
+METHODS.register("dp_pgd_at")(Method(_pgd_examples, _adv_ce_loss, dp=True, undefended="pgd_at"))
 # TRADES's two forward passes (clean, adversarial) are fine for Opacus's hooks: per-sample gradients
 # of both passes are summed per sample before clipping.
-METHODS.register("dp_trades")(Method(_trades_examples, _trades_loss, default_beta=6.0, dp=True))
+METHODS.register("dp_trades")(Method(_trades_examples, _trades_loss, default_beta=6.0, dp=True,
+                                     undefended="trades"))
 
 
 # --- the full objective -------------------------------------------------------------------------

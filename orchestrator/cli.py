@@ -59,6 +59,32 @@ def cmd_resume(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_confirm(a: argparse.Namespace) -> int:
+    from orchestrator.search import confirm
+    from orchestrator.spec import SpecError
+
+    try:
+        confirm(a.experiment, a.top, name=a.name, baseline=not a.no_baseline, address=a.address,
+                max_concurrent=a.max_concurrent)
+    except SpecError as e:
+        return _print_problems(a.experiment, e)
+    except (FileExistsError, FileNotFoundError, ValueError) as e:
+        print(f"demem confirm: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_summarize(a: argparse.Namespace) -> int:
+    from orchestrator.summarize import summarize
+
+    try:
+        summarize(a.experiment, leakage=a.leakage, attack=a.attack, out=a.out)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"demem summarize: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def cmd_status(a: argparse.Namespace) -> int:
     from orchestrator.run import status
 
@@ -68,7 +94,8 @@ def cmd_status(a: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = build_core_parser()
     p.description = ("demem: adversarial training with DeMem and privacy audits. train / audit work on one "
-                     "model or group without Ray; validate / run / resume / status run experiments on Ray Tune.")
+                     "model or group without Ray; validate / run / resume / status / confirm run experiments on "
+                     "Ray Tune; summarize ranks their results.")
     sub = next(act for act in p._actions if isinstance(act, argparse._SubParsersAction))
     v = sub.add_parser("validate", help="check an experiment spec (YAML) and print its plan")
     v.add_argument("spec")
@@ -86,6 +113,24 @@ def build_parser() -> argparse.ArgumentParser:
     re_.add_argument("experiment", help="the experiment directory, e.g. results/quickstart")
     re_.add_argument("--address", default=None)
     re_.set_defaults(func=cmd_resume)
+    c = sub.add_parser("confirm", help="train and LiRA-audit full groups for the best points of a search")
+    c.add_argument("experiment", help="the search experiment directory, e.g. results/search")
+    c.add_argument("--top", type=int, default=3, help="how many of the best points (Pareto rank) to confirm")
+    c.add_argument("--name", default=None, help="name of the confirmation experiment (default: <name>-confirm)")
+    c.add_argument("--no-baseline", action="store_true", help="do not add the base config as a reference group")
+    c.add_argument("--address", default=None)
+    c.add_argument("--max-concurrent", type=int, default=None)
+    c.set_defaults(func=cmd_confirm)
+    from orchestrator.summarize import DEFAULT_LEAKAGE, LEAKAGE_METRICS
+
+    sm = sub.add_parser("summarize", help="rank groups by privacy-robustness trade-off; plots and report.html")
+    sm.add_argument("experiment", help="the experiment directory, e.g. results/quickstart")
+    sm.add_argument("--leakage", default=DEFAULT_LEAKAGE, choices=LEAKAGE_METRICS,
+                    help=f"the leakage metric to rank by (default: {DEFAULT_LEAKAGE})")
+    sm.add_argument("--attack", default=None,
+                    help="the audit attack whose leakage is used (default: lira_online_fixed where run)")
+    sm.add_argument("--out", default=None, help="output directory (default: EXPERIMENT/summary)")
+    sm.set_defaults(func=cmd_summarize)
     s = sub.add_parser("status", help="what is done, running, failed and pending in an experiment")
     s.add_argument("experiment")
     s.set_defaults(func=cmd_status)

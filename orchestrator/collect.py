@@ -3,6 +3,8 @@
     runs.parquet     one row per trained (or failed) model
     audits.parquet   one row per (group, seed, target model, attack)
     samples.parquet  one row per (group, seed, sample_id)
+    roc.parquet      one row per (group, seed, attack, ROC point): pooled ROC over the targets, log-spaced FPR
+    membins.parquet  one row per (group, seed, memorization bin): held-out accuracy, LiRA TPR at 1% / 0.1% FPR
 
 The files are rebuilt from the experiment's directories each time, keyed by run id / group id, so
 collecting twice, or after a resume, never duplicates rows. A `schema_version` column lets later code
@@ -25,6 +27,10 @@ from orchestrator.layout import ExperimentDir, read_json
 from orchestrator.spec import ExperimentSpec
 
 RUNS, AUDITS, SAMPLES = "runs.parquet", "audits.parquet", "samples.parquet"
+ROC, MEMBINS = "roc.parquet", "membins.parquet"
+# The attack the group table and TensorBoard's HParams show: LiRA with a global variance is the
+# steadier of the online variants with the handful of shadow models a group has.
+HEADLINE_ATTACK = "lira_online_fixed"
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -105,14 +111,35 @@ def audits_frame(spec: ExperimentSpec, exp: ExperimentDir) -> tuple[pd.DataFrame
     return pd.DataFrame(rows), (pd.concat(samples, ignore_index=True) if samples else pd.DataFrame())
 
 
+def curves_frames(spec: ExperimentSpec, exp: ExperimentDir) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(roc, membins): the ROC points and memorization-bin table of every audited (group, seed)."""
+    labels = {g.group_id: g.label for g in spec.groups()}
+    roc, bins = [], []
+    for g in spec.groups():
+        for seed in spec.seeds:
+            result = read_json(exp.audit_dir(g.group_id, seed) / "audit.json")
+            if result is None:
+                continue
+            key = {"experiment": spec.name, "group_id": g.group_id, "group_label": labels[g.group_id], "seed": seed}
+            for attack, res in result["attacks"].items():
+                if "roc" in res:
+                    roc += [{**key, "attack": attack, "fpr": f, "tpr": t}
+                            for f, t in zip(res["roc"]["fpr"], res["roc"]["tpr"])]
+            bins += [{**key, "source": result.get("memorization_source"), **row}
+                     for row in result.get("memorization_bins", [])]
+    return pd.DataFrame(roc), pd.DataFrame(bins)
+
+
 def collect(spec: ExperimentSpec, exp: ExperimentDir) -> list[Path]:
-    """Write the three Parquet files of the experiment; returns their paths."""
+    """Write the Parquet files of the experiment; returns their paths."""
     runs = runs_frame(spec, exp)
     audits, samples = audits_frame(spec, exp)
-    return [_write(runs, exp.root / RUNS), _write(audits, exp.root / AUDITS), _write(samples, exp.root / SAMPLES)]
+    roc, bins = curves_frames(spec, exp)
+    return [_write(runs, exp.root / RUNS), _write(audits, exp.root / AUDITS), _write(samples, exp.root / SAMPLES),
+            _write(roc, exp.root / ROC), _write(bins, exp.root / MEMBINS)]
 
 
-def group_table(exp: ExperimentDir, attack: str = "lira_online") -> str:
+def group_table(exp: ExperimentDir, attack: str = HEADLINE_ATTACK) -> str:
     """Per group (mean over its models / targets): natural acc, robust acc, LiRA AUC, TPR@0.1%FPR."""
     runs = pd.read_parquet(exp.root / RUNS)
     audits = pd.read_parquet(exp.root / AUDITS)
@@ -136,7 +163,7 @@ def group_table(exp: ExperimentDir, attack: str = "lira_online") -> str:
     return "\n".join(lines)
 
 
-def write_hparams(spec: ExperimentSpec, exp: ExperimentDir, attack: str = "lira_online_fixed") -> Path:
+def write_hparams(spec: ExperimentSpec, exp: ExperimentDir, attack: str = HEADLINE_ATTACK) -> Path:
     """One TensorBoard HParams entry per group: its grid values against its mean natural and robust
     accuracy and its LiRA AUC / TPR@0.1%FPR, so the HParams tab compares groups side by side.
     (Tune's own logger already writes every trial's per-epoch curves under tune/.)"""

@@ -211,6 +211,11 @@ def run_experiment(spec_path: str | Path, *, name: str | None = None, storage: s
     echo(spec.plan())
     largest = start_ray(address)
     load_spec(exp.spec, available=largest, check_data=False)  # can any node run a trial?
+    if spec.search is not None:
+        from orchestrator.search import run_search
+
+        run_search(spec, exp, max_concurrent=max_concurrent, echo=echo)
+        return exp
     progress = _PROGRESS[str(exp.root.resolve())] = Progress(spec, exp, echo)
     _tuner(spec, exp, max_concurrent).fit()
     finish(spec, exp, progress, echo)
@@ -227,6 +232,12 @@ def resume_experiment(root: str | Path, *, address: str | None = None, echo: Pri
         raise FileNotFoundError(f"{exp.root} is not an experiment directory (no spec.yaml)")
     spec = load_spec(exp.spec)
     start_ray(address)
+    if spec.search is not None:
+        from orchestrator.search import run_search
+
+        echo(f"resuming {exp.root}: {progress_summary(spec, exp)}")
+        run_search(spec, exp, echo=echo, restore=True)
+        return exp
     progress = _PROGRESS[str(exp.root.resolve())] = Progress(spec, exp, echo)
     # Trials already recorded as failed stay failed; the rest are pending or were interrupted.
     if tune.Tuner.can_restore(str(exp.tune.resolve())):
@@ -267,6 +278,18 @@ def finish(spec: ExperimentSpec, exp: ExperimentDir, progress: Progress, echo: P
 
 def progress_summary(spec: ExperimentSpec, exp: ExperimentDir) -> str:
     """'N done, N failed, N running, N pending' from the experiment's files."""
+    if spec.search is not None:
+        from orchestrator.search import SEARCH_TRIALS
+
+        records = read_json(exp.root / SEARCH_TRIALS, {}) or {}
+        done = sum(r["status"] == "done" for r in records.values())
+        early = sum(r["status"] == "done" and not r["completed"] for r in records.values())
+        failed = sum(r["status"] == "failed" for r in records.values())
+        started = len(list((exp.root / "search").glob("*"))) if (exp.root / "search").exists() else 0
+        return (f"{done} done ({early} stopped early by the scheduler), {failed} failed, "
+                f"{max(0, started - done - failed)} running or interrupted, "
+                f"{max(0, spec.search['num_samples'] - started)} not started of {spec.search['num_samples']} "
+                "search trials")
     state = read_json(exp.trials, {}) or {}
     counts = {"done": 0, "failed": 0, "running": 0, "pending": 0}
     for t in spec.trials():
@@ -296,6 +319,10 @@ def status(root: str | Path, out: TextIO | None = None) -> int:
     spec = load_spec(exp.spec, check_data=False)
     print(f"{spec.name}: {progress_summary(spec, exp)}", file=out)
     state = read_json(exp.trials, {}) or {}
+    if spec.search is not None:
+        from orchestrator.search import SEARCH_TRIALS
+
+        state = read_json(exp.root / SEARCH_TRIALS, {}) or {}
     for run_id, s in sorted(state.items()):
         if s["status"] == "failed":
             last = (s.get("error") or "").strip().splitlines()

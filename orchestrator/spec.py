@@ -29,9 +29,10 @@ The format (every key but `name` and `audit.models` may be left out):
     resources: {cpu: 1, gpu: 0}      # per trial; gpu may be a fraction (0.25) to pack small models
     max_concurrent: null             # at most this many trials at once; null = as many as fit
     failure: {max_retries: 1}        # retries of a failed trial (default 1)
+    points: null                     # explicit groups instead of a grid: [{lambda: 0.4}, {}] ({} = base)
     search: null                     # a search instead of a grid (never both):
     #  algorithm: optuna
-    #  num_samples: 20               # sampled configs (each one a group of M models)
+    #  num_samples: 20               # sampled configs; each trains ONE model (see orchestrator.search)
     #  objectives: [{robust_acc: max}, {mia_tpr_at_1pct: min}]      # metric: max | min, from METRICS
     #  space:                        # key path -> exactly one of uniform / loguniform / choice
     #    demem.lambda: {uniform: [0, 1]}
@@ -93,7 +94,7 @@ __all__ = [
     "validate",
 ]
 
-TOP_KEYS = ("audit", "base", "failure", "grid", "max_concurrent", "name", "resources", "search", "seeds")
+TOP_KEYS = ("audit", "base", "failure", "grid", "max_concurrent", "name", "points", "resources", "search", "seeds")
 AUDIT_KEYS = ("attacks", "models", "queries", "targets")
 RESOURCE_KEYS = ("cpu", "gpu")
 FAILURE_KEYS = ("max_retries",)
@@ -189,6 +190,7 @@ class ExperimentSpec:
         resources: per trial, {"cpu": float, "gpu": float}.
         max_concurrent: None = as many trials as the cluster fits.
         max_retries: retries of a failed trial.
+        points: None, or explicit groups instead of a grid: a list of {expanded key path: value}.
         search: None, or {"algorithm", "num_samples", "objectives": [{"metric", "mode"}, ...],
             "space": {expanded key path: {"uniform" | "loguniform" | "choice": [...]}},
             "scheduler": "asha" | None}. With a search, `groups()` / `trials()` describe the base
@@ -206,11 +208,12 @@ class ExperimentSpec:
     max_retries: int
     search: dict | None
     raw: dict
+    points: list[dict] | None = None
 
     @functools.cached_property
     def _groups(self) -> tuple[Group, ...]:
         # Expanding resolves every grid point through RunConfig; do it once per spec.
-        groups, problems = _expand(self.base, self.grid, self.audit["models"])
+        groups, problems = _expand(self.base, self.grid, self.audit["models"], self.points)
         if problems:  # only possible for a spec built by hand, not through validate()
             raise SpecError(problems)
         return tuple(groups)
@@ -261,9 +264,16 @@ class ExperimentSpec:
         if self.search is not None:
             s = self.search
             objectives = ", ".join(f"{o['metric']} ({o['mode']})" for o in s["objectives"])
-            lines.append(f"search: {s['algorithm']}, {s['num_samples']} samples x {len(seeds)} seeds x {m} models "
-                         f"= {s['num_samples'] * len(seeds) * m} trials over {', '.join(s['space'])}; "
-                         f"objectives: {objectives}; scheduler: {s['scheduler'] or 'none'}")
+            lines = [f"experiment {self.name}: search with {s['algorithm']}, {s['num_samples']} trials over "
+                     f"{', '.join(_SHORT_NAME.get(p, p) for p in s['space'])}",
+                     f"  each trial trains one model on half the pool (seed {seeds[0]}) and is scored on "
+                     f"{objectives}", "  privacy score: loss-threshold attack on the model's own members vs "
+                     "non-members; confirm the best points with `demem confirm`",
+                     f"  base: {groups[0].group_id}; scheduler: {s['scheduler'] or 'none'}",
+                     f"training: at most {s['num_samples'] * epochs[0]} epochs "
+                     f"({s['num_samples']} trials x {_count(epochs[0], 'epoch')} of the base)",
+                     lines[-2], f"confirmation audit per group: {m} models, attacks: "
+                     f"{', '.join(self.audit['attacks'])}"]
         return "\n".join(lines)
 
 
@@ -318,6 +328,7 @@ def validate(raw: dict, *, check_data: bool = True, available: dict[str, float] 
     name = _check_name(raw.get("name"), problems)
     base = _check_base(raw.get("base"), problems)
     grid, grid_seeds = _check_grid(raw.get("grid"), problems)
+    points = _check_points(raw.get("points"), problems)
     seeds = _check_seeds(raw.get("seeds"), grid_seeds, problems)
     audit = _check_audit(raw.get("audit"), "audit" in raw, problems)
     resources = _check_resources(raw.get("resources"), available, problems)
@@ -327,10 +338,14 @@ def validate(raw: dict, *, check_data: bool = True, available: dict[str, float] 
     max_retries = _check_failure(raw.get("failure"), problems)
 
     models = audit["models"] if audit["models"] is not None else MIN_MODELS_AUDIT  # to resolve the configs
-    groups, group_problems = _expand(base, grid, models)
+    groups, group_problems = _expand(base, grid, models, points)
     problems += group_problems
     raw_grid = raw.get("grid")
     has_grid = isinstance(raw_grid, dict) and any(k != "seed" for k in raw_grid)
+    if has_grid and points is not None:
+        problems.append("points: cannot be combined with grid; give one of them")
+    if points is not None and raw.get("search") is not None:
+        problems.append("search: cannot be combined with points; give one of them")
     search = _check_search(raw.get("search"), has_grid, base, models, bool(group_problems), problems)
     _check_queries(audit["queries"], groups, problems)
     if check_data:
@@ -340,7 +355,7 @@ def validate(raw: dict, *, check_data: bool = True, available: dict[str, float] 
         raise SpecError(list(dict.fromkeys(problems)))  # without repeats, in the order found
     return ExperimentSpec(name=name, base=base, grid=grid, seeds=seeds, audit=audit, resources=resources,
                           max_concurrent=max_concurrent, max_retries=max_retries, search=search,
-                          raw=copy.deepcopy(raw))
+                          raw=copy.deepcopy(raw), points=points)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -549,17 +564,22 @@ def _normalise(cls: type, tree: dict) -> dict:
 # ---------------------------------------------------------------------------------------------------
 
 
-def _expand(base: dict, grid: dict[str, list], n_models: int) -> tuple[list[Group], list[str]]:
-    """Resolve every grid point. Returns (groups, problems).
+def _expand(base: dict, grid: dict[str, list], n_models: int,
+            points: list[dict] | None = None) -> tuple[list[Group], list[str]]:
+    """Resolve every grid point (or every one of `points`, when given). Returns (groups, problems).
 
     A failing point is reported once, blamed on the smallest cause that explains it: the base, when
     the base alone and every point fail with that message; else one grid value, when every point
     with that value fails with it (`grid point method=madry: ...`); else the point's full label.
     """
-    keys = list(grid)
+    if points is not None:
+        keys = list(dict.fromkeys(k for p in points for k in p))
+        combos = [dict(p) for p in points]
+    else:
+        keys = list(grid)
+        combos = [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]
     results: list[tuple[dict[str, Any], str | dict]] = []  # (params, error message or resolved run)
-    for values in itertools.product(*(grid[k] for k in keys)):
-        params = dict(zip(keys, values))
+    for params in combos:
         try:
             results.append((params, resolve_run(base, params, n_models)))
         except ValueError as e:
@@ -571,7 +591,7 @@ def _expand(base: dict, grid: dict[str, list], n_models: int) -> tuple[list[Grou
     # For each grid value, the outcomes of all points that have it ("" stands for success).
     outcomes: dict[tuple[str, str], set[str]] = {}
     for params, res in results:
-        for k in keys:
+        for k in params:
             outcomes.setdefault(value_key(k, params[k]), set()).add(res if isinstance(res, str) else "")
     every = {res if isinstance(res, str) else "" for _, res in results}
     base_error: str | None = None
@@ -590,7 +610,7 @@ def _expand(base: dict, grid: dict[str, list], n_models: int) -> tuple[list[Grou
             if res == base_error:
                 problems.append(f"base: {res}")
                 continue
-            culprit = next((k for k in keys if outcomes[value_key(k, params[k])] == {res}), None)
+            culprit = next((k for k in params if outcomes[value_key(k, params[k])] == {res}), None)
             where = label if culprit is None else _label({culprit: params[culprit]})
             problems.append(f"grid point {where}: {res}")
             continue
@@ -687,6 +707,33 @@ def _check_grid(grid: Any, problems: list[str]) -> tuple[dict[str, list], Any]:
             continue
         out[path] = values
     return out, seeds
+
+
+def _check_points(points: Any, problems: list[str]) -> list[dict] | None:
+    """`points`: an explicit list of groups, each a mapping of key paths to values (what
+    `demem confirm` writes for the best points of a search). Returns the expanded points or None."""
+    if points is None:
+        return None
+    if not (isinstance(points, list) and points):
+        problems.append("points: must be a non-empty list of mappings like {demem.lambda: 0.4}")
+        return None
+    out: list[dict] = []
+    for i, point in enumerate(points):
+        if not isinstance(point, dict):
+            problems.append(f"points[{i}]: must be a mapping of key paths to values ({{}} for the base)")
+            continue
+        given_as: dict[str, str] = {}
+        expanded = {}
+        for key, value in point.items():
+            path = _claim_path(f"points[{i}]", key, given_as, problems,
+                               seed_problem="seeds are not points; list them in seeds")
+            if path is not None:
+                expanded[path] = value
+        if expanded in out:
+            problems.append(f"points[{i}]: the same point as points[{out.index(expanded)}]")
+            continue
+        out.append(expanded)
+    return out
 
 
 def _check_seeds(seeds: Any, grid_seeds: Any, problems: list[str]) -> tuple[int, ...]:

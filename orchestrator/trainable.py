@@ -3,10 +3,13 @@
 This is the only module that talks to Ray Tune's reporting API (`tune.report`, `tune.Checkpoint`,
 `tune.get_checkpoint`), so the next change of that API touches one file.
 
-Trial config (built by `orchestrator.run`):
+Trial config of a grid trial (`train_model`, built by `orchestrator.run`):
     experiment, group_id, run_id: names; run: the RunConfig dict of this model;
     artifacts: the run directory to write; cpus: threads for torch; _test_fail: test-only failure
     injection {"mode": "once" | "always", "at_epoch": k}.
+
+Trial config of a search trial (`search_model`, built by `orchestrator.search`):
+    params: {key path: sampled value}; fixed: {base, seed, n_models, cpus, root, interim_samples}.
 """
 
 from __future__ import annotations
@@ -21,9 +24,11 @@ from ray import tune
 
 from demem import artifacts
 from demem.data import Pool
+from demem.evaluate import evaluate_heldout, own_membership, sample_statistics
 from demem.train import DataConfig, RunConfig, epochs, load_pool, prepare, resolve_device
 
 FINAL_KEYS = ("natural_acc", "robust_acc_pgd", "robust_acc_aa", "epsilon", "train_loss", "epochs_done")
+SEARCH_KEYS = ("natural_acc", "robust_acc", "mia_auc", "mia_tpr_at_1pct", "mia_tpr_at_0_1pct", "mia_balanced_acc")
 
 
 _POOL: dict[DataConfig, Pool] = {}  # the last pool this worker loaded (Tune reuses worker processes)
@@ -63,21 +68,65 @@ def train_model(config: dict[str, Any]) -> None:
     if done is not None:  # finished before an interruption: report it again, do not retrain
         tune.report({**base, **_final(done), "done": True})
         return
+    state = _start(run, out)
+    t0 = time.perf_counter()
+    for metrics in epochs(state):
+        _maybe_fail(config, state.epoch, out)
+        _report_epoch(state, {**base, **metrics, "done": False})
+    final = artifacts.finish_run(state, out, train_seconds=time.perf_counter() - t0)
+    tune.report({**base, **_final(final), "epoch": state.epoch, "done": True})
+
+
+def _start(run: RunConfig, out: Path):
+    """A TrainState for `run`, resumed from Tune's checkpoint when there is one; config.json written."""
     state = prepare(run, resolve_device("auto"), pool=_pool(run))
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             state.load(d)
     artifacts.start_run(state, out)
-    t0 = time.perf_counter()
-    for metrics in epochs(state):
-        _maybe_fail(config, state.epoch, out)
-        with tempfile.TemporaryDirectory() as d:
-            state.save(d)
-            tune.report({**base, **metrics, "done": False}, checkpoint=tune.Checkpoint.from_directory(d))
-    final = artifacts.finish_run(state, out, train_seconds=time.perf_counter() - t0)
-    tune.report({**base, **_final(final), "epoch": state.epoch, "done": True})
+    return state
+
+
+def _report_epoch(state, result: dict[str, Any]) -> None:
+    with tempfile.TemporaryDirectory() as d:
+        state.save(d)
+        tune.report(result, checkpoint=tune.Checkpoint.from_directory(d))
 
 
 def _final(metrics: dict[str, Any]) -> dict[str, Any]:
     return {k: metrics[k] for k in FINAL_KEYS if metrics.get(k) is not None}
+
+
+def search_model(config: dict[str, Any]) -> None:
+    """One search trial: train one model on half the pool with the sampled settings and score it on
+    every objective after every epoch (so a scheduler can stop it early and the searcher always has
+    values): natural and robust accuracy on the first `interim_samples` held-out samples, and the
+    loss-threshold attack on its own members vs non-members. The last epoch is scored on every
+    held-out sample, and the run directory is written like a grid trial's."""
+    from orchestrator.spec import resolve_run  # Ray-free; resolves exactly as validation did
+
+    fixed = config["fixed"]
+    torch.set_num_threads(max(1, int(fixed.get("cpus", 1))))
+    run = RunConfig.from_dict(resolve_run(fixed["base"], config["params"], fixed["n_models"], seed=fixed["seed"]))
+    trial_id = tune.get_context().get_trial_id()
+    out = Path(fixed["root"]) / "search" / trial_id
+    state = _start(run, out)
+    t0 = time.perf_counter()
+    for metrics in epochs(state):
+        if state.done:
+            break  # the last epoch gets the full evaluation below
+        scores = _interim_scores(state, int(fixed.get("interim_samples", 256)))
+        _report_epoch(state, {**metrics, **scores, "trial_id": trial_id, "final": False})
+    final = artifacts.finish_run(state, out, train_seconds=time.perf_counter() - t0)
+    stats = artifacts.read_samples(out)
+    scores = {"natural_acc": final["natural_acc"], "robust_acc": final["robust_acc_pgd"],
+              **own_membership(stats, state.keep)}
+    tune.report({**state.history[-1], **scores, "trial_id": trial_id, "final": True})
+
+
+def _interim_scores(state, limit: int) -> dict[str, float]:
+    ev = evaluate_heldout(state.model, state.pool, state.keep, state.run.eval, device=state.device,
+                          seed=state.run.seed, limit=limit, autoattack=False)
+    stats = sample_statistics(state.model, state.pool, device=state.device, queries=1)
+    return {"natural_acc": ev["natural_acc"], "robust_acc": ev["robust_acc_pgd"], **own_membership(stats, state.keep)}

@@ -143,3 +143,53 @@ def test_interrupted_experiment_resumes_to_the_same_rows(tiny_experiment, tmp_pa
     audits = pd.read_parquet(exp_root / "audits.parquet")
     assert len(audits) == 16 and not audits.duplicated(["group_id", "seed", "target", "attack"]).any()
     shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+TINY_SEARCH = ROOT / "search_spaces" / "tiny_search.yaml"
+
+
+def test_search_then_confirm(ray_session, tmp_path):
+    """Optuna multi-objective search with ASHA: every trial is recorded with its objectives and a
+    Pareto rank; `confirm` trains full groups for the best points plus the base and LiRA-audits them."""
+    from orchestrator.run import run_experiment
+    from orchestrator.search import confirm
+
+    lines: list[str] = []
+    exp = run_experiment(TINY_SEARCH, storage=tmp_path, echo=lines.append)
+    df = pd.read_parquet(exp.root / "search.parquet")
+    assert len(df) == 4 and set(df["status"]) == {"done"}
+    assert {"param.demem.lambda", "param.demem.risk_threshold", "robust_acc", "mia_tpr_at_1pct"} <= set(df.columns)
+    assert df["param.demem.lambda"].between(0, 1).all() and set(df["param.demem.risk_threshold"]) <= {0.0, 0.5}
+    assert len(set(df["param.demem.lambda"])) == 4  # Optuna sampled, not repeated a point
+    done = df[df["completed"]]
+    assert len(done) >= 1 and (done["epochs_done"] == 2).all()
+    assert done["robust_acc"].between(0, 1).all() and done["mia_auc"].between(0, 1).all()
+    # the Pareto rank is consistent with the objectives: no ranked trial dominates a front-0 trial
+    front0 = done[done["pareto_front"] == 0]
+    assert len(front0) >= 1 and done["pareto_rank"].min() == 1
+    for _, a in done.iterrows():
+        for _, b in front0.iterrows():
+            assert not (a["robust_acc"] >= b["robust_acc"] and a["mia_tpr_at_1pct"] <= b["mia_tpr_at_1pct"]
+                        and (a["robust_acc"] > b["robust_acc"] or a["mia_tpr_at_1pct"] < b["mia_tpr_at_1pct"]))
+    assert sum("search trials]" in line for line in lines) == 4
+    assert any("demem confirm" in line for line in lines)
+    # each trial left a run directory with its per-sample statistics
+    assert len(list((exp.root / "search").glob("*/samples.npz"))) >= len(done)
+
+    out = confirm(exp.root, 1, echo=lines.append)
+    spec = yaml.safe_load((out.root / "spec.yaml").read_text())
+    best = done.sort_values("pareto_rank").iloc[0]
+    assert spec["points"] == [{}, {"demem.lambda": float(best["param.demem.lambda"]),
+                                   "demem.risk_threshold": float(best["param.demem.risk_threshold"])}]
+    runs = pd.read_parquet(out.root / "runs.parquet")
+    audits = pd.read_parquet(out.root / "audits.parquet")
+    assert len(runs) == 2 * 4 and runs["group_id"].nunique() == 2
+    assert set(audits["attack"]) == {"lira_online_fixed", "loss"}
+
+
+def test_confirm_refuses_a_grid_experiment(tiny_experiment):
+    from orchestrator.search import confirm_spec
+
+    exp, _ = tiny_experiment
+    with pytest.raises(ValueError, match="grid experiment, not a search"):
+        confirm_spec(exp, 2)

@@ -321,3 +321,19 @@ def test_excluding_the_complementary_partner_removes_the_small_group_bias():
                             - stats.norm.logpdf(signals[t, i, q], outs[:, q].mean(), outs[:, q].std())
                             for q in range(2)])
             assert paired[t, i] == pytest.approx(want, rel=1e-9, abs=1e-9)
+
+
+def test_own_membership_scores_a_models_own_members():
+    from demem.evaluate import own_membership
+
+    rng = np.random.default_rng(0)
+    keep = np.zeros(2000, dtype=bool)
+    keep[:1000] = True
+    loss = rng.exponential(1.0, size=(2000, 2))
+    loss[keep] *= 0.2  # members have much lower loss: the attack separates them
+    sep = own_membership({"loss": loss}, keep)
+    assert sep["mia_auc"] > 0.9 and sep["mia_tpr_at_1pct"] > 0.05
+    same = own_membership({"loss": rng.exponential(1.0, size=(2000, 2))}, keep)
+    assert abs(same["mia_auc"] - 0.5) < 0.05
+    with pytest.raises(ValueError, match="unknown attack 'lira'"):
+        own_membership({"loss": loss}, keep, attack="lira")

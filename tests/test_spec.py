@@ -81,7 +81,7 @@ BAD = [
     ("name-chars", patched(("name", "my exp!")), "name: must match [A-Za-z0-9_.-]+"),
     ("name-type", patched(("name", 12)), "name: must match [A-Za-z0-9_.-]+"),
     ("top-unknown", patched(("foo", 1)),
-     "foo: unknown key; allowed: audit, base, failure, grid, max_concurrent, name, resources, search, seeds"),
+     "foo: unknown key; allowed: audit, base, failure, grid, max_concurrent, name, points, resources, search, seeds"),
     ("base-type", patched(("base", [1])), "base: must be a mapping or null"),
     ("base-method", patched(("grid", None), ("base.method", {"name": "madry"})),
      f"base: unknown method 'madry'; known: {KNOWN_METHODS}"),
@@ -122,6 +122,18 @@ BAD = [
      "grid.method.name: given twice (as method and method.name)"),
     ("grid-repeat", patched(("grid.lambda", [0, 0.0])), "grid.lambda: 0 is listed twice"),
     ("grid-type", patched(("grid", [1])), "grid: must be a mapping or null"),
+    ("points-with-grid", patched(("points", [{"lambda": 0.4}])),
+     "points: cannot be combined with grid; give one of them"),
+    ("points-not-list", patched(("grid", None), ("points", {"lambda": 0.4})),
+     "points: must be a non-empty list of mappings like {demem.lambda: 0.4}"),
+    ("points-item", patched(("grid", None), ("points", [3])),
+     "points[0]: must be a mapping of key paths to values ({} for the base)"),
+    ("points-repeat", patched(("grid", None), ("points", [{"lambda": 0.4}, {"demem.lambda": 0.4}])),
+     "points[1]: the same point as points[0]"),
+    ("points-bad-path", patched(("grid", None), ("points", [{"demem.lamda": 0.4}])),
+     "points[0].demem.lamda: unknown key path; demem has: lambda, risk, risk_file, risk_threshold, threshold_mode"),
+    ("points-bad-value", patched(("grid", None), ("points", [{"lambda": 0.4}, {"method": "madry"}])),
+     f"grid point method=madry: unknown method 'madry'; known: {KNOWN_METHODS}"),
     ("seeds-empty", patched(("seeds", [])), "seeds: must be a non-empty list of integers >= 0"),
     ("seeds-negative", patched(("seeds", [0, -1])), "seeds: must be a non-empty list of integers >= 0"),
     ("seeds-scalar", patched(("seeds", 0)), "seeds: must be a non-empty list of integers >= 0"),
@@ -240,7 +252,7 @@ def test_every_problem_is_reported_at_once():
     problems = problems_of(raw)
     expected = [
         "name: required",
-        "foo: unknown key; allowed: audit, base, failure, grid, max_concurrent, name, resources, search, seeds",
+        "foo: unknown key; allowed: audit, base, failure, grid, max_concurrent, name, points, resources, search, seeds",
         "grid.demem.lamda: unknown key path; demem has: lambda, risk, risk_file, risk_threshold, threshold_mode",
         f"grid point method=madry: unknown method 'madry'; known: {KNOWN_METHODS}",
         "seeds: must be a non-empty list of integers >= 0",
@@ -398,7 +410,7 @@ def test_search_is_normalised():
         "space": {"demem.lambda": {"uniform": [0, 1]}, "method.name": {"choice": ["pgd_at", "trades"]}},
     }
     assert [g.label for g in spec.groups()] == ["base"]
-    assert "search: optuna, 4 samples" in spec.plan()
+    assert "search with optuna, 4 trials over lambda, method" in spec.plan()
 
 
 @pytest.mark.parametrize("m", range(2, 10))
@@ -492,3 +504,12 @@ def test_grid_points_with_the_same_run_are_one_group():
     undefended = [g for g in groups if g.params["demem.lambda"] == 0]
     assert len(undefended) == 2 and all(len(g.aliases) == 1 and "threshold=0.5" in g.aliases[0] for g in undefended)
     assert "the same run" in spec.plan()
+
+
+def test_points_give_explicit_groups_in_order():
+    raw = patched(("grid", None), ("points", [{"lambda": 0.4, "threshold": 0.5}, {}, {"method": "trades"}]))
+    spec = validate(raw, check_data=False)
+    labels = [g.label for g in spec.groups()]
+    assert labels == ["lambda=0.4 threshold=0.5", "base", "method=trades"]
+    assert spec.groups()[0].run["demem"]["risk_threshold"] == 0.5
+    assert len(spec.trials()) == 3 * len(spec.seeds) * spec.audit["models"]

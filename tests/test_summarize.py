@@ -1,0 +1,167 @@
+"""The summarizer: intervals against scipy, baselines and deltas, Pareto ranking and every output
+file, on a small experiment whose Parquet files the test writes itself."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib.image as mpimg
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from orchestrator.summarize import ci95, fmt_ci, load_tables, summarize, summarize_groups, welch_diff
+
+# --- statistics --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n", [2, 3, 8, 30])
+def test_ci95_matches_scipy(n):
+    x = np.random.default_rng(n).normal(0.6, 0.05, size=n)
+    ci = ci95(x)
+    lo, hi = stats.t.interval(0.95, n - 1, loc=x.mean(), scale=stats.sem(x))
+    assert ci["n"] == n and ci["mean"] == pytest.approx(x.mean())
+    assert ci["lo"] == pytest.approx(lo, rel=1e-12) and ci["hi"] == pytest.approx(hi, rel=1e-12)
+    assert ci["std"] == pytest.approx(x.std(ddof=1))
+
+
+def test_ci95_textbook_value_and_small_n():
+    # n = 2, values 0 and 2: mean 1, s = sqrt(2), t_{0.975, 1} = 12.706: half-width 12.706
+    ci = ci95([0.0, 2.0])
+    assert ci["half"] == pytest.approx(12.7062, rel=1e-4)
+    one = ci95([0.7, np.nan])  # NaN values are dropped: one value, no interval
+    assert one["n"] == 1 and one["mean"] == 0.7 and math.isnan(one["lo"]) and math.isnan(one["std"])
+    assert fmt_ci(one["mean"], one["lo"], one["hi"], one["n"]) == "0.700 (n=1)"
+    assert ci95([])["n"] == 0 and math.isnan(ci95([])["mean"])
+
+
+def test_welch_matches_scipy():
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(0.5, 0.1, 8), rng.normal(0.4, 0.03, 12)
+    d = welch_diff(a, b)
+    ref = stats.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
+    assert d["mean"] == pytest.approx(a.mean() - b.mean())
+    assert d["lo"] == pytest.approx(ref.low) and d["hi"] == pytest.approx(ref.high)
+    assert math.isnan(welch_diff([1.0], b)["lo"]) and welch_diff([1.0], b)["mean"] == pytest.approx(1 - b.mean())
+
+
+# --- a fixture experiment ---------------------------------------------------------------------
+
+# group -> (method, lambda, threshold, natural, robust, leakage tpr@1%, auc)
+GROUPS = {
+    "base": ("pgd_at", 0.0, 0.0, 0.70, 0.45, 0.10, 0.62),
+    "dm_a": ("pgd_at", 0.4, 0.0, 0.69, 0.44, 0.05, 0.56),   # less leakage, a little less robust
+    "dm_b": ("pgd_at", 0.4, 0.5, 0.72, 0.48, 0.03, 0.53),   # dominates everything
+    "dm_c": ("pgd_at", 0.8, 0.5, 0.60, 0.35, 0.04, 0.54),
+    "dp": ("dp_pgd_at", 0.0, 0.0, 0.50, 0.30, 0.02, 0.51),
+}
+M = 6
+
+
+def _label(gid):
+    method, lam, thr = GROUPS[gid][:3]
+    return f"method={method} lambda={lam:g} threshold={thr:g}"
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("exp")
+    rng = np.random.default_rng(0)
+    runs, audits, roc, bins = [], [], [], []
+    for gid, (method, lam, thr, nat, rob, tpr, auc) in GROUPS.items():
+        dp = method.startswith("dp_")
+        for m in range(M):
+            runs.append({"group_id": gid, "group_label": _label(gid), "run_id": f"{gid}-{m}", "seed": 0,
+                         "model_index": m, "status": "done", "config.method.name": method,
+                         "config.data.dataset": "fashion-mnist", "config.train.arch": "small-cnn",
+                         "config.demem.lambda": lam, "config.demem.risk_threshold": thr,
+                         "config.demem.risk": "loss_deviation", "config.dp.noise_multiplier": 1.0 if dp else None,
+                         "config.train.epochs": 3, "config.data.pool_size": 400,
+                         "defence": "dp" if dp else ("demem" if lam > 0 else "none"),
+                         "natural_acc": nat + rng.normal(0, 0.005), "robust_acc_pgd": rob + rng.normal(0, 0.005),
+                         "robust_acc_aa": None, "epsilon": 3.0 + rng.normal(0, 0.01) if dp else None})
+            for attack in ("lira_online_fixed", "loss"):
+                audits.append({"group_id": gid, "group_label": _label(gid), "seed": 0, "target": m, "attack": attack,
+                               "auc": auc + rng.normal(0, 0.003), "tpr_at_1pct": tpr + rng.normal(0, 0.003),
+                               "tpr_at_0_1pct": tpr / 3, "tpr_at_0_01pct": tpr / 10, "balanced_acc": auc - 0.02})
+        fpr = np.geomspace(1e-3, 1, 50)
+        roc += [{"group_id": gid, "seed": 0, "attack": "lira_online_fixed", "fpr": f,
+                 "tpr": min(1.0, f ** (1 - auc + 0.4))} for f in fpr]
+        for b, (lo, hi) in enumerate([(-1.0, 0.0), (0.0, 0.05), (0.2, 0.25), (0.45, 0.5)]):
+            bins.append({"group_id": gid, "seed": 0, "bin": b, "lo": lo, "hi": hi, "n": 0 if b == 1 else 50,
+                         "heldout_acc": nat - 0.3 * hi, "tpr_at_1pct": tpr * (1 + 4 * hi), "tpr_at_0_1pct": tpr})
+    runs.append({**runs[0], "run_id": "base-failed", "model_index": M, "status": "failed", "natural_acc": None,
+                 "robust_acc_pgd": None})
+    for name, rows in (("runs", runs), ("audits", audits), ("roc", roc), ("membins", bins)):
+        pd.DataFrame(rows).to_parquet(root / f"{name}.parquet")
+    return root
+
+
+def test_groups_baselines_and_deltas(experiment):
+    df = summarize_groups(load_tables(experiment)).set_index("group_id")
+    assert df.loc["base", "is_baseline"] and not df.loc["dm_a", "is_baseline"] and not df.loc["dp", "is_baseline"]
+    # every group, the DP one included, is compared with undefended PGD-AT
+    assert (df["baseline_id"] == "base").all()
+    assert df.loc["base", "n_models"] == M and df.loc["base", "n_failed"] == 1
+    assert df.loc["base", "leakage_n"] == M and df.loc["base", "leakage_metric"] == "tpr_at_1pct"
+    # leakage reduction = baseline - group: positive for DeMem; robust cost positive for the DP group
+    assert df.loc["dm_a", "leakage_reduction_mean"] == pytest.approx(0.05, abs=0.01)
+    assert df.loc["dm_a", "leakage_reduction_lo"] > 0
+    assert df.loc["dp", "robust_cost_mean"] == pytest.approx(0.15, abs=0.01)
+    assert df.loc["dp", "epsilon_mean"] == pytest.approx(3.0, abs=0.02)
+    assert math.isnan(df.loc["base", "leakage_reduction_mean"])
+
+
+def test_ranking_and_separability(experiment):
+    df = summarize_groups(load_tables(experiment))
+    assert df.iloc[0]["group_id"] == "dm_b" and df.iloc[0]["front"] == 1  # the dominating group is first
+    fronts = df.set_index("group_id")["front"]
+    assert fronts["base"] > 1 and fronts["dm_a"] > 1  # both dominated by dm_b
+    assert fronts["dp"] == 1 and fronts["dm_c"] > 1  # dp leaks least; dm_c is dominated by dm_b
+    assert df["separable"].all()  # the fixture's groups are far apart
+    by_auc = summarize_groups(load_tables(experiment), leakage="auc").set_index("group_id")
+    assert by_auc.loc["dm_b", "leakage_mean"] == pytest.approx(0.53, abs=0.01)
+
+
+def test_overlapping_groups_are_flagged(tmp_path, experiment):
+    for name in ("runs", "audits", "roc", "membins"):
+        df = pd.read_parquet(experiment / f"{name}.parquet")
+        twin = df[df["group_id"] == "dm_c"].copy()
+        twin["group_id"] = "dm_c2"
+        if "group_label" in twin:
+            twin["group_label"] = "twin of dm_c"
+        pd.concat([df, twin]).to_parquet(tmp_path / f"{name}.parquet")
+    df = summarize_groups(load_tables(tmp_path)).set_index("group_id")
+    assert df.loc["dm_c", "not_separable_from"] == "twin of dm_c" and not df.loc["dm_c2", "separable"]
+
+
+def test_summarize_writes_every_output(experiment, tmp_path):
+    lines: list[str] = []
+    paths = summarize(experiment, out=tmp_path / "out", echo=lines.append, tensorboard=False)
+    expected = {"summary.parquet", "ranking.csv", "ranking.md", "pareto.png", "roc.png", "membins.png",
+                "threshold_sweep.png", "report.html"}
+    assert set(paths) == expected and all(p.exists() and p.stat().st_size > 0 for p in paths.values())
+    for name in ("pareto.png", "roc.png", "membins.png", "threshold_sweep.png"):
+        img = mpimg.imread(paths[name])
+        assert img.ndim == 3 and 500 <= img.shape[1] <= 2000 and 400 <= img.shape[0] <= 1200
+        assert img[..., :3].std() > 0.05  # not a blank canvas
+    ranking = pd.read_csv(paths["ranking.csv"])
+    assert ranking.iloc[0]["group_id"] == "dm_b" and ranking.iloc[0]["rank"] == 1
+    md = paths["ranking.md"].read_text()
+    assert md.startswith("| rank | front | group") and "(baseline)" in md and "± " in md
+    html = paths["report.html"].read_text()
+    assert html.count("data:image/png;base64,") == 4 and "<table>" in html and "dm_b" not in html.split("<table>")[0]
+    top = lines[0].splitlines()
+    assert top[0].startswith("ranking (TPR at 1% FPR") and "method=pgd_at lambda=0.4 threshold=0.5" in top[2]
+
+
+def test_bad_input_is_refused_before_work(experiment, tmp_path):
+    with pytest.raises(ValueError, match="unknown leakage metric 'tpr'"):
+        summarize(experiment, leakage="tpr", out=tmp_path)
+    assert not any(tmp_path.iterdir())
+    with pytest.raises(FileNotFoundError, match="not an experiment directory"):
+        summarize(tmp_path / "nothing")
+    with pytest.raises(ValueError, match="attack 'lira_offline' was not run"):
+        summarize(experiment, attack="lira_offline", out=tmp_path)
