@@ -198,9 +198,12 @@ def save(fig: plt.Figure, path: Path) -> Path:
 
 
 def to_tensorboard(figures: dict[str, plt.Figure], logdir: Path) -> None:
-    """The figures as images in the experiment's TensorBoard (Images tab)."""
+    """The figures as images in the experiment's TensorBoard (Images tab); replaces the images of an
+    earlier summary, so re-summarising never stacks copies."""
     from torch.utils.tensorboard import SummaryWriter
 
+    for old in Path(logdir).glob("events.out.tfevents.*"):
+        old.unlink()
     with SummaryWriter(log_dir=str(logdir)) as w:
         for name, fig in figures.items():
             w.add_figure(f"summary/{Path(name).stem}", fig, close=False)

@@ -165,3 +165,17 @@ def test_bad_input_is_refused_before_work(experiment, tmp_path):
         summarize(tmp_path / "nothing")
     with pytest.raises(ValueError, match="attack 'lira_offline' was not run"):
         summarize(experiment, attack="lira_offline", out=tmp_path)
+
+
+def test_figures_go_to_tensorboard_once(experiment, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    for _ in range(2):  # summarising again replaces the images rather than stacking copies
+        summarize(experiment, out=tmp_path, echo=lambda _: None)
+    logdir = experiment / "tensorboard-groups" / "summary"
+    events = list(logdir.glob("events.out.tfevents.*"))
+    assert len(events) == 1
+    acc = EventAccumulator(str(logdir))
+    acc.Reload()
+    assert sorted(acc.Tags()["images"]) == ["summary/membins", "summary/pareto", "summary/roc",
+                                            "summary/threshold_sweep"]
