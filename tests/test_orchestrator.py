@@ -11,6 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -193,3 +194,20 @@ def test_confirm_refuses_a_grid_experiment(tiny_experiment):
     exp, _ = tiny_experiment
     with pytest.raises(ValueError, match="grid experiment, not a search"):
         confirm_spec(exp, 2)
+
+
+def test_summarize_reads_a_real_experiment(tiny_experiment, tmp_path):
+    """The summarizer on what `collect` really writes (the tiny experiment: PGD-AT at lambda 0 and 0.4)."""
+    from orchestrator.summarize import summarize
+
+    exp, _ = tiny_experiment
+    lines: list[str] = []
+    paths = summarize(exp.root, out=tmp_path, echo=lines.append, tensorboard=False)
+    df = pd.read_parquet(paths["summary.parquet"]).set_index("lambda")
+    assert len(df) == 2 and df.loc[0.0, "is_baseline"] and not df.loc[0.4, "is_baseline"]
+    assert df.loc[0.4, "baseline_id"] == df.loc[0.0, "group_id"]
+    assert (df["natural_acc_n"] == 4).all() and (df["leakage_n"] == 4).all()
+    assert (df["attack"] == "lira_online_fixed").all()
+    assert df["natural_acc_mean"].between(0, 1).all() and np.isfinite(df.loc[0.4, "robust_cost_mean"])
+    assert paths["roc.png"].stat().st_size > 10_000 and "report.html" in paths
+    assert lines[0].startswith("ranking (TPR at 1% FPR of lira_online_fixed")
