@@ -186,6 +186,12 @@ def test_search_then_confirm(ray_session, tmp_path):
     audits = pd.read_parquet(out.root / "audits.parquet")
     assert len(runs) == 2 * 4 and runs["group_id"].nunique() == 2
     assert set(audits["attack"]) == {"lira_online_fixed", "loss"}
+    # the confirmation is an ordinary experiment: it summarises, with the base as the baseline
+    from orchestrator.summarize import summarize
+
+    summary = pd.read_parquet(summarize(out.root, echo=lines.append, tensorboard=False)["summary.parquet"])
+    assert len(summary) == 2 and summary["is_baseline"].sum() == 1
+    assert summary.loc[summary["is_baseline"], "group_label"].item() == "base"
 
 
 def test_confirm_refuses_a_grid_experiment(tiny_experiment):
