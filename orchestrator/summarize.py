@@ -290,14 +290,19 @@ def _ci_of(r: pd.Series, col: str) -> str:
 def ranking_markdown(df: pd.DataFrame) -> str:
     leak = df["leakage_metric"].iloc[0]
     attack = df["attack"].iloc[0]
-    head = ["rank", "front", "group", "defence", f"leakage ({_LEAK_LABEL[leak]}, {attack})", "robust acc (PGD)",
-            "natural acc", "Δ leakage vs baseline", "Δ robust vs baseline", "not separable from"]
+    has_aa = bool((df["robust_acc_aa_n"] > 0).any())
+    has_eps = bool((df["epsilon_n"] > 0).any())
+    head = ["rank", "front", "group", "defence", f"leakage ({_LEAK_LABEL[leak]}, {attack})", "robust acc (PGD)"]
+    head += ["robust acc (AutoAttack)"] * has_aa + ["natural acc"] + ["epsilon (DP)"] * has_eps
+    head += ["Δ leakage vs baseline", "Δ robust vs baseline", "not separable from"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for _, r in df.iterrows():
         cells = [
             "—" if not np.isfinite(r["rank"]) else str(int(r["rank"])), str(int(r["front"])),
             r["group_label"] + (" (baseline)" if r["is_baseline"] else ""), r["defence"],
-            _ci_of(r, "leakage"), _ci_of(r, "robust_acc_pgd"), _ci_of(r, "natural_acc"),
+            _ci_of(r, "leakage"), _ci_of(r, "robust_acc_pgd"),
+            *([_ci_of(r, "robust_acc_aa")] if has_aa else []), _ci_of(r, "natural_acc"),
+            *([_ci_of(r, "epsilon")] if has_eps else []),
             _delta(r, "leakage_reduction", -1), _delta(r, "robust_cost", -1),
             r["not_separable_from"] or "—",
         ]

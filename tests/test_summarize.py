@@ -4,6 +4,7 @@ file, on a small experiment whose Parquet files the test writes itself."""
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import matplotlib.image as mpimg
@@ -151,6 +152,9 @@ def test_summarize_writes_every_output(experiment, tmp_path):
     assert ranking.iloc[0]["group_id"] == "dm_b" and ranking.iloc[0]["rank"] == 1
     md = paths["ranking.md"].read_text()
     assert md.startswith("| rank | front | group") and "(baseline)" in md and "± " in md
+    assert "epsilon (DP)" in md and "AutoAttack" not in md  # the fixture has a DP group and no AutoAttack
+    dp_row = next(line for line in md.splitlines() if "dp_pgd_at" in line)
+    assert re.search(r"\| (2\.99|3\.00)\d ± 0\.0\d\d \(n=6\) \|", dp_row)  # epsilon ~3 over 6 models
     html = paths["report.html"].read_text()
     assert html.count("data:image/png;base64,") == 4 and "<table>" in html and "dm_b" not in html.split("<table>")[0]
     top = lines[0].splitlines()
