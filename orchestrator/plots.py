@@ -20,13 +20,12 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from demem.pareto import pareto_fronts  # noqa: E402
+from orchestrator.summarize import LEAKAGE_LABELS  # noqa: E402
 
 if TYPE_CHECKING:
     from orchestrator.summarize import Tables
 
 DPI = 120
-_LEAK = {"auc": "ROC AUC", "tpr_at_1pct": "TPR at 1% FPR", "tpr_at_0_1pct": "TPR at 0.1% FPR",
-         "tpr_at_0_01pct": "TPR at 0.01% FPR", "balanced_acc": "balanced accuracy"}
 
 
 def _colors(methods) -> dict[str, str]:
@@ -77,7 +76,7 @@ def pareto_plot(df: pd.DataFrame) -> plt.Figure:
     if len(front) > 1:
         ax.step(front["leakage_mean"], front["robust_acc_pgd_mean"], where="post", color="k", lw=1, alpha=0.6,
                 label="Pareto front (leakage, robust)", zorder=0)
-    ax.set_xlabel(f"membership leakage: {_LEAK[leak]} of {df['attack'].iloc[0]} (lower is more private)")
+    ax.set_xlabel(f"membership leakage: {LEAKAGE_LABELS[leak]} of {df['attack'].iloc[0]} (lower is more private)")
     ax.set_ylabel("robust accuracy under PGD (fraction of held-out samples)")
     ax.set_title("Privacy-robustness trade-off (95% intervals)")
     ax.grid(alpha=0.3)
@@ -168,7 +167,7 @@ def threshold_sweep_plot(df: pd.DataFrame) -> plt.Figure:
         for ax, col in ((ax1, "leakage"), (ax2, "robust_acc_pgd")):
             ax.axhline(base[f"{col}_mean"], ls=(0, (1, 3)), color=colors[base["method"]], lw=1.5,
                        label=f"{base['method']} undefended (λ=0, dotted)")
-    ax1.set_ylabel(f"leakage: {_LEAK[leak]} of {df['attack'].iloc[0]}")
+    ax1.set_ylabel(f"leakage: {LEAKAGE_LABELS[leak]} of {df['attack'].iloc[0]}")
     ax2.set_ylabel("robust accuracy under PGD")
     for ax in (ax1, ax2):
         ax.set_xlabel("DeMem risk threshold τ (fraction of each batch left unpenalised)")

@@ -19,7 +19,7 @@ from typing import Any, TextIO
 from demem import __version__
 from demem.artifacts import read_metrics, write_json
 from orchestrator.layout import ExperimentDir, read_json
-from orchestrator.spec import ExperimentSpec, Trial, load_spec
+from orchestrator.spec import ExperimentSpec, Trial, load_spec, trial_resources
 
 Printer = Callable[[str], None]
 
@@ -178,7 +178,7 @@ def _tuner(spec: ExperimentSpec, exp: ExperimentDir, max_concurrent: int | None)
 
     from orchestrator.callbacks import DriverCallback
 
-    trainable = tune.with_resources(_trainable, {"cpu": spec.resources["cpu"], "gpu": spec.resources["gpu"]})
+    trainable = tune.with_resources(_trainable, trial_resources(spec))
     space = {"trial": tune.grid_search([trial_config(spec, exp, t) for t in spec.trials()])}
     return tune.Tuner(
         trainable,
@@ -243,8 +243,8 @@ def resume_experiment(root: str | Path, *, address: str | None = None, echo: Pri
     if tune.Tuner.can_restore(str(exp.tune.resolve())):
         from orchestrator.run import _trainable as trainable  # the same callable as the original run
 
-        resources = {"cpu": spec.resources["cpu"], "gpu": spec.resources["gpu"]}
-        tuner = tune.Tuner.restore(str(exp.tune.resolve()), trainable=tune.with_resources(trainable, resources),
+        tuner = tune.Tuner.restore(str(exp.tune.resolve()),
+                                   trainable=tune.with_resources(trainable, trial_resources(spec)),
                                    resume_unfinished=True, resume_errored=True)
         echo(f"resuming {exp.root}: {progress_summary(spec, exp)}")
         tuner.fit()

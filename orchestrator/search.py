@@ -27,19 +27,13 @@ import yaml
 from demem.artifacts import write_json
 from demem.pareto import pareto_fronts, pareto_order
 from orchestrator.layout import ExperimentDir, read_json
-from orchestrator.spec import SHORTHANDS, ExperimentSpec, load_spec, resolve_run
+from orchestrator.spec import METRICS, ExperimentSpec, load_spec, resolve_run, short_name, trial_resources
 
 SEARCH_TRIALS = "search_trials.json"
 SEARCH_RESULTS = "search.parquet"
 # Held-out samples scored after each epoch but the last (the last epoch is scored on all of them).
 INTERIM_SAMPLES = 256
 SEARCH_N_MODELS = 2  # a search trial trains model 0 of a 2-model split: members are half the pool
-
-_SHORT = {path: short for short, path in SHORTHANDS.items()}
-
-
-def _short(path: str) -> str:
-    return _SHORT.get(path, path)
 
 
 def _domain(dist: dict[str, list]):
@@ -88,7 +82,7 @@ def search_tuner(spec: ExperimentSpec, exp: ExperimentDir, max_concurrent: int |
     fixed = {"base": spec.base, "seed": spec.seeds[0], "n_models": SEARCH_N_MODELS, "cpus": spec.resources["cpu"],
              "root": str(exp.root.resolve()), "interim_samples": INTERIM_SAMPLES}
     space = {"params": {path: _domain(dist) for path, dist in s["space"].items()}, "fixed": fixed}
-    trainable = tune.with_resources(_search_trainable, {"cpu": spec.resources["cpu"], "gpu": spec.resources["gpu"]})
+    trainable = tune.with_resources(_search_trainable, trial_resources(spec))
     return tune.Tuner(
         trainable,
         param_space=space,
@@ -118,13 +112,11 @@ class SearchProgress:
         record = {"status": status, "error": error[-2000:], "params": params, "finished_at": time.time(),
                   "epochs_done": int(result.get("epoch", 0) or 0),
                   "completed": bool(result.get("final", False)),  # Tune's own "done" is True when stopped
-                  **{o["metric"]: result.get(o["metric"]) for o in self.spec.search["objectives"]},
-                  **{k: result.get(k) for k in ("natural_acc", "robust_acc", "mia_auc", "mia_tpr_at_1pct",
-                                                "mia_tpr_at_0_1pct")}}
+                  **{k: result.get(k) for k in METRICS}}  # every objective a search can name
         self.records[trial_id] = record
         write_json(self.exp.root / SEARCH_TRIALS, self.records)
         n, total = len(self.records), self.spec.search["num_samples"]
-        what = ", ".join(f"{_short(p)}={_fmt(v)}" for p, v in params.items())
+        what = ", ".join(f"{short_name(p)}={_fmt(v)}" for p, v in params.items())
         if status == "failed":
             last = error.strip().splitlines()[-1] if error.strip() else "error"
             self.echo(f"[{n}/{total} search trials] {what}: FAILED: {last}")
@@ -158,8 +150,8 @@ def run_search(spec: ExperimentSpec, exp: ExperimentDir, *, max_concurrent: int 
 
     _PROGRESS[str(exp.root.resolve())] = SearchProgress(spec, exp, echo)
     if restore and tune.Tuner.can_restore(str(exp.tune.resolve())):
-        resources = {"cpu": spec.resources["cpu"], "gpu": spec.resources["gpu"]}
-        tuner = tune.Tuner.restore(str(exp.tune.resolve()), trainable=tune.with_resources(_search_trainable, resources),
+        tuner = tune.Tuner.restore(str(exp.tune.resolve()),
+                                   trainable=tune.with_resources(_search_trainable, trial_resources(spec)),
                                    resume_unfinished=True, resume_errored=True)
     else:
         tuner = search_tuner(spec, exp, max_concurrent)
@@ -184,7 +176,7 @@ def search_frame(spec: ExperimentSpec, exp: ExperimentDir) -> pd.DataFrame:
         row = {"experiment": spec.name, "trial_id": trial_id, "status": r["status"], "completed": r["completed"],
                "epochs_done": r["epochs_done"], "error": r.get("error", "")}
         row.update({f"param.{p}": v for p, v in r["params"].items()})
-        for k in ("natural_acc", "robust_acc", "mia_auc", "mia_tpr_at_1pct", "mia_tpr_at_0_1pct"):
+        for k in METRICS:
             row[k] = np.nan if r.get(k) is None else float(r[k])
         rows.append(row)
     df = pd.DataFrame(rows)
@@ -221,7 +213,7 @@ def search_table(spec: ExperimentSpec, df: pd.DataFrame, top: int = 10) -> str:
     params = [c for c in df.columns if c.startswith("param.")]
     metrics = [o["metric"] for o in spec.search["objectives"]]
     shown = df[df["pareto_rank"].notna()].head(top)
-    cols = ["rank", "front"] + [_short(c[len("param."):]) for c in params] + metrics
+    cols = ["rank", "front"] + [short_name(c[len("param."):]) for c in params] + metrics
     lines = [f"search: {len(df)} trials, {int((df['status'] == 'done').sum())} done, "
              f"{int(df['completed'].sum())} ran every epoch, {int((df['status'] == 'failed').sum())} failed; "
              f"best {len(shown)} (front 0 = Pareto-optimal; screening score: loss-threshold attack on one model)"]

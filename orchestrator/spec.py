@@ -84,6 +84,8 @@ __all__ = [
     "ALGORITHMS",
     "METRICS",
     "SHORTHANDS",
+    "short_name",
+    "trial_resources",
     "ExperimentSpec",
     "Group",
     "SpecError",
@@ -109,6 +111,11 @@ SHORTHANDS = {
     "threshold": "demem.risk_threshold",
 }
 _SHORT_NAME = {path: short for short, path in SHORTHANDS.items()}
+
+
+def short_name(path: str) -> str:
+    """The shorthand of an expanded key path where it has one ("demem.lambda" -> "lambda")."""
+    return _SHORT_NAME.get(path, path)
 
 METRICS = ("natural_acc", "robust_acc", "mia_auc", "mia_tpr_at_1pct", "mia_tpr_at_0_1pct")
 MODES = ("max", "min")
@@ -265,7 +272,7 @@ class ExperimentSpec:
             s = self.search
             objectives = ", ".join(f"{o['metric']} ({o['mode']})" for o in s["objectives"])
             lines = [f"experiment {self.name}: search with {s['algorithm']}, {s['num_samples']} trials over "
-                     f"{', '.join(_SHORT_NAME.get(p, p) for p in s['space'])}",
+                     f"{', '.join(short_name(p) for p in s['space'])}",
                      f"  each trial trains one model on half the pool (seed {seeds[0]}) and is scored on "
                      f"{objectives}", "  privacy score: loss-threshold attack on the model's own members vs "
                      "non-members; confirm the best points with `demem confirm`",
@@ -387,6 +394,11 @@ def resolve_run(base: dict, overrides: dict[str, Any], n_models: int, *, seed: i
     return _normalise(RunConfig, run.to_dict())
 
 
+def trial_resources(spec: ExperimentSpec) -> dict[str, float]:
+    """What one trial asks Ray Tune for ({"cpu", "gpu"}), for `tune.with_resources`."""
+    return {"cpu": spec.resources["cpu"], "gpu": spec.resources["gpu"]}
+
+
 def group_id(run: dict) -> str:
     """12 hex chars identifying a group: sha256 of the canonical JSON of the resolved run dict without
     seed, model_index, n_models, data.root and data.download, together with n_models."""
@@ -405,7 +417,7 @@ def _expand_key(key: str) -> str:
 
 
 def _label(params: dict[str, Any]) -> str:
-    return " ".join(f"{_SHORT_NAME.get(p, p)}={_fmt(v)}" for p, v in params.items()) or "base"
+    return " ".join(f"{short_name(p)}={_fmt(v)}" for p, v in params.items()) or "base"
 
 
 def _fmt(v: Any) -> str:
@@ -501,28 +513,35 @@ def _describe(kind: Any) -> str:
     return names.get(kind, str(kind))
 
 
-def _type_problems(cls: type, tree: Any, prefix: str = "") -> list[str]:
-    """Settings of the wrong type in a run-config tree (unknown keys are left to RunConfig.from_dict).
-
-    RunConfig's own checks compare values (epochs < 1) but accept 2.5 epochs, and YAML reads `1e-2`
-    (no dot) as a string, so a typed check here turns both into a clear message before any run.
-    """
+def _settings(cls: type, tree: Any, prefix: str = ""):
+    """Yield (parent dict, key, value, scalar kinds or None, dotted path) for every setting of `cls`
+    present in a run-config tree, descending into sections; unknown keys are skipped (they are
+    RunConfig.from_dict's to report)."""
     if not isinstance(tree, dict):
-        return []
+        return
     fields = external_fields(cls)
-    out: list[str] = []
-    for key, value in tree.items():
+    for key, value in list(tree.items()):
         if key not in fields:
             continue
         hint = fields[key][1]
         sub = dataclass_in(hint)
         if sub is not None:
-            out += _type_problems(sub, value, f"{prefix}{key}.")
-            continue
-        kinds = _scalar_kinds(hint)
+            yield from _settings(sub, value, f"{prefix}{key}.")
+        else:
+            yield tree, key, value, _scalar_kinds(hint), f"{prefix}{key}"
+
+
+def _type_problems(cls: type, tree: Any) -> list[str]:
+    """Settings of the wrong type in a run-config tree (unknown keys are left to RunConfig.from_dict).
+
+    RunConfig's own checks compare values (epochs < 1) but accept 2.5 epochs, and YAML reads `1e-2`
+    (no dot) as a string, so a typed check here turns both into a clear message before any run.
+    """
+    out: list[str] = []
+    for _, _, value, kinds, path in _settings(cls, tree):
         if kinds is None or any(_fits(k, value) for k in kinds):
             continue
-        msg = f"{prefix}{key} must be {' or '.join(_describe(k) for k in kinds)}, got {value!r}"
+        msg = f"{path} must be {' or '.join(_describe(k) for k in kinds)}, got {value!r}"
         if isinstance(value, str) and float in kinds and _parses_as_float(value):
             msg += " (YAML reads numbers like 1e-2 as text: write 1.0e-2)"
         out.append(msg)
@@ -539,23 +558,14 @@ def _parses_as_float(text: str) -> bool:
 
 def _normalise(cls: type, tree: dict) -> dict:
     """Cast integers given for float settings to float, in place (so 0 and 0.0 hash alike)."""
-    fields = external_fields(cls)
-    for key, value in tree.items():
-        if key not in fields:
-            continue
-        hint = fields[key][1]
-        sub = dataclass_in(hint)
-        if sub is not None:
-            if isinstance(value, dict):
-                _normalise(sub, value)
-            continue
-        kinds = _scalar_kinds(hint) or ()
+    for parent, key, value, kinds, _ in _settings(cls, tree):
+        kinds = kinds or ()
         if float in kinds and int not in kinds and _is_int(value):
-            tree[key] = float(value)
+            parent[key] = float(value)
         for kind in kinds:
             if typing.get_origin(kind) is tuple and typing.get_args(kind)[:1] == (float,) \
                     and isinstance(value, list):
-                tree[key] = [float(v) if _is_int(v) else v for v in value]
+                parent[key] = [float(v) if _is_int(v) else v for v in value]
     return tree
 
 

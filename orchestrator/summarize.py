@@ -47,7 +47,7 @@ LEAKAGE_METRICS = ("auc", "tpr_at_1pct", "tpr_at_0_1pct", "tpr_at_0_01pct", "bal
 DEFAULT_LEAKAGE = "tpr_at_1pct"
 ACCURACY_METRICS = ("natural_acc", "robust_acc_pgd", "robust_acc_aa", "epsilon")
 OBJECTIVES = (("leakage", False), ("robust_acc_pgd", True), ("natural_acc", True))
-_LEAK_LABEL = {"auc": "ROC AUC", "tpr_at_1pct": "TPR at 1% FPR", "tpr_at_0_1pct": "TPR at 0.1% FPR",
+LEAKAGE_LABELS = {"auc": "ROC AUC", "tpr_at_1pct": "TPR at 1% FPR", "tpr_at_0_1pct": "TPR at 0.1% FPR",
                "tpr_at_0_01pct": "TPR at 0.01% FPR", "balanced_acc": "balanced accuracy"}
 
 
@@ -292,7 +292,7 @@ def ranking_markdown(df: pd.DataFrame) -> str:
     attack = df["attack"].iloc[0]
     has_aa = bool((df["robust_acc_aa_n"] > 0).any())
     has_eps = bool((df["epsilon_n"] > 0).any())
-    head = ["rank", "front", "group", "defence", f"leakage ({_LEAK_LABEL[leak]}, {attack})", "robust acc (PGD)"]
+    head = ["rank", "front", "group", "defence", f"leakage ({LEAKAGE_LABELS[leak]}, {attack})", "robust acc (PGD)"]
     head += ["robust acc (AutoAttack)"] * has_aa + ["natural acc"] + ["epsilon (DP)"] * has_eps
     head += ["Δ leakage vs baseline", "Δ robust vs baseline", "not separable from"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
@@ -308,7 +308,7 @@ def ranking_markdown(df: pd.DataFrame) -> str:
         ]
         lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
     lines.append("")
-    lines.append(f"Leakage: {_LEAK_LABEL[leak]} of {attack}, mean ± 95% t-interval half-width over audited "
+    lines.append(f"Leakage: {LEAKAGE_LABELS[leak]} of {attack}, mean ± 95% t-interval half-width over audited "
                  "targets (n); accuracies over models. Δ = group − baseline (Welch 95% interval); "
                  "fronts by non-dominated sorting on (leakage ↓, robust ↑, natural ↑), ties by crowding distance.")
     return "\n".join(lines)
@@ -327,7 +327,7 @@ def _delta(r: pd.Series, col: str, sign: int) -> str:
 
 def top_text(df: pd.DataFrame, k: int = 5) -> str:
     leak = df["leakage_metric"].iloc[0]
-    lines = [f"ranking ({_LEAK_LABEL[leak]} of {df['attack'].iloc[0]} down, robust up, natural up); "
+    lines = [f"ranking ({LEAKAGE_LABELS[leak]} of {df['attack'].iloc[0]} down, robust up, natural up); "
              f"top {min(k, len(df))}:"]
     width = max(len(s) for s in df["group_label"].head(k)) + 11
     lines.append(f"  {'#':>2} {'front':>5}  {'group':<{width}} {'leakage':>22} {'robust':>22} {'natural':>22}")
@@ -401,7 +401,7 @@ th {{ background: #f3f3f3; }} figure {{ margin: 2em 0; }} img {{ max-width: 100%
 figcaption {{ color: #555; font-size: 0.9em; }} .meta {{ color: #555; }}
 </style></head><body>
 <h1>Privacy-robustness trade-off: {html.escape(root.name)}</h1>
-<p class="meta">{len(df)} groups, {n_models} trained models; leakage = {html.escape(_LEAK_LABEL[leak])} of
+<p class="meta">{len(df)} groups, {n_models} trained models; leakage = {html.escape(LEAKAGE_LABELS[leak])} of
 {html.escape(str(df['attack'].iloc[0]))}; written {time.strftime('%Y-%m-%d %H:%M', time.localtime())} by demem
 summarize.</p>
 <h2>Ranking</h2>

@@ -28,7 +28,6 @@ from demem.evaluate import evaluate_heldout, own_membership, sample_statistics
 from demem.train import DataConfig, RunConfig, epochs, load_pool, prepare, resolve_device
 
 FINAL_KEYS = ("natural_acc", "robust_acc_pgd", "robust_acc_aa", "epsilon", "train_loss", "epochs_done")
-SEARCH_KEYS = ("natural_acc", "robust_acc", "mia_auc", "mia_tpr_at_1pct", "mia_tpr_at_0_1pct", "mia_balanced_acc")
 
 
 _POOL: dict[DataConfig, Pool] = {}  # the last pool this worker loaded (Tune reuses worker processes)
