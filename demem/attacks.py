@@ -1,4 +1,5 @@
-"""Evasion attacks in pixel space: FGSM, PGD (L-inf / L2, CE or CW-margin loss), AutoAttack.
+"""Evasion attacks in pixel space: FGSM, PGD (L-inf / L2, CE or CW-margin loss), TRADES's KL attack,
+AutoAttack.
 
 Every attack is a function `attack(model, x, y, cfg, generator=None) -> x_adv` of tensors plus a
 frozen `AttackConfig`. Images are pixels in [0, 1]; the model normalises internally
@@ -21,6 +22,8 @@ from demem.registry import Registry
 ATTACKS: Registry[Callable[..., torch.Tensor]] = Registry("attack")
 NORMS = ("linf", "l2")
 LOSSES = ("ce", "cw")
+STARTS = ("uniform", "gaussian")
+GAUSSIAN_START_STD = 0.001  # TRADES / MART: x + 0.001 * N(0, I), in pixel units
 
 
 @dataclass(frozen=True)
@@ -35,7 +38,10 @@ class AttackConfig:
         step_size: per-step move in pixel units; None means 2.5 * eps / steps (Madry et al.), which is
             the reference code's 1/255 for PGD-20 at eps 8/255.
         loss: "ce" (cross-entropy) or "cw" (Carlini-Wagner margin, max_{j != y} z_j - z_y).
-        random_start: start from a uniform point in the eps-ball (PGD).
+        random_start: start from a random point near x (PGD) rather than from x itself.
+        start: where that random point is drawn: "uniform" in the eps-ball (Madry et al.; PGD-AT,
+            FGSM-RS and evaluation) or "gaussian", x + 0.001 * N(0, I) (the TRADES and MART authors'
+            code). None: the training method's own choice (`Method.start`); "uniform" elsewhere.
         keep_best: evaluation mode: a sample that any iterate misclassified is returned at that
             iterate, so more steps can never make the model look more robust on the same start.
             Training wants the last iterate (False).
@@ -48,6 +54,7 @@ class AttackConfig:
     step_size: float | None = None
     loss: str = "ce"
     random_start: bool = True
+    start: str | None = None
     keep_best: bool = False
 
     def __post_init__(self) -> None:
@@ -62,6 +69,8 @@ class AttackConfig:
             raise ValueError(f"attack.steps must be >= 1, got {self.steps}")
         if self.step_size is not None and not self.step_size > 0:
             raise ValueError(f"attack.step_size must be > 0 or None, got {self.step_size}")
+        if self.start is not None and self.start not in STARTS:
+            raise ValueError(f"attack.start must be one of {STARTS} or null (the method's own), got {self.start!r}")
 
     @property
     def alpha(self) -> float:
@@ -90,6 +99,13 @@ def attack_loss(logits: torch.Tensor, y: torch.Tensor, kind: str) -> torch.Tenso
     return other.amax(1) - true
 
 
+def kl_divergence(logits_ref: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """KL(softmax(logits_ref) || softmax(logits)) per sample. Shapes (B, K) -> (B,)."""
+    log_p = F.log_softmax(logits_ref.float(), dim=1)
+    log_q = F.log_softmax(logits.float(), dim=1)
+    return (log_p.exp() * (log_p - log_q)).sum(1)
+
+
 def _per_sample_norm(t: torch.Tensor) -> torch.Tensor:
     """L2 norm of each sample, shaped (B, 1, 1, 1) for broadcasting."""
     return t.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (t.dim() - 1)))
@@ -100,6 +116,16 @@ def project(delta: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
     if norm == "linf":
         return delta.clamp(-eps, eps)
     return delta * (eps / _per_sample_norm(delta)).clamp(max=1.0)
+
+
+def project_image(x_adv: torch.Tensor, x: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
+    """Project `x_adv` onto the eps-ball around `x`, then into the [0, 1] box. L-inf is written as
+    min(max(x_adv, x - eps), x + eps), as the TRADES authors do, so no rounding of x + (x_adv - x)."""
+    if norm == "linf":
+        inside = torch.min(torch.max(x_adv, x - eps), x + eps)
+    else:
+        inside = x + project(x_adv - x, eps, norm)
+    return inside.clamp(0, 1)
 
 
 def random_init(x: torch.Tensor, eps: float, norm: str, generator: torch.Generator | None) -> torch.Tensor:
@@ -113,8 +139,61 @@ def random_init(x: torch.Tensor, eps: float, norm: str, generator: torch.Generat
     return d / _per_sample_norm(d) * r * eps
 
 
+def initial_delta(x: torch.Tensor, cfg: AttackConfig, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The perturbation an attack starts from, inside the eps-ball (the box is applied by the caller)."""
+    if not cfg.random_start:
+        return torch.zeros_like(x)
+    if (cfg.start or "uniform") == "uniform":
+        return random_init(x, cfg.eps, cfg.norm, generator)
+    noise = torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=generator)
+    return project(GAUSSIAN_START_STD * noise, cfg.eps, cfg.norm)
+
+
 def _ascent_direction(grad: torch.Tensor, norm: str) -> torch.Tensor:
     return grad.sign() if norm == "linf" else grad / _per_sample_norm(grad)
+
+
+def ascend(
+    model: nn.Module,
+    x: torch.Tensor,
+    loss_fn: Callable[[torch.Tensor], torch.Tensor],
+    cfg: AttackConfig,
+    *,
+    start: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    on_iterate: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
+) -> torch.Tensor:
+    """Projected gradient ascent of `loss_fn(model(x_adv))` over the eps-ball around x and the box.
+
+    The iterate itself is kept in [0, 1] and the gradient is taken with respect to it, so the box
+    never enters the differentiated graph: a clamp there has zero gradient at and beyond the bounds,
+    which would freeze every saturated pixel (half of a Fashion-MNIST image is exactly 0).
+
+    Args:
+        model: maps (B, C, H, W) pixels in [0, 1] to (B, K) logits; run in eval mode.
+        x: (B, C, H, W) clean images in [0, 1].
+        loss_fn: (B, K) logits -> (B,) per-sample loss to maximise.
+        cfg: eps, norm, steps, step size; `random_start` / `start` when `start` is None.
+        start: (B, C, H, W) perturbation to start from (tests, reproductions); None draws one.
+        generator: RNG for the random start.
+        on_iterate: called as on_iterate(logits, x_adv) at every iterate, without grad.
+
+    Returns:
+        (B, C, H, W) detached x_adv, within eps of x in cfg.norm and in [0, 1].
+    """
+    x = x.detach()
+    delta = initial_delta(x, cfg, generator) if start is None else start.detach()
+    x_adv = (x + delta).clamp(0, 1)
+    with eval_mode(model):
+        for _ in range(cfg.steps):
+            x_adv.requires_grad_(True)
+            logits = model(x_adv)
+            (grad,) = torch.autograd.grad(loss_fn(logits).sum(), x_adv)
+            with torch.no_grad():
+                if on_iterate is not None:
+                    on_iterate(logits, x_adv)
+                x_adv = project_image(x_adv + cfg.alpha * _ascent_direction(grad, cfg.norm), x, cfg.eps, cfg.norm)
+    return x_adv.detach()
 
 
 @ATTACKS.register("pgd")
@@ -124,6 +203,7 @@ def pgd(
     y: torch.Tensor,
     cfg: AttackConfig,
     generator: torch.Generator | None = None,
+    start: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Projected gradient ascent on the attack loss (Madry et al. 2018).
 
@@ -133,33 +213,40 @@ def pgd(
         y: (B,) int64 labels.
         cfg: attack settings.
         generator: RNG for the random start, for reproducible attacks.
+        start: optional fixed starting perturbation (see `ascend`).
 
     Returns:
         (B, C, H, W) adversarial images, detached, with ||x_adv - x|| <= eps in cfg.norm and values
         in [0, 1].
     """
-    x = x.detach()
-    delta = random_init(x, cfg.eps, cfg.norm, generator) if cfg.random_start else torch.zeros_like(x)
-    delta = (x + delta).clamp(0, 1) - x
+    if not cfg.keep_best:
+        return ascend(model, x, lambda logits: attack_loss(logits, y, cfg.loss), cfg, start=start,
+                      generator=generator)
     fooled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
-    best = x.clone() if cfg.keep_best else None
-    with eval_mode(model):
-        for _ in range(cfg.steps):
-            delta.requires_grad_(True)
-            logits = model(x + delta)
-            loss = attack_loss(logits, y, cfg.loss)
-            (grad,) = torch.autograd.grad(loss.sum(), delta)
-            with torch.no_grad():
-                if best is not None:
-                    _record_fooled(logits, y, x + delta, fooled, best)
-                delta = project(delta + cfg.alpha * _ascent_direction(grad, cfg.norm), cfg.eps, cfg.norm)
-                delta = (x + delta).clamp(0, 1) - x
-        x_adv = (x + delta).detach()
-        if best is not None:
-            with torch.no_grad():
-                _record_fooled(model(x_adv), y, x_adv, fooled, best)
-                x_adv = torch.where(fooled.view(-1, 1, 1, 1), best, x_adv)
-    return x_adv
+    best = x.detach().clone()
+
+    def record(logits: torch.Tensor, x_cur: torch.Tensor) -> None:
+        _record_fooled(logits, y, x_cur, fooled, best)
+
+    x_adv = ascend(model, x, lambda logits: attack_loss(logits, y, cfg.loss), cfg, start=start,
+                   generator=generator, on_iterate=record)
+    with torch.no_grad(), eval_mode(model):
+        record(model(x_adv), x_adv)
+    return torch.where(fooled.view(-1, 1, 1, 1), best, x_adv)
+
+
+def kl_attack(
+    model: nn.Module,
+    x: torch.Tensor,
+    cfg: AttackConfig,
+    generator: torch.Generator | None = None,
+    start: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """TRADES's inner maximisation (Zhang et al. 2019, Algorithm 1): projected sign-gradient ascent of
+    KL(p(x) || p(x_adv)), label-free. Takes the same arguments as `pgd` but no labels."""
+    with torch.no_grad(), eval_mode(model):
+        ref = model(x.detach()).float()
+    return ascend(model, x, lambda logits: kl_divergence(ref, logits), cfg, start=start, generator=generator)
 
 
 def _record_fooled(logits: torch.Tensor, y: torch.Tensor, x_cur: torch.Tensor, fooled: torch.Tensor,

@@ -16,8 +16,10 @@ from typing import Any
 from demem import __version__
 from demem.attacks import LOSSES as ATTACK_LOSSES
 from demem.attacks import NORMS as ATTACK_NORMS
+from demem.attacks import STARTS as ATTACK_STARTS
 from demem.demem import RISKS, THRESHOLD_MODES
 from demem.dp import ACCOUNTANTS
+from demem.methods import AWP_OBJECTIVES
 from demem.models import NORMS
 from demem.train import SCHEDULES, SPLITS
 
@@ -48,10 +50,15 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                    help="standard, pgd_at, trades, mart, fgsm_rs; DP-SGD: dp_sgd, dp_pgd_at, dp_trades")
     g.add_argument("--beta", type=float, default=None, help="TRADES / MART robustness weight (default 6 / 5)")
     g.add_argument("--awp-gamma", type=float, default=0.0, help="AWP size for pgd_at / trades (0 = off)")
+    g.add_argument("--awp-objective", default="method", choices=AWP_OBJECTIVES,
+                   help="what AWP perturbs the weights along: the method's loss (reference) or loss + DeMem penalty")
     g.add_argument("--eps", type=float, default=None, help="attack radius (default: per dataset)")
     g.add_argument("--attack-norm", default="linf", choices=ATTACK_NORMS)
     g.add_argument("--train-attack-steps", type=int, default=3)
     g.add_argument("--train-attack-step", type=float, default=None, help="default 1.25 * eps / steps")
+    g.add_argument("--train-attack-start", default=None, choices=ATTACK_STARTS,
+                   help="random start of the training attack (default: the method's authors': gaussian for "
+                        "trades / mart, uniform otherwise)")
     g = p.add_argument_group("DeMem")
     g.add_argument("--demem-lambda", type=float, default=0.0, help="penalty weight, >= 0 (0 = off)")
     g.add_argument("--demem-threshold", type=float, default=0.0, help="risk threshold tau in [0, 1)")
@@ -83,13 +90,15 @@ def run_dict_from_args(a: argparse.Namespace) -> dict[str, Any]:
         attack["eps"] = evals["eps"] = a.eps
     if a.train_attack_step is not None:
         attack["step_size"] = a.train_attack_step
+    if a.train_attack_start is not None:
+        attack["start"] = a.train_attack_start
     return {
         "data": {"dataset": a.dataset, "pool_size": a.pool_size, "pool_seed": a.pool_seed, "splits": a.splits,
                  "root": a.data_root, "download": a.download},
         "train": {"arch": a.arch, **({"norm": a.norm} if a.norm else {}), "epochs": a.epochs,
                   "batch_size": a.batch_size, "lr": a.lr,
                   "weight_decay": a.weight_decay, "schedule": a.schedule, "augment": not a.no_augment},
-        "method": {"name": a.method, "beta": a.beta, "awp_gamma": a.awp_gamma},
+        "method": {"name": a.method, "beta": a.beta, "awp_gamma": a.awp_gamma, "awp_objective": a.awp_objective},
         "attack": attack,
         "eval": {"attack": evals, "autoattack": a.autoattack},
         "demem": {"lambda": a.demem_lambda, "risk_threshold": a.demem_threshold, "risk": a.demem_risk,

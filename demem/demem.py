@@ -5,7 +5,9 @@ For a batch of B per-sample losses l (the CE on the examples the training method
     penalty = lambda * 1/(B - 1) * sum_{i in H} (l_i - mean_B(l))^2
 
 H holds the high-risk samples: the ceil((1 - tau) * B) samples with the highest risk score r
-(ties broken by position), i.e. those at or above the batch's tau-quantile of r. At tau = 0, H is the
+(ties broken by position), i.e. those at or above the batch's tau-quantile of r. The count is
+computed in exact decimal arithmetic on tau as written (tau 0.7, B 10 gives 3, not the 4 that
+float rounding of (1 - 0.7) * 10 = 3.0000000000000004 would give). At tau = 0, H is the
 whole batch and the penalty is exactly `lambda * torch.var(l)` (unbiased), the reference objective.
 Taking the top-k rather than comparing to an interpolated quantile makes |H| exact under ties.
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -81,13 +84,19 @@ def high_risk_mask(risk: torch.Tensor, tau: float, mode: str = "quantile") -> to
     if mode == "absolute":
         return risk >= tau
     b = risk.shape[0]
-    k = math.ceil((1 - tau) * b)
+    k = high_risk_count(tau, b)
     mask = torch.zeros(b, dtype=torch.bool, device=risk.device)
     if k >= b:
         return mask.fill_(True)
     # A stable descending sort breaks ties by position, so the selection is deterministic.
     idx = torch.sort(risk, descending=True, stable=True).indices[:k]
     return mask.index_fill_(0, idx, True)
+
+
+def high_risk_count(tau: float, b: int) -> int:
+    """|H| = ceil((1 - tau) * b), exactly: tau is taken as the shortest decimal that round-trips to
+    it (Fraction(repr(tau))), so 0.7 is 7/10 and no float error is rounded up."""
+    return math.ceil((1 - Fraction(repr(float(tau)))) * b)
 
 
 def risk_scores(losses: torch.Tensor, cfg: DeMemConfig, memorization: torch.Tensor | None = None) -> torch.Tensor:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 import torch
@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from demem import demem as demem_penalty
-from demem.attacks import AttackConfig, eval_mode, pgd, project
+from demem.attacks import AttackConfig, kl_attack, kl_divergence, pgd
 from demem.demem import DeMemConfig
 from demem.registry import Registry
 
@@ -39,9 +39,11 @@ class Method:
     supports_awp: bool = False
     dp: bool = False  # trained with DP-SGD through Opacus (demem.dp)
     undefended: str | None = None  # for a DP method: the method it privatises (its baseline)
+    start: str = "uniform"  # its authors' attack start: "uniform" in the eps-ball or "gaussian" (0.001 N(0, I))
 
 
 METHODS: Registry[Method] = Registry("method")
+AWP_OBJECTIVES = ("method", "total")
 
 
 @dataclass(frozen=True)
@@ -55,12 +57,16 @@ class MethodConfig:
         awp_gamma: AWP weight-perturbation size relative to each layer's weight norm (Wu et al. 2020;
             0.01 for PGD-AT, 0.005 for TRADES in the reference); 0 disables AWP.
         awp_warmup: epochs trained without AWP before it starts.
+        awp_objective: what the weight perturbation ascends: "method" (the method's own loss, as the
+            AWP and DeMem reference code do; the DeMem penalty then only enters the descent step) or
+            "total" (method loss + DeMem penalty).
     """
 
     name: str = "pgd_at"
     beta: float | None = None
     awp_gamma: float = 0.0
     awp_warmup: int = 0
+    awp_objective: str = "method"
 
     def __post_init__(self) -> None:
         method = METHODS.get(self.name)
@@ -76,6 +82,8 @@ class MethodConfig:
             raise ValueError(f"AWP (method.awp_gamma > 0) works with {allowed}, not {self.name!r}")
         if self.awp_warmup < 0:
             raise ValueError(f"method.awp_warmup must be >= 0, got {self.awp_warmup}")
+        if self.awp_objective not in AWP_OBJECTIVES:
+            raise ValueError(f"method.awp_objective must be one of {AWP_OBJECTIVES}, got {self.awp_objective!r}")
 
     @property
     def beta_value(self) -> float:
@@ -122,7 +130,7 @@ def _pgd_examples(model, x, y, attack: AttackConfig, cfg, generator=None):
 def _fgsm_rs_examples(model, x, y, attack: AttackConfig, cfg, generator=None):
     # Fast AT is one PGD step from a uniform random start with step 1.25 * eps.
     fast = AttackConfig(eps=attack.eps, norm=attack.norm, steps=1, step_size=1.25 * attack.eps,
-                        loss="ce", random_start=True)
+                        loss="ce", random_start=True, start=attack.start)
     return pgd(model, x, y, fast, generator=generator)
 
 
@@ -139,42 +147,21 @@ METHODS.register("fgsm_rs")(Method(_fgsm_rs_examples, _adv_ce_loss))
 # --- TRADES (Zhang et al. 2019) -----------------------------------------------------------------
 
 
-def _kl_per_sample(logits_p_ref: torch.Tensor, logits_q: torch.Tensor) -> torch.Tensor:
-    """KL(softmax(ref) || softmax(q)) per sample. Shapes (B, K) -> (B,)."""
-    log_p = F.log_softmax(logits_p_ref.float(), dim=1)
-    log_q = F.log_softmax(logits_q.float(), dim=1)
-    return (log_p.exp() * (log_p - log_q)).sum(1)
-
-
 def _trades_examples(model, x, y, attack: AttackConfig, cfg, generator=None):
-    """Maximise KL(p(x) || p(x')) over the eps-ball from a tiny Gaussian start, as TRADES does."""
-    x = x.detach()
-    with eval_mode(model):
-        with torch.no_grad():
-            ref = model(x).float()
-        noise = torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=generator)
-        delta = project(0.001 * noise, attack.eps, attack.norm)
-        for _ in range(attack.steps):
-            delta.requires_grad_(True)
-            kl = _kl_per_sample(ref, model((x + delta).clamp(0, 1))).sum()
-            (grad,) = torch.autograd.grad(kl, delta)
-            with torch.no_grad():
-                step = grad.sign() if attack.norm == "linf" else grad / grad.flatten(1).norm(dim=1).clamp_min(
-                    1e-12).view(-1, 1, 1, 1)
-                delta = project(delta + attack.alpha * step, attack.eps, attack.norm)
-                delta = (x + delta).clamp(0, 1) - x
-    return (x + delta).detach()
+    """Maximise KL(p(x) || p(x')) over the eps-ball (TRADES's inner problem; labels unused)."""
+    return kl_attack(model, x, attack, generator=generator)
 
 
 def _trades_loss(model, x, x_adv, y, cfg) -> MethodOutput:
     # CE(clean) + beta * KL(p_clean || p_adv), batch-mean, as in the authors' implementation.
     logits_clean = model(x).float()
     logits_adv = model(x_adv).float()
-    loss = F.cross_entropy(logits_clean, y) + cfg.beta_value * _kl_per_sample(logits_clean, logits_adv).mean()
+    loss = F.cross_entropy(logits_clean, y) + cfg.beta_value * kl_divergence(logits_clean, logits_adv).mean()
     return MethodOutput(loss, _ce(logits_adv, y), logits_adv)
 
 
-METHODS.register("trades")(Method(_trades_examples, _trades_loss, default_beta=6.0, supports_awp=True))
+METHODS.register("trades")(Method(_trades_examples, _trades_loss, default_beta=6.0, supports_awp=True,
+                                  start="gaussian"))
 
 
 # --- MART (Wang et al. 2020) ---------------------------------------------------------------------
@@ -197,7 +184,7 @@ def _mart_loss(model, x, x_adv, y, cfg) -> MethodOutput:
     return MethodOutput(loss, ce_adv, logits_adv)
 
 
-METHODS.register("mart")(Method(_pgd_examples, _mart_loss, default_beta=5.0))
+METHODS.register("mart")(Method(_pgd_examples, _mart_loss, default_beta=5.0, start="gaussian"))
 
 
 # --- DP-SGD versions (Opacus does the clipping and noise; see demem.dp) -------------------------
@@ -207,7 +194,7 @@ METHODS.register("dp_pgd_at")(Method(_pgd_examples, _adv_ce_loss, dp=True, undef
 # TRADES's two forward passes (clean, adversarial) are fine for Opacus's hooks: per-sample gradients
 # of both passes are summed per sample before clipping.
 METHODS.register("dp_trades")(Method(_trades_examples, _trades_loss, default_beta=6.0, dp=True,
-                                     undefended="trades"))
+                                     undefended="trades", start="gaussian"))
 
 
 # --- the full objective -------------------------------------------------------------------------
@@ -224,8 +211,12 @@ class Objective(NamedTuple):
 
 def generate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, method: MethodConfig,
              attack: AttackConfig, generator: torch.Generator | None = None) -> torch.Tensor | None:
-    """The examples `method` trains on, (B, C, H, W), or None for standard training."""
-    return METHODS.get(method.name).generate(model, x, y, attack, method, generator=generator)
+    """The examples `method` trains on, (B, C, H, W), or None for standard training. An attack
+    whose `start` is None starts where the method's authors start (`Method.start`)."""
+    entry = METHODS.get(method.name)
+    if attack.start is None:
+        attack = replace(attack, start=entry.start)
+    return entry.generate(model, x, y, attack, method, generator=generator)
 
 
 def objective(
@@ -253,10 +244,19 @@ def objective(
     return Objective(out.loss + pen, out.loss, pen, out.per_sample, out.logits, mask)
 
 
+def awp_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor | None, *,
+             method: MethodConfig, demem: DeMemConfig, memorization: torch.Tensor | None = None) -> torch.Tensor:
+    """The scalar AWP's weight perturbation ascends: the method's own loss (the AWP and DeMem
+    reference code), or that plus the DeMem penalty when `method.awp_objective` is "total"."""
+    if method.awp_objective == "method":
+        demem = DeMemConfig()  # inactive: `total` is then the method's loss alone
+    return objective(model, x, y, x_adv, method=method, demem=demem, memorization=memorization).total
+
+
 class AWP:
     """Adversarial Weight Perturbation (Wu et al. 2020).
 
-    Before each step, a proxy copy of the model takes one gradient-ascent step on the method's loss;
+    Before each step, a proxy copy of the model takes one gradient-ascent step on `awp_loss`;
     the difference, rescaled per layer to gamma * ||w||, is added to the model's weights for the
     step and removed after it. Only multi-dimensional weights (conv, linear) are perturbed.
     """

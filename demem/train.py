@@ -35,7 +35,7 @@ from demem.data import DATASETS, SPLITS, Pool, dataset_info, make_pool
 from demem.demem import DeMemConfig, load_risk_table, scores_for
 from demem.dp import DPConfig, DPRuntime, make_private, per_sample_hooks_off
 from demem.membership import keep_row
-from demem.methods import AWP, METHODS, MethodConfig, generate, objective
+from demem.methods import AWP, METHODS, MethodConfig, awp_loss, generate, objective
 from demem.models import MODELS, NORMS, build_model
 from demem.privacy.signals import query_plan
 
@@ -192,8 +192,10 @@ class RunConfig:
             train = replace(train, norm="group")
         atk = {"eps": info.eps, "steps": 3, **(raw.get("attack") or {})}
         atk.setdefault("step_size", 1.25 * atk["eps"] / atk["steps"])  # the reference training attack
+        atk.setdefault("start", METHODS.get(run.method.name).start)  # where the method's authors start
         query_plan(info, run.eval.queries)  # fail now if the dataset has fewer views than asked
-        ev = {"eps": atk["eps"], "steps": 20, "keep_best": True, **((raw.get("eval") or {}).get("attack") or {})}
+        ev = {"eps": atk["eps"], "steps": 20, "keep_best": True, "start": "uniform",
+              **((raw.get("eval") or {}).get("attack") or {})}
         # lambda = 0 is the undefended method whatever the threshold or risk say: store it one way,
         # so that grid points that differ only there are one group, trained once.
         demem = run.demem if run.demem.active else DeMemConfig()
@@ -402,8 +404,7 @@ def train_epoch(state: TrainState) -> dict[str, float]:
             deltas = None
             if use_awp:
                 deltas = state.awp.perturb(
-                    model, lambda m: objective(m, x, y, x_adv, method=run.method, demem=run.demem,
-                                               memorization=mem).total)
+                    model, lambda m: awp_loss(m, x, y, x_adv, method=run.method, demem=run.demem, memorization=mem))
             obj = objective(train_model, x, y, x_adv, method=run.method, demem=run.demem, memorization=mem)
         state.optimizer.zero_grad(set_to_none=True)
         obj.total.backward()

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+from decimal import Decimal
 
 import numpy as np
 import pytest
 import torch
 
 from demem.attacks import AttackConfig
-from demem.demem import DeMemConfig, high_risk_mask, load_risk_table, penalty, scores_for
+from demem.demem import DeMemConfig, high_risk_count, high_risk_mask, load_risk_table, penalty, scores_for
 from demem.methods import METHODS, MethodConfig, generate, objective
 from demem.models import build_model
 
@@ -65,17 +66,32 @@ def test_penalty_matches_slow_formula_with_threshold():
         mean = l.mean()
         # Slow oracle: rank by |l_i - mean| and sum over the top ceil((1 - tau) B).
         order = sorted(range(50), key=lambda i: -abs(l[i].item() - mean.item()))
-        chosen = order[: math.ceil((1 - tau) * 50)]
+        chosen = order[: _size_of_h(tau, 50)]
         want = 0.4 * sum((l[i].item() - mean.item()) ** 2 for i in chosen) / 49
         assert got.item() == pytest.approx(want, rel=1e-6)
         assert sorted(torch.nonzero(mask).flatten().tolist()) == sorted(chosen)
 
 
-@pytest.mark.parametrize("b", [2, 7, 64, 255])
-@pytest.mark.parametrize("tau", [0.0, 0.1, 0.25, 0.5, 0.75, 0.99])
+def _size_of_h(tau: float, b: int) -> int:
+    """ceil((1 - tau) * B) in decimal arithmetic on tau as written: the size the docs promise."""
+    return math.ceil((1 - Decimal(str(tau))) * b)
+
+
+@pytest.mark.parametrize("b", [2, 7, 10, 64, 100, 128, 255, 256])
+@pytest.mark.parametrize("tau", [0.0, 0.1, 0.2, 0.25, 0.3, 0.5, 0.6, 0.7, 0.75, 0.9, 0.95, 0.99])
 def test_selected_set_has_the_size_tau_implies(b, tau):
     risk = torch.randn(b)
-    assert int(high_risk_mask(risk, tau).sum()) == math.ceil((1 - tau) * b)
+    assert int(high_risk_mask(risk, tau).sum()) == high_risk_count(tau, b) == _size_of_h(tau, b)
+
+
+def test_size_of_h_has_no_float_rounding():
+    # Float arithmetic gives (1 - 0.7) * 10 = 3.0000000000000004 and (1 - 0.95) * 100 = 5.000000000000004,
+    # which a plain ceil turns into 4 and 6.
+    assert math.ceil((1 - 0.7) * 10) == 4 and math.ceil((1 - 0.95) * 100) == 6
+    assert high_risk_count(0.7, 10) == 3 and high_risk_count(0.95, 100) == 5
+    assert high_risk_count(0.5, 7) == 4  # a true fraction still rounds up
+    assert int(high_risk_mask(torch.randn(10), 0.7).sum()) == 3
+    assert int(high_risk_mask(torch.randn(100), 0.95).sum()) == 5
 
 
 def test_ties_are_selected_deterministically():

@@ -238,3 +238,45 @@ def test_awp_perturbs_each_layer_by_gamma_and_restores_exactly(small_pool):
     awp.restore(model, deltas)
     for name, p in model.named_parameters():
         assert torch.allclose(p, before[name], atol=1e-7)
+
+
+@pytest.mark.parametrize("kind", ["method", "total"])
+def test_awp_ascends_the_methods_loss_unless_asked(small_pool, monkeypatch, kind):
+    # The AWP and DeMem reference code perturb the weights along the method's loss alone (here PGD-AT:
+    # mean CE on the adversarial examples); "total" adds lambda * Var(CE). Reference values are
+    # computed here from those formulas, on the batch the training loop really used.
+    import demem.train as train_mod
+    from demem.methods import AWP
+
+    lam = 0.4
+    run = tiny_run(data={"pool_size": 400, "pool_seed": 1}, train={"epochs": 1, "batch_size": 64},
+                   method={"name": "pgd_at", "awp_gamma": 0.01, "awp_objective": kind}, demem={"lambda": lam})
+    state = prepare(run, "cpu", pool=small_pool)
+    batches, seen = [], []
+    real_generate, real_perturb = train_mod.generate, AWP.perturb
+
+    def spy_generate(model, x, y, **kw):
+        x_adv = real_generate(model, x, y, **kw)
+        batches.append((x, y, x_adv))
+        return x_adv
+
+    def spy_perturb(self, model, loss_fn):
+        x, y, x_adv = batches[-1]
+        with torch.no_grad():  # BatchNorm in train mode: batch statistics, as inside the proxy
+            ce = F.cross_entropy(model(x_adv), y, reduction="none")
+            seen.append((loss_fn(model).item(), ce.mean().item(), (ce.mean() + lam * ce.var()).item()))
+        return real_perturb(self, model, loss_fn)
+
+    monkeypatch.setattr(train_mod, "generate", spy_generate)
+    monkeypatch.setattr(AWP, "perturb", spy_perturb)
+    train_epoch(state)
+    assert len(seen) == len(batches) >= 3
+    for got, method_loss, total in seen:
+        assert total > method_loss + 1e-4  # the two objectives really differ on these batches
+        assert got == pytest.approx(method_loss if kind == "method" else total, rel=1e-5)
+
+
+def test_awp_objective_is_checked():
+    assert RunConfig.from_dict({"method": {"name": "trades", "awp_gamma": 0.005}}).method.awp_objective == "method"
+    with pytest.raises(ValueError, match=r"method.awp_objective must be one of \('method', 'total'\)"):
+        RunConfig.from_dict({"method": {"name": "pgd_at", "awp_gamma": 0.01, "awp_objective": "penalty"}})
