@@ -243,10 +243,17 @@ def kl_attack(
     start: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """TRADES's inner maximisation (Zhang et al. 2019, Algorithm 1): projected sign-gradient ascent of
-    KL(p(x) || p(x_adv)), label-free. Takes the same arguments as `pgd` but no labels."""
-    with torch.no_grad(), eval_mode(model):
-        ref = model(x.detach()).float()
-    return ascend(model, x, lambda logits: kl_divergence(ref, logits), cfg, start=start, generator=generator)
+    KL(p(x) || p(x_adv)), label-free. Takes the same arguments as `pgd` but no labels.
+
+    It runs in full precision whatever autocast the caller set: from x + 0.001 N(0, I) the KL and its
+    gradient are far below bf16's resolution of the logits, so under bf16 the first steps' signs are
+    rounding noise (measured: 10-15% less KL reached, on an H200 and with CPU bf16 autocast alike).
+    """
+    with torch.autocast(x.device.type, enabled=False):
+        with torch.no_grad(), eval_mode(model):
+            ref = model(x.detach().float()).float()
+        return ascend(model, x.float(), lambda logits: kl_divergence(ref, logits), cfg, start=start,
+                      generator=generator)
 
 
 def _record_fooled(logits: torch.Tensor, y: torch.Tensor, x_cur: torch.Tensor, fooled: torch.Tensor,

@@ -209,3 +209,20 @@ def test_start_distribution(start):
     assert stats.kstest(delta, dist.cdf).pvalue > 1e-3
     other = stats.norm(scale=0.001) if start == "uniform" else stats.uniform(loc=-eps, scale=2 * eps)
     assert stats.kstest(delta, other.cdf).pvalue < 1e-6
+
+
+def test_trades_attack_ignores_bf16_autocast(cnn_and_batch):
+    # Training on CUDA runs under bf16 autocast. From the 0.001-noise start the KL's gradient is below
+    # bf16's resolution, so a bf16 attack steps on rounding noise (10-15% less KL, measured). CPU
+    # autocast has the same bf16 arithmetic, so the decision is testable here: under autocast the attack
+    # must still be Algorithm 1 in fp32. PGD's CE gradient is large from the start and keeps bf16.
+    model, x, y = cnn_and_batch
+    eps, alpha, steps = 0.1, 0.025, 3
+    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(3))
+    want = _trades_algorithm_1(model, x, eps, alpha, steps, noise)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = generate(model, x, y, method=MethodConfig(name="trades"),
+                       attack=AttackConfig(eps=eps, steps=steps, step_size=alpha),
+                       generator=torch.Generator().manual_seed(3))
+    assert got.dtype == torch.float32
+    assert torch.allclose(got, want, rtol=0, atol=1e-6)
