@@ -32,6 +32,7 @@ def test_train_writes_all_outputs_and_json(tmp_path, capsys):
     cfg = json.loads((out / "config.json").read_text())
     run = RunConfig.from_dict(cfg["run"])
     assert run.method.name == "trades" and run.demem.lam == 0.4 and run.model_index == 1
+    assert run.attack.start == "gaussian"  # TRADES's own start, resolved and recorded
     keep = np.load(out / "keep.npy")
     with np.load(out / "samples.npz") as z:
         assert np.array_equal(z["keep"], keep) and keep.sum() == 150
@@ -51,6 +52,7 @@ def test_train_writes_all_outputs_and_json(tmp_path, capsys):
         (["--arch", "vgg16"], "unknown model 'vgg16'; known:"),
         (["--dataset", "imagenet"], "unknown dataset 'imagenet'; known:"),
         (["--model-index", "2"], "model_index must be in [0, n_models=2)"),
+        (["--method", "mart", "--awp-gamma", "0.01"], "AWP (method.awp_gamma > 0) works with"),
     ],
 )
 def test_bad_arguments_fail_before_any_data_is_loaded(tmp_path, capsys, monkeypatch, args, message):
@@ -105,3 +107,14 @@ def test_refuses_to_overwrite_and_resumes_after_interruption(tmp_path, capsys, m
 def test_console_script_help():
     out = subprocess.run([sys.executable, "-m", "demem.cli", "train", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "--demem-threshold" in out.stdout
+
+
+def test_attack_start_and_awp_objective_flags():
+    from demem.cli import build_parser, run_dict_from_args
+
+    args = build_parser().parse_args(["train", "--out", "x", "--method", "pgd_at", "--awp-gamma", "0.01",
+                                      "--awp-objective", "total", "--train-attack-start", "gaussian"])
+    run = RunConfig.from_dict(run_dict_from_args(args))
+    assert run.attack.start == "gaussian" and run.method.awp_objective == "total"
+    default = RunConfig.from_dict(run_dict_from_args(build_parser().parse_args(["train", "--out", "x"])))
+    assert default.attack.start == "uniform" and default.method.awp_objective == "method"
