@@ -37,8 +37,8 @@ import numpy as np
 from scipy import stats
 
 from demem.membership import keep_mask
-from demem.privacy.attacks import STD_FLOOR, lira_scores
 from demem.privacy.metrics import roc_auc
+from demem.privacy.mia import STD_FLOOR, lira_scores
 
 MIB = 2**20
 

@@ -26,12 +26,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from demem.attacks import AttackConfig, ascend, kl_divergence, pgd
 from demem.data import make_pool
+from demem.device import autocast
 from demem.evaluate import evaluate_heldout
+from demem.evasion import AttackConfig, ascend, kl_divergence, pgd
 from demem.methods import MethodConfig, generate
 from demem.models import build_model
-from demem.train import RunConfig, autocast, prepare, train_epoch
+from demem.train import RunConfig, prepare, train_epoch
 
 
 def _kl(model, x, x_adv) -> torch.Tensor:

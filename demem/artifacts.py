@@ -12,9 +12,7 @@ A group directory holds one run directory per model; `demem audit` reads it with
 from __future__ import annotations
 
 import json
-import os
 import platform
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,43 +21,10 @@ from typing import Any
 import numpy as np
 
 from demem import __version__
+from demem.io import write_json, write_npy, write_npz
 
 SCHEMA_VERSION = 1
 CONFIG, KEEP, SAMPLES, METRICS = "config.json", "keep.npy", "samples.npz", "metrics.json"
-
-
-def write_json(path: Path, obj: Any) -> None:
-    """Write JSON atomically (temp file in the same directory + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=True, default=_json_default)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
-
-def write_npz(path: Path, **arrays: np.ndarray) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".npz")
-    os.close(fd)
-    try:
-        np.savez_compressed(tmp, **arrays)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def provenance(state) -> dict[str, Any]:
@@ -80,7 +45,7 @@ def start_run(state, out: Path) -> None:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / CONFIG, {"run": state.run.to_dict(), **provenance(state)})
-    np.save(out / KEEP, state.keep)
+    write_npy(out / KEEP, state.keep)
 
 
 def finish_run(state, out: Path, *, train_seconds: float | None = None) -> dict[str, Any]:

@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from demem import __version__
-from demem.attacks import LOSSES as ATTACK_LOSSES
-from demem.attacks import NORMS as ATTACK_NORMS
-from demem.attacks import STARTS as ATTACK_STARTS
-from demem.demem import RISKS, THRESHOLD_MODES
 from demem.dp import ACCOUNTANTS
+from demem.evasion import LOSSES as ATTACK_LOSSES
+from demem.evasion import STARTS as ATTACK_STARTS
+from demem.evasion import THREAT_NORMS
 from demem.methods import AWP_OBJECTIVES
-from demem.models import NORMS
+from demem.models import NORM_LAYERS
+from demem.penalty import RISKS, THRESHOLD_MODES
 from demem.train import SCHEDULES, SPLITS
 
 
@@ -38,7 +38,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=0, help="training seed (init, batch order, attacks)")
     g = p.add_argument_group("model and optimisation")
     g.add_argument("--arch", default="small-cnn")
-    g.add_argument("--norm", default=None, choices=NORMS, help="default: batch; group for the DP methods")
+    g.add_argument("--norm", default=None, choices=NORM_LAYERS, help="default: batch; group for the DP methods")
     g.add_argument("--epochs", type=int, default=None, help="default: per dataset (15 for (fashion-)mnist)")
     g.add_argument("--batch-size", type=int, default=None, help="default: 256 (CIFAR, SVHN), 128 ((fashion-)mnist)")
     g.add_argument("--lr", type=float, default=0.1)
@@ -53,7 +53,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--awp-objective", default="method", choices=AWP_OBJECTIVES,
                    help="what AWP perturbs the weights along: the method's loss (reference) or loss + DeMem penalty")
     g.add_argument("--eps", type=float, default=None, help="attack radius (default: per dataset)")
-    g.add_argument("--attack-norm", default="linf", choices=ATTACK_NORMS)
+    g.add_argument("--attack-norm", default="linf", choices=THREAT_NORMS)
     g.add_argument("--train-attack-steps", type=int, default=3)
     g.add_argument("--train-attack-step", type=float, default=None, help="default 1.25 * eps / steps")
     g.add_argument("--train-attack-start", default=None, choices=ATTACK_STARTS,
@@ -110,7 +110,8 @@ def run_dict_from_args(a: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_train(a: argparse.Namespace) -> int:
-    from demem.train import RunConfig, resolve_device
+    from demem.device import resolve_device
+    from demem.train import RunConfig
 
     try:
         run = RunConfig.from_dict(run_dict_from_args(a))

@@ -127,6 +127,15 @@ def per_sample_hooks_off(module: nn.Module | None):
         module.enable_hooks()
 
 
+@contextlib.contextmanager
+def quiet_hook_warnings():
+    """While the block runs, hide torch's note that Opacus's full backward hooks fire although the
+    images need no gradient: expected in every DP step. Other warnings, and other code, are untouched."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Full backward hook is firing", category=UserWarning)
+        yield
+
+
 def make_private(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -160,8 +169,6 @@ def make_private(
     if sigma is None:
         sigma = get_noise_multiplier(target_epsilon=cfg.target_epsilon, target_delta=delta, sample_rate=sample_rate,
                                      epochs=epochs, accountant=cfg.accountant)
-    # Torch notes that Opacus's full backward hooks fire although the images need no gradient: expected.
-    warnings.filterwarnings("ignore", message="Full backward hook is firing", category=UserWarning)
     with warnings.catch_warnings():
         # Opacus warns that secure_mode is off; we seed the generators on purpose for reproducibility.
         warnings.simplefilter("ignore", UserWarning)

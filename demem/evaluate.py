@@ -8,15 +8,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from demem.attacks import AttackConfig, eval_mode, run_attack
 from demem.data import Pool
+from demem.device import fast_path, to_float
+from demem.evasion import AttackConfig, eval_mode, run_attack
 from demem.privacy.signals import chunks, pool_signals
-from demem.train import EvalConfig, autocast
-
-
-def _to_float(x_u8: torch.Tensor, device: torch.device) -> torch.Tensor:
-    x = x_u8.to(device, non_blocking=True).float().div_(255)
-    return x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x
+from demem.train import EvalConfig
 
 
 def accuracy(
@@ -31,15 +27,14 @@ def accuracy(
 ) -> float:
     """Top-1 accuracy on (N, C, H, W) uint8 images, optionally under `attack`. Returns a fraction."""
     correct = 0
-    with eval_mode(model):
+    with eval_mode(model), fast_path(device):
         for sl in chunks(images.shape[0], batch_size):
-            x = _to_float(images[sl], device)
+            x = to_float(images[sl], device)
             y = labels[sl].to(device)
-            with autocast(device):
-                if attack is not None:
-                    x = run_attack(model, x, y, attack, generator=generator)
-                with torch.no_grad():
-                    correct += int((model(x).argmax(1) == y).sum())
+            if attack is not None:
+                x = run_attack(model, x, y, attack, generator=generator)
+            with torch.no_grad():
+                correct += int((model(x).argmax(1) == y).sum())
     return correct / max(images.shape[0], 1)
 
 
@@ -82,8 +77,7 @@ def sample_statistics(
         sample_id (N,), label (N,), and phi / loss / entropy / mentropy / correct as (N, K) arrays
         over K = `queries` augmented views (see `demem.privacy.signals`).
     """
-    return pool_signals(model, pool, device=device, queries=queries, batch_size=batch_size,
-                        autocast=lambda: autocast(device))
+    return pool_signals(model, pool, device=device, queries=queries, batch_size=batch_size)
 
 
 def own_membership(stats: dict[str, np.ndarray], keep: np.ndarray, attack: str = "loss") -> dict[str, float]:
@@ -94,8 +88,8 @@ def own_membership(stats: dict[str, np.ndarray], keep: np.ndarray, attack: str =
     Returns:
         {"mia_auc", "mia_tpr_at_1pct", "mia_tpr_at_0_1pct", "mia_balanced_acc"}.
     """
-    from demem.privacy.attacks import _THRESHOLD_SIGNALS, threshold_score
     from demem.privacy.metrics import attack_metrics
+    from demem.privacy.mia import _THRESHOLD_SIGNALS, threshold_score
 
     if attack not in _THRESHOLD_SIGNALS:
         raise ValueError(f"own_membership: unknown attack {attack!r}; known: {', '.join(_THRESHOLD_SIGNALS)}")

@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from demem import demem as demem_penalty
-from demem.attacks import AttackConfig, kl_attack, kl_divergence, pgd
-from demem.demem import DeMemConfig
+from demem.evasion import AttackConfig, kl_attack, kl_divergence, pgd
+from demem.penalty import DeMemConfig
+from demem.penalty import penalty as demem_penalty
 from demem.registry import Registry
 
 
@@ -237,7 +237,7 @@ def objective(
     """
     out = METHODS.get(method.name).loss(model, x, x_adv, y, method)
     if demem.active:
-        pen, mask = demem_penalty.penalty(out.per_sample, demem, memorization)
+        pen, mask = demem_penalty(out.per_sample, demem, memorization)
     else:
         pen = out.loss.new_zeros(())
         mask = torch.zeros_like(y, dtype=torch.bool)

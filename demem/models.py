@@ -23,7 +23,7 @@ from demem.registry import Registry
 __all__ = [
     "MAX_GROUPS",
     "MODELS",
-    "NORMS",
+    "NORM_LAYERS",
     "Normalized",
     "build_model",
     "count_parameters",
@@ -33,7 +33,7 @@ __all__ = [
 ]
 
 MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
-NORMS = ("batch", "group")
+NORM_LAYERS = ("batch", "group")
 
 # GroupNorm uses at most this many groups (Wu & He 2018 found 32 a robust default).
 MAX_GROUPS = 32
@@ -45,8 +45,8 @@ MAX_GROUPS = 32
 
 
 def _check_norm(norm: str) -> str:
-    if norm not in NORMS:
-        raise ValueError(f"unknown norm {norm!r}; known: {', '.join(NORMS)}")
+    if norm not in NORM_LAYERS:
+        raise ValueError(f"unknown norm {norm!r}; known: {', '.join(NORM_LAYERS)}")
     return norm
 
 
@@ -374,7 +374,7 @@ def wide_resnet(
         depth: total depth, 6n + 4 for n blocks per stage; anything else raises ValueError.
         widen: width multiplier k (stage widths 16k, 32k, 64k).
         in_channels, num_classes: input channels C and number of logits K.
-        norm: one of `NORMS`.
+        norm: one of `NORM_LAYERS`.
         dropout: dropout probability between the two convs of each block; 0 (default) adds none.
 
     Returns:

@@ -13,10 +13,7 @@ scheduler's whole state.
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -29,14 +26,16 @@ from torch import nn
 
 from demem import __version__
 from demem import config as cfglib
-from demem.attacks import AttackConfig
 from demem.augment import augment
 from demem.data import DATASETS, SPLITS, Pool, dataset_info, make_pool
-from demem.demem import DeMemConfig, load_risk_table, scores_for
-from demem.dp import DPConfig, DPRuntime, make_private, per_sample_hooks_off
+from demem.device import autocast, autotune, layout, place_model, to_float
+from demem.dp import DPConfig, DPRuntime, make_private, per_sample_hooks_off, quiet_hook_warnings
+from demem.evasion import AttackConfig
+from demem.io import atomic_path
 from demem.membership import keep_row
 from demem.methods import AWP, METHODS, MethodConfig, awp_loss, generate, objective
-from demem.models import MODELS, NORMS, build_model
+from demem.models import MODELS, NORM_LAYERS, build_model
+from demem.penalty import DeMemConfig, load_risk_table, scores_for
 from demem.privacy.signals import query_plan
 
 SCHEDULES = ("step", "cosine", "constant")
@@ -98,8 +97,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         MODELS.check(self.arch)
-        if self.norm not in NORMS:
-            raise ValueError(f"train.norm must be one of {NORMS}, got {self.norm!r}")
+        if self.norm not in NORM_LAYERS:
+            raise ValueError(f"train.norm must be one of {NORM_LAYERS}, got {self.norm!r}")
         if self.epochs is not None and self.epochs < 1:
             raise ValueError(f"train.epochs must be >= 1, got {self.epochs}")
         if self.batch_size is not None and self.batch_size < 1:
@@ -211,22 +210,6 @@ class RunConfig:
         return int(np.random.SeedSequence([self.seed, self.model_index]).generate_state(1)[0])
 
 
-def resolve_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} asked for, but CUDA is not available here")
-    return dev
-
-
-def autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA; nothing elsewhere (CPU bf16 would be slower and less exact)."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 def lr_at(train: TrainConfig, epoch: int) -> float:
     """Learning rate of (0-based) `epoch`."""
     if train.schedule == "constant":
@@ -245,10 +228,7 @@ def model_for(run: RunConfig, device: torch.device) -> nn.Module:
         torch.random.default_generator.manual_seed(run.model_seed)
         model = build_model(run.train.arch, in_channels=info.channels, num_classes=info.num_classes,
                             image_size=info.image_size, mean=info.mean, std=info.std, norm=run.train.norm)
-    model = model.to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    return model
+    return place_model(model, device)
 
 
 def load_pool(run: RunConfig) -> Pool:
@@ -310,17 +290,9 @@ class TrainState:
 
     def save(self, directory: str | Path) -> Path:
         """Write `checkpoint.pt` into `directory` atomically (temp file + rename)."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        path = directory / CHECKPOINT
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".checkpoint.", suffix=".tmp")
-        os.close(fd)
-        try:
+        path = Path(directory) / CHECKPOINT
+        with atomic_path(path) as tmp:
             torch.save(self.state_dict(), tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
         return path
 
     def load(self, directory: str | Path) -> None:
@@ -337,8 +309,6 @@ def prepare(run: RunConfig, device: torch.device | str = "cpu", pool: Pool | Non
         pool: an already loaded pool of the same config (saves re-reading the dataset).
     """
     device = torch.device(device) if isinstance(device, str) else device
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick its fastest kernels
     pool = pool if pool is not None else load_pool(run)
     keep = keep_row(run.n_models, pool.n, run.data.pool_seed, run.model_index)
     idx = torch.from_numpy(np.flatnonzero(keep))
@@ -372,11 +342,9 @@ def _batches(n: int, batch_size: int, perm: torch.Tensor) -> Iterator[torch.Tens
 def train_epoch(state: TrainState) -> dict[str, float]:
     """Run one epoch and return its metrics. Raises FloatingPointError on a non-finite loss."""
     run, device = state.run, state.device
-    info = state.pool.info
     lr = lr_at(run.train, state.epoch)
     for g in state.optimizer.param_groups:
         g["lr"] = lr
-    model, train_model = state.model, state.train_model or state.model
     n = state.train_x.shape[0]
     if state.dp is not None:  # Poisson-sampled batches, drawn by Opacus
         batches = [i.to(device) for (i,) in state.dp.loader]
@@ -386,38 +354,12 @@ def train_epoch(state: TrainState) -> dict[str, float]:
     sums = torch.zeros(len(batches), 5, device=device, dtype=torch.float64)
     use_awp = state.awp is not None and state.epoch >= run.method.awp_warmup
     t0 = time.perf_counter()
-    for b, idx in enumerate(batches):
-        if idx.numel() == 0:  # a Poisson batch can be empty: Opacus still takes a noise-only step
-            _empty_dp_step(state)
-            continue
-        x = state.train_x[idx].float().div_(255)
-        if run.train.augment:
-            x = augment(x, crop_pad=info.crop_pad, flip=info.flip, generator=state.generator)
-        if device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
-        y = state.train_y[idx]
-        mem = state.train_mem[idx] if state.train_mem is not None else None
-        with autocast(device):
-            with per_sample_hooks_off(state.train_model if state.dp is not None else None):
-                x_adv = generate(model, x, y, method=run.method, attack=run.attack, generator=state.generator)
-            train_model.train()
-            deltas = None
-            if use_awp:
-                deltas = state.awp.perturb(
-                    model, lambda m: awp_loss(m, x, y, x_adv, method=run.method, demem=run.demem, memorization=mem))
-            obj = objective(train_model, x, y, x_adv, method=run.method, demem=run.demem, memorization=mem)
-        state.optimizer.zero_grad(set_to_none=True)
-        obj.total.backward()
-        state.optimizer.step()
-        if deltas is not None:
-            state.awp.restore(model, deltas)
-        with torch.no_grad():
-            k = y.shape[0]
-            sums[b, 0] = obj.total.detach() * k
-            sums[b, 1] = obj.method_loss.detach() * k
-            sums[b, 2] = obj.penalty.detach() * k
-            sums[b, 3] = (obj.logits.argmax(1) == y).sum()
-            sums[b, 4] = obj.high_risk.sum()
+    with autotune(device), quiet_hook_warnings():  # both restored after the epoch
+        for b, idx in enumerate(batches):
+            if idx.numel() == 0:  # a Poisson batch can be empty: Opacus still takes a noise-only step
+                _empty_dp_step(state)
+                continue
+            _train_step(state, idx, use_awp, sums[b])
     state.epoch += 1
     totals = sums.cpu()
     bad = ~torch.isfinite(totals[:, 0])
@@ -445,6 +387,40 @@ def train_epoch(state: TrainState) -> dict[str, float]:
         metrics["epsilon"] = state.dp.epsilon()
     state.history.append(metrics)
     return metrics
+
+
+def _train_step(state: TrainState, idx: torch.Tensor, use_awp: bool, sums: torch.Tensor) -> None:
+    """One optimisation step on the training samples `idx`; adds the batch's loss terms, correct
+    count and |H|, each times the batch size, into `sums` (5,) without a host sync."""
+    run, device = state.run, state.device
+    model, train_model = state.model, state.train_model or state.model
+    x = to_float(state.train_x[idx], device)
+    if run.train.augment:
+        x = layout(augment(x, crop_pad=state.pool.info.crop_pad, flip=state.pool.info.flip,
+                           generator=state.generator))
+    y = state.train_y[idx]
+    mem = state.train_mem[idx] if state.train_mem is not None else None
+    with autocast(device):
+        with per_sample_hooks_off(state.train_model if state.dp is not None else None):
+            x_adv = generate(model, x, y, method=run.method, attack=run.attack, generator=state.generator)
+        train_model.train()
+        deltas = None
+        if use_awp:
+            deltas = state.awp.perturb(
+                model, lambda m: awp_loss(m, x, y, x_adv, method=run.method, demem=run.demem, memorization=mem))
+        obj = objective(train_model, x, y, x_adv, method=run.method, demem=run.demem, memorization=mem)
+    state.optimizer.zero_grad(set_to_none=True)
+    obj.total.backward()
+    state.optimizer.step()
+    if deltas is not None:
+        state.awp.restore(model, deltas)
+    with torch.no_grad():
+        k = y.shape[0]
+        sums[0] = obj.total.detach() * k
+        sums[1] = obj.method_loss.detach() * k
+        sums[2] = obj.penalty.detach() * k
+        sums[3] = (obj.logits.argmax(1) == y).sum()
+        sums[4] = obj.high_risk.sum()
 
 
 def _empty_dp_step(state: TrainState) -> None:

@@ -19,10 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from demem.artifacts import SCHEMA_VERSION
+from demem.io import write_parquet
 from orchestrator.layout import ExperimentDir, read_json
 from orchestrator.spec import ExperimentSpec
 
@@ -44,13 +43,6 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[key] = v
     return out
-
-
-def _write(df: pd.DataFrame, path: Path) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(pa.Table.from_pandas(df, preserve_index=False), tmp)
-    tmp.replace(path)
-    return path
 
 
 def runs_frame(spec: ExperimentSpec, exp: ExperimentDir) -> pd.DataFrame:
@@ -135,8 +127,9 @@ def collect(spec: ExperimentSpec, exp: ExperimentDir) -> list[Path]:
     runs = runs_frame(spec, exp)
     audits, samples = audits_frame(spec, exp)
     roc, bins = curves_frames(spec, exp)
-    return [_write(runs, exp.root / RUNS), _write(audits, exp.root / AUDITS), _write(samples, exp.root / SAMPLES),
-            _write(roc, exp.root / ROC), _write(bins, exp.root / MEMBINS)]
+    return [write_parquet(exp.root / RUNS, runs), write_parquet(exp.root / AUDITS, audits),
+            write_parquet(exp.root / SAMPLES, samples), write_parquet(exp.root / ROC, roc),
+            write_parquet(exp.root / MEMBINS, bins)]
 
 
 def group_table(exp: ExperimentDir, attack: str = HEADLINE_ATTACK) -> str:

@@ -19,6 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from demem.io import atomic_path  # noqa: E402
 from demem.pareto import pareto_fronts  # noqa: E402
 from orchestrator.summarize import LEAKAGE_LABELS  # noqa: E402
 
@@ -190,9 +191,8 @@ def all_figures(df: pd.DataFrame, tables: Tables) -> dict[str, plt.Figure]:
 
 
 def save(fig: plt.Figure, path: Path) -> Path:
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, format="png")
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
     return path
 
 

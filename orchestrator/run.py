@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from demem import __version__
-from demem.artifacts import read_metrics, write_json
+from demem.artifacts import read_metrics
+from demem.io import write_json
 from orchestrator.layout import ExperimentDir, read_json
 from orchestrator.spec import ExperimentSpec, Trial, load_spec, trial_resources
 

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from demem.artifacts import write_json
+from demem.io import write_json, write_parquet, write_text
 from demem.pareto import pareto_fronts, pareto_order
 from orchestrator.layout import ExperimentDir, read_json
 from orchestrator.spec import METRICS, ExperimentSpec, load_spec, resolve_run, short_name, trial_resources
@@ -201,9 +201,7 @@ def search_frame(spec: ExperimentSpec, exp: ExperimentDir) -> pd.DataFrame:
 
 
 def collect_search(spec: ExperimentSpec, exp: ExperimentDir) -> Path:
-    from orchestrator.collect import _write
-
-    return _write(search_frame(spec, exp), exp.root / SEARCH_RESULTS)
+    return write_parquet(exp.root / SEARCH_RESULTS, search_frame(spec, exp))
 
 
 def search_table(spec: ExperimentSpec, df: pd.DataFrame, top: int = 10) -> str:
@@ -266,7 +264,7 @@ def confirm(root: str | Path, top: int, *, name: str | None = None, baseline: bo
     exp = ExperimentDir(Path(root))
     raw = confirm_spec(exp, top, name=name, baseline=baseline)
     spec_path = exp.root / "confirm.yaml"
-    spec_path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    write_text(spec_path, yaml.safe_dump(raw, sort_keys=False))
     echo(f"confirming {len(raw['points'])} points of {exp.root} (spec: {spec_path})")
     return run_experiment(spec_path, name=raw["name"], storage=exp.root.parent, address=address,
                           max_concurrent=max_concurrent, echo=echo)

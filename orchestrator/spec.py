@@ -77,7 +77,7 @@ import yaml
 
 from demem import data as datalib
 from demem.config import dataclass_in, external_fields
-from demem.privacy.audit import ATTACKS, LIRA_ATTACKS, parse_attacks
+from demem.privacy.audit import LIRA_ATTACKS, MIA_ATTACKS, parse_attacks
 from demem.train import RunConfig
 
 __all__ = [
@@ -765,7 +765,7 @@ def _check_seeds(seeds: Any, grid_seeds: Any, problems: list[str]) -> tuple[int,
 
 
 def _check_audit(audit: Any, given: bool, problems: list[str]) -> dict:
-    out: dict[str, Any] = {"models": None, "targets": None, "attacks": ATTACKS, "queries": None}
+    out: dict[str, Any] = {"models": None, "targets": None, "attacks": MIA_ATTACKS, "queries": None}
     if not given or audit is None:
         problems.append("audit.models: required")
         return out
@@ -775,7 +775,7 @@ def _check_audit(audit: Any, given: bool, problems: list[str]) -> dict:
     _unknown_keys("audit", audit, AUDIT_KEYS, problems)
 
     attacks = audit.get("attacks")
-    asked: tuple[str, ...] = ATTACKS  # what the model-count rules check; nothing when the list is broken
+    asked: tuple[str, ...] = MIA_ATTACKS  # what the model-count rules check; nothing when the list is broken
     if attacks is not None:
         asked = ()
         items = attacks.split(",") if isinstance(attacks, str) else attacks
@@ -783,10 +783,10 @@ def _check_audit(audit: Any, given: bool, problems: list[str]) -> dict:
             problems.append("audit.attacks: must be a non-empty list of attack names")
         else:
             expanded = parse_attacks(",".join(items))
-            bad = [a for a in expanded if a not in ATTACKS]
+            bad = [a for a in expanded if a not in MIA_ATTACKS]
             if bad:
                 problems.append(f"audit.attacks: unknown attack(s) {', '.join(map(repr, bad))}; known: "
-                                f"{', '.join(ATTACKS)}, and lira, threshold, all")
+                                f"{', '.join(MIA_ATTACKS)}, and lira, threshold, all")
             else:
                 out["attacks"] = asked = expanded
 

@@ -40,6 +40,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from demem.io import write_parquet, write_text
 from demem.methods import METHODS
 from demem.pareto import crowding_distance, pareto_fronts, pareto_order
 
@@ -352,7 +353,6 @@ def summarize(root: str | Path, *, leakage: str = DEFAULT_LEAKAGE, attack: str |
               out: str | Path | None = None, echo=print, tensorboard: bool = True) -> dict[str, Path]:
     """Aggregate, rank, plot and report. Returns {name: path} of everything written."""
     from orchestrator import plots
-    from orchestrator.collect import _write
 
     if leakage not in LEAKAGE_METRICS:  # before any reading
         raise ValueError(f"unknown leakage metric {leakage!r}; known: {', '.join(LEAKAGE_METRICS)}")
@@ -361,15 +361,11 @@ def summarize(root: str | Path, *, leakage: str = DEFAULT_LEAKAGE, attack: str |
     df = summarize_groups(tables, leakage=leakage, attack=attack)
     out = Path(out) if out is not None else root / "summary"
     out.mkdir(parents=True, exist_ok=True)
-    paths: dict[str, Path] = {"summary.parquet": _write(df, out / "summary.parquet")}
+    paths: dict[str, Path] = {"summary.parquet": write_parquet(out / "summary.parquet", df)}
     ranking = df[[c for c in RANKING_COLUMNS if c in df.columns]]
-    tmp = out / ".ranking.csv.tmp"
-    ranking.to_csv(tmp, index=False)
-    tmp.replace(out / "ranking.csv")
-    paths["ranking.csv"] = out / "ranking.csv"
+    paths["ranking.csv"] = write_text(out / "ranking.csv", ranking.to_csv(index=False))
     md = ranking_markdown(df)
-    (out / "ranking.md").write_text(md + "\n")
-    paths["ranking.md"] = out / "ranking.md"
+    paths["ranking.md"] = write_text(out / "ranking.md", md + "\n")
     figures = plots.all_figures(df, tables)
     for name, fig in figures.items():
         paths[name] = plots.save(fig, out / name)
@@ -410,10 +406,7 @@ summarize.</p>
 {figs}
 </body></html>
 """
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(page)
-    tmp.replace(path)
-    return path
+    return write_text(path, page)
 
 
 _CAPTIONS = {

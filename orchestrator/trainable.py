@@ -24,8 +24,9 @@ from ray import tune
 
 from demem import artifacts
 from demem.data import Pool
+from demem.device import resolve_device
 from demem.evaluate import evaluate_heldout, own_membership, sample_statistics
-from demem.train import DataConfig, RunConfig, epochs, load_pool, prepare, resolve_device
+from demem.train import DataConfig, RunConfig, epochs, load_pool, prepare
 
 FINAL_KEYS = ("natural_acc", "robust_acc_pgd", "robust_acc_aa", "epsilon", "train_loss", "epochs_done")
 

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from scipy import stats
 from torch import nn
 
-from demem.attacks import AttackConfig, fgsm, kl_attack, pgd
+from demem.evasion import AttackConfig, fgsm, kl_attack, pgd
 from demem.methods import METHODS, MethodConfig, generate
 from demem.models import build_model
 from demem.train import RunConfig

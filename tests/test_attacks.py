@@ -7,8 +7,8 @@ import sys
 import pytest
 import torch
 
-from demem.attacks import AttackConfig, attack_loss, fgsm, pgd, run_attack
 from demem.evaluate import accuracy
+from demem.evasion import AttackConfig, attack_loss, fgsm, pgd, run_attack
 
 
 def _batch(state, n=200):

@@ -12,7 +12,7 @@ import pytest
 
 from demem.artifacts import GroupError, load_group
 from demem.cli import main
-from demem.demem import load_risk_table
+from demem.penalty import load_risk_table
 from demem.privacy.audit import AuditConfig, parse_attacks, run_audit
 
 from .conftest import OVERFIT, train_group

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from demem.attacks import AttackConfig
-from demem.demem import DeMemConfig, high_risk_count, high_risk_mask, load_risk_table, penalty, scores_for
+from demem.evasion import AttackConfig
 from demem.methods import METHODS, MethodConfig, generate, objective
 from demem.models import build_model
+from demem.penalty import DeMemConfig, high_risk_count, high_risk_mask, load_risk_table, penalty, scores_for
 
 METHOD_NAMES = ["standard", "pgd_at", "trades", "mart", "fgsm_rs", "dp_sgd", "dp_pgd_at", "dp_trades"]
 

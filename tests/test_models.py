@@ -12,7 +12,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from demem.models import (
     MODELS,
-    NORMS,
+    NORM_LAYERS,
     Normalized,
     build_model,
     count_parameters,
@@ -56,7 +56,7 @@ def _free_cached_models():
 
 def _cases():
     for arch in ARCHS:
-        for norm in NORMS:
+        for norm in NORM_LAYERS:
             for channels, side in SHAPES:
                 if arch in WRNS and channels == 1:
                     continue  # keep the file quick; the WRN code path does not depend on C
@@ -67,7 +67,7 @@ def _cases():
 
 def test_registry_holds_the_documented_archs():
     assert set(MODELS.names()) == set(ARCHS)
-    assert NORMS == ("batch", "group")
+    assert NORM_LAYERS == ("batch", "group")
 
 
 @pytest.mark.parametrize(("arch", "norm", "channels", "side"), list(_cases()))
@@ -82,7 +82,7 @@ def test_forward_shape_and_finite(arch, norm, channels, side):
 
 
 @pytest.mark.parametrize("arch", [a for a in ARCHS if a not in WRNS])
-@pytest.mark.parametrize("norm", NORMS)
+@pytest.mark.parametrize("norm", NORM_LAYERS)
 def test_train_mode_forward_and_other_sizes(arch, norm):
     # Adaptive pooling makes the nets size-agnostic; 16 px is the smallest size we promise.
     torch.manual_seed(0)
@@ -248,7 +248,7 @@ def test_parameter_counts():
     assert count_parameters(_cached("small-cnn", "group", 1, 28)) < 150_000
     # Published sizes of the standard CIFAR-10 networks (3 channels, 10 classes) as an oracle for
     # the architecture; GroupNorm has the same affine parameter count as BatchNorm.
-    for norm in NORMS:
+    for norm in NORM_LAYERS:
         assert count_parameters(_cached("resnet18", norm)) == 11_173_962
         assert count_parameters(_cached("wrn-28-10", norm)) == 36_479_194
         assert count_parameters(_cached("wrn-34-10", norm)) == 46_160_474
@@ -257,7 +257,7 @@ def test_parameter_counts():
     assert count_parameters(frozen, trainable_only=False) > 0
 
 
-@pytest.mark.parametrize("norm", NORMS)
+@pytest.mark.parametrize("norm", NORM_LAYERS)
 def test_small_cnn_overfits_a_tiny_batch(norm):
     torch.manual_seed(0)
     model = _build("small-cnn", norm, channels=1, side=28).train()

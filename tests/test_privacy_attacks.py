@@ -1,4 +1,4 @@
-"""Tests for demem.privacy.attacks: LiRA against a slow oracle and analytic AUCs; threshold attacks."""
+"""Tests for demem.privacy.mia: LiRA against a slow oracle and analytic AUCs; threshold attacks."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from scipy import stats
 from sklearn.metrics import balanced_accuracy_score
 
 from demem.membership import keep_mask
-from demem.privacy.attacks import (
+from demem.privacy.metrics import roc_auc
+from demem.privacy.mia import (
     LIRA_VARIANTS,
     STD_FLOOR,
     THRESHOLD_ATTACKS,
@@ -18,7 +19,6 @@ from demem.privacy.attacks import (
     lira_scores,
     threshold_score,
 )
-from demem.privacy.metrics import roc_auc
 
 ANALYTIC_AUC = stats.norm.cdf(1 / np.sqrt(2))  # P(X_in > X_out), X_in ~ N(1, 1), X_out ~ N(0, 1): ~0.7602
 

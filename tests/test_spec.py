@@ -15,8 +15,8 @@ import yaml
 
 from demem.membership import keep_mask
 from demem.methods import METHODS
-from demem.privacy import attacks as mia
-from demem.privacy.audit import ATTACKS, LIRA_ATTACKS, _lira_min_shadows
+from demem.privacy import mia
+from demem.privacy.audit import LIRA_ATTACKS, MIA_ATTACKS, _lira_min_shadows
 from demem.train import RunConfig
 from orchestrator import spec as speclib
 from orchestrator.spec import ExperimentSpec, SpecError, group_id, load_spec, resolve_run, validate
@@ -156,7 +156,8 @@ BAD = [
      "audit.attacks: lira_online, lira_offline need at least 6 models per group (2 IN and 2 OUT shadows per sample "
      "besides the target), got 4; use the _fixed variants or more models"),
     ("audit-unknown-attack", patched(("audit.attacks", ["loss", "lira_magic", "gap"])),
-     f"audit.attacks: unknown attack(s) 'lira_magic', 'gap'; known: {', '.join(ATTACKS)}, and lira, threshold, all"),
+     f"audit.attacks: unknown attack(s) 'lira_magic', 'gap'; known: {', '.join(MIA_ATTACKS)}, "
+     "and lira, threshold, all"),
     ("audit-attacks-empty", patched(("audit.attacks", [])), "audit.attacks: must be a non-empty list of attack names"),
     ("audit-targets", patched(("audit.targets", 0)), "audit.targets: must be an integer >= 1 or null"),
     ("audit-targets-too-many", patched(("audit.targets", 5)), "audit.targets: must be <= audit.models (4), got 5"),
@@ -257,7 +258,7 @@ def test_every_problem_is_reported_at_once():
         f"grid point method=madry: unknown method 'madry'; known: {KNOWN_METHODS}",
         "seeds: must be a non-empty list of integers >= 0",
         "audit.models: must be an integer >= 2",
-        f"audit.attacks: unknown attack(s) 'nope'; known: {', '.join(ATTACKS)}, and lira, threshold, all",
+        f"audit.attacks: unknown attack(s) 'nope'; known: {', '.join(MIA_ATTACKS)}, and lira, threshold, all",
         "resources.cpu: must be > 0",
         "resources.gpu: must be >= 0",
         "max_concurrent: must be an integer >= 1 or null",

@@ -14,13 +14,14 @@ from typing import Any
 
 import numpy as np
 
-from demem.artifacts import SCHEMA_VERSION, GroupData, group_key, write_json
-from demem.privacy import attacks as mia
+from demem.artifacts import SCHEMA_VERSION, GroupData, group_key
+from demem.io import write_json, write_parquet
+from demem.privacy import mia
 from demem.privacy.memorization import bin_table, memorization, per_sample_risk
 from demem.privacy.metrics import attack_metrics, mean_std, roc_curve, roc_points
 
 LIRA_ATTACKS = tuple(f"lira_{v}" for v in mia.LIRA_VARIANTS)
-ATTACKS = LIRA_ATTACKS + mia.THRESHOLD_ATTACKS
+MIA_ATTACKS = LIRA_ATTACKS + mia.THRESHOLD_ATTACKS
 AUDIT_JSON, SAMPLES_TABLE = "audit.json", "samples.parquet"
 
 
@@ -29,22 +30,22 @@ class AuditConfig:
     """What to run.
 
     Attributes:
-        attacks: names from ATTACKS.
+        attacks: names from MIA_ATTACKS.
         targets: attack the first `targets` models (by model_index); None = every model.
         queries: use the first K recorded queries for LiRA; None = all that were recorded.
         memorization_from: a per-sample table (sample_id, memorization) whose memorization defines
             the bins, e.g. the undefended group's, so defended groups are compared on the same bins.
     """
 
-    attacks: tuple[str, ...] = ATTACKS
+    attacks: tuple[str, ...] = MIA_ATTACKS
     targets: int | None = None
     queries: int | None = None
     memorization_from: str | None = None
 
     def __post_init__(self) -> None:
-        bad = [a for a in self.attacks if a not in ATTACKS]
+        bad = [a for a in self.attacks if a not in MIA_ATTACKS]
         if bad or not self.attacks:
-            raise ValueError(f"unknown attack(s) {bad or '(none given)'}; known: {', '.join(ATTACKS)}")
+            raise ValueError(f"unknown attack(s) {bad or '(none given)'}; known: {', '.join(MIA_ATTACKS)}")
         if self.targets is not None and self.targets < 1:
             raise ValueError(f"targets must be >= 1, got {self.targets}")
         if self.queries is not None and self.queries < 1:
@@ -56,7 +57,7 @@ def parse_attacks(text: str) -> tuple[str, ...]:
     threshold attack, "all" for everything."""
     out: list[str] = []
     for part in (p.strip() for p in text.split(",") if p.strip()):
-        expanded = {"lira": LIRA_ATTACKS, "threshold": mia.THRESHOLD_ATTACKS, "all": ATTACKS}.get(part, (part,))
+        expanded = {"lira": LIRA_ATTACKS, "threshold": mia.THRESHOLD_ATTACKS, "all": MIA_ATTACKS}.get(part, (part,))
         out.extend(a for a in expanded if a not in out)
     return tuple(out)
 
@@ -93,7 +94,7 @@ def run_audit(group: GroupData, cfg: AuditConfig) -> tuple[dict[str, Any], dict[
 
     # Leave each target's complementary partner out too (models 2k and 2k+1 train on complementary
     # halves): every sample then has exactly (M - 2) / 2 IN and OUT shadows, with no bias from unequal
-    # counts (see demem.privacy.attacks.lira_scores). Models without a partner in the group keep M - 1.
+    # counts (see demem.privacy.mia.lira_scores). Models without a partner in the group keep M - 1.
     idx = {int(mi): j for j, mi in enumerate(group.model_index)}
     partners = np.array([idx.get(int(group.model_index[t]) ^ 1, -1) for t in targets])
     for j, p in enumerate(partners):
@@ -187,7 +188,7 @@ def _threshold_attack(kind: str, group: GroupData, targets: np.ndarray) -> dict[
 
 
 def _reference_memorization(path: str, sample_ids: np.ndarray) -> np.ndarray:
-    from demem.demem import load_risk_table, scores_for
+    from demem.penalty import load_risk_table, scores_for
 
     return scores_for(sample_ids, load_risk_table(path, "memorization"), path).astype(np.float64)
 
@@ -201,9 +202,7 @@ def write_audit(directory: str | Path, result: dict[str, Any], per_sample: dict[
     write_json(directory / AUDIT_JSON, result)
     table = pd.DataFrame(per_sample)
     table["schema_version"] = SCHEMA_VERSION
-    tmp = directory / f".{SAMPLES_TABLE}.tmp"
-    table.to_parquet(tmp, index=False)
-    tmp.replace(directory / SAMPLES_TABLE)
+    write_parquet(directory / SAMPLES_TABLE, table)
     return [directory / AUDIT_JSON, directory / SAMPLES_TABLE]
 
 

@@ -16,17 +16,17 @@ queries is what makes LiRA strong at low FPR on augmented training.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from demem.attacks import eval_mode
 from demem.augment import shift
 from demem.data import DatasetInfo, Pool
+from demem.device import fast_path, layout, to_float
+from demem.evasion import eval_mode
 
 SIGNALS = ("phi", "loss", "entropy", "mentropy", "correct")
 _SHIFTS = ((1, 0), (0, 1), (-1, 0), (0, -1), (1, 1), (-1, -1), (1, -1), (-1, 1), (2, 0), (0, 2), (-2, 0), (0, -2))
@@ -87,13 +87,11 @@ def chunks(n: int, size: int) -> Iterator[slice]:
 
 def pool_signals(
     model: nn.Module, pool: Pool, *, device: torch.device, queries: int = 1, batch_size: int = 1000,
-    autocast: Callable[[], contextlib.AbstractContextManager] | None = None,
 ) -> dict[str, np.ndarray]:
     """Signals of `model` on every sample of `pool`, in pool order.
 
     Args:
         queries: K, the number of augmented views per sample (see `query_plan`).
-        autocast: a context-manager factory for the forward pass (bf16 on CUDA), or None.
 
     Returns:
         sample_id (N,) int64, label (N,) int64, and for each name in SIGNALS an (N, K) array
@@ -102,10 +100,9 @@ def pool_signals(
     plan = query_plan(pool.info, queries)
     pad = max(max(abs(dy), abs(dx)) for dy, dx, _ in plan)
     out = {name: np.empty((pool.n, len(plan)), dtype=bool if name == "correct" else np.float32) for name in SIGNALS}
-    ctx = autocast or contextlib.nullcontext
-    with eval_mode(model), torch.no_grad():
+    with eval_mode(model), torch.no_grad(), fast_path(device):
         for sl in chunks(pool.n, batch_size):
-            x = pool.images[sl].to(device).float().div_(255)
+            x = to_float(pool.images[sl], device)
             y = pool.labels[sl].to(device)
             b = x.shape[0]
             for q, (dy, dx, flip) in enumerate(plan):
@@ -113,10 +110,7 @@ def pool_signals(
                 if (dy, dx, flip) != (0, 0, False):
                     view = shift(x, torch.full((b,), dy, device=device), torch.full((b,), dx, device=device), pad,
                                  torch.full((b,), flip, device=device))
-                if device.type == "cuda":
-                    view = view.contiguous(memory_format=torch.channels_last)
-                with ctx():
-                    logits = model(view)
+                logits = model(layout(view))
                 for name, value in logit_signals(logits.float(), y).items():
                     out[name][sl, q] = value.cpu().numpy()
     out["sample_id"] = pool.sample_ids.numpy().astype(np.int64)

@@ -19,8 +19,8 @@ from torch import nn
 
 from demem.registry import Registry
 
-ATTACKS: Registry[Callable[..., torch.Tensor]] = Registry("attack")
-NORMS = ("linf", "l2")
+EVASION_ATTACKS: Registry[Callable[..., torch.Tensor]] = Registry("attack")
+THREAT_NORMS = ("linf", "l2")
 LOSSES = ("ce", "cw")
 STARTS = ("uniform", "gaussian")
 GAUSSIAN_START_STD = 0.001  # TRADES / MART: x + 0.001 * N(0, I), in pixel units
@@ -58,11 +58,11 @@ class AttackConfig:
     keep_best: bool = False
 
     def __post_init__(self) -> None:
-        ATTACKS.check(self.name)
+        EVASION_ATTACKS.check(self.name)
         if not self.eps > 0:
             raise ValueError(f"attack.eps must be > 0, got {self.eps}")
-        if self.norm not in NORMS:
-            raise ValueError(f"attack.norm must be one of {NORMS}, got {self.norm!r}")
+        if self.norm not in THREAT_NORMS:
+            raise ValueError(f"attack.norm must be one of {THREAT_NORMS}, got {self.norm!r}")
         if self.loss not in LOSSES:
             raise ValueError(f"attack.loss must be one of {LOSSES}, got {self.loss!r}")
         if self.steps < 1:
@@ -196,7 +196,7 @@ def ascend(
     return x_adv.detach()
 
 
-@ATTACKS.register("pgd")
+@EVASION_ATTACKS.register("pgd")
 def pgd(
     model: nn.Module,
     x: torch.Tensor,
@@ -264,7 +264,7 @@ def _record_fooled(logits: torch.Tensor, y: torch.Tensor, x_cur: torch.Tensor, f
     fooled |= newly
 
 
-@ATTACKS.register("fgsm")
+@EVASION_ATTACKS.register("fgsm")
 def fgsm(
     model: nn.Module,
     x: torch.Tensor,
@@ -283,7 +283,7 @@ def fgsm(
     return (x + delta).clamp(0, 1).detach()
 
 
-@ATTACKS.register("autoattack")
+@EVASION_ATTACKS.register("autoattack")
 def autoattack(
     model: nn.Module,
     x: torch.Tensor,
@@ -317,4 +317,4 @@ def run_attack(
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Dispatch to the attack that `cfg.name` names."""
-    return ATTACKS.get(cfg.name)(model, x, y, cfg, generator=generator)
+    return EVASION_ATTACKS.get(cfg.name)(model, x, y, cfg, generator=generator)
