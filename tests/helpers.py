@@ -1,0 +1,52 @@
+"""Helpers shared by the tests (plain functions and constants; fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from demem.train import RunConfig, prepare, train_epoch
+
+
+def tiny_run(**overrides) -> RunConfig:
+    """A RunConfig for fast CPU tests: small CNN, Fashion-MNIST, 2 epochs, 1-step training attack."""
+    base = {
+        "data": {"dataset": "fashion-mnist", "pool_size": 2000},
+        "train": {"arch": "small-cnn", "epochs": 2, "batch_size": 128, "lr": 0.05},
+        "method": {"name": "pgd_at"},
+        "attack": {"steps": 1},
+        "n_models": 2,
+        "seed": 0,
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            base[key] = {**base[key], **value}
+        else:
+            base[key] = value
+    return RunConfig.from_dict(base)
+
+
+def train_group(directory, n_models: int, **overrides):
+    """Train every model of a group with the Python API and write `demem train`-style directories."""
+    from demem.artifacts import finish_run, start_run
+
+    pool = None
+    for m in range(n_models):
+        run = tiny_run(n_models=n_models, model_index=m, **overrides)
+        state = prepare(run, "cpu", pool=pool)
+        pool = state.pool
+        out = Path(directory) / f"model-{m:02d}"
+        start_run(state, out)
+        while not state.done:
+            train_epoch(state)
+        finish_run(state, out)
+    return Path(directory)
+
+
+OVERFIT = {
+    # 200 real samples, no augmentation, small batches, many epochs: each model memorises its 100
+    # (100% training accuracy from about epoch 30). GroupNorm so DP-SGD can train the same model.
+    "data": {"dataset": "fashion-mnist", "pool_size": 200, "pool_seed": 3},
+    "train": {"epochs": 35, "batch_size": 20, "lr": 0.02, "schedule": "constant", "augment": False, "norm": "group"},
+    "method": {"name": "standard"},
+    "eval": {"attack": {"steps": 1}, "queries": 2},
+}
