@@ -23,58 +23,90 @@ from demem.models import NORM_LAYERS
 from demem.penalty import RISKS, THRESHOLD_MODES
 from demem.train import SCHEDULES, SPLITS
 
+# `demem train` flags: (flag, run-config keys it sets, argparse options, help). Defaults are not
+# restated here: a flag left out leaves its keys out, and RunConfig.from_dict fills them; --help shows
+# the default that from_dict gives (for Fashion-MNIST and pgd_at where it depends on them).
+_TRAIN_FLAGS: dict[str, list[tuple[str, tuple[str, ...], dict[str, Any], str]]] = {
+    "data": [
+        ("--dataset", ("data.dataset",), {}, "fashion-mnist, mnist, cifar10, cifar100, svhn"),
+        ("--data-root", ("data.root",), {}, "directory holding the dataset files (else $DEMEM_DATA, ...)"),
+        ("--download", ("data.download",), {"action": "store_true"}, "let torchvision download a missing dataset"),
+        ("--pool-size", ("data.pool_size",), {"type": int}, "subsample the merged train+test pool to this size"),
+        ("--pool-seed", ("data.pool_seed",), {"type": int}, "seed of the pool subsample and of the keep mask"),
+        ("--splits", ("data.splits",), {"choices": SPLITS}, "which splits make the pool"),
+    ],
+    "group membership": [
+        ("--n-models", ("n_models",), {"type": int}, "models in the group (M); each trains on half the pool"),
+        ("--model-index", ("model_index",), {"type": int}, "which of the M models to train, 0..M-1"),
+        ("--seed", ("seed",), {"type": int}, "training seed (init, batch order, attacks)"),
+    ],
+    "model and optimisation": [
+        ("--arch", ("train.arch",), {}, "network"),
+        ("--norm", ("train.norm",), {"choices": NORM_LAYERS}, "normalisation layers (group for the DP methods)"),
+        ("--epochs", ("train.epochs",), {"type": int}, "epochs (per dataset)"),
+        ("--batch-size", ("train.batch_size",), {"type": int}, "batch size (per dataset: 256 CIFAR / SVHN)"),
+        ("--lr", ("train.lr",), {"type": float}, "SGD learning rate"),
+        ("--weight-decay", ("train.weight_decay",), {"type": float}, "SGD weight decay"),
+        ("--schedule", ("train.schedule",), {"choices": SCHEDULES}, "learning-rate schedule"),
+        ("--no-augment", ("train.augment",), {"action": "store_false"}, "train without random crops and flips"),
+    ],
+    "method": [
+        ("--method", ("method.name",), {}, "standard, pgd_at, trades, mart, fgsm_rs; DP-SGD: dp_sgd, dp_pgd_at, "
+         "dp_trades"),
+        ("--beta", ("method.beta",), {"type": float}, "TRADES / MART robustness weight (6 / 5)"),
+        ("--awp-gamma", ("method.awp_gamma",), {"type": float}, "AWP size for pgd_at / trades (0 = off)"),
+        ("--awp-objective", ("method.awp_objective",), {"choices": AWP_OBJECTIVES},
+         "what AWP perturbs the weights along: the method's loss (reference) or loss + DeMem penalty"),
+        ("--eps", ("attack.eps", "eval.attack.eps"), {"type": float}, "attack radius (per dataset)"),
+        ("--attack-norm", ("attack.norm", "eval.attack.norm"), {"choices": THREAT_NORMS}, "attack norm"),
+        ("--train-attack-steps", ("attack.steps",), {"type": int}, "PGD steps of the training attack"),
+        ("--train-attack-step", ("attack.step_size",), {"type": float}, "step size (1.25 * eps / steps)"),
+        ("--train-attack-start", ("attack.start",), {"choices": ATTACK_STARTS},
+         "random start of the training attack (the method's authors': gaussian for trades / mart)"),
+    ],
+    "DeMem": [
+        ("--demem-lambda", ("demem.lambda",), {"type": float}, "penalty weight, >= 0 (0 = off)"),
+        ("--demem-threshold", ("demem.risk_threshold",), {"type": float}, "risk threshold tau in [0, 1)"),
+        ("--demem-risk", ("demem.risk",), {"choices": RISKS}, "how samples are ranked by risk"),
+        ("--demem-risk-file", ("demem.risk_file",), {}, "per-sample memorization table (risk 'memorization')"),
+        ("--demem-threshold-mode", ("demem.threshold_mode",), {"choices": THRESHOLD_MODES}, "quantile or absolute"),
+    ],
+    "differential privacy (methods dp_sgd, dp_pgd_at, dp_trades; through Opacus)": [
+        ("--dp-noise", ("dp.noise_multiplier",), {"type": float}, "noise multiplier sigma (or --dp-epsilon)"),
+        ("--dp-epsilon", ("dp.target_epsilon",), {"type": float}, "target epsilon for the whole run (or --dp-noise)"),
+        ("--dp-clip", ("dp.max_grad_norm",), {"type": float}, "per-sample gradient clipping norm"),
+        ("--dp-delta", ("dp.delta",), {"type": float}, "delta (1/N_train rounded down to a power of ten)"),
+        ("--dp-accountant", ("dp.accountant",), {"choices": ACCOUNTANTS}, "privacy accountant"),
+    ],
+    "evaluation": [
+        ("--eval-attack-steps", ("eval.attack.steps",), {"type": int}, "PGD steps of the held-out evaluation"),
+        ("--eval-attack-loss", ("eval.attack.loss",), {"choices": ATTACK_LOSSES}, "loss of the evaluation attack"),
+        ("--autoattack", ("eval.autoattack",), {"action": "store_true"}, "also AutoAttack (needs demem[autoattack])"),
+    ],
+}
+
+
+def _dest(flag: str) -> str:
+    return flag.lstrip("-").replace("-", "_")
+
+
+def _resolved_default(path: str) -> Any:
+    """What RunConfig.from_dict({}) puts at `path` (dotted, aliases applied), for --help."""
+    from demem.train import RunConfig
+
+    value: Any = RunConfig.from_dict({}).to_dict()
+    for key in path.split("."):
+        value = value.get(key) if isinstance(value, dict) else None
+    return value
+
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("data")
-    g.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist (default), mnist, cifar10, cifar100, svhn")
-    g.add_argument("--data-root", default=None, help="directory holding the dataset files (else $DEMEM_DATA, ...)")
-    g.add_argument("--download", action="store_true", help="let torchvision download a missing dataset")
-    g.add_argument("--pool-size", type=int, default=None, help="subsample the merged train+test pool to this size")
-    g.add_argument("--pool-seed", type=int, default=0, help="seed of the pool subsample and of the keep mask")
-    g.add_argument("--splits", default="train+test", choices=SPLITS)
-    g = p.add_argument_group("group membership")
-    g.add_argument("--n-models", type=int, default=2, help="models in the group (M); each trains on half the pool")
-    g.add_argument("--model-index", type=int, default=0, help="which of the M models to train, 0..M-1")
-    g.add_argument("--seed", type=int, default=0, help="training seed (init, batch order, attacks)")
-    g = p.add_argument_group("model and optimisation")
-    g.add_argument("--arch", default="small-cnn")
-    g.add_argument("--norm", default=None, choices=NORM_LAYERS, help="default: batch; group for the DP methods")
-    g.add_argument("--epochs", type=int, default=None, help="default: per dataset (15 for (fashion-)mnist)")
-    g.add_argument("--batch-size", type=int, default=None, help="default: 256 (CIFAR, SVHN), 128 ((fashion-)mnist)")
-    g.add_argument("--lr", type=float, default=0.1)
-    g.add_argument("--weight-decay", type=float, default=5e-4)
-    g.add_argument("--schedule", default="step", choices=SCHEDULES)
-    g.add_argument("--no-augment", action="store_true", help="train without random crops and flips")
-    g = p.add_argument_group("method")
-    g.add_argument("--method", default="pgd_at",
-                   help="standard, pgd_at, trades, mart, fgsm_rs; DP-SGD: dp_sgd, dp_pgd_at, dp_trades")
-    g.add_argument("--beta", type=float, default=None, help="TRADES / MART robustness weight (default 6 / 5)")
-    g.add_argument("--awp-gamma", type=float, default=0.0, help="AWP size for pgd_at / trades (0 = off)")
-    g.add_argument("--awp-objective", default="method", choices=AWP_OBJECTIVES,
-                   help="what AWP perturbs the weights along: the method's loss (reference) or loss + DeMem penalty")
-    g.add_argument("--eps", type=float, default=None, help="attack radius (default: per dataset)")
-    g.add_argument("--attack-norm", default="linf", choices=THREAT_NORMS)
-    g.add_argument("--train-attack-steps", type=int, default=3)
-    g.add_argument("--train-attack-step", type=float, default=None, help="default 1.25 * eps / steps")
-    g.add_argument("--train-attack-start", default=None, choices=ATTACK_STARTS,
-                   help="random start of the training attack (default: the method's authors': gaussian for "
-                        "trades / mart, uniform otherwise)")
-    g = p.add_argument_group("DeMem")
-    g.add_argument("--demem-lambda", type=float, default=0.0, help="penalty weight, >= 0 (0 = off)")
-    g.add_argument("--demem-threshold", type=float, default=0.0, help="risk threshold tau in [0, 1)")
-    g.add_argument("--demem-risk", default="loss_deviation", choices=RISKS)
-    g.add_argument("--demem-risk-file", default=None, help="per-sample memorization table (risk 'memorization')")
-    g.add_argument("--demem-threshold-mode", default="quantile", choices=THRESHOLD_MODES)
-    g = p.add_argument_group("differential privacy (methods dp_sgd, dp_pgd_at, dp_trades; through Opacus)")
-    g.add_argument("--dp-noise", type=float, default=None, help="noise multiplier sigma (or --dp-epsilon)")
-    g.add_argument("--dp-epsilon", type=float, default=None, help="target epsilon for the whole run (or --dp-noise)")
-    g.add_argument("--dp-clip", type=float, default=1.0, help="per-sample gradient clipping norm")
-    g.add_argument("--dp-delta", type=float, default=None, help="default: 1/N_train rounded down to a power of ten")
-    g.add_argument("--dp-accountant", default="prv", choices=ACCOUNTANTS)
-    g = p.add_argument_group("evaluation")
-    g.add_argument("--eval-attack-steps", type=int, default=20)
-    g.add_argument("--eval-attack-loss", default="ce", choices=ATTACK_LOSSES)
-    g.add_argument("--autoattack", action="store_true", help="also AutoAttack (needs demem[autoattack])")
+    for title, flags in _TRAIN_FLAGS.items():
+        g = p.add_argument_group(title)
+        for flag, paths, options, text in flags:
+            shown = "off" if options.get("action") else _resolved_default(paths[0])
+            shown = f"{shown:g}" if isinstance(shown, float) else shown
+            g.add_argument(flag, dest=_dest(flag), default=argparse.SUPPRESS, help=f"{text} [{shown}]", **options)
     g = p.add_argument_group("output")
     g.add_argument("--out", required=True, help="directory for config, checkpoint, statistics and metrics")
     g.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1, ...")
@@ -83,30 +115,19 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
 
 
 def run_dict_from_args(a: argparse.Namespace) -> dict[str, Any]:
-    """The RunConfig dict the `train` flags describe."""
-    attack: dict[str, Any] = {"norm": a.attack_norm, "steps": a.train_attack_steps}
-    evals: dict[str, Any] = {"norm": a.attack_norm, "steps": a.eval_attack_steps, "loss": a.eval_attack_loss}
-    if a.eps is not None:
-        attack["eps"] = evals["eps"] = a.eps
-    if a.train_attack_step is not None:
-        attack["step_size"] = a.train_attack_step
-    if a.train_attack_start is not None:
-        attack["start"] = a.train_attack_start
-    return {
-        "data": {"dataset": a.dataset, "pool_size": a.pool_size, "pool_seed": a.pool_seed, "splits": a.splits,
-                 "root": a.data_root, "download": a.download},
-        "train": {"arch": a.arch, **({"norm": a.norm} if a.norm else {}), "epochs": a.epochs,
-                  "batch_size": a.batch_size, "lr": a.lr,
-                  "weight_decay": a.weight_decay, "schedule": a.schedule, "augment": not a.no_augment},
-        "method": {"name": a.method, "beta": a.beta, "awp_gamma": a.awp_gamma, "awp_objective": a.awp_objective},
-        "attack": attack,
-        "eval": {"attack": evals, "autoattack": a.autoattack},
-        "demem": {"lambda": a.demem_lambda, "risk_threshold": a.demem_threshold, "risk": a.demem_risk,
-                  "risk_file": a.demem_risk_file, "threshold_mode": a.demem_threshold_mode},
-        "dp": {"noise_multiplier": a.dp_noise, "target_epsilon": a.dp_epsilon, "max_grad_norm": a.dp_clip,
-               "delta": a.dp_delta, "accountant": a.dp_accountant},
-        "n_models": a.n_models, "model_index": a.model_index, "seed": a.seed,
-    }
+    """The RunConfig dict the `train` flags describe: only the keys of the flags given."""
+    out: dict[str, Any] = {}
+    for flags in _TRAIN_FLAGS.values():
+        for flag, paths, _, _ in flags:
+            if not hasattr(a, _dest(flag)):
+                continue
+            for path in paths:
+                *parents, leaf = path.split(".")
+                node = out
+                for key in parents:
+                    node = node.setdefault(key, {})
+                node[leaf] = getattr(a, _dest(flag))
+    return out
 
 
 def cmd_train(a: argparse.Namespace) -> int:

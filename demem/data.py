@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import operator
 import os
 import pickle
 from collections.abc import Callable
@@ -44,6 +43,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from demem.checks import as_int
 from demem.registry import Registry
 
 __all__ = [
@@ -707,14 +707,6 @@ class Pool:
         return h.hexdigest()[:16]
 
 
-def _as_int(what: str, value: object) -> int:
-    # operator.index accepts Python and numpy integers but not floats or strings.
-    try:
-        return operator.index(value)
-    except TypeError:
-        raise ValueError(f"{what} must be an integer, got {value!r}") from None
-
-
 def make_pool(
     name: str,
     *,
@@ -745,7 +737,7 @@ def make_pool(
     DATASETS.check(name)
     if splits not in SPLITS:
         raise ValueError(f"unknown splits {splits!r}; allowed: {', '.join(SPLITS)}")
-    seed = _as_int("pool seed", seed)
+    seed = as_int("pool seed", seed)
     if seed < 0:
         raise ValueError(f"pool seed must be >= 0, got {seed}")
     train, test = load_splits(name, root=root, download=download)
@@ -764,7 +756,7 @@ def make_pool(
     ids = torch.arange(first_id, first_id + available, dtype=torch.int64)
 
     if pool_size is not None:
-        pool_size = _as_int("pool_size", pool_size)
+        pool_size = as_int("pool_size", pool_size)
         if pool_size < 2 or pool_size > available:
             raise ValueError(
                 f"pool_size={pool_size} is invalid: {name} ({splits}) has {available} samples available "

@@ -24,9 +24,9 @@ and adding models to a group leaves the rows of existing models unchanged.
 
 from __future__ import annotations
 
-import operator
-
 import numpy as np
+
+from demem.checks import as_int
 
 __all__ = ["keep_mask", "keep_row"]
 
@@ -35,24 +35,11 @@ _STREAM_TAG = (
 )
 
 
-def _as_int(name: str, value: object, minimum: int) -> int:
-    # operator.index accepts Python and numpy integers but not floats or strings.
-    try:
-        value = operator.index(value)
-    except TypeError:
-        raise ValueError(
-            f"keep mask: {name} must be an integer, got {value!r}"
-        ) from None
-    if value < minimum:
-        raise ValueError(f"keep mask: {name} must be >= {minimum}, got {value}")
-    return value
-
-
 def _check(n_models: int, n_samples: int, seed: int) -> tuple[int, int, int]:
     return (
-        _as_int("n_models", n_models, 1),
-        _as_int("n_samples", n_samples, 2),
-        _as_int("seed", seed, 0),
+        as_int("keep mask: n_models", n_models, 1),
+        as_int("keep mask: n_samples", n_samples, 2),
+        as_int("keep mask: seed", seed, 0),
     )
 
 
@@ -77,7 +64,7 @@ def keep_row(n_models: int, n_samples: int, seed: int, model_index: int) -> np.n
         (N,) bool; True where the model trains on the sample.
     """
     n_models, n_samples, seed = _check(n_models, n_samples, seed)
-    model_index = _as_int("model_index", model_index, 0)
+    model_index = as_int("keep mask: model_index", model_index, 0)
     if model_index >= n_models:
         raise ValueError(
             f"keep mask: model_index must be in [0, {n_models}), got {model_index}"

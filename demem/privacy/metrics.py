@@ -16,6 +16,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from demem.checks import is_number
+
 __all__ = [
     "FPR_LEVELS",
     "attack_metrics",
@@ -201,10 +203,6 @@ def attack_metrics(scores, members) -> dict[str, float]:
     return out
 
 
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
-
-
 def mean_std(rows: Sequence[Mapping[str, float]]) -> dict[str, float]:
     """Mean and sample standard deviation of each numeric key over several targets.
 
@@ -223,16 +221,16 @@ def mean_std(rows: Sequence[Mapping[str, float]]) -> dict[str, float]:
     """
     if len(rows) == 0:
         raise ValueError("metrics: mean_std needs at least one row")
-    keys = [k for k, v in rows[0].items() if _is_number(v)]
+    keys = [k for k, v in rows[0].items() if is_number(v)]
     out: dict[str, float] = {}
     for key in keys:
-        bad = [i for i, row in enumerate(rows) if key not in row or not _is_number(row[key])]
+        bad = [i for i, row in enumerate(rows) if key not in row or not is_number(row[key])]
         if bad:
             raise ValueError(f"metrics: key {key!r} is missing or non-numeric in row(s) {bad}")
         values = np.array([float(row[key]) for row in rows])
         out[f"{key}_mean"] = float(values.mean())
         out[f"{key}_std"] = float(values.std(ddof=1)) if values.size > 1 else 0.0
-    extra = sorted({k for row in rows[1:] for k, v in row.items() if _is_number(v)} - set(keys))
+    extra = sorted({k for row in rows[1:] for k, v in row.items() if is_number(v)} - set(keys))
     if extra:
         raise ValueError(f"metrics: numeric key(s) {extra} are missing from row 0")
     out["n_targets"] = float(len(rows))
