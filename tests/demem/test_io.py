@@ -1,4 +1,4 @@
-"""demem.io (atomic writes) and demem.device (the fast path's one owner)."""
+"""demem.io: atomic writes, permissions from the umask."""
 
 from __future__ import annotations
 
@@ -9,9 +9,7 @@ import stat
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
-from demem import device as dev
 from demem import io
 
 
@@ -49,27 +47,3 @@ def test_files_follow_the_umask(tmp_path):
     finally:
         os.umask(old)
         io._file_mode.cache_clear()
-
-
-def test_to_float_and_layout_on_the_cpu():
-    x = torch.tensor([[[[0, 255], [51, 102]]]], dtype=torch.uint8)
-    f = dev.to_float(x, torch.device("cpu"))
-    assert f.dtype == torch.float32 and torch.allclose(f, x.float() / 255) and f.is_contiguous()
-    assert dev.layout(f) is f
-
-
-def test_autotune_is_scoped():
-    before = torch.backends.cudnn.benchmark
-    with dev.autotune(torch.device("cuda")):  # only flips cuDNN's flag: no GPU needed
-        assert torch.backends.cudnn.benchmark is True
-    assert torch.backends.cudnn.benchmark is before
-    with dev.autotune(torch.device("cpu")):
-        assert torch.backends.cudnn.benchmark is before
-
-
-def test_resolve_device():
-    assert dev.resolve_device("cpu").type == "cpu"
-    if not torch.cuda.is_available():
-        assert dev.resolve_device("auto").type == "cpu"
-        with pytest.raises(ValueError, match="CUDA is not available"):
-            dev.resolve_device("cuda")

@@ -13,7 +13,7 @@ from demem.evaluate import evaluate_heldout, sample_statistics
 from demem.privacy.signals import logit_scaled_confidence, logit_signals
 from demem.train import RunConfig, TrainState, lr_at, prepare, train_epoch
 
-from .helpers import tiny_run
+from ..helpers import tiny_run
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from demem.cli import main
 from demem.penalty import load_risk_table
 from demem.privacy.audit import AuditConfig, parse_attacks, run_audit
 
-from .helpers import OVERFIT, train_group
+from ...helpers import OVERFIT, train_group
 
 
 @pytest.fixture(scope="module")

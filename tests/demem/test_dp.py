@@ -13,7 +13,7 @@ from demem.cli import main
 from demem.dp import DPConfig, default_delta
 from demem.train import RunConfig, prepare, train_epoch
 
-from .helpers import OVERFIT, tiny_run, train_group
+from ..helpers import OVERFIT, tiny_run, train_group
 
 
 @pytest.fixture(scope="module")
