@@ -105,14 +105,15 @@ class GroupData:
         return len(self.dirs)
 
 
-# Keys that differ between the models of one group by construction, or say only where data live.
-_PER_MODEL_KEYS = {("model_index",), ("seed",), ("data", "root"), ("data", "download")}
+# Keys that differ between the models of one group by construction, or say only where data live:
+# what does NOT identify a group. The one list; the orchestrator's group ids leave out the same keys.
+PER_MODEL_KEYS = (("seed",), ("model_index",), ("data", "root"), ("data", "download"))
 
 
 def group_key(run: dict[str, Any]) -> dict[str, Any]:
-    """The run config without the keys in which a group's models may differ."""
+    """The run config without the keys in which a group's models may differ (a copy)."""
     out = json.loads(json.dumps(run))
-    for path in _PER_MODEL_KEYS:
+    for path in PER_MODEL_KEYS:
         d = out
         for k in path[:-1]:
             d = d.get(k, {})

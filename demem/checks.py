@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import operator
 
 import numpy as np
@@ -19,6 +20,13 @@ def as_int(what: str, value: object, minimum: int | None = None) -> int:
     return value
 
 
-def is_number(value: object) -> bool:
-    """A real number (Python or numpy), not a bool."""
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+def is_int(value: object) -> bool:
+    """An integer (Python or numpy) that is not a bool: YAML's `true` is not a count."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def is_number(value: object, *, finite: bool = False) -> bool:
+    """A real number (Python or numpy), not a bool; with `finite`, also not NaN or infinite."""
+    if not isinstance(value, (int, float, np.integer, np.floating)) or isinstance(value, (bool, np.bool_)):
+        return False
+    return not finite or math.isfinite(value)

@@ -1,51 +1,28 @@
-"""The driver-side Tune callbacks. Each holds only the experiment directory, so the copy that Tune
+"""The driver-side Tune callback. It holds only the experiment directory, so the copy that Tune
 pickles with its state and hands back on `Tuner.restore` is still valid: all bookkeeping lives in
-`orchestrator.run.Progress` (grid) or `orchestrator.search.SearchProgress` (search), found (or
-rebuilt from the experiment's files) per driver process."""
+the experiment's `orchestrator.progress` object, found (or rebuilt from the experiment's files) per
+driver process."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from ray import tune
 
+from orchestrator.progress import progress_for
 
-class _ExperimentCallback(tune.Callback):
+
+class ExperimentCallback(tune.Callback):
     def __init__(self, root: str) -> None:
         self.root = root
 
-
-class DriverCallback(_ExperimentCallback):
-    def _progress(self):
-        from orchestrator.run import progress_for
-
-        return progress_for(self.root)
-
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self._progress().finished(trial.config["trial"]["run_id"], "done", trial.last_result)
+        progress_for(self.root).trial_complete(trial)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._progress().finished(trial.config["trial"]["run_id"], "failed", error=_error_text(trial) or "trial failed")
+        progress_for(self.root).trial_error(trial)
 
     def on_step_end(self, iteration, trials, **info):
-        self._progress().poll()
+        progress_for(self.root).poll()
 
 
-def _error_text(trial) -> str:
-    if trial.error_file and Path(trial.error_file).exists():
-        return Path(trial.error_file).read_text()
-    return ""
-
-
-class SearchCallback(_ExperimentCallback):
-    def _progress(self):
-        from orchestrator.search import search_progress_for
-
-        return search_progress_for(self.root)
-
-    def on_trial_complete(self, iteration, trials, trial, **info):
-        self._progress().finished(trial.trial_id, trial.config["params"], trial.last_result, "done")
-
-    def on_trial_error(self, iteration, trials, trial, **info):
-        self._progress().finished(trial.trial_id, trial.config["params"], trial.last_result, "failed",
-                                  error=_error_text(trial) or "trial failed")
+# The names earlier versions pickled into Tune's state: an experiment they interrupted still resumes.
+DriverCallback = SearchCallback = ExperimentCallback

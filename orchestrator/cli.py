@@ -1,15 +1,18 @@
 """The full `demem` command: the single-run commands of `demem.cli` (train, audit) plus the experiment
-commands (validate, run, resume, status). Ray is imported only by the commands that need it.
+commands (validate, schema, run, resume, confirm, summarize, status). Ray is imported only by the
+commands that need it.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 
 from demem.cli import build_parser as build_core_parser
 from demem.cli import main as core_main
+from orchestrator.metrics import DEFAULT_LEAKAGE, HEADLINE_ATTACK, LEAKAGE_METRICS
 
 
 def _print_problems(path: str, e) -> int:
@@ -31,6 +34,13 @@ def cmd_validate(a: argparse.Namespace) -> int:
         return 2
     print(f"{a.spec}: valid")
     print(spec.plan())
+    return 0
+
+
+def cmd_schema(a: argparse.Namespace) -> int:
+    from orchestrator.spec import spec_json_schema
+
+    print(json.dumps(spec_json_schema(), indent=2))
     return 0
 
 
@@ -60,7 +70,7 @@ def cmd_resume(a: argparse.Namespace) -> int:
 
 
 def cmd_confirm(a: argparse.Namespace) -> int:
-    from orchestrator.search import confirm
+    from orchestrator.confirm import confirm
     from orchestrator.spec import SpecError
 
     try:
@@ -101,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("spec")
     v.add_argument("--no-data-check", action="store_true", help="do not check that datasets are present here")
     v.set_defaults(func=cmd_validate)
+    sc = sub.add_parser("schema", help="print the JSON Schema of an experiment spec (for editors checking YAML)")
+    sc.set_defaults(func=cmd_schema)
     r = sub.add_parser("run", help="run an experiment spec on Ray Tune (local Ray by default)")
     r.add_argument("spec")
     r.add_argument("--name", default=None, help="experiment name (default: the spec's name)")
@@ -121,14 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--address", default=None)
     c.add_argument("--max-concurrent", type=int, default=None)
     c.set_defaults(func=cmd_confirm)
-    from orchestrator.summarize import DEFAULT_LEAKAGE, LEAKAGE_METRICS
-
     sm = sub.add_parser("summarize", help="rank groups by privacy-robustness trade-off; plots and report.html")
     sm.add_argument("experiment", help="the experiment directory, e.g. results/quickstart")
     sm.add_argument("--leakage", default=DEFAULT_LEAKAGE, choices=LEAKAGE_METRICS,
                     help=f"the leakage metric to rank by (default: {DEFAULT_LEAKAGE})")
     sm.add_argument("--attack", default=None,
-                    help="the audit attack whose leakage is used (default: lira_online_fixed where run)")
+                    help=f"the audit attack whose leakage is used (default: {HEADLINE_ATTACK} where run)")
     sm.add_argument("--out", default=None, help="output directory (default: EXPERIMENT/summary)")
     sm.set_defaults(func=cmd_summarize)
     s = sub.add_parser("status", help="what is done, running, failed and pending in an experiment")

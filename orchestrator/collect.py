@@ -20,16 +20,12 @@ from typing import Any
 
 import pandas as pd
 
+from demem.artifacts import METRICS as METRICS_FILE
 from demem.artifacts import SCHEMA_VERSION
 from demem.io import write_parquet
-from orchestrator.layout import ExperimentDir, read_json
+from orchestrator.layout import AUDITS, MEMBINS, ROC, RUNS, SAMPLES, ExperimentDir, read_json
+from orchestrator.metrics import HEADLINE_ATTACK, NATURAL_ACC, ROBUST_ACC, ROBUST_ACC_AA
 from orchestrator.spec import ExperimentSpec
-
-RUNS, AUDITS, SAMPLES = "runs.parquet", "audits.parquet", "samples.parquet"
-ROC, MEMBINS = "roc.parquet", "membins.parquet"
-# The attack the group table and TensorBoard's HParams show: LiRA with a global variance is the
-# steadier of the online variants with the handful of shadow models a group has.
-HEADLINE_ATTACK = "lira_online_fixed"
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -51,7 +47,7 @@ def runs_frame(spec: ExperimentSpec, exp: ExperimentDir) -> pd.DataFrame:
     rows = []
     for t in spec.trials():
         run_dir = exp.run_dir(t.group_id, t.trial_key)
-        metrics = read_json(run_dir / "metrics.json") or {}
+        metrics = read_json(run_dir / METRICS_FILE) or {}
         st = state.get(t.trial_key, {})
         status = "done" if metrics.get("status") == "done" else st.get("status", "pending")
         if status == "pending":
@@ -62,8 +58,8 @@ def runs_frame(spec: ExperimentSpec, exp: ExperimentDir) -> pd.DataFrame:
             "group_label": labels[t.group_id], "run_id": t.trial_key, "seed": t.seed, "model_index": t.model_index,
             **{f"config.{k}": v for k, v in _flatten(t.run).items()},
             "defence": metrics.get("defence"),
-            "natural_acc": metrics.get("natural_acc"), "robust_acc_pgd": metrics.get("robust_acc_pgd"),
-            "robust_acc_aa": metrics.get("robust_acc_aa"), "epsilon": metrics.get("epsilon"),
+            NATURAL_ACC: metrics.get(NATURAL_ACC), ROBUST_ACC: metrics.get(ROBUST_ACC),
+            ROBUST_ACC_AA: metrics.get(ROBUST_ACC_AA), "epsilon": metrics.get("epsilon"),
             "train_loss": metrics.get("train_loss"), "epochs_done": metrics.get("epochs_done"),
             "wall_s": (metrics.get("train_seconds") or 0) + (metrics.get("eval_seconds") or 0) if metrics else None,
             "device": metrics.get("device"), "status": status,
@@ -77,8 +73,7 @@ def audits_frame(spec: ExperimentSpec, exp: ExperimentDir) -> tuple[pd.DataFrame
     rows, samples = [], []
     for g in spec.groups():
         for seed in spec.seeds:
-            d = exp.audit_dir(g.group_id, seed)
-            result = read_json(d / "audit.json")
+            result = read_json(exp.audit_result(g.group_id, seed))
             if result is None:
                 continue
             for attack, res in result["attacks"].items():
@@ -94,8 +89,8 @@ def audits_frame(spec: ExperimentSpec, exp: ExperimentDir) -> tuple[pd.DataFrame
                         **{k: row.get(k) for k in ("auc", "balanced_acc", "tpr_at_1pct", "tpr_at_0_1pct",
                                                    "tpr_at_0_01pct", "balanced_acc_class_thresholds")},
                     })
-            if (d / "samples.parquet").exists():
-                table = pd.read_parquet(d / "samples.parquet")
+            if exp.audit_samples(g.group_id, seed).exists():
+                table = pd.read_parquet(exp.audit_samples(g.group_id, seed))
                 table.insert(0, "seed", seed)
                 table.insert(0, "group_id", g.group_id)
                 table.insert(0, "experiment", spec.name)
@@ -109,7 +104,7 @@ def curves_frames(spec: ExperimentSpec, exp: ExperimentDir) -> tuple[pd.DataFram
     roc, bins = [], []
     for g in spec.groups():
         for seed in spec.seeds:
-            result = read_json(exp.audit_dir(g.group_id, seed) / "audit.json")
+            result = read_json(exp.audit_result(g.group_id, seed))
             if result is None:
                 continue
             key = {"experiment": spec.name, "group_id": g.group_id, "group_label": labels[g.group_id], "seed": seed}
@@ -127,19 +122,19 @@ def collect(spec: ExperimentSpec, exp: ExperimentDir) -> list[Path]:
     runs = runs_frame(spec, exp)
     audits, samples = audits_frame(spec, exp)
     roc, bins = curves_frames(spec, exp)
-    return [write_parquet(exp.root / RUNS, runs), write_parquet(exp.root / AUDITS, audits),
-            write_parquet(exp.root / SAMPLES, samples), write_parquet(exp.root / ROC, roc),
-            write_parquet(exp.root / MEMBINS, bins)]
+    return [write_parquet(exp.table(RUNS), runs), write_parquet(exp.table(AUDITS), audits),
+            write_parquet(exp.table(SAMPLES), samples), write_parquet(exp.table(ROC), roc),
+            write_parquet(exp.table(MEMBINS), bins)]
 
 
 def group_table(exp: ExperimentDir, attack: str = HEADLINE_ATTACK) -> str:
     """Per group (mean over its models / targets): natural acc, robust acc, LiRA AUC, TPR@0.1%FPR."""
-    runs = pd.read_parquet(exp.root / RUNS)
-    audits = pd.read_parquet(exp.root / AUDITS)
+    runs = pd.read_parquet(exp.table(RUNS))
+    audits = pd.read_parquet(exp.table(AUDITS))
     if runs.empty:
         return "no finished runs"
     done = runs[runs["status"] == "done"]
-    acc = done.groupby(["group_id", "group_label"], sort=False)[["natural_acc", "robust_acc_pgd"]].mean()
+    acc = done.groupby(["group_id", "group_label"], sort=False)[[NATURAL_ACC, ROBUST_ACC]].mean()
     failed = runs[runs["status"] == "failed"].groupby("group_id").size()
     if not audits.empty:
         chosen = attack if attack in set(audits["attack"]) else sorted(set(audits["attack"]))[0]
@@ -151,7 +146,7 @@ def group_table(exp: ExperimentDir, attack: str = HEADLINE_ATTACK) -> str:
         auc = mia["auc"].get(gid, math.nan) if gid in mia.index else math.nan
         tpr = mia["tpr_at_0_1pct"].get(gid, math.nan) if gid in mia.index else math.nan
         fail = f"  {int(failed[gid])} failed" if gid in failed.index else ""
-        lines.append(f"{label[:46]:<46} {row['natural_acc']:>8.4f} {row['robust_acc_pgd']:>8.4f} {auc:>7.4f} "
+        lines.append(f"{label[:46]:<46} {row[NATURAL_ACC]:>8.4f} {row[ROBUST_ACC]:>8.4f} {auc:>7.4f} "
                      f"{tpr:>9.4f}{fail}")
     return "\n".join(lines)
 
@@ -162,15 +157,15 @@ def write_hparams(spec: ExperimentSpec, exp: ExperimentDir, attack: str = HEADLI
     (Tune's own logger already writes every trial's per-epoch curves under tune/.)"""
     from torch.utils.tensorboard import SummaryWriter
 
-    runs = pd.read_parquet(exp.root / RUNS)
-    audits = pd.read_parquet(exp.root / AUDITS)
-    root = exp.root / "tensorboard-groups"
+    runs = pd.read_parquet(exp.table(RUNS))
+    audits = pd.read_parquet(exp.table(AUDITS))
+    root = exp.tensorboard_groups
     for g in spec.groups():
         done = runs[(runs["group_id"] == g.group_id) & (runs["status"] == "done")] if not runs.empty else runs
         if done.empty:
             continue
-        metrics = {"hparam/natural_acc": float(done["natural_acc"].mean()),
-                   "hparam/robust_acc": float(done["robust_acc_pgd"].mean())}
+        metrics = {"hparam/natural_acc": float(done[NATURAL_ACC].mean()),
+                   "hparam/robust_acc": float(done[ROBUST_ACC].mean())}
         if not audits.empty:
             mine = audits[(audits["group_id"] == g.group_id) & (audits["attack"] == attack)]
             if not mine.empty:

@@ -1,4 +1,4 @@
-"""Where an experiment keeps its files. One directory per experiment:
+"""Where an experiment keeps its files: the one owner of every path below an experiment directory.
 
     results/<name>/
         spec.yaml                the exact spec file the experiment was started with
@@ -7,7 +7,12 @@
         artifacts/<group_id>/<run_id>/   each model's run directory (config, keep row, samples, metrics)
         audits/<group_id>/s<seed>/       audit.json + samples.parquet of each (group, seed)
         trials.json              status of every finished or failed trial (written by the driver)
-        runs.parquet, audits.parquet, samples.parquet   the collected results
+        runs.parquet, audits.parquet, samples.parquet, roc.parquet, membins.parquet   collected results
+        tensorboard-groups/      HParams per group; summary/ holds the summary's figures as images
+        summary/                 `demem summarize` output (ranking, plots, report.html)
+    a search experiment instead has:
+        search/<trial_id>/       each search trial's run directory
+        search_trials.json, search.parquet, confirm.yaml
 
 Artifacts go to a plain directory next to Tune's storage, so they must be on a filesystem every
 worker can write (local disk for the embedded default, a shared mount on a cluster).
@@ -20,6 +25,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from demem.privacy.audit import AUDIT_JSON, SAMPLES_TABLE
+
+RUNS, AUDITS, SAMPLES = "runs.parquet", "audits.parquet", "samples.parquet"
+ROC, MEMBINS = "roc.parquet", "membins.parquet"
+TABLES = (RUNS, AUDITS, SAMPLES, ROC, MEMBINS)
+SPEC = "spec.yaml"
+
 
 @dataclass(frozen=True)
 class ExperimentDir:
@@ -27,7 +39,7 @@ class ExperimentDir:
 
     @property
     def spec(self) -> Path:
-        return self.root / "spec.yaml"
+        return self.root / SPEC
 
     @property
     def meta(self) -> Path:
@@ -49,11 +61,54 @@ class ExperimentDir:
     def trials(self) -> Path:
         return self.root / "trials.json"
 
+    def table(self, name: str) -> Path:
+        """One of the collected Parquet files (RUNS, AUDITS, SAMPLES, ROC, MEMBINS)."""
+        return self.root / name
+
     def run_dir(self, group_id: str, run_id: str) -> Path:
         return self.artifacts / group_id / run_id
 
     def audit_dir(self, group_id: str, seed: int) -> Path:
         return self.audits / group_id / f"s{seed}"
+
+    def audit_result(self, group_id: str, seed: int) -> Path:
+        """audit.json of a (group, seed): it exists once the group is audited."""
+        return self.audit_dir(group_id, seed) / AUDIT_JSON
+
+    def audit_samples(self, group_id: str, seed: int) -> Path:
+        return self.audit_dir(group_id, seed) / SAMPLES_TABLE
+
+    @property
+    def tensorboard_groups(self) -> Path:
+        return self.root / "tensorboard-groups"
+
+    @property
+    def tensorboard_summary(self) -> Path:
+        return self.tensorboard_groups / "summary"
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "summary"
+
+    # search experiments
+    @property
+    def search_runs(self) -> Path:
+        return self.root / "search"
+
+    def search_run_dir(self, trial_id: str) -> Path:
+        return self.search_runs / trial_id
+
+    @property
+    def search_trials(self) -> Path:
+        return self.root / "search_trials.json"
+
+    @property
+    def search_results(self) -> Path:
+        return self.root / "search.parquet"
+
+    @property
+    def confirm_spec(self) -> Path:
+        return self.root / "confirm.yaml"
 
 
 def read_json(path: Path, default: Any = None) -> Any:

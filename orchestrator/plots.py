@@ -1,7 +1,10 @@
-"""The summary's figures (matplotlib, Agg backend, PNG): pareto, roc, membins, threshold_sweep.
+"""The summary's figures (PNG): pareto, roc, membins, threshold_sweep.
 
-Every function takes the per-group summary (`orchestrator.summarize.summarize_groups`) and the
-experiment's tables, and returns a Figure; `all_figures` builds the four.
+Every function takes data, the per-group summary frame (`orchestrator.summarize.summarize_groups`)
+and, where it needs them, the experiment's roc / membins tables, and returns a Figure; `all_figures`
+builds the four. Figures are made with matplotlib's object-oriented API (`matplotlib.figure.Figure`),
+never pyplot: no backend is chosen and no global figure registry is touched, so importing this module
+changes nothing for the rest of the process.
 
 Marker language, the same in every plot: an undefended baseline is a grey square, a DP group a
 triangle, a DeMem group a circle; colour is the training method.
@@ -10,27 +13,22 @@ triangle, a DeMem group a circle; colour is the training method.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from demem.io import atomic_path  # noqa: E402
-from demem.pareto import pareto_fronts  # noqa: E402
-from orchestrator.summarize import LEAKAGE_LABELS  # noqa: E402
-
-if TYPE_CHECKING:
-    from orchestrator.summarize import Tables
+from demem.io import atomic_path
+from demem.pareto import pareto_fronts
+from orchestrator.metrics import LEAKAGE_LABELS, ROBUST_ACC
 
 DPI = 120
 
 
 def _colors(methods) -> dict[str, str]:
-    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    cycle = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
     return {m: cycle[i % len(cycle)] for i, m in enumerate(sorted(set(methods)))}
 
 
@@ -52,30 +50,31 @@ def _err(df: pd.DataFrame, col: str) -> np.ndarray:
     return np.nan_to_num(np.stack([mean - lo, hi - mean]), nan=0.0)
 
 
-def pareto_plot(df: pd.DataFrame) -> plt.Figure:
+def pareto_plot(df: pd.DataFrame) -> Figure:
     leak = df["leakage_metric"].iloc[0]
     colors = _colors(df["method"])
-    fig, ax = plt.subplots(figsize=(8, 6), dpi=DPI)
+    fig = Figure(figsize=(8, 6), dpi=DPI)
+    ax = fig.subplots()
     for kind in ("baseline", "dp", "demem"):
         sub = df[df.apply(_kind, axis=1) == kind]
         for method, part in sub.groupby("method"):
-            ax.errorbar(part["leakage_mean"], part["robust_acc_pgd_mean"], xerr=_err(part, "leakage"),
-                        yerr=_err(part, "robust_acc_pgd"), fmt=_MARKER[kind], ms=8 if kind != "demem" else 6,
+            ax.errorbar(part["leakage_mean"], part[f"{ROBUST_ACC}_mean"], xerr=_err(part, "leakage"),
+                        yerr=_err(part, ROBUST_ACC), fmt=_MARKER[kind], ms=8 if kind != "demem" else 6,
                         color="0.45" if kind == "baseline" else colors[method],
                         mec=colors[method], mew=1.5, capsize=3, elinewidth=1, alpha=0.9,
                         label=f"{method} ({_KIND_NAME[kind]})")
     for _, r in df.iterrows():
         if _kind(r) == "demem":
-            ax.annotate(f"λ={r['lambda']:g}, τ={r['threshold']:g}", (r["leakage_mean"], r["robust_acc_pgd_mean"]),
+            ax.annotate(f"λ={r['lambda']:g}, τ={r['threshold']:g}", (r["leakage_mean"], r[f"{ROBUST_ACC}_mean"]),
                         textcoords="offset points", xytext=(6, 4), fontsize=8)
         elif _kind(r) == "dp" and np.isfinite(r.get("epsilon_mean", np.nan)):
-            ax.annotate(f"ε={r['epsilon_mean']:.2g}", (r["leakage_mean"], r["robust_acc_pgd_mean"]),
+            ax.annotate(f"ε={r['epsilon_mean']:.2g}", (r["leakage_mean"], r[f"{ROBUST_ACC}_mean"]),
                         textcoords="offset points", xytext=(6, 4), fontsize=8)
     # The front on the two plotted objectives (the ranking's fronts also count natural accuracy).
-    xy = df[["leakage_mean", "robust_acc_pgd_mean"]].to_numpy(dtype=float)
+    xy = df[["leakage_mean", f"{ROBUST_ACC}_mean"]].to_numpy(dtype=float)
     front = df[pareto_fronts(xy, [False, True]) == 0].sort_values("leakage_mean")
     if len(front) > 1:
-        ax.step(front["leakage_mean"], front["robust_acc_pgd_mean"], where="post", color="k", lw=1, alpha=0.6,
+        ax.step(front["leakage_mean"], front[f"{ROBUST_ACC}_mean"], where="post", color="k", lw=1, alpha=0.6,
                 label="Pareto front (leakage, robust)", zorder=0)
     ax.set_xlabel(f"membership leakage: {LEAKAGE_LABELS[leak]} of {df['attack'].iloc[0]} (lower is more private)")
     ax.set_ylabel("robust accuracy under PGD (fraction of held-out samples)")
@@ -86,10 +85,11 @@ def pareto_plot(df: pd.DataFrame) -> plt.Figure:
     return fig
 
 
-def roc_plot(df: pd.DataFrame, roc: pd.DataFrame) -> plt.Figure:
+def roc_plot(df: pd.DataFrame, roc: pd.DataFrame) -> Figure:
     attack = df["attack"].iloc[0]
-    cycle = plt.get_cmap("tab10").colors
-    fig, ax = plt.subplots(figsize=(7, 6), dpi=DPI)
+    cycle = matplotlib.colormaps["tab10"].colors
+    fig = Figure(figsize=(7, 6), dpi=DPI)
+    ax = fig.subplots()
     sub = roc[roc["attack"] == attack] if not roc.empty else roc
     floor = 1.0  # down to 1e-4 or the smallest FPR the data resolve
     styles = {"baseline": "-", "dp": ":", "demem": "--"}
@@ -118,10 +118,11 @@ def roc_plot(df: pd.DataFrame, roc: pd.DataFrame) -> plt.Figure:
     return fig
 
 
-def membins_plot(df: pd.DataFrame, membins: pd.DataFrame) -> plt.Figure:
+def membins_plot(df: pd.DataFrame, membins: pd.DataFrame) -> Figure:
     """Per memorization bin (non-empty bins only): held-out accuracy and LiRA TPR at 1% FPR for the
     baselines, the DP groups and the best-ranked DeMem group per baseline."""
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 5), dpi=DPI)
+    fig = Figure(figsize=(12, 5), dpi=DPI)
+    ax1, ax2 = fig.subplots(1, 2)
     colors = _colors(df["method"])
     chosen = df[df.apply(_kind, axis=1).isin(["baseline", "dp"])]
     demem = df[df.apply(_kind, axis=1) == "demem"].sort_values("rank")
@@ -151,9 +152,10 @@ def membins_plot(df: pd.DataFrame, membins: pd.DataFrame) -> plt.Figure:
     return fig
 
 
-def threshold_sweep_plot(df: pd.DataFrame) -> plt.Figure:
+def threshold_sweep_plot(df: pd.DataFrame) -> Figure:
     leak = df["leakage_metric"].iloc[0]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 5), dpi=DPI)
+    fig = Figure(figsize=(12, 5), dpi=DPI)
+    ax1, ax2 = fig.subplots(1, 2)
     colors = _colors(df["method"])
     demem = df[(df["lambda"] > 0) & ~df["dp"]]
     lambdas = sorted(set(demem["lambda"]))
@@ -161,11 +163,11 @@ def threshold_sweep_plot(df: pd.DataFrame) -> plt.Figure:
     for (method, lam), part in demem.groupby(["method", "lambda"]):
         part = part.sort_values("threshold")
         style = styles[lambdas.index(lam) % len(styles)]
-        for ax, col in ((ax1, "leakage"), (ax2, "robust_acc_pgd")):
+        for ax, col in ((ax1, "leakage"), (ax2, ROBUST_ACC)):
             ax.errorbar(part["threshold"], part[f"{col}_mean"], yerr=_err(part, col), fmt=style, capsize=3,
                         color=colors[method], label=f"{method}, λ={lam:g}")
     for _, base in df[df["is_baseline"]].iterrows():
-        for ax, col in ((ax1, "leakage"), (ax2, "robust_acc_pgd")):
+        for ax, col in ((ax1, "leakage"), (ax2, ROBUST_ACC)):
             ax.axhline(base[f"{col}_mean"], ls=(0, (1, 3)), color=colors[base["method"]], lw=1.5,
                        label=f"{base['method']} undefended (λ=0, dotted)")
     ax1.set_ylabel(f"leakage: {LEAKAGE_LABELS[leak]} of {df['attack'].iloc[0]}")
@@ -181,22 +183,22 @@ def threshold_sweep_plot(df: pd.DataFrame) -> plt.Figure:
     return fig
 
 
-def all_figures(df: pd.DataFrame, tables: Tables) -> dict[str, plt.Figure]:
+def all_figures(df: pd.DataFrame, roc: pd.DataFrame, membins: pd.DataFrame) -> dict[str, Figure]:
     return {
         "pareto.png": pareto_plot(df),
-        "roc.png": roc_plot(df, tables.roc),
-        "membins.png": membins_plot(df, tables.membins),
+        "roc.png": roc_plot(df, roc),
+        "membins.png": membins_plot(df, membins),
         "threshold_sweep.png": threshold_sweep_plot(df),
     }
 
 
-def save(fig: plt.Figure, path: Path) -> Path:
+def save(fig: Figure, path: Path) -> Path:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
     return path
 
 
-def to_tensorboard(figures: dict[str, plt.Figure], logdir: Path) -> None:
+def to_tensorboard(figures: dict[str, Figure], logdir: Path) -> None:
     """The figures as images in the experiment's TensorBoard (Images tab); replaces the images of an
     earlier summary, so re-summarising never stacks copies."""
     from torch.utils.tensorboard import SummaryWriter
@@ -205,9 +207,11 @@ def to_tensorboard(figures: dict[str, plt.Figure], logdir: Path) -> None:
         old.unlink()
     with SummaryWriter(log_dir=str(logdir)) as w:
         for name, fig in figures.items():
-            w.add_figure(f"summary/{Path(name).stem}", fig, close=False)
+            w.add_image(f"summary/{Path(name).stem}", _rgb(fig), dataformats="HWC")
 
 
-def close(figures: dict[str, plt.Figure]) -> None:
-    for fig in figures.values():
-        plt.close(fig)
+def _rgb(fig: Figure) -> np.ndarray:
+    """(H, W, 3) uint8 pixels of the figure, drawn on its own Agg canvas."""
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()

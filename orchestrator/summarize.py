@@ -43,13 +43,23 @@ from scipy import stats
 from demem.io import write_parquet, write_text
 from demem.methods import METHODS
 from demem.pareto import crowding_distance, pareto_fronts, pareto_order
+from orchestrator import plots
+from orchestrator.collect import collect
+from orchestrator.layout import AUDITS, MEMBINS, ROC, RUNS, SPEC, ExperimentDir
+from orchestrator.metrics import (
+    ACCURACY_METRICS,
+    DEFAULT_LEAKAGE,
+    FALLBACK_ATTACKS,
+    HEADLINE_ATTACK,
+    LEAKAGE_LABELS,
+    LEAKAGE_METRICS,
+    NATURAL_ACC,
+    ROBUST_ACC,
+    ROBUST_ACC_AA,
+)
+from orchestrator.spec import load_spec
 
-LEAKAGE_METRICS = ("auc", "tpr_at_1pct", "tpr_at_0_1pct", "tpr_at_0_01pct", "balanced_acc")
-DEFAULT_LEAKAGE = "tpr_at_1pct"
-ACCURACY_METRICS = ("natural_acc", "robust_acc_pgd", "robust_acc_aa", "epsilon")
-OBJECTIVES = (("leakage", False), ("robust_acc_pgd", True), ("natural_acc", True))
-LEAKAGE_LABELS = {"auc": "ROC AUC", "tpr_at_1pct": "TPR at 1% FPR", "tpr_at_0_1pct": "TPR at 0.1% FPR",
-               "tpr_at_0_01pct": "TPR at 0.01% FPR", "balanced_acc": "balanced accuracy"}
+OBJECTIVES = (("leakage", False), (ROBUST_ACC, True), (NATURAL_ACC, True))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -113,19 +123,12 @@ class Tables:
 
 def load_tables(root: Path) -> Tables:
     """The experiment's Parquet files; collects them first when an older experiment lacks some."""
-    from orchestrator.collect import AUDITS, MEMBINS, ROC, RUNS
-
-    root = Path(root)
-    if not (root / RUNS).exists() and not (root / "spec.yaml").exists():
-        raise FileNotFoundError(f"{root} is not an experiment directory (no runs.parquet, no spec.yaml)")
-    if not all((root / f).exists() for f in (RUNS, AUDITS, ROC, MEMBINS)):
-        from orchestrator.collect import collect
-        from orchestrator.layout import ExperimentDir
-        from orchestrator.spec import load_spec
-
-        exp = ExperimentDir(root)
+    exp = ExperimentDir(Path(root))
+    if not exp.table(RUNS).exists() and not exp.spec.exists():
+        raise FileNotFoundError(f"{exp.root} is not an experiment directory (no {RUNS}, no {SPEC})")
+    if not all(exp.table(f).exists() for f in (RUNS, AUDITS, ROC, MEMBINS)):
         collect(load_spec(exp.spec, check_data=False), exp)
-    read = {f: pd.read_parquet(root / f) for f in (RUNS, AUDITS, ROC, MEMBINS)}
+    read = {f: pd.read_parquet(exp.table(f)) for f in (RUNS, AUDITS, ROC, MEMBINS)}
     return Tables(read[RUNS], read[AUDITS], read[ROC], read[MEMBINS])
 
 
@@ -180,12 +183,10 @@ def summarize_groups(tables: Tables, *, leakage: str = DEFAULT_LEAKAGE, attack: 
 
 
 def _default_attack(audits: pd.DataFrame) -> str:
-    from orchestrator.collect import HEADLINE_ATTACK
-
     if audits.empty:
         return HEADLINE_ATTACK
     have = set(audits["attack"])
-    for name in (HEADLINE_ATTACK, "lira_online", "lira_offline_fixed", "lira_offline"):
+    for name in (HEADLINE_ATTACK, *FALLBACK_ATTACKS):
         if name in have:
             return name
     return sorted(have)[0]
@@ -221,8 +222,8 @@ def _add_baselines(df: pd.DataFrame, runs: pd.DataFrame, audits: pd.DataFrame, l
         df.at[i, "baseline_id"], df.at[i, "baseline_label"] = base["group_id"], base["group_label"]
         if base["group_id"] == row["group_id"]:
             continue
-        pairs = {"leakage_reduction": (audits, leakage), "robust_cost": (runs, "robust_acc_pgd"),
-                 "natural_cost": (runs, "natural_acc")}
+        pairs = {"leakage_reduction": (audits, leakage), "robust_cost": (runs, ROBUST_ACC),
+                 "natural_cost": (runs, NATURAL_ACC)}
         for col, (frame, metric) in pairs.items():
             d = welch_diff(_values(frame, base["group_id"], metric), _values(frame, row["group_id"], metric))
             df.at[i, f"{col}_mean"], df.at[i, f"{col}_lo"], df.at[i, f"{col}_hi"] = d["mean"], d["lo"], d["hi"]
@@ -264,8 +265,8 @@ def _add_ranking(df: pd.DataFrame) -> None:
 RANKING_COLUMNS = [
     "rank", "front", "crowding", "group_label", "defence", "method", "lambda", "threshold",
     "leakage_mean", "leakage_lo", "leakage_hi", "leakage_n",
-    "robust_acc_pgd_mean", "robust_acc_pgd_lo", "robust_acc_pgd_hi", "robust_acc_pgd_n",
-    "natural_acc_mean", "natural_acc_lo", "natural_acc_hi", "natural_acc_n",
+    *(f"{ROBUST_ACC}_{s}" for s in ("mean", "lo", "hi", "n")),
+    *(f"{NATURAL_ACC}_{s}" for s in ("mean", "lo", "hi", "n")),
     "mia_auc_mean", "epsilon_mean",
     "leakage_reduction_mean", "leakage_reduction_lo", "leakage_reduction_hi",
     "robust_cost_mean", "robust_cost_lo", "robust_cost_hi",
@@ -291,7 +292,7 @@ def _ci_of(r: pd.Series, col: str) -> str:
 def ranking_markdown(df: pd.DataFrame) -> str:
     leak = df["leakage_metric"].iloc[0]
     attack = df["attack"].iloc[0]
-    has_aa = bool((df["robust_acc_aa_n"] > 0).any())
+    has_aa = bool((df[f"{ROBUST_ACC_AA}_n"] > 0).any())
     has_eps = bool((df["epsilon_n"] > 0).any())
     head = ["rank", "front", "group", "defence", f"leakage ({LEAKAGE_LABELS[leak]}, {attack})", "robust acc (PGD)"]
     head += ["robust acc (AutoAttack)"] * has_aa + ["natural acc"] + ["epsilon (DP)"] * has_eps
@@ -301,8 +302,8 @@ def ranking_markdown(df: pd.DataFrame) -> str:
         cells = [
             "—" if not np.isfinite(r["rank"]) else str(int(r["rank"])), str(int(r["front"])),
             r["group_label"] + (" (baseline)" if r["is_baseline"] else ""), r["defence"],
-            _ci_of(r, "leakage"), _ci_of(r, "robust_acc_pgd"),
-            *([_ci_of(r, "robust_acc_aa")] if has_aa else []), _ci_of(r, "natural_acc"),
+            _ci_of(r, "leakage"), _ci_of(r, ROBUST_ACC),
+            *([_ci_of(r, ROBUST_ACC_AA)] if has_aa else []), _ci_of(r, NATURAL_ACC),
             *([_ci_of(r, "epsilon")] if has_eps else []),
             _delta(r, "leakage_reduction", -1), _delta(r, "robust_cost", -1),
             r["not_separable_from"] or "—",
@@ -335,7 +336,7 @@ def top_text(df: pd.DataFrame, k: int = 5) -> str:
     for _, r in df.head(k).iterrows():
         label = r["group_label"] + (" (baseline)" if r["is_baseline"] else "")
         rank = "—" if not np.isfinite(r["rank"]) else str(int(r["rank"]))
-        cells = " ".join(f"{_ci_of(r, col):>22}" for col in ("leakage", "robust_acc_pgd", "natural_acc"))
+        cells = " ".join(f"{_ci_of(r, col):>22}" for col in ("leakage", ROBUST_ACC, NATURAL_ACC))
         lines.append(f"  {rank:>2} {int(r['front']):>5}  {label:<{width}} {cells}")
     flagged = df[~df["separable"]]
     if len(flagged):
@@ -352,27 +353,24 @@ def top_text(df: pd.DataFrame, k: int = 5) -> str:
 def summarize(root: str | Path, *, leakage: str = DEFAULT_LEAKAGE, attack: str | None = None,
               out: str | Path | None = None, echo=print, tensorboard: bool = True) -> dict[str, Path]:
     """Aggregate, rank, plot and report. Returns {name: path} of everything written."""
-    from orchestrator import plots
-
     if leakage not in LEAKAGE_METRICS:  # before any reading
         raise ValueError(f"unknown leakage metric {leakage!r}; known: {', '.join(LEAKAGE_METRICS)}")
     root = Path(root)
     tables = load_tables(root)
     df = summarize_groups(tables, leakage=leakage, attack=attack)
-    out = Path(out) if out is not None else root / "summary"
+    out = Path(out) if out is not None else ExperimentDir(root).summary
     out.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {"summary.parquet": write_parquet(out / "summary.parquet", df)}
     ranking = df[[c for c in RANKING_COLUMNS if c in df.columns]]
     paths["ranking.csv"] = write_text(out / "ranking.csv", ranking.to_csv(index=False))
     md = ranking_markdown(df)
     paths["ranking.md"] = write_text(out / "ranking.md", md + "\n")
-    figures = plots.all_figures(df, tables)
+    figures = plots.all_figures(df, tables.roc, tables.membins)
     for name, fig in figures.items():
         paths[name] = plots.save(fig, out / name)
     paths["report.html"] = write_report(out / "report.html", root, df, md, {n: paths[n] for n in figures})
     if tensorboard:
-        plots.to_tensorboard(figures, root / "tensorboard-groups" / "summary")
-    plots.close(figures)
+        plots.to_tensorboard(figures, ExperimentDir(root).tensorboard_summary)
     echo(top_text(df))
     echo("")
     echo(f"summary: {out}/ (ranking.md, ranking.csv, summary.parquet, {', '.join(figures)}, report.html)")

@@ -3,12 +3,11 @@
 This is the only module that talks to Ray Tune's reporting API (`tune.report`, `tune.Checkpoint`,
 `tune.get_checkpoint`), so the next change of that API touches one file.
 
-Trial config of a grid trial (`train_model`, built by `orchestrator.run`):
+Trial config of a grid trial (`train_model`, built by `orchestrator.tuner.trial_config`):
     experiment, group_id, run_id: names; run: the RunConfig dict of this model;
-    artifacts: the run directory to write; cpus: threads for torch; _test_fail: test-only failure
-    injection {"mode": "once" | "always", "at_epoch": k}.
+    artifacts: the run directory to write; cpus: threads for torch.
 
-Trial config of a search trial (`search_model`, built by `orchestrator.search`):
+Trial config of a search trial (`search_model`, built by `orchestrator.tuner`):
     params: {key path: sampled value}; fixed: {base, seed, n_models, cpus, root, interim_samples}.
 """
 
@@ -27,9 +26,9 @@ from demem.data import Pool
 from demem.device import resolve_device
 from demem.evaluate import evaluate_heldout, own_membership, sample_statistics
 from demem.train import DataConfig, RunConfig, epochs, load_pool, prepare
-
-FINAL_KEYS = ("natural_acc", "robust_acc_pgd", "robust_acc_aa", "epsilon", "train_loss", "epochs_done")
-
+from orchestrator.layout import ExperimentDir
+from orchestrator.metrics import FINAL_KEYS, NATURAL_ACC, ROBUST_ACC, SEARCH_ROBUST_ACC
+from orchestrator.spec import resolve_run  # Ray-free; resolves exactly as validation did
 
 _POOL: dict[DataConfig, Pool] = {}  # the last pool this worker loaded (Tune reuses worker processes)
 
@@ -39,22 +38,6 @@ def _pool(run: RunConfig) -> Pool:
         _POOL.clear()
         _POOL[run.data] = load_pool(run)
     return _POOL[run.data]
-
-
-class InjectedFailure(RuntimeError):
-    """Raised by the test-only `_test_fail` hook."""
-
-
-def _maybe_fail(config: dict[str, Any], epoch: int, out: Path) -> None:
-    spec = config.get("_test_fail")
-    if not spec or epoch != int(spec.get("at_epoch", 1)):
-        return
-    if spec.get("mode") == "always":
-        raise InjectedFailure(f"injected failure (always) at epoch {epoch}")
-    marker = out / ".failed-once"
-    if not marker.exists():  # fail the first attempt only; the retry finds the marker
-        marker.touch()
-        raise InjectedFailure(f"injected failure (once) at epoch {epoch}")
 
 
 def train_model(config: dict[str, Any]) -> None:
@@ -71,7 +54,6 @@ def train_model(config: dict[str, Any]) -> None:
     state = _start(run, out)
     t0 = time.perf_counter()
     for metrics in epochs(state):
-        _maybe_fail(config, state.epoch, out)
         _report_epoch(state, {**base, **metrics, "done": False})
     final = artifacts.finish_run(state, out, train_seconds=time.perf_counter() - t0)
     tune.report({**base, **_final(final), "epoch": state.epoch, "done": True})
@@ -104,13 +86,11 @@ def search_model(config: dict[str, Any]) -> None:
     values): natural and robust accuracy on the first `interim_samples` held-out samples, and the
     loss-threshold attack on its own members vs non-members. The last epoch is scored on every
     held-out sample, and the run directory is written like a grid trial's."""
-    from orchestrator.spec import resolve_run  # Ray-free; resolves exactly as validation did
-
     fixed = config["fixed"]
     torch.set_num_threads(max(1, int(fixed.get("cpus", 1))))
     run = RunConfig.from_dict(resolve_run(fixed["base"], config["params"], fixed["n_models"], seed=fixed["seed"]))
     trial_id = tune.get_context().get_trial_id()
-    out = Path(fixed["root"]) / "search" / trial_id
+    out = ExperimentDir(Path(fixed["root"])).search_run_dir(trial_id)
     state = _start(run, out)
     t0 = time.perf_counter()
     for metrics in epochs(state):
@@ -120,7 +100,7 @@ def search_model(config: dict[str, Any]) -> None:
         _report_epoch(state, {**metrics, **scores, "trial_id": trial_id, "final": False})
     final = artifacts.finish_run(state, out, train_seconds=time.perf_counter() - t0)
     stats = artifacts.read_samples(out)
-    scores = {"natural_acc": final["natural_acc"], "robust_acc": final["robust_acc_pgd"],
+    scores = {NATURAL_ACC: final[NATURAL_ACC], SEARCH_ROBUST_ACC: final[ROBUST_ACC],
               **own_membership(stats, state.keep)}
     tune.report({**state.history[-1], **scores, "trial_id": trial_id, "final": True})
 
@@ -129,4 +109,4 @@ def _interim_scores(state, limit: int) -> dict[str, float]:
     ev = evaluate_heldout(state.model, state.pool, state.keep, state.run.eval, device=state.device,
                           seed=state.run.seed, limit=limit, autoattack=False)
     stats = sample_statistics(state.model, state.pool, device=state.device, queries=1)
-    return {"natural_acc": ev["natural_acc"], "robust_acc": ev["robust_acc_pgd"], **own_membership(stats, state.keep)}
+    return {NATURAL_ACC: ev[NATURAL_ACC], SEARCH_ROBUST_ACC: ev[ROBUST_ACC], **own_membership(stats, state.keep)}

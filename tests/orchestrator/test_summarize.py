@@ -183,3 +183,19 @@ def test_figures_go_to_tensorboard_once(experiment, tmp_path):
     acc.Reload()
     assert sorted(acc.Tags()["images"]) == ["summary/membins", "summary/pareto", "summary/roc",
                                             "summary/threshold_sweep"]
+
+
+def test_plots_touch_no_global_matplotlib_state():
+    """The summary draws with matplotlib's object-oriented API: importing and plotting never imports
+    pyplot or picks a backend for the rest of the process."""
+    import subprocess
+    import sys
+
+    code = ("import sys, pandas as pd; from orchestrator import plots, summarize; "
+            "fig = plots.threshold_sweep_plot(pd.DataFrame({'leakage_metric': ['auc'], 'attack': ['loss'], "
+            "'method': ['pgd_at'], 'lambda': [0.0], 'dp': [False], 'threshold': [0.0], 'is_baseline': [True], "
+            "'leakage_mean': [0.5], 'leakage_lo': [0.4], 'leakage_hi': [0.6], 'robust_acc_pgd_mean': [0.3], "
+            "'robust_acc_pgd_lo': [0.2], 'robust_acc_pgd_hi': [0.4]})); "
+            "assert plots._rgb(fig).shape[2] == 3; "
+            "assert 'matplotlib.pyplot' not in sys.modules, 'pyplot imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[2])

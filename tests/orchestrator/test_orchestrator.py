@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import signal
@@ -16,7 +17,7 @@ import pandas as pd
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "search_spaces" / "tiny.yaml"
 
 
@@ -92,11 +93,12 @@ def test_status_and_idempotent_collect(tiny_experiment, capsys):
 def test_failures_are_retried_or_recorded(ray_session, tmp_path):
     from orchestrator.run import run_experiment
 
-    spec = _spec(tmp_path, grid={"demem.lambda": [0.0]}, failure={"max_retries": 1},
-                 _test_fail=[{"model_index": 1, "mode": "once", "at_epoch": 1},
-                             {"model_index": 2, "mode": "always", "at_epoch": 1}])
+    from .trial_hooks import failing
+
+    spec = _spec(tmp_path, grid={"demem.lambda": [0.0]}, failure={"max_retries": 1})
     lines: list[str] = []
-    exp = run_experiment(spec, storage=tmp_path / "results", echo=lines.append)
+    exp = run_experiment(spec, storage=tmp_path / "results", echo=lines.append,
+                         train=functools.partial(failing, fail={1: "once", 2: "always"}))
     runs = pd.read_parquet(exp.root / "runs.parquet").set_index("model_index")
     assert runs.loc[1, "status"] == "done"  # failed once, retried from its checkpoint, then finished
     assert (exp.run_dir(runs.loc[1, "group_id"], runs.loc[1, "run_id"]) / ".failed-once").exists()
@@ -105,33 +107,55 @@ def test_failures_are_retried_or_recorded(ray_session, tmp_path):
     assert any("FAILED" in line for line in lines)
 
 
+# The driver under test: run the tiny spec, training only the runs in argv[3]; the others wait at
+# a gate (tests/orchestrator/trial_hooks.py) until the driver is killed.
+_GATED_DRIVER = """
+import functools, sys
+from orchestrator.run import run_experiment
+from tests.orchestrator.trial_hooks import gated
+run_experiment(sys.argv[1], storage=sys.argv[2],
+               train=functools.partial(gated, allow=sys.argv[3].split(","), gate=sys.argv[4]))
+"""
+
+
 def test_interrupted_experiment_resumes_to_the_same_rows(tiny_experiment, tmp_path):
+    from orchestrator.spec import load_spec
+
     storage = tmp_path / "results"
     # A private Ray for the driver under test: its own temp dir, and no address of the session's Ray.
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     ray_tmp = tempfile.mkdtemp(prefix="dm-ray-")  # short: Ray's socket paths must stay under 107 bytes
     env.update(RAY_TMPDIR=ray_tmp, PYTHONPATH=str(ROOT))
-    cmd = [sys.executable, "-m", "orchestrator.cli", "run", str(TINY), "--storage", str(storage)]
+    # Kill at a known point: the first two models have finished and some other trial reached its gate
+    # (the gated trials never start training, so nothing else changes before the kill).
+    allow = [t.trial_key for t in load_spec(TINY, check_data=False).trials()[:2]]
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    cmd = [sys.executable, "-c", _GATED_DRIVER, str(TINY), str(storage), ",".join(allow), str(gate)]
     log = open(tmp_path / "driver.log", "w")  # noqa: SIM115 - closed below
-    driver = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    driver = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                              start_new_session=True)
     exp_root = storage / "tiny"
-    deadline = time.time() + 240
+    deadline = time.time() + 600  # a safety net against a hang, not the kill point
     try:
-        while time.time() < deadline:  # wait until some, not all, models have finished
-            done = list((exp_root / "artifacts").rglob("metrics.json")) if exp_root.exists() else []
-            if len(done) >= 2:
+        while True:  # no timing involved: wait for the state, then kill
+            finished = list((exp_root / "artifacts").rglob("metrics.json")) if exp_root.exists() else []
+            if len(finished) == len(allow) and any(gate.iterdir()):
                 break
             if driver.poll() is not None:
-                pytest.fail("the driver finished before it could be interrupted")
-            time.sleep(0.5)
-        else:
-            pytest.fail("no model finished in time")
+                pytest.fail("the driver ended before it reached the gate: "
+                            + (tmp_path / "driver.log").read_text()[-2000:])
+            if time.time() > deadline:
+                pytest.fail("the allowed models did not finish in time")
+            time.sleep(0.2)
     finally:
         if driver.poll() is None:
             os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started
         driver.wait()
         log.close()
-    assert len(list((exp_root / "artifacts").rglob("metrics.json"))) < 8
+    done = sorted(p.parent.name for p in (exp_root / "artifacts").rglob("metrics.json"))
+    assert len(done) < 8
+    assert done == sorted(allow)
 
     out = subprocess.run([sys.executable, "-m", "orchestrator.cli", "resume", str(exp_root)], env=env,
                          capture_output=True, text=True, timeout=600, start_new_session=True)
@@ -152,8 +176,8 @@ TINY_SEARCH = ROOT / "search_spaces" / "tiny_search.yaml"
 def test_search_then_confirm(ray_session, tmp_path):
     """Optuna multi-objective search with ASHA: every trial is recorded with its objectives and a
     Pareto rank; `confirm` trains full groups for the best points plus the base and LiRA-audits them."""
+    from orchestrator.confirm import confirm
     from orchestrator.run import run_experiment
-    from orchestrator.search import confirm
 
     lines: list[str] = []
     exp = run_experiment(TINY_SEARCH, storage=tmp_path, echo=lines.append)
@@ -195,7 +219,7 @@ def test_search_then_confirm(ray_session, tmp_path):
 
 
 def test_confirm_refuses_a_grid_experiment(tiny_experiment):
-    from orchestrator.search import confirm_spec
+    from orchestrator.confirm import confirm_spec
 
     exp, _ = tiny_experiment
     with pytest.raises(ValueError, match="grid experiment, not a search"):

@@ -19,9 +19,20 @@ from demem.privacy import mia
 from demem.privacy.audit import LIRA_ATTACKS, MIA_ATTACKS, _lira_min_shadows
 from demem.train import RunConfig
 from orchestrator import spec as speclib
-from orchestrator.spec import ExperimentSpec, SpecError, group_id, load_spec, resolve_run, validate
+from orchestrator.spec import (
+    AuditSpec,
+    ExperimentSpec,
+    Objective,
+    ResourcesSpec,
+    SearchSpec,
+    SpecError,
+    group_id,
+    load_spec,
+    resolve_run,
+    validate,
+)
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 needs_fashion = pytest.mark.skipif(not (FASHION_DIR / "train-images-idx3-ubyte.gz").is_file(),
                                    reason="Debian package dataset-fashion-mnist is not installed")
@@ -284,7 +295,7 @@ def test_available_resources():
     lines = problems_of(patched(("resources.gpu", 2)), available={"CPU": 8, "GPU": 1})
     assert lines == ["resources: a trial needs 2 GPU but the largest node has 1; no node could satisfy it"]
     ok = validate(patched(("resources", {"cpu": 2, "gpu": 0.25})), check_data=False, available={"CPU": 2, "GPU": 1})
-    assert ok.resources == {"cpu": 2.0, "gpu": 0.25}
+    assert ok.resources == ResourcesSpec(cpu=2.0, gpu=0.25)
 
 
 def test_yaml_syntax_error_names_file_and_line(tmp_path):
@@ -322,7 +333,7 @@ def test_groups_labels_and_params():
         assert g.run["data"]["pool_size"] == 64 and g.run["train"]["epochs"] == 2
         assert re.fullmatch(r"[0-9a-f]{12}", g.group_id)
     assert len({g.group_id for g in groups}) == 4
-    assert spec.audit == {"models": 4, "targets": None, "attacks": ("lira_online_fixed", "loss"), "queries": None}
+    assert spec.audit == AuditSpec(models=4, targets=None, attacks=("lira_online_fixed", "loss"), queries=None)
     assert (spec.seeds, spec.max_concurrent, spec.max_retries, spec.search) == ((0, 1), None, 1, None)
     assert spec.raw == good()
     no_grid = validate(patched(("grid", DELETE)), check_data=False)
@@ -405,11 +416,11 @@ def test_search_is_normalised():
     spec = validate(patched(("grid", DELETE), ("search", search(space={"lambda": {"uniform": [0, 1]},
                                                                        "method": {"choice": ["pgd_at", "trades"]}}))),
                     check_data=False)
-    assert spec.search == {
-        "algorithm": "optuna", "num_samples": 4, "scheduler": "asha",
-        "objectives": [{"metric": "robust_acc", "mode": "max"}, {"metric": "mia_tpr_at_1pct", "mode": "min"}],
-        "space": {"demem.lambda": {"uniform": [0, 1]}, "method.name": {"choice": ["pgd_at", "trades"]}},
-    }
+    assert spec.search == SearchSpec(
+        algorithm="optuna", num_samples=4, scheduler="asha",
+        objectives=(Objective(metric="robust_acc", mode="max"), Objective(metric="mia_tpr_at_1pct", mode="min")),
+        space={"demem.lambda": {"uniform": [0, 1]}, "method.name": {"choice": ["pgd_at", "trades"]}},
+    )
     assert [g.label for g in spec.groups()] == ["base"]
     assert "search with optuna, 4 trials over lambda, method" in spec.plan()
 
@@ -442,14 +453,14 @@ def test_quickstart_spec():
     spec = load_spec(ROOT / "search_spaces" / "quickstart.yaml")
     groups = spec.groups()
     # 2 methods x (undefended, DeMem tau 0, DeMem tau 0.5): lambda=0 with tau 0.5 is the undefended run
-    assert len(groups) == 6 and spec.audit["models"] == 8 and len(spec.trials()) == 48
+    assert len(groups) == 6 and spec.audit.models == 8 and len(spec.trials()) == 48
     assert {g.run["method"]["name"] for g in groups} == {"pgd_at", "trades"}
     assert {(g.run["demem"]["lambda"], g.run["demem"]["risk_threshold"]) for g in groups} == {
         (0.0, 0.0), (0.4, 0.0), (0.4, 0.5)}
     run = groups[0].run
     assert run["data"]["dataset"] == "fashion-mnist" and run["train"]["arch"] == "small-cnn"
     assert run["eval"]["attack"]["steps"] == 10 and run["eval"]["queries"] == 2
-    assert set(spec.audit["attacks"]) == set(LIRA_ATTACKS) | {"loss"} and spec.resources["cpu"] == 1
+    assert set(spec.audit.attacks) == set(LIRA_ATTACKS) | {"loss"} and spec.resources.cpu == 1
 
 
 @needs_fashion
@@ -457,10 +468,10 @@ def test_tiny_spec():
     spec = load_spec(ROOT / "search_spaces" / "tiny.yaml")
     groups = spec.groups()
     assert [g.run["demem"]["lambda"] for g in groups] == [0.0, 0.4]
-    assert len(spec.trials()) == 8 and spec.audit["models"] == 4
+    assert len(spec.trials()) == 8 and spec.audit.models == 4
     assert all(g.run["train"]["epochs"] == 1 and g.run["data"]["pool_size"] == 512 for g in groups)
     assert groups[0].run["eval"]["attack"]["steps"] == 3
-    assert spec.audit["attacks"] == ("lira_online_fixed", "loss") and spec.resources == {"cpu": 1.0, "gpu": 0.0}
+    assert spec.audit.attacks == ("lira_online_fixed", "loss") and spec.resources == ResourcesSpec(cpu=1.0, gpu=0.0)
 
 
 def test_missing_dataset_names_the_places_and_the_fetch_command(tmp_path, monkeypatch):
@@ -499,7 +510,7 @@ def test_shipped_specs_are_plain_yaml():
 def test_grid_points_with_the_same_run_are_one_group():
     # lambda = 0 is the undefended method whatever the threshold: the quickstart's 2 x 2 x 2 grid
     # has 6 distinct runs, not 8.
-    spec = load_spec(Path(__file__).resolve().parents[1] / "search_spaces" / "quickstart.yaml")
+    spec = load_spec(Path(__file__).resolve().parents[2] / "search_spaces" / "quickstart.yaml")
     groups = spec.groups()
     assert len(groups) == 6 and len({g.group_id for g in groups}) == 6
     undefended = [g for g in groups if g.params["demem.lambda"] == 0]
@@ -513,4 +524,32 @@ def test_points_give_explicit_groups_in_order():
     labels = [g.label for g in spec.groups()]
     assert labels == ["lambda=0.4 threshold=0.5", "base", "method=trades"]
     assert spec.groups()[0].run["demem"]["risk_threshold"] == 0.5
-    assert len(spec.trials()) == 3 * len(spec.seeds) * spec.audit["models"]
+    assert len(spec.trials()) == 3 * len(spec.seeds) * spec.audit.models
+
+
+# --- JSON Schema (`demem schema`) ---------------------------------------------------------------
+
+
+def test_json_schema_accepts_the_shipped_specs_and_rejects_unknown_keys(capsys):
+    jsonschema = pytest.importorskip("jsonschema")
+    import json
+
+    from orchestrator.cli import main
+
+    assert main(["schema"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    jsonschema.Draft202012Validator.check_schema(schema)
+    check = jsonschema.Draft202012Validator(schema)
+    for path in sorted((ROOT / "search_spaces").glob("*.yaml")):
+        raw = yaml.safe_load(path.read_text())
+        assert not list(check.iter_errors(raw)), path
+    raw = yaml.safe_load((ROOT / "search_spaces" / "quickstart.yaml").read_text())
+    for section, key in (((), "grids"), (("audit",), "modles"), (("base", "train"), "lrr")):
+        bad = copy.deepcopy(raw)
+        node = bad
+        for part in section:
+            node = node[part]
+        node[key] = 1
+        assert list(check.iter_errors(bad)), key
+    assert not list(check.iter_errors({**raw, "_tool": {"anything": 1}}))  # "_" keys are for tools
+    assert list(check.iter_errors({**raw, "audit": {**raw["audit"], "models": "8"}}))  # a wrong type

@@ -1,0 +1,31 @@
+"""How values read in the orchestrator's plain-text output: grid labels, plans, progress lines and
+tables all format a setting the same way."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+
+def fmt_value(v: Any, *, digits: int | None = None, missing: str = "null") -> str:
+    """A setting as text: floats with `digits` significant digits (None: up to 6, "%g"), None as
+    `missing`, booleans as YAML writes them, lists and mappings as compact JSON."""
+    if v is None:
+        return missing
+    if isinstance(v, bool):
+        return json.dumps(v)
+    if isinstance(v, float):
+        return f"{v:.{digits}g}" if digits else f"{v:g}"
+    if isinstance(v, (int, str)):
+        return str(v)
+    return json.dumps(v, sort_keys=True, separators=(",", ":"))
+
+
+def fmt_num(x: float) -> str:
+    """A count of CPUs / GPUs: 1, 0.25 (no trailing zeros)."""
+    return f"{x:g}"
+
+
+def count(n: int, what: str) -> str:
+    """'1 group', '3 groups'."""
+    return f"{n} {what}{'' if n == 1 else 's'}"

@@ -1,0 +1,32 @@
+"""The names of metrics and attacks the orchestrator reads and writes: one owner for each, so a
+column of runs.parquet, a search objective and a plot label never spell the same thing twice.
+
+Ray-free and cheap to import (the spec validator uses it).
+"""
+
+from __future__ import annotations
+
+# Per-model accuracy columns of metrics.json / runs.parquet.
+NATURAL_ACC = "natural_acc"
+ROBUST_ACC = "robust_acc_pgd"  # robust accuracy under PGD (the eval attack)
+ROBUST_ACC_AA = "robust_acc_aa"  # under AutoAttack, where it ran
+ACCURACY_METRICS = (NATURAL_ACC, ROBUST_ACC, ROBUST_ACC_AA, "epsilon")
+# What a finished grid trial reports to Tune besides its ids.
+FINAL_KEYS = (NATURAL_ACC, ROBUST_ACC, ROBUST_ACC_AA, "epsilon", "train_loss", "epochs_done")
+
+# Objectives a search may name. A search trial reports its robust accuracy under PGD as `robust_acc`
+# and its own-membership (loss-threshold) scores as mia_*.
+SEARCH_ROBUST_ACC = "robust_acc"
+SEARCH_METRICS = (NATURAL_ACC, SEARCH_ROBUST_ACC, "mia_auc", "mia_tpr_at_1pct", "mia_tpr_at_0_1pct")
+
+# Leakage metrics of an audit row (audits.parquet) and how plots and reports name them.
+LEAKAGE_LABELS = {"auc": "ROC AUC", "tpr_at_1pct": "TPR at 1% FPR", "tpr_at_0_1pct": "TPR at 0.1% FPR",
+                  "tpr_at_0_01pct": "TPR at 0.01% FPR", "balanced_acc": "balanced accuracy"}
+LEAKAGE_METRICS = tuple(LEAKAGE_LABELS)
+DEFAULT_LEAKAGE = "tpr_at_1pct"
+
+# The attack the group table, TensorBoard's HParams and the summary show: LiRA with a global variance
+# is the steadier of the online variants with the handful of shadow models a group has. Where it did
+# not run, the first of the fallbacks that did.
+HEADLINE_ATTACK = "lira_online_fixed"
+FALLBACK_ATTACKS = ("lira_online", "lira_offline_fixed", "lira_offline")

@@ -1,0 +1,132 @@
+"""A validated experiment: its groups, its trials (group x seed x model_index, fixed order) and the
+plan `demem validate` / `demem run` print."""
+
+from __future__ import annotations
+
+import copy
+import functools
+from dataclasses import dataclass
+
+from orchestrator.fmt import count, fmt_num
+from orchestrator.spec.grid import Group, expand
+from orchestrator.spec.keys import short_name
+from orchestrator.spec.problems import SpecError
+from orchestrator.spec.sections import AuditSpec, FailureSpec, ResourcesSpec
+from orchestrator.spec.space import SearchSpec
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One model to train. `trial_key` is also its run id."""
+
+    trial_key: str
+    group_id: str
+    seed: int
+    model_index: int
+    run: dict  # the full RunConfig dict of this model
+
+
+@dataclass(frozen=True)
+class ExperimentSpec:
+    """A validated spec; build it with `load_spec` or `validate`.
+
+    Attributes:
+        name: the experiment name.
+        base: the base run config as given (without n_models / model_index / seed).
+        grid: expanded key path -> list of values (the `seed` grid key is moved to `seeds`).
+        seeds: training seeds; every group trains its M models once per seed.
+        audit: the audit section (M = audit.models).
+        resources: per trial.
+        max_concurrent: None = as many trials as the cluster fits.
+        failure: retries of a failed trial.
+        search: None, or the search section. With a search, `groups()` / `trials()` describe the base
+            point only.
+        raw: the spec as loaded.
+        points: None, or explicit groups instead of a grid: a list of {expanded key path: value}.
+    """
+
+    name: str
+    base: dict
+    grid: dict[str, list]
+    seeds: tuple[int, ...]
+    audit: AuditSpec
+    resources: ResourcesSpec
+    max_concurrent: int | None
+    failure: FailureSpec
+    search: SearchSpec | None
+    raw: dict
+    points: list[dict] | None = None
+
+    @property
+    def max_retries(self) -> int:
+        return self.failure.max_retries
+
+    @functools.cached_property
+    def _groups(self) -> tuple[Group, ...]:
+        # Expanding resolves every grid point through RunConfig; do it once per spec.
+        groups, problems = expand(self.base, self.grid, self.audit.models, self.points)
+        if problems:  # only possible for a spec built by hand, not through validate()
+            raise SpecError(problems)
+        return tuple(groups)
+
+    def groups(self) -> list[Group]:
+        """The grid points, in grid order (the last grid key varies fastest)."""
+        return list(self._groups)
+
+    def trials(self) -> list[Trial]:
+        """Every model to train: groups x seeds x model_index 0..M-1, in that order."""
+        return list(self._trials)
+
+    @functools.cached_property
+    def _trials(self) -> tuple[Trial, ...]:
+        out = []
+        for group in self.groups():
+            for seed in self.seeds:
+                for m in range(self.audit.models):
+                    run = copy.deepcopy(group.run)
+                    run["seed"], run["model_index"] = seed, m
+                    out.append(Trial(trial_key=f"{group.group_id}-s{seed}-m{m:03d}", group_id=group.group_id,
+                                     seed=seed, model_index=m, run=run))
+        return tuple(out)
+
+    def plan(self) -> str:
+        """A human-readable summary: groups, trials, training epochs, per-trial resources, audit."""
+        groups, m, seeds = self.groups(), self.audit.models, self.seeds
+        n_trials = len(groups) * len(seeds) * m
+        lines = [f"experiment {self.name}: {count(len(groups), 'group')} x {count(len(seeds), 'seed')} "
+                 f"x {m} models = {n_trials} trials"]
+        width = max(len(g.label) for g in groups)
+        lines += [f"  {g.label:<{width}}  {g.group_id}" + (f"  (also {'; '.join(g.aliases)}: the same run)"
+                                                             if g.aliases else "") for g in groups]
+        epochs = [g.run["train"]["epochs"] for g in groups]
+        per_group = len(seeds) * m
+        total = sum(epochs) * per_group
+        how = (f"{n_trials} trials x {count(epochs[0], 'epoch')}" if len(set(epochs)) == 1
+               else f"{per_group} trials per group x {'/'.join(str(e) for e in epochs)} epochs")
+        lines.append(f"training: {total} epochs in all ({how})")
+        at_once = "as many as fit" if self.max_concurrent is None else f"at most {self.max_concurrent}"
+        lines.append(f"per trial: {fmt_num(self.resources.cpu)} CPU, {fmt_num(self.resources.gpu)} GPU; "
+                     f"{at_once} at once; max_retries: {self.max_retries}")
+        targets = "every model" if self.audit.targets is None else f"the first {self.audit.targets} models"
+        queries = "all recorded" if self.audit.queries is None else str(self.audit.queries)
+        lines.append(f"audit per group and seed: {m} models, targets: {targets}, queries: {queries}, "
+                     f"attacks: {', '.join(self.audit.attacks)}")
+        if self.search is not None:
+            s = self.search
+            objectives = ", ".join(f"{o.metric} ({o.mode})" for o in s.objectives)
+            lines = [f"experiment {self.name}: search with {s.algorithm}, {s.num_samples} trials over "
+                     f"{', '.join(short_name(p) for p in s.space)}",
+                     f"  each trial trains one model on half the pool (seed {seeds[0]}) and is scored on "
+                     f"{objectives}", "  privacy score: loss-threshold attack on the model's own members vs "
+                     "non-members; confirm the best points with `demem confirm`",
+                     f"  base: {groups[0].group_id}; scheduler: {s.scheduler or 'none'}",
+                     f"training: at most {s.num_samples * epochs[0]} epochs "
+                     f"({s.num_samples} trials x {count(epochs[0], 'epoch')} of the base)",
+                     lines[-2], f"confirmation audit per group: {m} models, attacks: "
+                     f"{', '.join(self.audit.attacks)}"]
+        return "\n".join(lines)
+
+
+def trial_resources(spec: ExperimentSpec) -> dict[str, float]:
+    """What one trial asks Ray Tune for ({"cpu", "gpu"}), for `tune.with_resources`."""
+    return {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}

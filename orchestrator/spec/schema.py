@@ -1,0 +1,237 @@
+"""The spec format: reading a YAML file, validating it (every problem at once), and its JSON Schema.
+
+The format (every key but `name` and `audit.models` may be left out):
+
+    name: quickstart                 # experiment name: [A-Za-z0-9_.-]+ (results/<name>/...)
+    base:                            # one run config: the keys of demem.train.RunConfig.from_dict,
+      data: {dataset: fashion-mnist, pool_size: 1000, pool_seed: 0}   # but NOT n_models, model_index
+      train: {arch: small-cnn, epochs: 3}                             # or seed (the spec sets those)
+      method: {name: pgd_at}
+      demem: {lambda: 0.0, risk_threshold: 0.0}
+    grid:                            # dotted key paths into base -> non-empty list of values;
+      method: [pgd_at, trades]       # the groups are the cartesian product (last key varies fastest)
+      demem.lambda: [0.0, 0.4]
+    seeds: [0]                       # default [0]; `seed: [...]` in grid means the same
+    audit: {models: 8, targets: null, attacks: [lira, loss], queries: null}   # see sections.AuditSpec
+    resources: {cpu: 1, gpu: 0}      # per trial; gpu may be a fraction (0.25) to pack small models
+    max_concurrent: null             # at most this many trials at once; null = as many as fit
+    failure: {max_retries: 1}        # retries of a failed trial (default 1)
+    points: null                     # explicit groups instead of a grid: [{lambda: 0.4}, {}] ({} = base)
+    search: null                     # a search instead of a grid (never both): see space.SearchSpec
+
+Top-level keys starting with "_" are reserved for tools: they are kept in `ExperimentSpec.raw` and
+not validated.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from demem import data as datalib
+from demem.checks import is_int
+from demem.config import json_schema
+from demem.privacy.audit import MIA_ATTACKS
+from demem.train import RunConfig
+from orchestrator.metrics import SEARCH_METRICS
+from orchestrator.spec.grid import Group, check_grid, check_points, check_seeds, expand
+from orchestrator.spec.keys import PER_TRIAL, SHORTHANDS
+from orchestrator.spec.plan import ExperimentSpec
+from orchestrator.spec.problems import SpecError, mapping
+from orchestrator.spec.sections import (
+    AuditSpec,
+    FailureSpec,
+    ResourcesSpec,
+    check_audit,
+    check_failure,
+    check_queries,
+    check_resources,
+)
+from orchestrator.spec.space import ALGORITHMS, DISTRIBUTIONS, MODES, SCHEDULERS, SearchSpec, check_search
+
+TOP_KEYS = ("audit", "base", "failure", "grid", "max_concurrent", "name", "points", "resources", "search", "seeds")
+_NAME_RE = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def load_spec(path: str | Path, *, check_data: bool = True,
+              available: dict[str, float] | None = None) -> ExperimentSpec:
+    """Read a YAML spec (yaml.safe_load) and validate it; see `validate`.
+
+    Raises:
+        SpecError: an unreadable file, a YAML syntax error (naming file and line), or every problem
+            `validate` finds.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise SpecError([f"{path}: cannot read the spec: {e.strerror or e}"]) from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        problem = getattr(e, "problem", None) or str(e)
+        raise SpecError([f"{where}: YAML syntax error: {problem}"]) from None
+    if raw is None:
+        raise SpecError([f"{path}: the spec is empty"])
+    return validate(raw, check_data=check_data, available=available)
+
+
+def validate(raw: dict, *, check_data: bool = True, available: dict[str, float] | None = None) -> ExperimentSpec:
+    """Check a loaded spec and return it as an `ExperimentSpec`.
+
+    Args:
+        raw: the spec as loaded from YAML.
+        check_data: also require every group's dataset to be present locally (or data.download).
+        available: the resources of the largest node, Ray-style ({"CPU": 2, "GPU": 0}); when given, a
+            trial must fit on it.
+
+    Raises:
+        SpecError: listing every problem found, one per line, each prefixed with its key path.
+    """
+    if not isinstance(raw, dict):
+        raise SpecError([f"spec: must be a mapping of settings, got {type(raw).__name__}"])
+    problems: list[str] = []
+    problems += [f"{k}: unknown key; allowed: {', '.join(TOP_KEYS)}" for k in raw
+                 if k not in TOP_KEYS and not (isinstance(k, str) and k.startswith("_"))]
+
+    name = _check_name(raw.get("name"), problems)
+    base = _check_base(raw.get("base"), problems)
+    grid, grid_seeds = check_grid(raw.get("grid"), problems)
+    points = check_points(raw.get("points"), problems)
+    seeds = check_seeds(raw.get("seeds"), grid_seeds, problems)
+    audit = check_audit(raw.get("audit"), "audit" in raw, problems)
+    resources = check_resources(raw.get("resources"), available, problems)
+    max_concurrent = raw.get("max_concurrent")
+    if max_concurrent is not None and not (is_int(max_concurrent) and max_concurrent >= 1):
+        problems.append("max_concurrent: must be an integer >= 1 or null")
+    failure = check_failure(raw.get("failure"), problems)
+
+    groups, group_problems = expand(base, grid, audit.models, points)
+    problems += group_problems
+    raw_grid = raw.get("grid")
+    has_grid = isinstance(raw_grid, dict) and any(k != "seed" for k in raw_grid)
+    if has_grid and points is not None:
+        problems.append("points: cannot be combined with grid; give one of them")
+    if points is not None and raw.get("search") is not None:
+        problems.append("search: cannot be combined with points; give one of them")
+    search = check_search(raw.get("search"), has_grid, base, audit.models, bool(group_problems), problems)
+    check_queries(audit.queries, groups, problems)
+    if check_data:
+        _check_data(groups, search, base, problems)
+
+    if problems:
+        raise SpecError(list(dict.fromkeys(problems)))  # without repeats, in the order found
+    return ExperimentSpec(name=name, base=base, grid=grid, seeds=seeds, audit=audit, resources=resources,
+                          max_concurrent=max_concurrent, failure=failure, search=search,
+                          raw=copy.deepcopy(raw), points=points)
+
+
+def _check_name(name: Any, problems: list[str]) -> str:
+    if name is None:
+        problems.append("name: required")
+        return ""
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+        problems.append("name: must match [A-Za-z0-9_.-]+")
+        return str(name)
+    return name
+
+
+def _check_base(base: Any, problems: list[str]) -> dict:
+    base = copy.deepcopy(mapping("base", base, problems))
+    for key, why in PER_TRIAL.items():
+        if key in base:
+            problems.append(f"base.{key}: {why}; not allowed here")
+            del base[key]  # reported; leave it out so the groups are checked without it
+    return base
+
+
+def _check_data(groups: list[Group], search: SearchSpec | None, base: dict, problems: list[str]) -> None:
+    """Every dataset a trial will read must be on this machine, unless its group may download it."""
+    wanted: list[tuple[str, str | None]] = []
+    for g in groups:
+        d = g.run["data"]
+        if not d["download"]:
+            wanted.append((d["dataset"], d["root"]))
+    if search is not None:
+        choices = search.space.get("data.dataset", {}).get("choice", [])
+        data = base.get("data") if isinstance(base.get("data"), dict) else {}
+        if not data.get("download"):
+            wanted += [(name, data.get("root")) for name in choices if name in datalib.DATASETS]
+    reported: set[str] = set()
+    for name, root in wanted:
+        if name in reported or datalib.locate(name, root) is not None:
+            continue
+        reported.add(name)
+        # The same directories load_splits searches, in its order.
+        looked = ", ".join(str(p) for p in datalib._candidate_dirs(name, root))
+        problems.append(f"data.dataset: {name} is not present locally (looked in: {looked}); "
+                        f"fetch it with: {datalib.dataset_info(name).fetch_hint}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# JSON Schema (`demem schema`): what an editor can check while a spec is typed. The run config and the
+# typed sections come from the one walker (demem.config.json_schema); the cross-field rules (model
+# minimums, grid values resolving to valid runs, datasets present) stay `validate`'s.
+# ---------------------------------------------------------------------------------------------------
+
+
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+def spec_json_schema() -> dict[str, Any]:
+    """The JSON Schema of a spec file."""
+    run = json_schema(RunConfig)
+    base = {**run, "properties": {k: v for k, v in run["properties"].items() if k not in PER_TRIAL}}
+    audit = json_schema(AuditSpec)
+    audit["properties"]["attacks"] = {"anyOf": [
+        {"type": "array", "items": {"type": "string"}, "minItems": 1}, {"type": "string"}],
+        "description": f"attack names ({', '.join(MIA_ATTACKS)}) or lira, threshold, all"}
+    audit["properties"]["models"] = {"type": "integer", "minimum": 2}
+    audit["required"] = ["models"]
+    resources = json_schema(ResourcesSpec)
+    resources["properties"] = {"cpu": {"type": "number", "exclusiveMinimum": 0},
+                               "gpu": {"type": "number", "minimum": 0}}
+    failure = json_schema(FailureSpec)
+    failure["properties"]["max_retries"] = {"type": "integer", "minimum": 0}
+    key_path = {"type": "string", "description": f"a key path into base, or a shorthand: {', '.join(SHORTHANDS)}"}
+    dist = {"type": "object", "minProperties": 1, "maxProperties": 1, "additionalProperties": False,
+            "properties": {d: {"type": "array"} for d in DISTRIBUTIONS}}
+    objective = {"type": "object", "minProperties": 1, "maxProperties": 1, "additionalProperties": False,
+                 "properties": {m: {"enum": list(MODES)} for m in SEARCH_METRICS}}
+    search = json_schema(SearchSpec)
+    search["properties"].update(
+        algorithm={"enum": list(ALGORITHMS)}, num_samples={"type": "integer", "minimum": 1},
+        objectives={"type": "array", "minItems": 1, "items": objective},
+        space={"type": "object", "minProperties": 1, "propertyNames": key_path, "additionalProperties": dist},
+        scheduler={"anyOf": [{"enum": list(SCHEDULERS)}, {"type": "null"}]})
+    search["required"] = ["num_samples", "objectives", "space"]
+    seeds = {"type": "array", "minItems": 1, "items": {"type": "integer", "minimum": 0}}
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "demem experiment spec",
+        "type": "object",
+        "required": ["name", "audit"],
+        "properties": {
+            "name": {"type": "string", "pattern": "^[A-Za-z0-9_.-]+$"},
+            "base": _nullable(base),
+            "grid": _nullable({"type": "object", "propertyNames": key_path,
+                              "additionalProperties": {"type": "array", "minItems": 1}}),
+            "points": _nullable({"type": "array", "minItems": 1,
+                                "items": {"type": "object", "propertyNames": key_path}}),
+            "seeds": _nullable(seeds),
+            "audit": audit,
+            "resources": _nullable(resources),
+            "max_concurrent": _nullable({"type": "integer", "minimum": 1}),
+            "failure": _nullable(failure),
+            "search": _nullable(search),
+        },
+        "patternProperties": {"^_": {}},  # reserved for tools
+        "additionalProperties": False,
+    }

@@ -1,0 +1,174 @@
+"""The typed sections of a spec: `audit`, `resources`, `failure`. Each is checked once, at
+validation, and handed on as a frozen dataclass; nothing downstream re-reads the raw dict."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from demem.checks import is_int, is_number
+from demem.privacy.audit import LIRA_ATTACKS, MIA_ATTACKS, AuditConfig, parse_attacks
+from orchestrator.fmt import fmt_num
+from orchestrator.spec.grid import Group
+from orchestrator.spec.problems import mapping, unknown_keys
+
+# Models a group needs for the audit, from the balanced keep mask (each sample in floor(M/2) or more
+# models and out of as many): run_audit wants every sample in >= 2 and out of >= 2 models (M >= 4);
+# LiRA attacks target t with the other M - 1 models, so a sample has floor(M/2) - 1 shadows of one
+# kind; the fixed-variance variants need 1 (M >= 4), the per-sample-variance ones 2 (M >= 6).
+MIN_MODELS_AUDIT = 4
+MIN_MODELS_LIRA = 4
+MIN_MODELS_LIRA_PER_SAMPLE_VARIANCE = 6
+
+
+@dataclass(frozen=True)
+class AuditSpec:
+    """`audit`: how each (group, seed) is audited.
+
+    Attributes:
+        models: M models per group (RunConfig.n_models); a trial trains one of them.
+        targets: attack the first `targets` models as targets; None = every model.
+        attacks: expanded attack names (demem.privacy.audit.parse_attacks); default: all.
+        queries: LiRA queries to use (<= eval.queries); None = all recorded.
+    """
+
+    models: int
+    targets: int | None = None
+    attacks: tuple[str, ...] = MIA_ATTACKS
+    queries: int | None = None
+
+    def config(self) -> AuditConfig:
+        """The audit code's own config for this section."""
+        return AuditConfig(attacks=self.attacks, targets=self.targets, queries=self.queries)
+
+
+@dataclass(frozen=True)
+class ResourcesSpec:
+    """`resources`: what one trial asks for. gpu may be a fraction (0.25) to pack small models."""
+
+    cpu: float = 1.0
+    gpu: float = 0.0
+
+
+@dataclass(frozen=True)
+class FailureSpec:
+    """`failure`: retries of a failed trial."""
+
+    max_retries: int = 1
+
+
+def check_audit(audit: Any, given: bool, problems: list[str]) -> AuditSpec:
+    """The audit section; with problems, a stand-in whose `models` is MIN_MODELS_AUDIT when unknown
+    (so the groups can still be resolved and checked)."""
+    out: dict[str, Any] = {"models": None, "targets": None, "attacks": MIA_ATTACKS, "queries": None}
+    if not given or audit is None:
+        problems.append("audit.models: required")
+        return _audit(out)
+    if not isinstance(audit, dict):
+        problems.append("audit: must be a mapping")
+        return _audit(out)
+    unknown_keys("audit", audit, tuple(sorted(AuditSpec.__dataclass_fields__)), problems)
+
+    attacks = audit.get("attacks")
+    asked: tuple[str, ...] = MIA_ATTACKS  # what the model-count rules check; nothing when the list is broken
+    if attacks is not None:
+        asked = ()
+        items = attacks.split(",") if isinstance(attacks, str) else attacks
+        if not (isinstance(items, list) and items and all(isinstance(a, str) and a.strip() for a in items)):
+            problems.append("audit.attacks: must be a non-empty list of attack names")
+        else:
+            expanded = parse_attacks(",".join(items))
+            bad = [a for a in expanded if a not in MIA_ATTACKS]
+            if bad:
+                problems.append(f"audit.attacks: unknown attack(s) {', '.join(map(repr, bad))}; known: "
+                                f"{', '.join(MIA_ATTACKS)}, and lira, threshold, all")
+            else:
+                out["attacks"] = asked = expanded
+
+    models = audit.get("models")
+    if models is None:
+        problems.append("audit.models: required")
+    elif not (is_int(models) and models >= 2):
+        problems.append("audit.models: must be an integer >= 2")
+    else:
+        out["models"] = models
+        lira = [a for a in asked if a in LIRA_ATTACKS]
+        per_sample_var = [a for a in lira if not a.endswith("_fixed")]
+        if lira and models < MIN_MODELS_LIRA:
+            problems.append(f"audit.models: LiRA needs at least {MIN_MODELS_LIRA} models per group, got {models}")
+        elif models < MIN_MODELS_AUDIT:
+            problems.append(f"audit.models: the audit needs every sample in at least 2 models and out of at least "
+                            f"2, so at least {MIN_MODELS_AUDIT} models per group, got {models}")
+        elif per_sample_var and models < MIN_MODELS_LIRA_PER_SAMPLE_VARIANCE:
+            problems.append(f"audit.attacks: {', '.join(per_sample_var)} need at least "
+                            f"{MIN_MODELS_LIRA_PER_SAMPLE_VARIANCE} models per group (2 IN and 2 OUT shadows per "
+                            f"sample besides the target), got {models}; use the _fixed variants or more models")
+
+    targets = audit.get("targets")
+    if targets is not None:
+        if not (is_int(targets) and targets >= 1):
+            problems.append("audit.targets: must be an integer >= 1 or null")
+        elif out["models"] is not None and targets > out["models"]:
+            problems.append(f"audit.targets: must be <= audit.models ({out['models']}), got {targets}")
+        else:
+            out["targets"] = targets
+    queries = audit.get("queries")
+    if queries is not None:
+        if not (is_int(queries) and queries >= 1):
+            problems.append("audit.queries: must be an integer >= 1 or null")
+        else:
+            out["queries"] = queries
+    return _audit(out)
+
+
+def _audit(fields: dict[str, Any]) -> AuditSpec:
+    models = fields["models"] if fields["models"] is not None else MIN_MODELS_AUDIT
+    return AuditSpec(**{**fields, "models": models, "attacks": tuple(fields["attacks"])})
+
+
+def check_queries(queries: int | None, groups: list[Group], problems: list[str]) -> None:
+    if queries is None:
+        return
+    for g in groups:
+        recorded = g.run["eval"]["queries"]
+        if queries > recorded:
+            where = "" if g.label == "base" else f" at grid point {g.label}"
+            problems.append(f"audit.queries: {queries} asked for, but the models record only {recorded} "
+                            f"(eval.queries){where}")
+            return
+
+
+def check_resources(resources: Any, available: dict[str, float] | None, problems: list[str]) -> ResourcesSpec:
+    resources = mapping("resources", resources, problems)
+    unknown_keys("resources", resources, tuple(sorted(ResourcesSpec.__dataclass_fields__)), problems)
+    cpu, gpu = resources.get("cpu", 1), resources.get("gpu", 0)
+    ok_cpu, ok_gpu = is_number(cpu, finite=True) and cpu > 0, is_number(gpu, finite=True) and gpu >= 0
+    if not ok_cpu:
+        problems.append("resources.cpu: must be > 0")
+    if not ok_gpu:
+        problems.append("resources.gpu: must be >= 0")
+    elif gpu > 1 and gpu != int(gpu):
+        # Ray packs fractions of one GPU; above one it only hands out whole devices.
+        problems.append(f"resources.gpu: a trial gets a fraction of one GPU or whole GPUs, got {fmt_num(gpu)}")
+    if available is not None:
+        have_cpu, have_gpu = available.get("CPU", 0), available.get("GPU", 0)
+        if ok_cpu and cpu > have_cpu:
+            problems.append(f"resources: a trial needs {fmt_num(cpu)} CPU but the largest node has "
+                            f"{fmt_num(have_cpu)}; no node could satisfy it")
+        if ok_gpu and gpu > 0 and not have_gpu:
+            problems.append(f"resources: a trial needs {fmt_num(gpu)} GPU but no node has one; "
+                            "no node could satisfy it")
+        elif ok_gpu and gpu > have_gpu:
+            problems.append(f"resources: a trial needs {fmt_num(gpu)} GPU but the largest node has "
+                            f"{fmt_num(have_gpu)}; no node could satisfy it")
+    return ResourcesSpec(cpu=float(cpu) if ok_cpu else 1.0, gpu=float(gpu) if ok_gpu else 0.0)
+
+
+def check_failure(failure: Any, problems: list[str]) -> FailureSpec:
+    failure = mapping("failure", failure, problems)
+    unknown_keys("failure", failure, tuple(FailureSpec.__dataclass_fields__), problems)
+    retries = failure.get("max_retries", 1)
+    if not (is_int(retries) and retries >= 0):
+        problems.append("failure.max_retries: must be an integer >= 0")
+        return FailureSpec()
+    return FailureSpec(max_retries=retries)

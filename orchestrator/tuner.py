@@ -1,0 +1,116 @@
+"""The one place that builds a Ray Tune `Tuner` for an experiment, or restores one from its storage.
+
+Grid: one trial per model (`spec.trials()`), each running `train` (orchestrator.trainable.train_model
+by default) on its trial config. Search: Optuna samples `search.space` (ASHA optionally stops trials
+early), each trial running `search_model`. Tests pass their own `train` to wrap the real one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+from orchestrator.callbacks import ExperimentCallback
+from orchestrator.layout import ExperimentDir
+from orchestrator.spec import ExperimentSpec, Trial, trial_resources
+from orchestrator.spec.space import SEARCH_N_MODELS
+from orchestrator.trainable import search_model, train_model
+
+TrainFn = Callable[[dict[str, Any]], None]
+# Held-out samples scored after each epoch but the last (the last epoch is scored on all of them).
+INTERIM_SAMPLES = 256
+
+
+def _grid_trainable(train: TrainFn) -> TrainFn:
+    def _trainable(config: dict[str, Any]) -> None:  # the name Tune stores and checks on restore
+        train(config["trial"])
+
+    return _trainable
+
+
+def _search_trainable(train: TrainFn) -> TrainFn:
+    def _search_trainable(config: dict[str, Any]) -> None:
+        train(config)
+
+    return _search_trainable
+
+
+def _trainable(spec: ExperimentSpec, train: TrainFn | None):
+    if spec.search is not None:
+        fn = _search_trainable(train or search_model)
+    else:
+        fn = _grid_trainable(train or train_model)
+    return tune.with_resources(fn, trial_resources(spec))
+
+
+def trial_config(spec: ExperimentSpec, exp: ExperimentDir, trial: Trial) -> dict[str, Any]:
+    """What a grid trial gets (see orchestrator.trainable.train_model)."""
+    return {
+        "experiment": spec.name, "group_id": trial.group_id, "run_id": trial.trial_key, "seed": trial.seed,
+        "model_index": trial.model_index, "run": trial.run, "cpus": spec.resources.cpu,
+        "artifacts": str(exp.run_dir(trial.group_id, trial.trial_key).resolve()),
+    }
+
+
+def _domain(dist: dict[str, list]):
+    ((kind, args),) = dist.items()
+    if kind == "uniform":
+        return tune.uniform(*args)
+    if kind == "loguniform":
+        return tune.loguniform(*args)
+    return tune.choice(list(args))
+
+
+def _search_config(spec: ExperimentSpec, exp: ExperimentDir, max_concurrent: int | None):
+    s = spec.search
+    metrics, modes = s.metrics, s.modes
+    single = len(metrics) == 1
+    searcher = OptunaSearch(metric=metrics[0] if single else metrics, mode=modes[0] if single else modes,
+                            seed=spec.seeds[0])
+    scheduler = None
+    if s.scheduler == "asha":
+        epochs = s.max_epochs(spec.base)
+        scheduler = ASHAScheduler(metric=metrics[0], mode=modes[0], time_attr="training_iteration", max_t=epochs,
+                                  grace_period=max(1, epochs // 4), reduction_factor=2)
+    fixed = {"base": spec.base, "seed": spec.seeds[0], "n_models": SEARCH_N_MODELS, "cpus": spec.resources.cpu,
+             "root": str(exp.root.resolve()), "interim_samples": INTERIM_SAMPLES}
+    space = {"params": {path: _domain(dist) for path, dist in s.space.items()}, "fixed": fixed}
+    config = tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=s.num_samples,
+                             max_concurrent_trials=max_concurrent or spec.max_concurrent, reuse_actors=True)
+    return space, config
+
+
+def build_tuner(spec: ExperimentSpec, exp: ExperimentDir, max_concurrent: int | None = None,
+                train: TrainFn | None = None) -> tune.Tuner:
+    """A new Tuner for the experiment, storing its state under exp.tune."""
+    if spec.search is not None:
+        space, config = _search_config(spec, exp, max_concurrent)
+    else:
+        space = {"trial": tune.grid_search([trial_config(spec, exp, t) for t in spec.trials()])}
+        # Reusing worker processes saves the torch import and dataset parse of every trial; trials
+        # keep no state between them (each builds its own model, optimizer and generators).
+        config = tune.TuneConfig(max_concurrent_trials=max_concurrent or spec.max_concurrent, reuse_actors=True)
+    return tune.Tuner(
+        _trainable(spec, train),
+        param_space=space,
+        tune_config=config,
+        run_config=tune.RunConfig(
+            name=exp.tune.name, storage_path=str(exp.root.resolve()),
+            failure_config=tune.FailureConfig(max_failures=spec.max_retries),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            callbacks=[ExperimentCallback(str(exp.root.resolve()))], verbose=0,
+        ),
+    )
+
+
+def restore_tuner(spec: ExperimentSpec, exp: ExperimentDir, train: TrainFn | None = None) -> tune.Tuner | None:
+    """The Tuner of an interrupted experiment, resuming unfinished and errored trials; None when Tune
+    saved nothing to restore from."""
+    if not tune.Tuner.can_restore(str(exp.tune.resolve())):
+        return None
+    return tune.Tuner.restore(str(exp.tune.resolve()), trainable=_trainable(spec, train),
+                              resume_unfinished=True, resume_errored=True)
