@@ -41,6 +41,7 @@ test: setup data
 
 lint: setup
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 bench: setup data
 	$(BIN)/python benchmarks/bench_train.py

@@ -131,9 +131,16 @@ def main(argv: list[str] | None = None) -> dict:
     vec_s = statistics.mean(times)
     auc = [roc_auc(scores[t], keep[t]) for t in loop_targets]
     result = {
-        "config": {"models": m, "samples": n, "queries": k, "variant": "online", "repeats": args.repeats,
-                   "loop_targets": int(loop_targets.size), "loop_samples": int(loop_samples.size),
-                   "seed": args.seed},
+        "config": {
+            "models": m,
+            "samples": n,
+            "queries": k,
+            "variant": "online",
+            "repeats": args.repeats,
+            "loop_targets": int(loop_targets.size),
+            "loop_samples": int(loop_samples.size),
+            "seed": args.seed,
+        },
         "vectorised_s_mean": vec_s,
         "vectorised_s_std": statistics.stdev(times) if len(times) > 1 else 0.0,
         "vectorised_s_all": times,
@@ -155,23 +162,37 @@ def main(argv: list[str] | None = None) -> dict:
         "loadavg_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan"),
     }
 
-    print(f"LiRA online, every target of a group: M={m} models x N={n} samples x K={k} queries "
-          f"(leave-one-out, {m - 1} shadows each)")
-    print(f"  inputs: signals float32 + keep bool = {result['inputs_mib']:.1f} MiB; numpy {np.__version__}, "
-          f"{os.cpu_count()} CPUs, 1-min load average {result['loadavg_1min']:.2f}")
-    print(f"  vectorised lira_scores: {vec_s:.2f} s +- {result['vectorised_s_std']:.2f} "
-          f"(mean +- std over {args.repeats} runs; {', '.join(f'{t:.2f}' for t in times)})")
-    print(f"  peak RSS: +{result['peak_rss_increase_mib']:.0f} MiB over the inputs (peak {rss_after:.0f} MiB); "
-          f"tracemalloc peak {result['tracemalloc_peak_mib']:.0f} MiB (incl. the {m * n * 8 / MIB:.0f} MiB output)")
-    print(f"  reference loop: {loop_s:.2f} s for {loop_targets.size} targets x {loop_samples.size} samples "
-          f"= {result['loop_s_per_pair'] * 1e6:.0f} us per (target, sample)")
+    print(
+        f"LiRA online, every target of a group: M={m} models x N={n} samples x K={k} queries "
+        f"(leave-one-out, {m - 1} shadows each)"
+    )
+    print(
+        f"  inputs: signals float32 + keep bool = {result['inputs_mib']:.1f} MiB; numpy {np.__version__}, "
+        f"{os.cpu_count()} CPUs, 1-min load average {result['loadavg_1min']:.2f}"
+    )
+    print(
+        f"  vectorised lira_scores: {vec_s:.2f} s +- {result['vectorised_s_std']:.2f} "
+        f"(mean +- std over {args.repeats} runs; {', '.join(f'{t:.2f}' for t in times)})"
+    )
+    print(
+        f"  peak RSS: +{result['peak_rss_increase_mib']:.0f} MiB over the inputs (peak {rss_after:.0f} MiB); "
+        f"tracemalloc peak {result['tracemalloc_peak_mib']:.0f} MiB (incl. the {m * n * 8 / MIB:.0f} MiB output)"
+    )
+    print(
+        f"  reference loop: {loop_s:.2f} s for {loop_targets.size} targets x {loop_samples.size} samples "
+        f"= {result['loop_s_per_pair'] * 1e6:.0f} us per (target, sample)"
+    )
     print(f"  reference extrapolated to {m} x {n}: {loop_full_s:.0f} s ({loop_full_s / 3600:.2f} h)")
     print(f"  ratio loop / vectorised: {result['ratio_loop_over_vectorised']:.0f}x")
-    print(f"  agreement on the {pairs_loop} pairs: max |diff| = {max_abs:.2e} -> "
-          f"{'OK' if agree else 'MISMATCH'} (rtol = atol = 1e-6)")
+    print(
+        f"  agreement on the {pairs_loop} pairs: max |diff| = {max_abs:.2e} -> "
+        f"{'OK' if agree else 'MISMATCH'} (rtol = atol = 1e-6)"
+    )
     # K i.i.d. queries averaged: a mean shift of 1 against a difference std of sqrt(2 / K).
-    print(f"  sanity: AUC of the loop targets {', '.join(f'{a:.4f}' for a in auc)} (signals IN ~ N(1, 1), "
-          f"OUT ~ N(0, 1) per query: ideal {stats.norm.cdf(np.sqrt(k / 2)):.4f} with K = {k})")
+    print(
+        f"  sanity: AUC of the loop targets {', '.join(f'{a:.4f}' for a in auc)} (signals IN ~ N(1, 1), "
+        f"OUT ~ N(0, 1) per query: ideal {stats.norm.cdf(np.sqrt(k / 2)):.4f} with K = {k})"
+    )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2))

@@ -66,14 +66,15 @@ def synthetic_pool(n: int, seed: int = 0) -> Pool:
 
 def run_config(args: argparse.Namespace, dataset: str) -> RunConfig:
     """PGD-AT with a constant LR, so the epoch counter cannot make the two loops' steps differ."""
-    return RunConfig.from_dict({
-        "data": {"dataset": dataset, "pool_size": args.pool_size},
-        "train": {"arch": args.arch, "batch_size": args.batch_size, "epochs": args.epochs,
-                  "schedule": "constant"},
-        "method": {"name": "pgd_at"},
-        "attack": {"steps": args.attack_steps},
-        "seed": args.seed,
-    })
+    return RunConfig.from_dict(
+        {
+            "data": {"dataset": dataset, "pool_size": args.pool_size},
+            "train": {"arch": args.arch, "batch_size": args.batch_size, "epochs": args.epochs, "schedule": "constant"},
+            "method": {"name": "pgd_at"},
+            "attack": {"steps": args.attack_steps},
+            "seed": args.seed,
+        }
+    )
 
 
 def sync(device: torch.device) -> None:
@@ -153,10 +154,16 @@ class LoopResult:
         return statistics.stdev(t) if len(t) > 1 else 0.0
 
     def to_dict(self) -> dict:
-        return {"samples_per_s_mean": self.mean, "samples_per_s_std": self.std,
-                "samples_per_s": self.throughputs, "epoch_seconds": self.epoch_seconds,
-                "epoch_samples": self.epoch_samples, "peak_mib": self.peak_mib,
-                "last_train_loss": self.last_loss, "last_train_acc": self.last_acc}
+        return {
+            "samples_per_s_mean": self.mean,
+            "samples_per_s_std": self.std,
+            "samples_per_s": self.throughputs,
+            "epoch_seconds": self.epoch_seconds,
+            "epoch_samples": self.epoch_samples,
+            "peak_mib": self.peak_mib,
+            "last_train_loss": self.last_loss,
+            "last_train_acc": self.last_acc,
+        }
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -218,8 +225,9 @@ def reference_dataset(pool: Pool, keep: np.ndarray, augment: bool) -> ArrayImage
     return ArrayImageDataset(np.ascontiguousarray(images), pool.labels[idx].numpy(), transforms.Compose(steps))
 
 
-def reference_pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: float,
-                  steps: int) -> torch.Tensor:
+def reference_pgd(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: float, steps: int
+) -> torch.Tensor:
     """L-inf PGD from a uniform random start, model in eval mode. x: (B, C, H, W) in [0, 1]."""
     model.eval()
     delta = torch.empty_like(x).uniform_(-eps, eps)
@@ -234,8 +242,9 @@ def reference_pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float
     return (x + delta).detach()
 
 
-def reference_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader, device: torch.device,
-                    run: RunConfig) -> dict[str, float]:
+def reference_epoch(
+    model: nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader, device: torch.device, run: RunConfig
+) -> dict[str, float]:
     model.train()
     seen, correct, loss_sum = 0, 0, 0.0
     for x, y in loader:
@@ -253,14 +262,18 @@ def reference_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loader: 
     return {"samples": seen, "loss": loss_sum / seen, "acc": correct / seen}
 
 
-def bench_reference(run: RunConfig, device: torch.device, pool: Pool, keep: np.ndarray, epochs: int,
-                    num_workers: int) -> LoopResult:
+def bench_reference(
+    run: RunConfig, device: torch.device, pool: Pool, keep: np.ndarray, epochs: int, num_workers: int
+) -> LoopResult:
     info = pool.info
     data = reference_dataset(pool, keep, run.train.augment)
     n, bs = len(data), run.train.batch_size
     # The DataLoader's shuffling generator must live on the CPU, whatever the training device.
     loader = DataLoader(
-        data, batch_size=bs, shuffle=True, num_workers=num_workers,
+        data,
+        batch_size=bs,
+        shuffle=True,
+        num_workers=num_workers,
         # Pinned host memory makes the per-batch copies asynchronous: the reference's best case.
         pin_memory=device.type == "cuda",
         # Ours folds a lone last sample away (BatchNorm cannot train on it); dropping it here keeps
@@ -269,10 +282,18 @@ def bench_reference(run: RunConfig, device: torch.device, pool: Pool, keep: np.n
         generator=torch.Generator().manual_seed(run.model_seed),
     )
     torch.manual_seed(run.model_seed)  # the same initial weights as ours (demem.train.model_for)
-    model = build_model(run.train.arch, in_channels=info.channels, num_classes=info.num_classes,
-                        image_size=info.image_size, mean=info.mean, std=info.std, norm=run.train.norm).to(device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=run.train.lr, momentum=run.train.momentum,
-                                weight_decay=run.train.weight_decay)
+    model = build_model(
+        run.train.arch,
+        in_channels=info.channels,
+        num_classes=info.num_classes,
+        image_size=info.image_size,
+        mean=info.mean,
+        std=info.std,
+        norm=run.train.norm,
+    ).to(device)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=run.train.lr, momentum=run.train.momentum, weight_decay=run.train.weight_decay
+    )
     res = LoopResult("reference")
     # cuDNN autotuning as ours has it (demem.device.autotune): a choice that favours the reference.
     with autotune(device):
@@ -295,20 +316,28 @@ def bench_reference(run: RunConfig, device: torch.device, pool: Pool, keep: np.n
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--dataset", default=None,
-                   help=f"registered dataset (default fashion-mnist; {SYNTHETIC_DATASET} with --synthetic)")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    p.add_argument(
+        "--dataset",
+        default=None,
+        help=f"registered dataset (default fashion-mnist; {SYNTHETIC_DATASET} with --synthetic)",
+    )
     p.add_argument("--arch", default="small-cnn")
     p.add_argument("--pool-size", type=int, default=4000, help="pool samples; half of them are trained on")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--attack-steps", type=int, default=3, help="PGD steps of the training attack")
     p.add_argument("--epochs", type=int, default=2, help="measured epochs, after one untimed warm-up epoch")
     p.add_argument("--device", default="auto", help="auto: cuda if available, else cpu")
-    p.add_argument("--num-workers", type=int, default=None,
-                   help="reference DataLoader workers (default 2 on CUDA, 0 on CPU)")
-    p.add_argument("--synthetic", action="store_true",
-                   help=f"random uint8 data shaped like {SYNTHETIC_DATASET} (3x32x32, 10 classes): no files needed")
+    p.add_argument(
+        "--num-workers", type=int, default=None, help="reference DataLoader workers (default 2 on CUDA, 0 on CPU)"
+    )
+    p.add_argument(
+        "--synthetic",
+        action="store_true",
+        help=f"random uint8 data shaped like {SYNTHETIC_DATASET} (3x32x32, 10 classes): no files needed",
+    )
     p.add_argument("--seed", type=int, default=0, help="seeds model init, batch order, augmentation, attacks")
     p.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
     args = p.parse_args(argv)
@@ -330,8 +359,11 @@ def main(argv: list[str] | None = None) -> dict:
     # otherwise idle and two workers keep the GPU fed, as typical scripts do.
     workers = args.num_workers if args.num_workers is not None else (2 if device.type == "cuda" else 0)
     run = run_config(args, dataset)  # validates arch, batch size and attack before any data is read
-    pool = synthetic_pool(args.pool_size, args.seed) if args.synthetic else make_pool(
-        dataset, pool_size=args.pool_size, seed=run.data.pool_seed)
+    pool = (
+        synthetic_pool(args.pool_size, args.seed)
+        if args.synthetic
+        else make_pool(dataset, pool_size=args.pool_size, seed=run.data.pool_seed)
+    )
 
     # Other processes on the machine skew wall-clock figures: measure how much CPU they took meanwhile.
     cpu0, t0 = cpu_seconds(), time.perf_counter()
@@ -342,15 +374,27 @@ def main(argv: list[str] | None = None) -> dict:
 
     atk = run.attack
     config = {
-        "dataset": dataset, "synthetic": args.synthetic, "arch": args.arch, "pool_size": pool.n,
-        "train_samples": int(keep.sum()), "batch_size": run.train.batch_size, "epochs": args.epochs,
+        "dataset": dataset,
+        "synthetic": args.synthetic,
+        "arch": args.arch,
+        "pool_size": pool.n,
+        "train_samples": int(keep.sum()),
+        "batch_size": run.train.batch_size,
+        "epochs": args.epochs,
         "attack": {"steps": atk.steps, "eps": atk.eps, "step_size": atk.alpha, "random_start": atk.random_start},
-        "lr": run.train.lr, "momentum": run.train.momentum, "weight_decay": run.train.weight_decay,
-        "augment": run.train.augment, "reference_num_workers": workers, "seed": args.seed,
+        "lr": run.train.lr,
+        "momentum": run.train.momentum,
+        "weight_decay": run.train.weight_decay,
+        "augment": run.train.augment,
+        "reference_num_workers": workers,
+        "seed": args.seed,
     }
     env = {
-        "device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "torch": torch.__version__, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
         # Left at PyTorch's defaults for both loops (neither the library nor typical scripts touch them).
         # allow_tf32 is on by default: the reference's fp32 convolutions run as TF32 on Ampere and later.
         "cudnn_benchmark": device.type == "cuda",  # both loops run inside demem.device.autotune
@@ -359,20 +403,28 @@ def main(argv: list[str] | None = None) -> dict:
         "reference_precision": "fp32",
         "other_processes_cores": others,  # mean CPU cores other processes kept busy during the benchmark
     }
-    print(f"device   {env['device']} ({env['device_name']}), torch {env['torch']}, "
-          f"{env['threads']} threads, {env['cpus']} CPUs, cudnn.benchmark={env['cudnn_benchmark']}, "
-          f"cudnn.allow_tf32={env['cudnn_allow_tf32']}")
-    print(f"config   {dataset}{' (synthetic)' if args.synthetic else ''}, {args.arch}, "
-          f"{config['train_samples']} training samples of a {pool.n}-sample pool, batch {run.train.batch_size}, "
-          f"PGD-{atk.steps} eps={atk.eps:.4g} step={atk.alpha:.4g}, SGD lr={run.train.lr} "
-          f"momentum={run.train.momentum} wd={run.train.weight_decay}, augment={run.train.augment}")
-    print(f"         ours: {env['ours_precision']}, data resident on {device}; "
-          f"reference: fp32, DataLoader with {workers} workers; {args.epochs} measured epochs each")
+    print(
+        f"device   {env['device']} ({env['device_name']}), torch {env['torch']}, "
+        f"{env['threads']} threads, {env['cpus']} CPUs, cudnn.benchmark={env['cudnn_benchmark']}, "
+        f"cudnn.allow_tf32={env['cudnn_allow_tf32']}"
+    )
+    print(
+        f"config   {dataset}{' (synthetic)' if args.synthetic else ''}, {args.arch}, "
+        f"{config['train_samples']} training samples of a {pool.n}-sample pool, batch {run.train.batch_size}, "
+        f"PGD-{atk.steps} eps={atk.eps:.4g} step={atk.alpha:.4g}, SGD lr={run.train.lr} "
+        f"momentum={run.train.momentum} wd={run.train.weight_decay}, augment={run.train.augment}"
+    )
+    print(
+        f"         ours: {env['ours_precision']}, data resident on {device}; "
+        f"reference: fp32, DataLoader with {workers} workers; {args.epochs} measured epochs each"
+    )
     for r in (ours, ref):
         mem = f"  peak {r.peak_mib:.0f} MiB" if r.peak_mib is not None else ""
         secs = ", ".join(f"{s:.2f}" for s in r.epoch_seconds)
-        print(f"{r.name:<9}{r.mean:9.1f} ± {r.std:.1f} samples/s  epoch s [{secs}]{mem}  "
-              f"(last epoch: loss {r.last_loss:.3f}, adv acc {r.last_acc:.3f})")
+        print(
+            f"{r.name:<9}{r.mean:9.1f} ± {r.std:.1f} samples/s  epoch s [{secs}]{mem}  "
+            f"(last epoch: loss {r.last_loss:.3f}, adv acc {r.last_acc:.3f})"
+        )
     print(f"ratio    ours / reference = {ratio:.2f}x")
     if others is not None:
         print(f"load     other processes kept {others:.2f} of {env['cpus']} CPUs busy on average meanwhile")

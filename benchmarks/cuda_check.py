@@ -64,9 +64,13 @@ def _madry(model, x, y, eps, alpha, steps, start):
 
 
 def attack_fidelity(device: torch.device, pool) -> list[dict]:
-    run = RunConfig.from_dict({"data": {"pool_size": pool.n}, "method": {"name": "standard"},
-                               "train": {"epochs": 8, "batch_size": 128, "augment": False, "schedule": "constant",
-                                         "lr": 0.05}})
+    run = RunConfig.from_dict(
+        {
+            "data": {"pool_size": pool.n},
+            "method": {"name": "standard"},
+            "train": {"epochs": 8, "batch_size": 128, "augment": False, "schedule": "constant", "lr": 0.05},
+        }
+    )
     state = prepare(run, device, pool=pool)
     while not state.done:
         train_epoch(state)
@@ -93,25 +97,36 @@ def attack_fidelity(device: torch.device, pool) -> list[dict]:
                     out[mode] = pgd(model, xin, y, cfg, generator=gen)
         gen = torch.Generator(device=device).manual_seed(seed)
         if name == "trades":
-            out["reference"] = _algorithm_1(model, x, eps, alpha, steps,
-                                            torch.randn(x.shape, device=device, generator=gen))
+            out["reference"] = _algorithm_1(
+                model, x, eps, alpha, steps, torch.randn(x.shape, device=device, generator=gen)
+            )
         else:
             start = (2 * torch.rand(x.shape, device=device, generator=gen) - 1) * eps
             out["reference"] = _madry(model, x, y, eps, alpha, steps, start)
         for mode, x_adv in out.items():
             with torch.no_grad():
                 acc = float((model(x_adv).argmax(1) == y).float().mean())
-            rows.append({"attack": f"{name}-{steps}", "mode": mode, "mean_kl": float(_kl(model, x, x_adv).mean()),
-                         "acc_under_attack": acc, "zero_pixels_still_0": float((x_adv[zeros] == 0).float().mean()),
-                         "max_linf": float((x_adv - x).abs().amax()),
-                         "equal_to_reference": bool(torch.allclose(x_adv, out["reference"], atol=1e-6, rtol=0))})
+            rows.append(
+                {
+                    "attack": f"{name}-{steps}",
+                    "mode": mode,
+                    "mean_kl": float(_kl(model, x, x_adv).mean()),
+                    "acc_under_attack": acc,
+                    "zero_pixels_still_0": float((x_adv[zeros] == 0).float().mean()),
+                    "max_linf": float((x_adv - x).abs().amax()),
+                    "equal_to_reference": bool(torch.allclose(x_adv, out["reference"], atol=1e-6, rtol=0)),
+                }
+            )
     return rows
 
 
 def attack_cost(device: torch.device, reps: int = 20) -> list[dict]:
     torch.manual_seed(0)
-    model = build_model("resnet18", in_channels=3, num_classes=10, image_size=32, mean=(0.5,) * 3,
-                        std=(0.25,) * 3).to(device).eval()
+    model = (
+        build_model("resnet18", in_channels=3, num_classes=10, image_size=32, mean=(0.5,) * 3, std=(0.25,) * 3)
+        .to(device)
+        .eval()
+    )
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     x = torch.rand(256, 3, 32, 32, device=device)
@@ -126,10 +141,13 @@ def attack_cost(device: torch.device, reps: int = 20) -> list[dict]:
             ref = model(x).float()
         return ascend(model, x, lambda logits: kl_divergence(ref, logits), cfg, generator=gen)
 
-    runs = {"pgd-3 (bf16)": lambda: pgd(model, x, y, cfg, generator=gen),
-            "trades-3 (fp32, as trained)": lambda: generate(model, x, y, method=MethodConfig(name="trades"),
-                                                            attack=cfg, generator=gen),
-            "trades-3 (bf16, replaced)": trades_bf16}
+    runs = {
+        "pgd-3 (bf16)": lambda: pgd(model, x, y, cfg, generator=gen),
+        "trades-3 (fp32, as trained)": lambda: generate(
+            model, x, y, method=MethodConfig(name="trades"), attack=cfg, generator=gen
+        ),
+        "trades-3 (bf16, replaced)": trades_bf16,
+    }
     rows = []
     for name, fn in runs.items():
         with autocast(device):
@@ -153,8 +171,10 @@ METHODS = {
     "mart": {"method": {"name": "mart"}},
     "fgsm_rs": {"method": {"name": "fgsm_rs"}},
     "pgd_at+awp": {"method": {"name": "pgd_at", "awp_gamma": 0.01}},
-    "trades+awp+demem": {"method": {"name": "trades", "awp_gamma": 0.005}, "demem": {"lambda": 0.4,
-                                                                                      "risk_threshold": 0.5}},
+    "trades+awp+demem": {
+        "method": {"name": "trades", "awp_gamma": 0.005},
+        "demem": {"lambda": 0.4, "risk_threshold": 0.5},
+    },
     "pgd_at+demem": {"method": {"name": "pgd_at"}, "demem": {"lambda": 0.4}},
 }
 
@@ -162,8 +182,14 @@ METHODS = {
 def methods_smoke(device: torch.device, pool) -> list[dict]:
     rows = []
     for label, over in METHODS.items():
-        run = RunConfig.from_dict({"data": {"pool_size": pool.n}, "train": {"epochs": 2, "batch_size": 128},
-                                   "eval": {"attack": {"steps": 10}}, **over})
+        run = RunConfig.from_dict(
+            {
+                "data": {"pool_size": pool.n},
+                "train": {"epochs": 2, "batch_size": 128},
+                "eval": {"attack": {"steps": 10}},
+                **over,
+            }
+        )
         state = prepare(run, device, pool=pool)
         t0 = time.perf_counter()
         while not state.done:
@@ -171,8 +197,15 @@ def methods_smoke(device: torch.device, pool) -> list[dict]:
         torch.cuda.synchronize(device) if device.type == "cuda" else None
         secs = time.perf_counter() - t0
         ev = evaluate_heldout(state.model, pool, state.keep, run.eval, device=device, seed=0, autoattack=False)
-        rows.append({"method": label, "seconds_2_epochs": secs, "train_loss": m["train_loss"],
-                     "natural_acc": ev["natural_acc"], "robust_acc_pgd10": ev["robust_acc_pgd"]})
+        rows.append(
+            {
+                "method": label,
+                "seconds_2_epochs": secs,
+                "train_loss": m["train_loss"],
+                "natural_acc": ev["natural_acc"],
+                "robust_acc_pgd10": ev["robust_acc_pgd"],
+            }
+        )
     return rows
 
 
@@ -188,19 +221,28 @@ def main() -> None:
     fid = attack_fidelity(device, pool)
     print(f"{'attack':<10}{'mode':<11}{'mean KL':>9}{'acc':>8}{'0-pixels at 0':>15}{'max |d|':>9}  = reference")
     for r in fid:
-        print(f"{r['attack']:<10}{r['mode']:<11}{r['mean_kl']:9.4f}{r['acc_under_attack']:8.3f}"
-              f"{r['zero_pixels_still_0']:15.1%}{r['max_linf']:9.4f}  {r['equal_to_reference']}")
+        print(
+            f"{r['attack']:<10}{r['mode']:<11}{r['mean_kl']:9.4f}{r['acc_under_attack']:8.3f}"
+            f"{r['zero_pixels_still_0']:15.1%}{r['max_linf']:9.4f}  {r['equal_to_reference']}"
+        )
     cost = attack_cost(device)
     for r in cost:
         print(f"resnet18 {r['attack']:<30}{r['ms_per_batch_256']:8.1f} ms / batch of 256")
     smoke = methods_smoke(device, pool)
     print(f"{'method':<18}{'s / 2 epochs':>13}{'loss':>8}{'natural':>9}{'PGD-10':>8}")
     for r in smoke:
-        print(f"{r['method']:<18}{r['seconds_2_epochs']:13.2f}{r['train_loss']:8.3f}{r['natural_acc']:9.3f}"
-              f"{r['robust_acc_pgd10']:8.3f}")
+        print(
+            f"{r['method']:<18}{r['seconds_2_epochs']:13.2f}{r['train_loss']:8.3f}{r['natural_acc']:9.3f}"
+            f"{r['robust_acc_pgd10']:8.3f}"
+        )
     if a.json is not None:
-        a.json.write_text(json.dumps({"device": name, "torch": torch.__version__, "attacks": fid,
-                                      "attack_cost": cost, "methods": smoke}, indent=2) + "\n")
+        a.json.write_text(
+            json.dumps(
+                {"device": name, "torch": torch.__version__, "attacks": fid, "attack_cost": cost, "methods": smoke},
+                indent=2,
+            )
+            + "\n"
+        )
 
 
 if __name__ == "__main__":

@@ -62,16 +62,28 @@ def finish_run(state, out: Path, *, train_seconds: float | None = None) -> dict[
     write_npz(out / SAMPLES, keep=state.keep, **stats)
     last = state.history[-1] if state.history else {}
     metrics = {
-        **provenance(state), **ev,
-        "train_loss": last.get("train_loss"), "train_acc": last.get("train_acc"),
-        "epochs_done": state.epoch, "train_seconds": train_seconds, "eval_seconds": time.perf_counter() - t0,
-        "seed": run.seed, "model_index": run.model_index, "history": state.history, "status": "done",
+        **provenance(state),
+        **ev,
+        "train_loss": last.get("train_loss"),
+        "train_acc": last.get("train_acc"),
+        "epochs_done": state.epoch,
+        "train_seconds": train_seconds,
+        "eval_seconds": time.perf_counter() - t0,
+        "seed": run.seed,
+        "model_index": run.model_index,
+        "history": state.history,
+        "status": "done",
         "defence": run.defence,
     }
     if state.dp is not None:
-        metrics.update(epsilon=state.dp.epsilon(), delta=state.dp.delta, noise_multiplier=state.dp.noise_multiplier,
-                       max_grad_norm=run.dp.max_grad_norm, sample_rate=state.dp.sample_rate,
-                       accountant=run.dp.accountant)
+        metrics.update(
+            epsilon=state.dp.epsilon(),
+            delta=state.dp.delta,
+            noise_multiplier=state.dp.noise_multiplier,
+            max_grad_norm=run.dp.max_grad_norm,
+            sample_rate=state.dp.sample_rate,
+            accountant=run.dp.accountant,
+        )
     write_json(out / METRICS, metrics)
     return metrics
 
@@ -178,8 +190,10 @@ def load_group(directory: str | Path, *, seed: int | None = None, allow_partial:
     n_models = ref["run"]["n_models"]
     missing = sorted(set(range(n_models)) - set(idx))
     if missing and not allow_partial:
-        raise GroupError(f"the group has n_models={n_models} but {len(missing)} are missing "
-                         f"(model_index {missing[:10]}); finish them or pass --allow-partial")
+        raise GroupError(
+            f"the group has n_models={n_models} but {len(missing)} are missing "
+            f"(model_index {missing[:10]}); finish them or pass --allow-partial"
+        )
     signals: dict[str, list[np.ndarray]] = {}
     keeps, labels, ids = [], None, None
     pool_seed = ref["run"]["data"]["pool_seed"]
@@ -193,14 +207,21 @@ def load_group(directory: str | Path, *, seed: int | None = None, allow_partial:
         for name in ("phi", "loss", "entropy", "mentropy", "correct"):
             signals.setdefault(name, []).append(z[name])
         if not np.array_equal(keep, keep_row(n_models, len(keep), pool_seed, c["run"]["model_index"])):
-            raise GroupError(f"{d}: keep row does not match the group's keep mask for model_index "
-                             f"{c['run']['model_index']}")
+            raise GroupError(
+                f"{d}: keep row does not match the group's keep mask for model_index {c['run']['model_index']}"
+            )
         keeps.append(keep)
     metrics = [json.loads((d / METRICS).read_text()) if (d / METRICS).exists() else {} for d, _ in runs]
     return GroupData(
-        dirs=[d for d, _ in runs], model_index=np.array(idx), keep=np.stack(keeps),
-        signals={k: np.stack(v) for k, v in signals.items()}, labels=np.asarray(labels), sample_ids=np.asarray(ids),
-        run=ref["run"], pool_fingerprint=ref["pool_fingerprint"], metrics=metrics,
+        dirs=[d for d, _ in runs],
+        model_index=np.array(idx),
+        keep=np.stack(keeps),
+        signals={k: np.stack(v) for k, v in signals.items()},
+        labels=np.asarray(labels),
+        sample_ids=np.asarray(ids),
+        run=ref["run"],
+        pool_fingerprint=ref["pool_fingerprint"],
+        metrics=metrics,
     )
 
 

@@ -51,18 +51,30 @@ _TRAIN_FLAGS: dict[str, list[tuple[str, tuple[str, ...], dict[str, Any], str]]] 
         ("--no-augment", ("train.augment",), {"action": "store_false"}, "train without random crops and flips"),
     ],
     "method": [
-        ("--method", ("method.name",), {}, "standard, pgd_at, trades, mart, fgsm_rs; DP-SGD: dp_sgd, dp_pgd_at, "
-         "dp_trades"),
+        (
+            "--method",
+            ("method.name",),
+            {},
+            "standard, pgd_at, trades, mart, fgsm_rs; DP-SGD: dp_sgd, dp_pgd_at, dp_trades",
+        ),
         ("--beta", ("method.beta",), {"type": float}, "TRADES / MART robustness weight (6 / 5)"),
         ("--awp-gamma", ("method.awp_gamma",), {"type": float}, "AWP size for pgd_at / trades (0 = off)"),
-        ("--awp-objective", ("method.awp_objective",), {"choices": AWP_OBJECTIVES},
-         "what AWP perturbs the weights along: the method's loss (reference) or loss + DeMem penalty"),
+        (
+            "--awp-objective",
+            ("method.awp_objective",),
+            {"choices": AWP_OBJECTIVES},
+            "what AWP perturbs the weights along: the method's loss (reference) or loss + DeMem penalty",
+        ),
         ("--eps", ("attack.eps", "eval.attack.eps"), {"type": float}, "attack radius (per dataset)"),
         ("--attack-norm", ("attack.norm", "eval.attack.norm"), {"choices": THREAT_NORMS}, "attack norm"),
         ("--train-attack-steps", ("attack.steps",), {"type": int}, "PGD steps of the training attack"),
         ("--train-attack-step", ("attack.step_size",), {"type": float}, "step size (1.25 * eps / steps)"),
-        ("--train-attack-start", ("attack.start",), {"choices": ATTACK_STARTS},
-         "random start of the training attack (the method's authors': gaussian for trades / mart)"),
+        (
+            "--train-attack-start",
+            ("attack.start",),
+            {"choices": ATTACK_STARTS},
+            "random start of the training attack (the method's authors': gaussian for trades / mart)",
+        ),
     ],
     "DeMem": [
         ("--demem-lambda", ("demem.lambda",), {"type": float}, "penalty weight, >= 0 (0 = off)"),
@@ -142,8 +154,10 @@ def cmd_train(a: argparse.Namespace) -> int:
         return 2
     out = Path(a.out)
     if not a.resume and ((out / "metrics.json").exists() or (out / "checkpoint.pt").exists()):
-        print(f"demem train: {out} already holds a run; pass --resume to continue it or choose another --out",
-              file=sys.stderr)
+        print(
+            f"demem train: {out} already holds a run; pass --resume to continue it or choose another --out",
+            file=sys.stderr,
+        )
         return 2
 
     from demem import artifacts
@@ -165,29 +179,41 @@ def cmd_train(a: argparse.Namespace) -> int:
             return 2
         print(f"resumed from {out / CHECKPOINT} at epoch {state.epoch}/{run.train.epochs}", file=log)
     artifacts.start_run(state, out)
-    print(f"training {run.method.name} ({run.train.arch}) on {state.pool.info.name}: model "
-          f"{run.model_index}/{run.n_models}, {int(state.keep.sum())} of {state.pool.n} pool samples, "
-          f"{run.train.epochs} epochs, eps {run.attack.eps:.4g}, DeMem lambda {run.demem.lam:g} "
-          f"tau {run.demem.risk_threshold:g}, defence {run.defence}, device {device}", file=log)
+    print(
+        f"training {run.method.name} ({run.train.arch}) on {state.pool.info.name}: model "
+        f"{run.model_index}/{run.n_models}, {int(state.keep.sum())} of {state.pool.n} pool samples, "
+        f"{run.train.epochs} epochs, eps {run.attack.eps:.4g}, DeMem lambda {run.demem.lam:g} "
+        f"tau {run.demem.risk_threshold:g}, defence {run.defence}, device {device}",
+        file=log,
+    )
     if state.dp is not None:
-        print(f"DP-SGD (Opacus): noise multiplier {state.dp.noise_multiplier:.4g}, clip {run.dp.max_grad_norm:g}, "
-              f"sample rate {state.dp.sample_rate:.4g}, delta {state.dp.delta:g}, accountant {run.dp.accountant}",
-              file=log)
+        print(
+            f"DP-SGD (Opacus): noise multiplier {state.dp.noise_multiplier:.4g}, clip {run.dp.max_grad_norm:g}, "
+            f"sample rate {state.dp.sample_rate:.4g}, delta {state.dp.delta:g}, accountant {run.dp.accountant}",
+            file=log,
+        )
     t0 = time.perf_counter()
     try:
         for m in _epochs(state, out):
-            print(f"epoch {m['epoch']:>3}/{run.train.epochs}  loss {m['train_loss']:.4f}  "
-                  f"penalty {m['penalty']:.4f}  train acc {m['train_acc']:.3f}  lr {m['lr']:.4g}  "
-                  + (f"epsilon {m['epsilon']:.3f}  " if "epsilon" in m else "")
-                  + f"{m['seconds']:.1f}s ({m['samples_per_s']:.0f} samples/s)", file=log, flush=True)
+            print(
+                f"epoch {m['epoch']:>3}/{run.train.epochs}  loss {m['train_loss']:.4f}  "
+                f"penalty {m['penalty']:.4f}  train acc {m['train_acc']:.3f}  lr {m['lr']:.4g}  "
+                + (f"epsilon {m['epsilon']:.3f}  " if "epsilon" in m else "")
+                + f"{m['seconds']:.1f}s ({m['samples_per_s']:.0f} samples/s)",
+                file=log,
+                flush=True,
+            )
     except FloatingPointError as e:
         print(f"demem train: {e}", file=sys.stderr)
         return 1
     print("evaluating on held-out samples ...", file=log, flush=True)
     metrics = artifacts.finish_run(state, out, train_seconds=time.perf_counter() - t0)
     aa = f"  AutoAttack {metrics['robust_acc_aa']:.4f}" if metrics["robust_acc_aa"] is not None else ""
-    print(f"held-out ({metrics['n_heldout']} samples): natural acc {metrics['natural_acc']:.4f}  "
-          f"PGD-{run.eval.attack.steps} acc {metrics['robust_acc_pgd']:.4f}{aa}", file=log)
+    print(
+        f"held-out ({metrics['n_heldout']} samples): natural acc {metrics['natural_acc']:.4f}  "
+        f"PGD-{run.eval.attack.steps} acc {metrics['robust_acc_pgd']:.4f}{aa}",
+        file=log,
+    )
     print(f"wrote {out}/{{config.json, checkpoint.pt, keep.npy, samples.npz, metrics.json}}", file=log)
     if a.json:
         print(json.dumps({k: v for k, v in metrics.items() if k != "history"}, sort_keys=True))
@@ -207,8 +233,12 @@ def cmd_audit(a: argparse.Namespace) -> int:
     from demem.privacy.audit import AuditConfig, format_table, parse_attacks, run_audit, write_audit
 
     try:
-        cfg = AuditConfig(attacks=parse_attacks(a.attacks), targets=a.targets, queries=a.queries,
-                          memorization_from=a.memorization_from)
+        cfg = AuditConfig(
+            attacks=parse_attacks(a.attacks),
+            targets=a.targets,
+            queries=a.queries,
+            memorization_from=a.memorization_from,
+        )
     except ValueError as e:
         print(f"demem audit: {e}", file=sys.stderr)
         return 2
@@ -216,8 +246,11 @@ def cmd_audit(a: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     try:
         group = load_group(a.directory, seed=a.seed, allow_partial=a.allow_partial)
-        print(f"auditing {group.n_models} models x {group.keep.shape[1]} samples from {a.directory} ...", file=log,
-              flush=True)
+        print(
+            f"auditing {group.n_models} models x {group.keep.shape[1]} samples from {a.directory} ...",
+            file=log,
+            flush=True,
+        )
         result, per_sample = run_audit(group, cfg)
     except (GroupError, ValueError, FileNotFoundError) as e:
         print(f"demem audit: {e}", file=sys.stderr)
@@ -235,22 +268,32 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="demem", description=__doc__.splitlines()[0])
     p.add_argument("--version", action="version", version=f"demem {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
-    t = sub.add_parser("train", help="train and evaluate one model of a group",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    t = sub.add_parser(
+        "train", help="train and evaluate one model of a group", formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     _add_train_args(t)
     t.set_defaults(func=cmd_train)
-    au = sub.add_parser("audit", help="membership-inference audit of one group's trained models",
-                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    au = sub.add_parser(
+        "audit",
+        help="membership-inference audit of one group's trained models",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     au.add_argument("directory", help="directory holding the `demem train --out` directories of one group")
-    au.add_argument("--attacks", default="all",
-                    help="comma-separated: lira (all variants), lira_online, lira_online_fixed, lira_offline, "
-                         "lira_offline_fixed, loss, confidence, entropy, modified_entropy, threshold, all")
+    au.add_argument(
+        "--attacks",
+        default="all",
+        help="comma-separated: lira (all variants), lira_online, lira_online_fixed, lira_offline, "
+        "lira_offline_fixed, loss, confidence, entropy, modified_entropy, threshold, all",
+    )
     au.add_argument("--targets", type=int, default=None, help="attack the first K models (default: all)")
     au.add_argument("--queries", type=int, default=None, help="use the first K augmented queries (default: all)")
     au.add_argument("--seed", type=int, default=None, help="audit only the models of this seed")
     au.add_argument("--allow-partial", action="store_true", help="audit even if some of the group's models are missing")
-    au.add_argument("--memorization-from", default=None,
-                    help="per-sample table whose memorization defines the bins (e.g. the undefended group's)")
+    au.add_argument(
+        "--memorization-from",
+        default=None,
+        help="per-sample table whose memorization defines the bins (e.g. the undefended group's)",
+    )
     au.add_argument("--out", default=None, help="where to write audit.json and samples.parquet (default: DIRECTORY)")
     au.add_argument("--json", action="store_true", help="print per-attack mean metrics as JSON on the last line")
     au.set_defaults(func=cmd_audit)

@@ -38,8 +38,11 @@ def external_fields(cls: type) -> dict[str, tuple[str, Any]]:
     """Key as written in dicts (aliases applied) -> (field name, type hint), for dataclass `cls`."""
     inverse = {v: k for k, v in _aliases(cls).items()}
     hints = typing.get_type_hints(cls)
-    return {inverse.get(f.name, f.name): (f.name, hints[f.name])
-            for f in dataclasses.fields(cls) if f.init and not f.name.startswith("_")}
+    return {
+        inverse.get(f.name, f.name): (f.name, hints[f.name])
+        for f in dataclasses.fields(cls)
+        if f.init and not f.name.startswith("_")
+    }
 
 
 def build(cls: type[T], data: dict[str, Any] | None, path: str = "") -> T:
@@ -193,7 +196,7 @@ def leaf_hint(cls: type, path: str, root: str) -> tuple[Any, str | None]:
         sub = dataclass_in(hint)
         last = i == len(parts) - 1
         if sub is None and not last:
-            return None, f"unknown key path; {'.'.join(parts[:i + 1])} is a setting, not a section"
+            return None, f"unknown key path; {'.'.join(parts[: i + 1])} is a setting, not a section"
         if sub is not None and last:
             keys = ", ".join(sorted(external_fields(sub)))
             return None, f"names a section, not a setting; use one of its keys: {keys}"

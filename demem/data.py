@@ -96,17 +96,11 @@ class DatasetInfo:
 
     def __post_init__(self) -> None:
         if self.channels < 1 or self.image_size < 1 or self.num_classes < 2:
-            raise ValueError(
-                f"dataset info: channels, image_size >= 1 and num_classes >= 2, got {self}"
-            )
+            raise ValueError(f"dataset info: channels, image_size >= 1 and num_classes >= 2, got {self}")
         if len(self.mean) != self.channels or len(self.std) != self.channels:
-            raise ValueError(
-                f"dataset info {self.name!r}: mean and std need one value per channel"
-            )
+            raise ValueError(f"dataset info {self.name!r}: mean and std need one value per channel")
         if any(s <= 0 for s in self.std) or not 0 < self.eps < 1 or self.crop_pad < 0:
-            raise ValueError(
-                f"dataset info {self.name!r}: std > 0, 0 < eps < 1, crop_pad >= 0, got {self}"
-            )
+            raise ValueError(f"dataset info {self.name!r}: std > 0, 0 < eps < 1, crop_pad >= 0, got {self}")
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -131,13 +125,9 @@ class Split:
                 f"split images must be (N, C, H, W) uint8, got {tuple(self.images.shape)} {self.images.dtype}"
             )
         if self.labels.dtype != torch.int64 or self.labels.dim() != 1:
-            raise ValueError(
-                f"split labels must be (N,) int64, got {tuple(self.labels.shape)} {self.labels.dtype}"
-            )
+            raise ValueError(f"split labels must be (N,) int64, got {tuple(self.labels.shape)} {self.labels.dtype}")
         if self.images.shape[0] != self.labels.shape[0]:
-            raise ValueError(
-                f"split has {self.images.shape[0]} images but {self.labels.shape[0]} labels"
-            )
+            raise ValueError(f"split has {self.images.shape[0]} images but {self.labels.shape[0]} labels")
         if not self.images.is_contiguous():
             raise ValueError("split images must be contiguous")
 
@@ -160,9 +150,7 @@ class _Source:
 
     layout: str  # human-readable description of the expected files, for error messages
     torchvision_class: str
-    torchvision_kwargs: tuple[
-        dict, ...
-    ]  # one constructor call per entry; all together fetch both splits
+    torchvision_kwargs: tuple[dict, ...]  # one constructor call per entry; all together fetch both splits
 
 
 _INFO: dict[str, DatasetInfo] = {}
@@ -213,9 +201,7 @@ def _read_idx(path: Path, magic: int) -> np.ndarray:
         header = f.read(4)
         got = int.from_bytes(header, "big") if len(header) == 4 else None
         if got != magic:
-            raise ValueError(
-                f"{path}: not an IDX file of the expected kind (magic {got}, expected {magic})"
-            )
+            raise ValueError(f"{path}: not an IDX file of the expected kind (magic {got}, expected {magic})")
         ndim = magic & 0xFF
         dims_raw = f.read(4 * ndim)
         if len(dims_raw) != 4 * ndim:
@@ -231,13 +217,9 @@ def _read_idx(path: Path, magic: int) -> np.ndarray:
                 break
             filled += got_bytes
         if filled != out.size:
-            raise ValueError(
-                f"{path}: header says {dims} = {out.size} bytes of data, but the file holds {filled}"
-            )
+            raise ValueError(f"{path}: header says {dims} = {out.size} bytes of data, but the file holds {filled}")
         if f.read(1):
-            raise ValueError(
-                f"{path}: header says {dims} = {out.size} bytes of data, but the file holds more"
-            )
+            raise ValueError(f"{path}: header says {dims} = {out.size} bytes of data, but the file holds more")
     return out
 
 
@@ -257,9 +239,7 @@ def _find_idx_dir(directory: Path, torchvision_folder: str) -> dict[str, Path] |
     return None
 
 
-def _load_idx_dataset(
-    directory: Path, torchvision_folder: str
-) -> tuple[Split, Split] | None:
+def _load_idx_dataset(directory: Path, torchvision_folder: str) -> tuple[Split, Split] | None:
     files = _find_idx_dir(directory, torchvision_folder)
     if files is None:
         return None
@@ -274,9 +254,7 @@ def _load_idx_dataset(
             )
         splits.append(
             Split(
-                images=torch.from_numpy(images).unsqueeze(
-                    1
-                ),  # (N, 28, 28) -> (N, 1, 28, 28), no copy
+                images=torch.from_numpy(images).unsqueeze(1),  # (N, 28, 28) -> (N, 1, 28, 28), no copy
                 labels=torch.from_numpy(labels.astype(np.int64)),
             )
         )
@@ -326,9 +304,7 @@ def _load_fashion_mnist(directory: Path) -> tuple[Split, Split] | None:
         flip=False,  # mirrored digits are not the same digits
         fetch_hint=_generic_fetch_hint("mnist"),
     ),
-    _Source(
-        _IDX_LAYOUT.format(folder="MNIST"), "MNIST", ({"train": True}, {"train": False})
-    ),
+    _Source(_IDX_LAYOUT.format(folder="MNIST"), "MNIST", ({"train": True}, {"train": False})),
 )
 def _load_mnist(directory: Path) -> tuple[Split, Split] | None:
     return _load_idx_dataset(directory, "MNIST")
@@ -367,9 +343,7 @@ def _read_cifar_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarra
     data = np.asarray(field("data"))
     labels = np.asarray(field(label_key), dtype=np.int64).reshape(-1)
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
-        raise ValueError(
-            f"{path}: data must be (N, 3072) uint8, got {data.shape} {data.dtype}"
-        )
+        raise ValueError(f"{path}: data must be (N, 3072) uint8, got {data.shape} {data.dtype}")
     if data.shape[0] != labels.shape[0]:
         raise ValueError(f"{path}: {data.shape[0]} images but {labels.shape[0]} labels")
     return data.reshape(-1, 3, 32, 32), labels
@@ -381,9 +355,7 @@ def _load_cifar(files: dict[str, list[Path]], label_key: str) -> tuple[Split, Sp
         parts = [_read_cifar_batch(p, label_key) for p in files[split]]
         images = np.ascontiguousarray(np.concatenate([im for im, _ in parts]))
         labels = np.concatenate([lab for _, lab in parts])
-        splits.append(
-            Split(images=torch.from_numpy(images), labels=torch.from_numpy(labels))
-        )
+        splits.append(Split(images=torch.from_numpy(images), labels=torch.from_numpy(labels)))
     return splits[0], splits[1]
 
 
@@ -453,16 +425,12 @@ def _read_svhn_mat(path: Path) -> Split:
         raise ValueError(f"{path}: expected variables 'X' and 'y'")
     x, y = mat["X"], mat["y"]
     if x.dtype != np.uint8 or x.ndim != 4 or x.shape[:3] != (32, 32, 3):
-        raise ValueError(
-            f"{path}: X must be (32, 32, 3, N) uint8, got {x.shape} {x.dtype}"
-        )
+        raise ValueError(f"{path}: X must be (32, 32, 3, N) uint8, got {x.shape} {x.dtype}")
     # X is indexed [row, col, channel, sample] (MATLAB's image convention).
     images = np.ascontiguousarray(np.transpose(x, (3, 2, 0, 1)))
     labels = np.asarray(y, dtype=np.int64).reshape(-1)
     if labels.shape[0] != images.shape[0]:
-        raise ValueError(
-            f"{path}: {images.shape[0]} images but {labels.shape[0]} labels"
-        )
+        raise ValueError(f"{path}: {images.shape[0]} images but {labels.shape[0]} labels")
     # SVHN labels digit 0 as class 10.
     labels[labels == 10] = 0
     return Split(images=torch.from_numpy(images), labels=torch.from_numpy(labels))
@@ -551,14 +519,11 @@ def _validate(info: DatasetInfo, split: Split, split_name: str, where: Path) -> 
     lo, hi = int(split.labels.min()), int(split.labels.max())
     if lo < 0 or hi >= info.num_classes:
         raise ValueError(
-            f"{info.name} {split_name} split in {where}: labels span [{lo}, {hi}], "
-            f"expected [0, {info.num_classes - 1}]"
+            f"{info.name} {split_name} split in {where}: labels span [{lo}, {hi}], expected [0, {info.num_classes - 1}]"
         )
 
 
-def load_splits(
-    name: str, *, root: str | Path | None = None, download: bool = False
-) -> tuple[Split, Split]:
+def load_splits(name: str, *, root: str | Path | None = None, download: bool = False) -> tuple[Split, Split]:
     """Load a dataset's train and test splits from the first directory that holds them.
 
     Args:
@@ -684,9 +649,7 @@ class Pool:
             )
         for field_name, t in (("labels", self.labels), ("sample_ids", self.sample_ids)):
             if t.dtype != torch.int64 or tuple(t.shape) != (n,):
-                raise ValueError(
-                    f"pool {field_name} must be ({n},) int64, got {tuple(t.shape)} {t.dtype}"
-                )
+                raise ValueError(f"pool {field_name} must be ({n},) int64, got {tuple(t.shape)} {t.dtype}")
         if n > 1 and not bool((self.sample_ids[1:] > self.sample_ids[:-1]).all()):
             raise ValueError("pool sample_ids must be strictly increasing")
 

@@ -16,7 +16,7 @@ from torch import nn
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """"auto" is CUDA when present, else the CPU; a CUDA device asked for where none exists is an error."""
+    """ "auto" is CUDA when present, else the CPU; a CUDA device asked for where none exists is an error."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(name)

@@ -78,8 +78,10 @@ def check_compatible(model: nn.Module) -> None:
     errors = ModuleValidator.validate(model, strict=False)
     if errors:
         lines = "; ".join(str(e) for e in errors[:5])
-        raise ValueError(f"this model cannot be trained with DP-SGD: {lines}. BatchNorm mixes the samples of a "
-                         "batch; use train.norm 'group' (GroupNorm)")
+        raise ValueError(
+            f"this model cannot be trained with DP-SGD: {lines}. BatchNorm mixes the samples of a "
+            "batch; use train.norm 'group' (GroupNorm)"
+        )
 
 
 @dataclass
@@ -167,15 +169,36 @@ def make_private(
     sample_rate = 1 / len(index_loader)  # what Opacus's DPDataLoader uses
     sigma = cfg.noise_multiplier
     if sigma is None:
-        sigma = get_noise_multiplier(target_epsilon=cfg.target_epsilon, target_delta=delta, sample_rate=sample_rate,
-                                     epochs=epochs, accountant=cfg.accountant)
+        sigma = get_noise_multiplier(
+            target_epsilon=cfg.target_epsilon,
+            target_delta=delta,
+            sample_rate=sample_rate,
+            epochs=epochs,
+            accountant=cfg.accountant,
+        )
     with warnings.catch_warnings():
         # Opacus warns that secure_mode is off; we seed the generators on purpose for reproducibility.
         warnings.simplefilter("ignore", UserWarning)
         engine = PrivacyEngine(accountant=cfg.accountant)
         gsm, dp_opt, loader = engine.make_private(
-            module=model, optimizer=optimizer, data_loader=index_loader, noise_multiplier=sigma,
-            max_grad_norm=cfg.max_grad_norm, poisson_sampling=True, noise_generator=noise_gen,
+            module=model,
+            optimizer=optimizer,
+            data_loader=index_loader,
+            noise_multiplier=sigma,
+            max_grad_norm=cfg.max_grad_norm,
+            poisson_sampling=True,
+            noise_generator=noise_gen,
         )
-    return gsm, dp_opt, DPRuntime(engine=engine, loader=loader, sample_generator=sample_gen, noise_generator=noise_gen,
-                                  noise_multiplier=float(sigma), delta=delta, sample_rate=sample_rate)
+    return (
+        gsm,
+        dp_opt,
+        DPRuntime(
+            engine=engine,
+            loader=loader,
+            sample_generator=sample_gen,
+            noise_generator=noise_gen,
+            noise_multiplier=float(sigma),
+            delta=delta,
+            sample_rate=sample_rate,
+        ),
+    )

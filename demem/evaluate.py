@@ -39,8 +39,15 @@ def accuracy(
 
 
 def evaluate_heldout(
-    model: nn.Module, pool: Pool, keep: np.ndarray, cfg: EvalConfig, *, device: torch.device, seed: int = 0,
-    limit: int | None = None, autoattack: bool = True,
+    model: nn.Module,
+    pool: Pool,
+    keep: np.ndarray,
+    cfg: EvalConfig,
+    *,
+    device: torch.device,
+    seed: int = 0,
+    limit: int | None = None,
+    autoattack: bool = True,
 ) -> dict[str, float | int | None]:
     """Natural and robust accuracy on the samples this model did not train on (keep == 0).
 
@@ -55,15 +62,17 @@ def evaluate_heldout(
     out: dict[str, float | int | None] = {
         "n_heldout": int(idx.numel()),
         "natural_acc": accuracy(model, x, y, device=device, batch_size=cfg.batch_size),
-        "robust_acc_pgd": accuracy(model, x, y, device=device, batch_size=cfg.batch_size, attack=cfg.attack,
-                                   generator=gen),
+        "robust_acc_pgd": accuracy(
+            model, x, y, device=device, batch_size=cfg.batch_size, attack=cfg.attack, generator=gen
+        ),
         "robust_acc_aa": None,
     }
     if cfg.autoattack and autoattack:
         n = min(cfg.autoattack_samples, x.shape[0])
         aa = AttackConfig(name="autoattack", eps=cfg.attack.eps, norm=cfg.attack.norm)
-        out["robust_acc_aa"] = accuracy(model, x[:n], y[:n], device=device, batch_size=cfg.batch_size,
-                                        attack=aa, generator=gen)
+        out["robust_acc_aa"] = accuracy(
+            model, x[:n], y[:n], device=device, batch_size=cfg.batch_size, attack=aa, generator=gen
+        )
         out["n_autoattack"] = n
     return out
 

@@ -220,16 +220,22 @@ def pgd(
         in [0, 1].
     """
     if not cfg.keep_best:
-        return ascend(model, x, lambda logits: attack_loss(logits, y, cfg.loss), cfg, start=start,
-                      generator=generator)
+        return ascend(model, x, lambda logits: attack_loss(logits, y, cfg.loss), cfg, start=start, generator=generator)
     fooled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
     best = x.detach().clone()
 
     def record(logits: torch.Tensor, x_cur: torch.Tensor) -> None:
         _record_fooled(logits, y, x_cur, fooled, best)
 
-    x_adv = ascend(model, x, lambda logits: attack_loss(logits, y, cfg.loss), cfg, start=start,
-                   generator=generator, on_iterate=record)
+    x_adv = ascend(
+        model,
+        x,
+        lambda logits: attack_loss(logits, y, cfg.loss),
+        cfg,
+        start=start,
+        generator=generator,
+        on_iterate=record,
+    )
     with torch.no_grad(), eval_mode(model):
         record(model(x_adv), x_adv)
     return torch.where(fooled.view(-1, 1, 1, 1), best, x_adv)
@@ -252,12 +258,14 @@ def kl_attack(
     with torch.autocast(x.device.type, enabled=False):
         with torch.no_grad(), eval_mode(model):
             ref = model(x.detach().float()).float()
-        return ascend(model, x.float(), lambda logits: kl_divergence(ref, logits), cfg, start=start,
-                      generator=generator)
+        return ascend(
+            model, x.float(), lambda logits: kl_divergence(ref, logits), cfg, start=start, generator=generator
+        )
 
 
-def _record_fooled(logits: torch.Tensor, y: torch.Tensor, x_cur: torch.Tensor, fooled: torch.Tensor,
-                   best: torch.Tensor) -> None:
+def _record_fooled(
+    logits: torch.Tensor, y: torch.Tensor, x_cur: torch.Tensor, fooled: torch.Tensor, best: torch.Tensor
+) -> None:
     """Remember, in place, the first iterate at which each sample was misclassified."""
     newly = (logits.argmax(1) != y) & ~fooled
     best[newly] = x_cur.detach()[newly]
@@ -302,8 +310,12 @@ def autoattack(
         n_classes = model(x[:1]).shape[1]
         seed = 0 if generator is None else int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
         atk = torchattacks.AutoAttack(
-            model, norm="Linf" if cfg.norm == "linf" else "L2", eps=cfg.eps, version="standard",
-            n_classes=n_classes, seed=seed,
+            model,
+            norm="Linf" if cfg.norm == "linf" else "L2",
+            eps=cfg.eps,
+            version="standard",
+            n_classes=n_classes,
+            seed=seed,
         )
         x_adv = atk(x.detach(), y)
     return x_adv.detach()

@@ -30,9 +30,7 @@ from demem.checks import as_int
 
 __all__ = ["keep_mask", "keep_row"]
 
-_STREAM_TAG = (
-    0x6B656570  # "keep": separates this random stream from other uses of the same seed
-)
+_STREAM_TAG = 0x6B656570  # "keep": separates this random stream from other uses of the same seed
 
 
 def _check(n_models: int, n_samples: int, seed: int) -> tuple[int, int, int]:
@@ -66,9 +64,7 @@ def keep_row(n_models: int, n_samples: int, seed: int, model_index: int) -> np.n
     n_models, n_samples, seed = _check(n_models, n_samples, seed)
     model_index = as_int("keep mask: model_index", model_index, 0)
     if model_index >= n_models:
-        raise ValueError(
-            f"keep mask: model_index must be in [0, {n_models}), got {model_index}"
-        )
+        raise ValueError(f"keep mask: model_index must be in [0, {n_models}), got {model_index}")
     first = _first_of_pair(n_samples, seed, model_index // 2)
     return first if model_index % 2 == 0 else ~first
 

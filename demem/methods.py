@@ -129,8 +129,15 @@ def _pgd_examples(model, x, y, attack: AttackConfig, cfg, generator=None):
 
 def _fgsm_rs_examples(model, x, y, attack: AttackConfig, cfg, generator=None):
     # Fast AT is one PGD step from a uniform random start with step 1.25 * eps.
-    fast = AttackConfig(eps=attack.eps, norm=attack.norm, steps=1, step_size=1.25 * attack.eps,
-                        loss="ce", random_start=True, start=attack.start)
+    fast = AttackConfig(
+        eps=attack.eps,
+        norm=attack.norm,
+        steps=1,
+        step_size=1.25 * attack.eps,
+        loss="ce",
+        random_start=True,
+        start=attack.start,
+    )
     return pgd(model, x, y, fast, generator=generator)
 
 
@@ -160,8 +167,9 @@ def _trades_loss(model, x, x_adv, y, cfg) -> MethodOutput:
     return MethodOutput(loss, _ce(logits_adv, y), logits_adv)
 
 
-METHODS.register("trades")(Method(_trades_examples, _trades_loss, default_beta=6.0, supports_awp=True,
-                                  start="gaussian"))
+METHODS.register("trades")(
+    Method(_trades_examples, _trades_loss, default_beta=6.0, supports_awp=True, start="gaussian")
+)
 
 
 # --- MART (Wang et al. 2020) ---------------------------------------------------------------------
@@ -193,8 +201,9 @@ METHODS.register("dp_sgd")(Method(_no_attack, _clean_loss, dp=True, undefended="
 METHODS.register("dp_pgd_at")(Method(_pgd_examples, _adv_ce_loss, dp=True, undefended="pgd_at"))
 # TRADES's two forward passes (clean, adversarial) are fine for Opacus's hooks: per-sample gradients
 # of both passes are summed per sample before clipping.
-METHODS.register("dp_trades")(Method(_trades_examples, _trades_loss, default_beta=6.0, dp=True,
-                                     undefended="trades", start="gaussian"))
+METHODS.register("dp_trades")(
+    Method(_trades_examples, _trades_loss, default_beta=6.0, dp=True, undefended="trades", start="gaussian")
+)
 
 
 # --- the full objective -------------------------------------------------------------------------
@@ -209,8 +218,15 @@ class Objective(NamedTuple):
     high_risk: torch.Tensor  # (B,) bool, the set H
 
 
-def generate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, method: MethodConfig,
-             attack: AttackConfig, generator: torch.Generator | None = None) -> torch.Tensor | None:
+def generate(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    method: MethodConfig,
+    attack: AttackConfig,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor | None:
     """The examples `method` trains on, (B, C, H, W), or None for standard training. An attack
     whose `start` is None starts where the method's authors start (`Method.start`)."""
     entry = METHODS.get(method.name)
@@ -244,8 +260,16 @@ def objective(
     return Objective(out.loss + pen, out.loss, pen, out.per_sample, out.logits, mask)
 
 
-def awp_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor | None, *,
-             method: MethodConfig, demem: DeMemConfig, memorization: torch.Tensor | None = None) -> torch.Tensor:
+def awp_loss(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    x_adv: torch.Tensor | None,
+    *,
+    method: MethodConfig,
+    demem: DeMemConfig,
+    memorization: torch.Tensor | None = None,
+) -> torch.Tensor:
     """The scalar AWP's weight perturbation ascends: the method's own loss (the AWP and DeMem
     reference code), or that plus the DeMem penalty when `method.awp_objective` is "total"."""
     if method.awp_objective == "method":

@@ -107,22 +107,14 @@ class Normalized(nn.Module):
             `.to(device)`, are saved in the state dict, and receive no gradient.
     """
 
-    def __init__(
-        self, mean: Sequence[float], std: Sequence[float], net: nn.Module
-    ) -> None:
+    def __init__(self, mean: Sequence[float], std: Sequence[float], net: nn.Module) -> None:
         super().__init__()
         if len(mean) != len(std) or len(mean) == 0:
-            raise ValueError(
-                f"mean and std need one value per channel; got {len(mean)} and {len(std)}"
-            )
+            raise ValueError(f"mean and std need one value per channel; got {len(mean)} and {len(std)}")
         if any(s <= 0 for s in std):
             raise ValueError(f"std values must be > 0, got {tuple(std)}")
-        self.register_buffer(
-            "mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
-        )
-        self.register_buffer(
-            "std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
-        )
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
         self.net = net
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -160,9 +152,7 @@ class SmallCNN(nn.Module):
     deterministic given the inputs.
     """
 
-    def __init__(
-        self, in_channels: int, num_classes: int, norm: str, width: int = 32
-    ) -> None:
+    def __init__(self, in_channels: int, num_classes: int, norm: str, width: int = 32) -> None:
         super().__init__()
         w1, w2 = width, 2 * width
         self.features = nn.Sequential(
@@ -174,9 +164,7 @@ class SmallCNN(nn.Module):
             nn.MaxPool2d(2),
             nn.AdaptiveAvgPool2d(2),
         )  # fmt: skip
-        self.classifier = nn.Sequential(
-            nn.Flatten(), nn.Linear(w2 * 4, 128), nn.ReLU(), nn.Linear(128, num_classes)
-        )
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(w2 * 4, 128), nn.ReLU(), nn.Linear(128, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, C, H, W) normalised images. Returns logits (B, K)."""
@@ -201,9 +189,7 @@ class BasicBlock(nn.Module):
         self.relu2 = nn.ReLU()
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or in_ch != out_ch:
-            self.shortcut = nn.Sequential(
-                _conv1x1(in_ch, out_ch, stride), make_norm(norm, out_ch)
-            )
+            self.shortcut = nn.Sequential(_conv1x1(in_ch, out_ch, stride), make_norm(norm, out_ch))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, in_ch, H, W). Returns (B, out_ch, H / stride, W / stride)."""
@@ -220,9 +206,7 @@ class PreActBlock(nn.Module):
     itself, untouched, which is the point of the design.
     """
 
-    def __init__(
-        self, in_ch: int, out_ch: int, stride: int, norm: str, dropout: float = 0.0
-    ) -> None:
+    def __init__(self, in_ch: int, out_ch: int, stride: int, norm: str, dropout: float = 0.0) -> None:
         super().__init__()
         self.norm1 = make_norm(norm, in_ch)
         self.relu1 = nn.ReLU()
@@ -244,9 +228,7 @@ class PreActBlock(nn.Module):
         return out + skip
 
 
-def _stage(
-    block: Callable[..., nn.Module], in_ch: int, out_ch: int, n: int, stride: int, **kw
-) -> nn.Sequential:
+def _stage(block: Callable[..., nn.Module], in_ch: int, out_ch: int, n: int, stride: int, **kw) -> nn.Sequential:
     """`n` blocks; only the first changes width and resolution."""
     blocks = [block(in_ch, out_ch, stride, **kw)]
     blocks += [block(out_ch, out_ch, 1, **kw) for _ in range(n - 1)]
@@ -268,31 +250,21 @@ class ResNet(nn.Module):
     identity-mappings network; otherwise the stem is conv - norm - relu and blocks are post-act.
     """
 
-    def __init__(
-        self, in_channels: int, num_classes: int, norm: str, preact: bool
-    ) -> None:
+    def __init__(self, in_channels: int, num_classes: int, norm: str, preact: bool) -> None:
         super().__init__()
         w0 = _RESNET18_WIDTHS[0]
         if preact:
             self.stem: nn.Module = _conv3x3(in_channels, w0)
         else:
-            self.stem = nn.Sequential(
-                _conv3x3(in_channels, w0), make_norm(norm, w0), nn.ReLU()
-            )
+            self.stem = nn.Sequential(_conv3x3(in_channels, w0), make_norm(norm, w0), nn.ReLU())
         block = PreActBlock if preact else BasicBlock
         stages, in_ch = [], w0
-        for n, width, stride in zip(
-            _RESNET18_BLOCKS, _RESNET18_WIDTHS, _RESNET18_STRIDES
-        ):
+        for n, width, stride in zip(_RESNET18_BLOCKS, _RESNET18_WIDTHS, _RESNET18_STRIDES):
             stages.append(_stage(block, in_ch, width, n, stride, norm=norm))
             in_ch = width
         self.stages = nn.Sequential(*stages)
         # Pre-activation blocks end on a raw residual sum; it needs one last norm + relu.
-        self.final: nn.Module = (
-            nn.Sequential(make_norm(norm, in_ch), nn.ReLU())
-            if preact
-            else nn.Identity()
-        )
+        self.final: nn.Module = nn.Sequential(make_norm(norm, in_ch), nn.ReLU()) if preact else nn.Identity()
         self.head = _Head(in_ch, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -353,9 +325,7 @@ class WideResNet(nn.Module):
 def _wrn_blocks_per_stage(depth: int) -> int:
     """Blocks per stage n for a WRN of `depth` = 6n + 4 (the paper's convention)."""
     if depth < 10 or (depth - 4) % 6 != 0:
-        raise ValueError(
-            f"WideResNet depth must be 6n + 4 with n >= 1 (10, 16, 22, 28, 34, ...), got {depth}"
-        )
+        raise ValueError(f"WideResNet depth must be 6n + 4 with n >= 1 (10, 16, 22, 28, 34, ...), got {depth}")
     return (depth - 4) // 6
 
 
@@ -415,16 +385,12 @@ def _preact_resnet18(*, in_channels: int, num_classes: int, norm: str) -> nn.Mod
 
 @MODELS.register("wrn-34-10")
 def _wrn_34_10(*, in_channels: int, num_classes: int, norm: str) -> nn.Module:
-    return wide_resnet(
-        34, 10, in_channels=in_channels, num_classes=num_classes, norm=norm
-    )
+    return wide_resnet(34, 10, in_channels=in_channels, num_classes=num_classes, norm=norm)
 
 
 @MODELS.register("wrn-28-10")
 def _wrn_28_10(*, in_channels: int, num_classes: int, norm: str) -> nn.Module:
-    return wide_resnet(
-        28, 10, in_channels=in_channels, num_classes=num_classes, norm=norm
-    )
+    return wide_resnet(28, 10, in_channels=in_channels, num_classes=num_classes, norm=norm)
 
 
 def build_model(
@@ -467,16 +433,11 @@ def build_model(
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{key} must be a positive int, got {value!r}")
     if len(mean) != in_channels or len(std) != in_channels:
-        raise ValueError(
-            f"mean and std need in_channels={in_channels} values each, "
-            f"got {len(mean)} and {len(std)}"
-        )
+        raise ValueError(f"mean and std need in_channels={in_channels} values each, got {len(mean)} and {len(std)}")
     net = factory(in_channels=in_channels, num_classes=num_classes, norm=norm)
     return Normalized(mean, std, net)
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
     """Number of (trainable, by default) parameter elements in `model`."""
-    return sum(
-        p.numel() for p in model.parameters() if p.requires_grad or not trainable_only
-    )
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

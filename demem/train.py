@@ -166,14 +166,16 @@ class RunConfig:
         if self.method.dp and not self.dp.given:
             raise ValueError(f"method {self.method.name!r} needs dp.noise_multiplier or dp.target_epsilon")
         if self.dp.given and not self.method.dp:
-            raise ValueError(f"dp settings are given but method {self.method.name!r} is not a DP method; "
-                             f"use one of {dp_methods}")
+            raise ValueError(
+                f"dp settings are given but method {self.method.name!r} is not a DP method; use one of {dp_methods}"
+            )
 
     @property
     def defence(self) -> str:
         """Which privacy defences the run uses: none, demem, dp or dp+demem."""
         parts = [p for p, on in (("dp", self.method.dp), ("demem", self.demem.active)) if on]
         return "+".join(parts) or "none"
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunConfig:
         """Validate `data` and fill dataset-dependent defaults (epochs, attack eps, step sizes)."""
@@ -181,25 +183,40 @@ class RunConfig:
         run = cfglib.build(cls, raw)  # unknown keys and bad values fail here
         info = dataset_info(run.data.dataset)
         defaults = DATASET_DEFAULTS[info.name]
-        train = replace(run.train, epochs=run.train.epochs or defaults["epochs"],
-                        batch_size=run.train.batch_size or defaults["batch_size"])
+        train = replace(
+            run.train,
+            epochs=run.train.epochs or defaults["epochs"],
+            batch_size=run.train.batch_size or defaults["batch_size"],
+        )
         if run.method.dp and train.norm == "batch":
             # DP-SGD needs per-sample gradients, which BatchNorm does not have: use GroupNorm.
             if (raw.get("train") or {}).get("norm") == "batch":
-                raise ValueError("train.norm 'batch' cannot be trained with DP-SGD (BatchNorm mixes the samples "
-                                 "of a batch); use 'group'")
+                raise ValueError(
+                    "train.norm 'batch' cannot be trained with DP-SGD (BatchNorm mixes the samples "
+                    "of a batch); use 'group'"
+                )
             train = replace(train, norm="group")
         atk = {"eps": info.eps, "steps": 3, **(raw.get("attack") or {})}
         atk.setdefault("step_size", 1.25 * atk["eps"] / atk["steps"])  # the reference training attack
         atk.setdefault("start", METHODS.get(run.method.name).start)  # where the method's authors start
         query_plan(info, run.eval.queries)  # fail now if the dataset has fewer views than asked
-        ev = {"eps": atk["eps"], "steps": 20, "keep_best": True, "start": "uniform",
-              **((raw.get("eval") or {}).get("attack") or {})}
+        ev = {
+            "eps": atk["eps"],
+            "steps": 20,
+            "keep_best": True,
+            "start": "uniform",
+            **((raw.get("eval") or {}).get("attack") or {}),
+        }
         # lambda = 0 is the undefended method whatever the threshold or risk say: store it one way,
         # so that grid points that differ only there are one group, trained once.
         demem = run.demem if run.demem.active else DeMemConfig()
-        return replace(run, train=train, demem=demem, attack=cfglib.build(AttackConfig, atk, "attack."),
-                       eval=replace(run.eval, attack=cfglib.build(AttackConfig, ev, "eval.attack.")))
+        return replace(
+            run,
+            train=train,
+            demem=demem,
+            attack=cfglib.build(AttackConfig, atk, "attack."),
+            eval=replace(run.eval, attack=cfglib.build(AttackConfig, ev, "eval.attack.")),
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return cfglib.to_dict(self)
@@ -226,15 +243,23 @@ def model_for(run: RunConfig, device: torch.device) -> nn.Module:
     # Initialise on the CPU from the model seed without touching any global RNG stream.
     with torch.random.fork_rng(devices=[]):
         torch.random.default_generator.manual_seed(run.model_seed)
-        model = build_model(run.train.arch, in_channels=info.channels, num_classes=info.num_classes,
-                            image_size=info.image_size, mean=info.mean, std=info.std, norm=run.train.norm)
+        model = build_model(
+            run.train.arch,
+            in_channels=info.channels,
+            num_classes=info.num_classes,
+            image_size=info.image_size,
+            mean=info.mean,
+            std=info.std,
+            norm=run.train.norm,
+        )
     return place_model(model, device)
 
 
 def load_pool(run: RunConfig) -> Pool:
     d = run.data
-    return make_pool(d.dataset, pool_size=d.pool_size, seed=d.pool_seed, splits=d.splits,
-                     root=d.root, download=d.download)
+    return make_pool(
+        d.dataset, pool_size=d.pool_size, seed=d.pool_seed, splits=d.splits, root=d.root, download=d.download
+    )
 
 
 @dataclass
@@ -318,25 +343,46 @@ def prepare(run: RunConfig, device: torch.device | str = "cpu", pool: Pool | Non
         scores = scores_for(pool.sample_ids.numpy()[keep], table, run.demem.risk_file)
         mem = torch.from_numpy(scores).to(device)
     model = model_for(run, device)
-    opt = torch.optim.SGD(model.parameters(), lr=lr_at(run.train, 0), momentum=run.train.momentum,
-                          weight_decay=run.train.weight_decay)
+    opt = torch.optim.SGD(
+        model.parameters(), lr=lr_at(run.train, 0), momentum=run.train.momentum, weight_decay=run.train.weight_decay
+    )
     gen = torch.Generator(device=device)
     gen.manual_seed(run.model_seed)
     awp = AWP(model, run.method.awp_gamma) if run.method.awp_gamma > 0 else None
     train_model, dp = model, None
     if run.method.dp:
-        train_model, opt, dp = make_private(model, opt, n_train=int(idx.numel()), batch_size=run.train.batch_size,
-                                            epochs=run.train.epochs, cfg=run.dp, seed=run.model_seed, device=device)
-    return TrainState(run=run, device=device, pool=pool, keep=keep, model=model, optimizer=opt, generator=gen,
-                      train_x=pool.images[idx].to(device), train_y=pool.labels[idx].to(device),
-                      train_mem=mem, train_model=train_model, dp=dp, awp=awp)
+        train_model, opt, dp = make_private(
+            model,
+            opt,
+            n_train=int(idx.numel()),
+            batch_size=run.train.batch_size,
+            epochs=run.train.epochs,
+            cfg=run.dp,
+            seed=run.model_seed,
+            device=device,
+        )
+    return TrainState(
+        run=run,
+        device=device,
+        pool=pool,
+        keep=keep,
+        model=model,
+        optimizer=opt,
+        generator=gen,
+        train_x=pool.images[idx].to(device),
+        train_y=pool.labels[idx].to(device),
+        train_mem=mem,
+        train_model=train_model,
+        dp=dp,
+        awp=awp,
+    )
 
 
 def _batches(n: int, batch_size: int, perm: torch.Tensor) -> Iterator[torch.Tensor]:
     # A last batch of one sample would break BatchNorm and has no variance: fold it away.
     stop = n - 1 if n % batch_size == 1 else n
     for start in range(0, stop, batch_size):
-        yield perm[start:min(start + batch_size, stop)]
+        yield perm[start : min(start + batch_size, stop)]
 
 
 def train_epoch(state: TrainState) -> dict[str, float]:
@@ -396,8 +442,7 @@ def _train_step(state: TrainState, idx: torch.Tensor, use_awp: bool, sums: torch
     model, train_model = state.model, state.train_model or state.model
     x = to_float(state.train_x[idx], device)
     if run.train.augment:
-        x = layout(augment(x, crop_pad=state.pool.info.crop_pad, flip=state.pool.info.flip,
-                           generator=state.generator))
+        x = layout(augment(x, crop_pad=state.pool.info.crop_pad, flip=state.pool.info.flip, generator=state.generator))
     y = state.train_y[idx]
     mem = state.train_mem[idx] if state.train_mem is not None else None
     with autocast(device):
@@ -407,7 +452,8 @@ def _train_step(state: TrainState, idx: torch.Tensor, use_awp: bool, sums: torch
         deltas = None
         if use_awp:
             deltas = state.awp.perturb(
-                model, lambda m: awp_loss(m, x, y, x_adv, method=run.method, demem=run.demem, memorization=mem))
+                model, lambda m: awp_loss(m, x, y, x_adv, method=run.method, demem=run.demem, memorization=mem)
+            )
         obj = objective(train_model, x, y, x_adv, method=run.method, demem=run.demem, memorization=mem)
     state.optimizer.zero_grad(set_to_none=True)
     obj.total.backward()

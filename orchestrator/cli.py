@@ -74,8 +74,14 @@ def cmd_confirm(a: argparse.Namespace) -> int:
     from orchestrator.spec import SpecError
 
     try:
-        confirm(a.experiment, a.top, name=a.name, baseline=not a.no_baseline, address=a.address,
-                max_concurrent=a.max_concurrent)
+        confirm(
+            a.experiment,
+            a.top,
+            name=a.name,
+            baseline=not a.no_baseline,
+            address=a.address,
+            max_concurrent=a.max_concurrent,
+        )
     except SpecError as e:
         return _print_problems(a.experiment, e)
     except (FileExistsError, FileNotFoundError, ValueError) as e:
@@ -103,9 +109,11 @@ def cmd_status(a: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = build_core_parser()
-    p.description = ("demem: adversarial training with DeMem and privacy audits. train / audit work on one "
-                     "model or group without Ray; validate / run / resume / status / confirm run experiments on "
-                     "Ray Tune; summarize ranks their results.")
+    p.description = (
+        "demem: adversarial training with DeMem and privacy audits. train / audit work on one "
+        "model or group without Ray; validate / run / resume / status / confirm run experiments on "
+        "Ray Tune; summarize ranks their results."
+    )
     sub = next(act for act in p._actions if isinstance(act, argparse._SubParsersAction))
     v = sub.add_parser("validate", help="check an experiment spec (YAML) and print its plan")
     v.add_argument("spec")
@@ -118,8 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--name", default=None, help="experiment name (default: the spec's name)")
     r.add_argument("--storage", default="results", help="directory holding experiments (default: results)")
     r.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS or a local Ray)")
-    r.add_argument("--max-concurrent", type=int, default=None,
-                   help="trials running at once (default: as resources allow)")
+    r.add_argument(
+        "--max-concurrent", type=int, default=None, help="trials running at once (default: as resources allow)"
+    )
     r.set_defaults(func=cmd_run)
     re_ = sub.add_parser("resume", help="continue an interrupted experiment")
     re_.add_argument("experiment", help="the experiment directory, e.g. results/quickstart")
@@ -135,10 +144,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_confirm)
     sm = sub.add_parser("summarize", help="rank groups by privacy-robustness trade-off; plots and report.html")
     sm.add_argument("experiment", help="the experiment directory, e.g. results/quickstart")
-    sm.add_argument("--leakage", default=DEFAULT_LEAKAGE, choices=LEAKAGE_METRICS,
-                    help=f"the leakage metric to rank by (default: {DEFAULT_LEAKAGE})")
-    sm.add_argument("--attack", default=None,
-                    help=f"the audit attack whose leakage is used (default: {HEADLINE_ATTACK} where run)")
+    sm.add_argument(
+        "--leakage",
+        default=DEFAULT_LEAKAGE,
+        choices=LEAKAGE_METRICS,
+        help=f"the leakage metric to rank by (default: {DEFAULT_LEAKAGE})",
+    )
+    sm.add_argument(
+        "--attack", default=None, help=f"the audit attack whose leakage is used (default: {HEADLINE_ATTACK} where run)"
+    )
     sm.add_argument("--out", default=None, help="output directory (default: EXPERIMENT/summary)")
     sm.set_defaults(func=cmd_summarize)
     s = sub.add_parser("status", help="what is done, running, failed and pending in an experiment")

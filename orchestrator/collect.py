@@ -53,18 +53,29 @@ def runs_frame(spec: ExperimentSpec, exp: ExperimentDir) -> pd.DataFrame:
         if status == "pending":
             continue
         err = (st.get("error") or "").strip()
-        rows.append({
-            "schema_version": SCHEMA_VERSION, "experiment": spec.name, "group_id": t.group_id,
-            "group_label": labels[t.group_id], "run_id": t.trial_key, "seed": t.seed, "model_index": t.model_index,
-            **{f"config.{k}": v for k, v in _flatten(t.run).items()},
-            "defence": metrics.get("defence"),
-            NATURAL_ACC: metrics.get(NATURAL_ACC), ROBUST_ACC: metrics.get(ROBUST_ACC),
-            ROBUST_ACC_AA: metrics.get(ROBUST_ACC_AA), "epsilon": metrics.get("epsilon"),
-            "train_loss": metrics.get("train_loss"), "epochs_done": metrics.get("epochs_done"),
-            "wall_s": (metrics.get("train_seconds") or 0) + (metrics.get("eval_seconds") or 0) if metrics else None,
-            "device": metrics.get("device"), "status": status,
-            "error": err.splitlines()[-1] if (err and status != "done") else None,
-        })
+        rows.append(
+            {
+                "schema_version": SCHEMA_VERSION,
+                "experiment": spec.name,
+                "group_id": t.group_id,
+                "group_label": labels[t.group_id],
+                "run_id": t.trial_key,
+                "seed": t.seed,
+                "model_index": t.model_index,
+                **{f"config.{k}": v for k, v in _flatten(t.run).items()},
+                "defence": metrics.get("defence"),
+                NATURAL_ACC: metrics.get(NATURAL_ACC),
+                ROBUST_ACC: metrics.get(ROBUST_ACC),
+                ROBUST_ACC_AA: metrics.get(ROBUST_ACC_AA),
+                "epsilon": metrics.get("epsilon"),
+                "train_loss": metrics.get("train_loss"),
+                "epochs_done": metrics.get("epochs_done"),
+                "wall_s": (metrics.get("train_seconds") or 0) + (metrics.get("eval_seconds") or 0) if metrics else None,
+                "device": metrics.get("device"),
+                "status": status,
+                "error": err.splitlines()[-1] if (err and status != "done") else None,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -80,15 +91,32 @@ def audits_frame(spec: ExperimentSpec, exp: ExperimentDir) -> tuple[pd.DataFrame
                 if "skipped" in res:
                     continue
                 for row in res["per_target"]:
-                    rows.append({
-                        "schema_version": SCHEMA_VERSION, "experiment": spec.name, "group_id": g.group_id,
-                        "group_label": labels[g.group_id], "seed": seed, "target": row["target"], "attack": attack,
-                        "variant": res["variant"], "family": res["family"],
-                        "n_shadow": res.get("n_shadows", result["n_models"] - 1),
-                        "partial": result.get("partial", False),
-                        **{k: row.get(k) for k in ("auc", "balanced_acc", "tpr_at_1pct", "tpr_at_0_1pct",
-                                                   "tpr_at_0_01pct", "balanced_acc_class_thresholds")},
-                    })
+                    rows.append(
+                        {
+                            "schema_version": SCHEMA_VERSION,
+                            "experiment": spec.name,
+                            "group_id": g.group_id,
+                            "group_label": labels[g.group_id],
+                            "seed": seed,
+                            "target": row["target"],
+                            "attack": attack,
+                            "variant": res["variant"],
+                            "family": res["family"],
+                            "n_shadow": res.get("n_shadows", result["n_models"] - 1),
+                            "partial": result.get("partial", False),
+                            **{
+                                k: row.get(k)
+                                for k in (
+                                    "auc",
+                                    "balanced_acc",
+                                    "tpr_at_1pct",
+                                    "tpr_at_0_1pct",
+                                    "tpr_at_0_01pct",
+                                    "balanced_acc_class_thresholds",
+                                )
+                            },
+                        }
+                    )
             if exp.audit_samples(g.group_id, seed).exists():
                 table = pd.read_parquet(exp.audit_samples(g.group_id, seed))
                 table.insert(0, "seed", seed)
@@ -110,10 +138,14 @@ def curves_frames(spec: ExperimentSpec, exp: ExperimentDir) -> tuple[pd.DataFram
             key = {"experiment": spec.name, "group_id": g.group_id, "group_label": labels[g.group_id], "seed": seed}
             for attack, res in result["attacks"].items():
                 if "roc" in res:
-                    roc += [{**key, "attack": attack, "fpr": f, "tpr": t}
-                            for f, t in zip(res["roc"]["fpr"], res["roc"]["tpr"])]
-            bins += [{**key, "source": result.get("memorization_source"), **row}
-                     for row in result.get("memorization_bins", [])]
+                    roc += [
+                        {**key, "attack": attack, "fpr": f, "tpr": t}
+                        for f, t in zip(res["roc"]["fpr"], res["roc"]["tpr"])
+                    ]
+            bins += [
+                {**key, "source": result.get("memorization_source"), **row}
+                for row in result.get("memorization_bins", [])
+            ]
     return pd.DataFrame(roc), pd.DataFrame(bins)
 
 
@@ -122,9 +154,13 @@ def collect(spec: ExperimentSpec, exp: ExperimentDir) -> list[Path]:
     runs = runs_frame(spec, exp)
     audits, samples = audits_frame(spec, exp)
     roc, bins = curves_frames(spec, exp)
-    return [write_parquet(exp.table(RUNS), runs), write_parquet(exp.table(AUDITS), audits),
-            write_parquet(exp.table(SAMPLES), samples), write_parquet(exp.table(ROC), roc),
-            write_parquet(exp.table(MEMBINS), bins)]
+    return [
+        write_parquet(exp.table(RUNS), runs),
+        write_parquet(exp.table(AUDITS), audits),
+        write_parquet(exp.table(SAMPLES), samples),
+        write_parquet(exp.table(ROC), roc),
+        write_parquet(exp.table(MEMBINS), bins),
+    ]
 
 
 def group_table(exp: ExperimentDir, attack: str = HEADLINE_ATTACK) -> str:
@@ -146,8 +182,7 @@ def group_table(exp: ExperimentDir, attack: str = HEADLINE_ATTACK) -> str:
         auc = mia["auc"].get(gid, math.nan) if gid in mia.index else math.nan
         tpr = mia["tpr_at_0_1pct"].get(gid, math.nan) if gid in mia.index else math.nan
         fail = f"  {int(failed[gid])} failed" if gid in failed.index else ""
-        lines.append(f"{label[:46]:<46} {row[NATURAL_ACC]:>8.4f} {row[ROBUST_ACC]:>8.4f} {auc:>7.4f} "
-                     f"{tpr:>9.4f}{fail}")
+        lines.append(f"{label[:46]:<46} {row[NATURAL_ACC]:>8.4f} {row[ROBUST_ACC]:>8.4f} {auc:>7.4f} {tpr:>9.4f}{fail}")
     return "\n".join(lines)
 
 
@@ -164,17 +199,24 @@ def write_hparams(spec: ExperimentSpec, exp: ExperimentDir, attack: str = HEADLI
         done = runs[(runs["group_id"] == g.group_id) & (runs["status"] == "done")] if not runs.empty else runs
         if done.empty:
             continue
-        metrics = {"hparam/natural_acc": float(done[NATURAL_ACC].mean()),
-                   "hparam/robust_acc": float(done[ROBUST_ACC].mean())}
+        metrics = {
+            "hparam/natural_acc": float(done[NATURAL_ACC].mean()),
+            "hparam/robust_acc": float(done[ROBUST_ACC].mean()),
+        }
         if not audits.empty:
             mine = audits[(audits["group_id"] == g.group_id) & (audits["attack"] == attack)]
             if not mine.empty:
                 metrics["hparam/lira_auc"] = float(mine["auc"].mean())
                 metrics["hparam/lira_tpr_at_0_1pct"] = float(mine["tpr_at_0_1pct"].mean())
-        hparams = {"group": g.label, "group_id": g.group_id, "method": g.run["method"]["name"],
-                   "dataset": g.run["data"]["dataset"], "demem_lambda": float(g.run["demem"]["lambda"]),
-                   "demem_threshold": float(g.run["demem"]["risk_threshold"]),
-                   **{k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in g.params.items()}}
+        hparams = {
+            "group": g.label,
+            "group_id": g.group_id,
+            "method": g.run["method"]["name"],
+            "dataset": g.run["data"]["dataset"],
+            "demem_lambda": float(g.run["demem"]["lambda"]),
+            "demem_threshold": float(g.run["demem"]["risk_threshold"]),
+            **{k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in g.params.items()},
+        }
         with SummaryWriter(log_dir=str(root / g.group_id)) as w:
             w.add_hparams(hparams, metrics, run_name=".")
     return root

@@ -35,7 +35,7 @@ def confirm_spec(exp: ExperimentDir, top: int, *, name: str | None = None, basel
     if best.empty:
         raise ValueError(f"{exp.root}: no search trial ran every epoch; nothing to confirm")
     params = [c for c in df.columns if c.startswith(PARAM)]
-    points = [{c[len(PARAM):]: py_value(r[c]) for c in params} for _, r in best.iterrows()]
+    points = [{c[len(PARAM) :]: py_value(r[c]) for c in params} for _, r in best.iterrows()]
     if baseline and {} not in points:
         points.insert(0, {})
     raw = copy.deepcopy(spec.raw)
@@ -46,13 +46,22 @@ def confirm_spec(exp: ExperimentDir, top: int, *, name: str | None = None, basel
     return raw
 
 
-def confirm(root: str | Path, top: int, *, name: str | None = None, baseline: bool = True,
-            address: str | None = None, max_concurrent: int | None = None, echo=print) -> ExperimentDir:
+def confirm(
+    root: str | Path,
+    top: int,
+    *,
+    name: str | None = None,
+    baseline: bool = True,
+    address: str | None = None,
+    max_concurrent: int | None = None,
+    echo=print,
+) -> ExperimentDir:
     """Run the confirmation experiment next to the search (results/<name>-confirm by default)."""
     exp = ExperimentDir(Path(root))
     raw = confirm_spec(exp, top, name=name, baseline=baseline)
     spec_path = exp.confirm_spec
     write_text(spec_path, yaml.safe_dump(raw, sort_keys=False))
     echo(f"confirming {len(raw['points'])} points of {exp.root} (spec: {spec_path})")
-    return run_experiment(spec_path, name=raw["name"], storage=exp.root.parent, address=address,
-                          max_concurrent=max_concurrent, echo=echo)
+    return run_experiment(
+        spec_path, name=raw["name"], storage=exp.root.parent, address=address, max_concurrent=max_concurrent, echo=echo
+    )

@@ -20,8 +20,13 @@ SEARCH_ROBUST_ACC = "robust_acc"
 SEARCH_METRICS = (NATURAL_ACC, SEARCH_ROBUST_ACC, "mia_auc", "mia_tpr_at_1pct", "mia_tpr_at_0_1pct")
 
 # Leakage metrics of an audit row (audits.parquet) and how plots and reports name them.
-LEAKAGE_LABELS = {"auc": "ROC AUC", "tpr_at_1pct": "TPR at 1% FPR", "tpr_at_0_1pct": "TPR at 0.1% FPR",
-                  "tpr_at_0_01pct": "TPR at 0.01% FPR", "balanced_acc": "balanced accuracy"}
+LEAKAGE_LABELS = {
+    "auc": "ROC AUC",
+    "tpr_at_1pct": "TPR at 1% FPR",
+    "tpr_at_0_1pct": "TPR at 0.1% FPR",
+    "tpr_at_0_01pct": "TPR at 0.01% FPR",
+    "balanced_acc": "balanced accuracy",
+}
 LEAKAGE_METRICS = tuple(LEAKAGE_LABELS)
 DEFAULT_LEAKAGE = "tpr_at_1pct"
 

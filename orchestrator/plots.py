@@ -58,24 +58,52 @@ def pareto_plot(df: pd.DataFrame) -> Figure:
     for kind in ("baseline", "dp", "demem"):
         sub = df[df.apply(_kind, axis=1) == kind]
         for method, part in sub.groupby("method"):
-            ax.errorbar(part["leakage_mean"], part[f"{ROBUST_ACC}_mean"], xerr=_err(part, "leakage"),
-                        yerr=_err(part, ROBUST_ACC), fmt=_MARKER[kind], ms=8 if kind != "demem" else 6,
-                        color="0.45" if kind == "baseline" else colors[method],
-                        mec=colors[method], mew=1.5, capsize=3, elinewidth=1, alpha=0.9,
-                        label=f"{method} ({_KIND_NAME[kind]})")
+            ax.errorbar(
+                part["leakage_mean"],
+                part[f"{ROBUST_ACC}_mean"],
+                xerr=_err(part, "leakage"),
+                yerr=_err(part, ROBUST_ACC),
+                fmt=_MARKER[kind],
+                ms=8 if kind != "demem" else 6,
+                color="0.45" if kind == "baseline" else colors[method],
+                mec=colors[method],
+                mew=1.5,
+                capsize=3,
+                elinewidth=1,
+                alpha=0.9,
+                label=f"{method} ({_KIND_NAME[kind]})",
+            )
     for _, r in df.iterrows():
         if _kind(r) == "demem":
-            ax.annotate(f"λ={r['lambda']:g}, τ={r['threshold']:g}", (r["leakage_mean"], r[f"{ROBUST_ACC}_mean"]),
-                        textcoords="offset points", xytext=(6, 4), fontsize=8)
+            ax.annotate(
+                f"λ={r['lambda']:g}, τ={r['threshold']:g}",
+                (r["leakage_mean"], r[f"{ROBUST_ACC}_mean"]),
+                textcoords="offset points",
+                xytext=(6, 4),
+                fontsize=8,
+            )
         elif _kind(r) == "dp" and np.isfinite(r.get("epsilon_mean", np.nan)):
-            ax.annotate(f"ε={r['epsilon_mean']:.2g}", (r["leakage_mean"], r[f"{ROBUST_ACC}_mean"]),
-                        textcoords="offset points", xytext=(6, 4), fontsize=8)
+            ax.annotate(
+                f"ε={r['epsilon_mean']:.2g}",
+                (r["leakage_mean"], r[f"{ROBUST_ACC}_mean"]),
+                textcoords="offset points",
+                xytext=(6, 4),
+                fontsize=8,
+            )
     # The front on the two plotted objectives (the ranking's fronts also count natural accuracy).
     xy = df[["leakage_mean", f"{ROBUST_ACC}_mean"]].to_numpy(dtype=float)
     front = df[pareto_fronts(xy, [False, True]) == 0].sort_values("leakage_mean")
     if len(front) > 1:
-        ax.step(front["leakage_mean"], front[f"{ROBUST_ACC}_mean"], where="post", color="k", lw=1, alpha=0.6,
-                label="Pareto front (leakage, robust)", zorder=0)
+        ax.step(
+            front["leakage_mean"],
+            front[f"{ROBUST_ACC}_mean"],
+            where="post",
+            color="k",
+            lw=1,
+            alpha=0.6,
+            label="Pareto front (leakage, robust)",
+            zorder=0,
+        )
     ax.set_xlabel(f"membership leakage: {LEAKAGE_LABELS[leak]} of {df['attack'].iloc[0]} (lower is more private)")
     ax.set_ylabel("robust accuracy under PGD (fraction of held-out samples)")
     ax.set_title("Privacy-robustness trade-off (95% intervals)")
@@ -101,8 +129,9 @@ def roc_plot(df: pd.DataFrame, roc: pd.DataFrame) -> Figure:
         grid = np.geomspace(max(curve["fpr"][curve["fpr"] > 0].min(), 1e-4), 1.0, 200)
         tprs = [np.interp(grid, c["fpr"].to_numpy(), c["tpr"].to_numpy()) for _, c in curve.groupby("seed")]
         floor = min(floor, grid[0] / 1.5)
-        ax.plot(grid, np.mean(tprs, axis=0), styles[_kind(r)], color=cycle[i % len(cycle)], lw=1.4,
-                label=r["group_label"])
+        ax.plot(
+            grid, np.mean(tprs, axis=0), styles[_kind(r)], color=cycle[i % len(cycle)], lw=1.4, label=r["group_label"]
+        )
     ax.plot([1e-5, 1], [1e-5, 1], "--", color="0.5", lw=1, label="chance")
     ax.set_xscale("log")
     ax.set_yscale("log")
@@ -164,12 +193,24 @@ def threshold_sweep_plot(df: pd.DataFrame) -> Figure:
         part = part.sort_values("threshold")
         style = styles[lambdas.index(lam) % len(styles)]
         for ax, col in ((ax1, "leakage"), (ax2, ROBUST_ACC)):
-            ax.errorbar(part["threshold"], part[f"{col}_mean"], yerr=_err(part, col), fmt=style, capsize=3,
-                        color=colors[method], label=f"{method}, λ={lam:g}")
+            ax.errorbar(
+                part["threshold"],
+                part[f"{col}_mean"],
+                yerr=_err(part, col),
+                fmt=style,
+                capsize=3,
+                color=colors[method],
+                label=f"{method}, λ={lam:g}",
+            )
     for _, base in df[df["is_baseline"]].iterrows():
         for ax, col in ((ax1, "leakage"), (ax2, ROBUST_ACC)):
-            ax.axhline(base[f"{col}_mean"], ls=(0, (1, 3)), color=colors[base["method"]], lw=1.5,
-                       label=f"{base['method']} undefended (λ=0, dotted)")
+            ax.axhline(
+                base[f"{col}_mean"],
+                ls=(0, (1, 3)),
+                color=colors[base["method"]],
+                lw=1.5,
+                label=f"{base['method']} undefended (λ=0, dotted)",
+            )
     ax1.set_ylabel(f"leakage: {LEAKAGE_LABELS[leak]} of {df['attack'].iloc[0]}")
     ax2.set_ylabel("robust accuracy under PGD")
     for ax in (ax1, ax2):

@@ -62,17 +62,27 @@ class GridProgress:
 
     def finished(self, run_id: str, status: str, result: dict[str, Any] | None = None, error: str = "") -> None:
         t = self.trials[run_id]
-        self.state[run_id] = {"status": status, "error": error[-2000:], "group_id": t.group_id, "seed": t.seed,
-                              "model_index": t.model_index, "finished_at": time.time()}
+        self.state[run_id] = {
+            "status": status,
+            "error": error[-2000:],
+            "group_id": t.group_id,
+            "seed": t.seed,
+            "model_index": t.model_index,
+            "finished_at": time.time(),
+        }
         write_json(self.exp.trials, self.state)
         done = sum(1 for s in self.state.values() if s["status"] in ("done", "failed"))
         if status == "done" and result:
-            what = (f"natural {result.get(NATURAL_ACC, float('nan')):.3f}  "
-                    f"robust {result.get(ROBUST_ACC, float('nan')):.3f}")
+            what = (
+                f"natural {result.get(NATURAL_ACC, float('nan')):.3f}  "
+                f"robust {result.get(ROBUST_ACC, float('nan')):.3f}"
+            )
         else:
             what = f"FAILED: {error.strip().splitlines()[-1] if error.strip() else 'error'}"
-        self.echo(f"[{done}/{len(self.trials)} trials, {len(self.audited)} groups audited, ETA {self._eta(done)}] "
-                  f"{self.labels[t.group_id]} seed {t.seed} model {t.model_index}: {what}")
+        self.echo(
+            f"[{done}/{len(self.trials)} trials, {len(self.audited)} groups audited, ETA {self._eta(done)}] "
+            f"{self.labels[t.group_id]} seed {t.seed} model {t.model_index}: {what}"
+        )
         self.maybe_audit((t.group_id, t.seed))
 
     def _eta(self, done: int) -> str:
@@ -125,19 +135,30 @@ class SearchProgress:
         self.finished(trial.trial_id, trial.config["params"], trial.last_result, "done")
 
     def trial_error(self, trial) -> None:
-        self.finished(trial.trial_id, trial.config["params"], trial.last_result, "failed",
-                      error=error_text(trial) or "trial failed")
+        self.finished(
+            trial.trial_id,
+            trial.config["params"],
+            trial.last_result,
+            "failed",
+            error=error_text(trial) or "trial failed",
+        )
 
     def poll(self, wait: bool = False) -> None:
         """Nothing runs beside a search's trials."""
 
-    def finished(self, trial_id: str, params: dict[str, Any], result: dict[str, Any] | None, status: str,
-                 error: str = "") -> None:
+    def finished(
+        self, trial_id: str, params: dict[str, Any], result: dict[str, Any] | None, status: str, error: str = ""
+    ) -> None:
         result = dict(result or {})
-        record = {"status": status, "error": error[-2000:], "params": params, "finished_at": time.time(),
-                  "epochs_done": int(result.get("epoch", 0) or 0),
-                  "completed": bool(result.get("final", False)),  # Tune's own "done" is True when stopped
-                  **{k: result.get(k) for k in SEARCH_METRICS}}  # every objective a search can name
+        record = {
+            "status": status,
+            "error": error[-2000:],
+            "params": params,
+            "finished_at": time.time(),
+            "epochs_done": int(result.get("epoch", 0) or 0),
+            "completed": bool(result.get("final", False)),  # Tune's own "done" is True when stopped
+            **{k: result.get(k) for k in SEARCH_METRICS},
+        }  # every objective a search can name
         self.records[trial_id] = record
         write_json(self.exp.search_trials, self.records)
         n, total = len(self.records), self.spec.search.num_samples

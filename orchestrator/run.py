@@ -58,20 +58,31 @@ def start_ray(address: str | None = None) -> dict[str, float]:
     return largest
 
 
-def run_experiment(spec_path: str | Path, *, name: str | None = None, storage: str | Path = "results",
-                   address: str | None = None, max_concurrent: int | None = None,
-                   echo: Printer = print, train: TrainFn | None = None) -> ExperimentDir:
+def run_experiment(
+    spec_path: str | Path,
+    *,
+    name: str | None = None,
+    storage: str | Path = "results",
+    address: str | None = None,
+    max_concurrent: int | None = None,
+    echo: Printer = print,
+    train: TrainFn | None = None,
+) -> ExperimentDir:
     """Validate, plan, train every model, audit every group, collect. Returns the experiment dir.
     `train` replaces the trial's training function (tests wrap the real one)."""
     spec = load_spec(spec_path)  # every problem is reported before Ray starts
     exp = ExperimentDir(Path(storage) / (name or spec.name))
     if exp.tune.exists():
-        raise FileExistsError(f"{exp.root} already holds an experiment; continue it with `demem resume {exp.root}` "
-                              "or choose another --name")
+        raise FileExistsError(
+            f"{exp.root} already holds an experiment; continue it with `demem resume {exp.root}` "
+            "or choose another --name"
+        )
     exp.root.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(spec_path, exp.spec)
-    write_json(exp.meta, {"demem_version": __version__, "started": time.time(), "name": spec.name,
-                          "python": sys.version.split()[0]})
+    write_json(
+        exp.meta,
+        {"demem_version": __version__, "started": time.time(), "name": spec.name, "python": sys.version.split()[0]},
+    )
     echo(spec.plan())
     largest = start_ray(address)
     load_spec(exp.spec, available=largest, check_data=False)  # can any node run a trial?
@@ -84,8 +95,9 @@ def run_experiment(spec_path: str | Path, *, name: str | None = None, storage: s
     return exp
 
 
-def resume_experiment(root: str | Path, *, address: str | None = None, echo: Printer = print,
-                      train: TrainFn | None = None) -> ExperimentDir:
+def resume_experiment(
+    root: str | Path, *, address: str | None = None, echo: Printer = print, train: TrainFn | None = None
+) -> ExperimentDir:
     """Continue an interrupted experiment from Tune's saved state; finished models are not retrained,
     audited groups are not re-audited, and the Parquet files are rebuilt without duplicates."""
     exp = ExperimentDir(Path(root))
@@ -115,8 +127,13 @@ def finish(spec: ExperimentSpec, exp: ExperimentDir, progress: GridProgress, ech
     progress.poll(wait=True)
     for run_id, trial in progress.trials.items():  # runs finished by an earlier, interrupted driver
         if run_id not in progress.state and read_metrics(exp.run_dir(trial.group_id, run_id)) is not None:
-            progress.state[run_id] = {"status": "done", "error": "", "group_id": trial.group_id, "seed": trial.seed,
-                                      "model_index": trial.model_index}
+            progress.state[run_id] = {
+                "status": "done",
+                "error": "",
+                "group_id": trial.group_id,
+                "seed": trial.seed,
+                "model_index": trial.model_index,
+            }
     write_json(exp.trials, progress.state)
     for key in sorted({(t.group_id, t.seed) for t in progress.trials.values()}):
         progress.maybe_audit(key, in_process=True)
@@ -138,9 +155,11 @@ def progress_summary(spec: ExperimentSpec, exp: ExperimentDir) -> str:
         failed = sum(r["status"] == "failed" for r in records.values())
         started = len(list(exp.search_runs.glob("*"))) if exp.search_runs.exists() else 0
         n = spec.search.num_samples
-        return (f"{done} done ({early} stopped early by the scheduler), {failed} failed, "
-                f"{max(0, started - done - failed)} running or interrupted, "
-                f"{max(0, n - started)} not started of {n} search trials")
+        return (
+            f"{done} done ({early} stopped early by the scheduler), {failed} failed, "
+            f"{max(0, started - done - failed)} running or interrupted, "
+            f"{max(0, n - started)} not started of {n} search trials"
+        )
     state = read_json(exp.trials, {}) or {}
     counts = {"done": 0, "failed": 0, "running": 0, "pending": 0}
     for t in spec.trials():
@@ -155,9 +174,11 @@ def progress_summary(spec: ExperimentSpec, exp: ExperimentDir) -> str:
         else:
             counts["pending"] += 1
     audited = sum(1 for g in spec.groups() for s in spec.seeds if exp.audit_result(g.group_id, s).exists())
-    return (f"{counts['done']} done, {counts['failed']} failed, {counts['running']} running or interrupted, "
-            f"{counts['pending']} pending of {len(spec.trials())} trials; {audited} of "
-            f"{len(spec.groups()) * len(spec.seeds)} groups audited")
+    return (
+        f"{counts['done']} done, {counts['failed']} failed, {counts['running']} running or interrupted, "
+        f"{counts['pending']} pending of {len(spec.trials())} trials; {audited} of "
+        f"{len(spec.groups()) * len(spec.seeds)} groups audited"
+    )
 
 
 def status(root: str | Path, out: TextIO | None = None) -> int:

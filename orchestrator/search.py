@@ -52,8 +52,14 @@ def search_frame(spec: ExperimentSpec, exp: ExperimentDir) -> pd.DataFrame:
     records = read_json(exp.search_trials, {}) or {}
     rows = []
     for trial_id, r in sorted(records.items(), key=lambda kv: kv[1].get("finished_at", 0)):
-        row = {"experiment": spec.name, "trial_id": trial_id, "status": r["status"], "completed": r["completed"],
-               "epochs_done": r["epochs_done"], "error": r.get("error", "")}
+        row = {
+            "experiment": spec.name,
+            "trial_id": trial_id,
+            "status": r["status"],
+            "completed": r["completed"],
+            "epochs_done": r["epochs_done"],
+            "error": r.get("error", ""),
+        }
         row.update({f"{PARAM}{p}": v for p, v in r["params"].items()})
         for k in SEARCH_METRICS:
             row[k] = np.nan if r.get(k) is None else float(r[k])
@@ -89,15 +95,19 @@ def search_table(spec: ExperimentSpec, df: pd.DataFrame, top: int = 10) -> str:
     params = [c for c in df.columns if c.startswith(PARAM)]
     metrics = spec.search.metrics
     shown = df[df["pareto_rank"].notna()].head(top)
-    cols = ["rank", "front"] + [short_name(c[len(PARAM):]) for c in params] + metrics
-    lines = [f"search: {len(df)} trials, {int((df['status'] == 'done').sum())} done, "
-             f"{int(df['completed'].sum())} ran every epoch, {int((df['status'] == 'failed').sum())} failed; "
-             f"best {len(shown)} (front 0 = Pareto-optimal; screening score: loss-threshold attack on one model)"]
+    cols = ["rank", "front"] + [short_name(c[len(PARAM) :]) for c in params] + metrics
+    lines = [
+        f"search: {len(df)} trials, {int((df['status'] == 'done').sum())} done, "
+        f"{int(df['completed'].sum())} ran every epoch, {int((df['status'] == 'failed').sum())} failed; "
+        f"best {len(shown)} (front 0 = Pareto-optimal; screening score: loss-threshold attack on one model)"
+    ]
     table = [cols]
     for _, r in shown.iterrows():
-        table.append([str(int(r["pareto_rank"])), str(int(r["pareto_front"]))]
-                     + [fmt_value(py_value(r[c]), digits=4, missing="n/a") for c in params]
-                     + [f"{r[m]:.4f}" for m in metrics])
+        table.append(
+            [str(int(r["pareto_rank"])), str(int(r["pareto_front"]))]
+            + [fmt_value(py_value(r[c]), digits=4, missing="n/a") for c in params]
+            + [f"{r[m]:.4f}" for m in metrics]
+        )
     widths = [max(len(row[i]) for row in table) for i in range(len(cols))]
     lines += ["  ".join(cell.rjust(w) for cell, w in zip(row, widths)) for row in table]
     return "\n".join(lines)
@@ -106,5 +116,3 @@ def search_table(spec: ExperimentSpec, df: pd.DataFrame, top: int = 10) -> str:
 def py_value(v: Any) -> Any:
     """A pandas / numpy scalar as the plain Python value a spec holds."""
     return v.item() if isinstance(v, np.generic) else v
-
-

@@ -134,7 +134,7 @@ def load_tables(root: Path) -> Tables:
 
 def _undefended(method: str) -> str:
     m = METHODS.get(method) if method in METHODS else None
-    return (m.undefended if m is not None and m.undefended else method)
+    return m.undefended if m is not None and m.undefended else method
 
 
 def summarize_groups(tables: Tables, *, leakage: str = DEFAULT_LEAKAGE, attack: str | None = None) -> pd.DataFrame:
@@ -158,13 +158,23 @@ def summarize_groups(tables: Tables, *, leakage: str = DEFAULT_LEAKAGE, attack: 
         method = first["config.method.name"]
         dp = bool(METHODS.get(method).dp) if method in METHODS else False
         row: dict[str, Any] = {
-            "group_id": gid, "group_label": first["group_label"], "dataset": first["config.data.dataset"],
-            "arch": first["config.train.arch"], "method": method, "undefended_method": _undefended(method),
-            "lambda": float(first["config.demem.lambda"]), "threshold": float(first["config.demem.risk_threshold"]),
-            "risk": first["config.demem.risk"], "dp": dp, "defence": first.get("defence") or "none",
-            "noise_multiplier": first.get("config.dp.noise_multiplier"), "epochs": int(first["config.train.epochs"]),
-            "pool_size": first["config.data.pool_size"], "n_seeds": int(g["seed"].nunique()),
-            "n_models": int(len(g)), "n_failed": int(((runs["group_id"] == gid) & (runs["status"] == "failed")).sum()),
+            "group_id": gid,
+            "group_label": first["group_label"],
+            "dataset": first["config.data.dataset"],
+            "arch": first["config.train.arch"],
+            "method": method,
+            "undefended_method": _undefended(method),
+            "lambda": float(first["config.demem.lambda"]),
+            "threshold": float(first["config.demem.risk_threshold"]),
+            "risk": first["config.demem.risk"],
+            "dp": dp,
+            "defence": first.get("defence") or "none",
+            "noise_multiplier": first.get("config.dp.noise_multiplier"),
+            "epochs": int(first["config.train.epochs"]),
+            "pool_size": first["config.data.pool_size"],
+            "n_seeds": int(g["seed"].nunique()),
+            "n_models": int(len(g)),
+            "n_failed": int(((runs["group_id"] == gid) & (runs["status"] == "failed")).sum()),
             "attack": attack,
         }
         for metric in ACCURACY_METRICS:
@@ -222,8 +232,11 @@ def _add_baselines(df: pd.DataFrame, runs: pd.DataFrame, audits: pd.DataFrame, l
         df.at[i, "baseline_id"], df.at[i, "baseline_label"] = base["group_id"], base["group_label"]
         if base["group_id"] == row["group_id"]:
             continue
-        pairs = {"leakage_reduction": (audits, leakage), "robust_cost": (runs, ROBUST_ACC),
-                 "natural_cost": (runs, NATURAL_ACC)}
+        pairs = {
+            "leakage_reduction": (audits, leakage),
+            "robust_cost": (runs, ROBUST_ACC),
+            "natural_cost": (runs, NATURAL_ACC),
+        }
         for col, (frame, metric) in pairs.items():
             d = welch_diff(_values(frame, base["group_id"], metric), _values(frame, row["group_id"], metric))
             df.at[i, f"{col}_mean"], df.at[i, f"{col}_lo"], df.at[i, f"{col}_hi"] = d["mean"], d["lo"], d["hi"]
@@ -251,8 +264,7 @@ def _add_ranking(df: pd.DataFrame) -> None:
     labels = df["group_label"].tolist()
     close = []
     for i in range(len(df)):
-        overlap = [labels[j] for j in range(len(df))
-                   if j != i and np.all((lo[i] <= hi[j]) & (lo[j] <= hi[i]))]
+        overlap = [labels[j] for j in range(len(df)) if j != i and np.all((lo[i] <= hi[j]) & (lo[j] <= hi[i]))]
         close.append("; ".join(overlap))
     df["not_separable_from"] = close
     df["separable"] = [not c for c in close]
@@ -263,15 +275,34 @@ def _add_ranking(df: pd.DataFrame) -> None:
 # ---------------------------------------------------------------------------------------------------
 
 RANKING_COLUMNS = [
-    "rank", "front", "crowding", "group_label", "defence", "method", "lambda", "threshold",
-    "leakage_mean", "leakage_lo", "leakage_hi", "leakage_n",
+    "rank",
+    "front",
+    "crowding",
+    "group_label",
+    "defence",
+    "method",
+    "lambda",
+    "threshold",
+    "leakage_mean",
+    "leakage_lo",
+    "leakage_hi",
+    "leakage_n",
     *(f"{ROBUST_ACC}_{s}" for s in ("mean", "lo", "hi", "n")),
     *(f"{NATURAL_ACC}_{s}" for s in ("mean", "lo", "hi", "n")),
-    "mia_auc_mean", "epsilon_mean",
-    "leakage_reduction_mean", "leakage_reduction_lo", "leakage_reduction_hi",
-    "robust_cost_mean", "robust_cost_lo", "robust_cost_hi",
-    "natural_cost_mean", "natural_cost_lo", "natural_cost_hi",
-    "baseline_label", "not_separable_from", "group_id",
+    "mia_auc_mean",
+    "epsilon_mean",
+    "leakage_reduction_mean",
+    "leakage_reduction_lo",
+    "leakage_reduction_hi",
+    "robust_cost_mean",
+    "robust_cost_lo",
+    "robust_cost_hi",
+    "natural_cost_mean",
+    "natural_cost_lo",
+    "natural_cost_hi",
+    "baseline_label",
+    "not_separable_from",
+    "group_id",
 ]
 
 
@@ -300,19 +331,26 @@ def ranking_markdown(df: pd.DataFrame) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for _, r in df.iterrows():
         cells = [
-            "—" if not np.isfinite(r["rank"]) else str(int(r["rank"])), str(int(r["front"])),
-            r["group_label"] + (" (baseline)" if r["is_baseline"] else ""), r["defence"],
-            _ci_of(r, "leakage"), _ci_of(r, ROBUST_ACC),
-            *([_ci_of(r, ROBUST_ACC_AA)] if has_aa else []), _ci_of(r, NATURAL_ACC),
+            "—" if not np.isfinite(r["rank"]) else str(int(r["rank"])),
+            str(int(r["front"])),
+            r["group_label"] + (" (baseline)" if r["is_baseline"] else ""),
+            r["defence"],
+            _ci_of(r, "leakage"),
+            _ci_of(r, ROBUST_ACC),
+            *([_ci_of(r, ROBUST_ACC_AA)] if has_aa else []),
+            _ci_of(r, NATURAL_ACC),
             *([_ci_of(r, "epsilon")] if has_eps else []),
-            _delta(r, "leakage_reduction", -1), _delta(r, "robust_cost", -1),
+            _delta(r, "leakage_reduction", -1),
+            _delta(r, "robust_cost", -1),
             r["not_separable_from"] or "—",
         ]
         lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
     lines.append("")
-    lines.append(f"Leakage: {LEAKAGE_LABELS[leak]} of {attack}, mean ± 95% t-interval half-width over audited "
-                 "targets (n); accuracies over models. Δ = group − baseline (Welch 95% interval); "
-                 "fronts by non-dominated sorting on (leakage ↓, robust ↑, natural ↑), ties by crowding distance.")
+    lines.append(
+        f"Leakage: {LEAKAGE_LABELS[leak]} of {attack}, mean ± 95% t-interval half-width over audited "
+        "targets (n); accuracies over models. Δ = group − baseline (Welch 95% interval); "
+        "fronts by non-dominated sorting on (leakage ↓, robust ↑, natural ↑), ties by crowding distance."
+    )
     return "\n".join(lines)
 
 
@@ -329,8 +367,10 @@ def _delta(r: pd.Series, col: str, sign: int) -> str:
 
 def top_text(df: pd.DataFrame, k: int = 5) -> str:
     leak = df["leakage_metric"].iloc[0]
-    lines = [f"ranking ({LEAKAGE_LABELS[leak]} of {df['attack'].iloc[0]} down, robust up, natural up); "
-             f"top {min(k, len(df))}:"]
+    lines = [
+        f"ranking ({LEAKAGE_LABELS[leak]} of {df['attack'].iloc[0]} down, robust up, natural up); "
+        f"top {min(k, len(df))}:"
+    ]
     width = max(len(s) for s in df["group_label"].head(k)) + 11
     lines.append(f"  {'#':>2} {'front':>5}  {'group':<{width}} {'leakage':>22} {'robust':>22} {'natural':>22}")
     for _, r in df.head(k).iterrows():
@@ -340,8 +380,10 @@ def top_text(df: pd.DataFrame, k: int = 5) -> str:
         lines.append(f"  {rank:>2} {int(r['front']):>5}  {label:<{width}} {cells}")
     flagged = df[~df["separable"]]
     if len(flagged):
-        lines.append(f"  {len(flagged)} of {len(df)} groups are not separable from another group on every "
-                     "objective (overlapping 95% intervals): see ranking.md")
+        lines.append(
+            f"  {len(flagged)} of {len(df)} groups are not separable from another group on every "
+            "objective (overlapping 95% intervals): see ranking.md"
+        )
     return "\n".join(lines)
 
 
@@ -350,8 +392,15 @@ def top_text(df: pd.DataFrame, k: int = 5) -> str:
 # ---------------------------------------------------------------------------------------------------
 
 
-def summarize(root: str | Path, *, leakage: str = DEFAULT_LEAKAGE, attack: str | None = None,
-              out: str | Path | None = None, echo=print, tensorboard: bool = True) -> dict[str, Path]:
+def summarize(
+    root: str | Path,
+    *,
+    leakage: str = DEFAULT_LEAKAGE,
+    attack: str | None = None,
+    out: str | Path | None = None,
+    echo=print,
+    tensorboard: bool = True,
+) -> dict[str, Path]:
     """Aggregate, rank, plot and report. Returns {name: path} of everything written."""
     if leakage not in LEAKAGE_METRICS:  # before any reading
         raise ValueError(f"unknown leakage metric {leakage!r}; known: {', '.join(LEAKAGE_METRICS)}")
@@ -384,7 +433,9 @@ def write_report(path: Path, root: Path, df: pd.DataFrame, markdown: str, images
     figs = "\n".join(
         f'<figure><img alt="{html.escape(name)}" src="data:image/png;base64,'
         f'{base64.b64encode(p.read_bytes()).decode()}"><figcaption>{html.escape(_CAPTIONS.get(name, name))}'
-        "</figcaption></figure>" for name, p in images.items())
+        "</figcaption></figure>"
+        for name, p in images.items()
+    )
     n_models = int(df["n_models"].sum())
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>demem report: {html.escape(root.name)}</title>
@@ -396,7 +447,7 @@ figcaption {{ color: #555; font-size: 0.9em; }} .meta {{ color: #555; }}
 </style></head><body>
 <h1>Privacy-robustness trade-off: {html.escape(root.name)}</h1>
 <p class="meta">{len(df)} groups, {n_models} trained models; leakage = {html.escape(LEAKAGE_LABELS[leak])} of
-{html.escape(str(df['attack'].iloc[0]))}; written {time.strftime('%Y-%m-%d %H:%M', time.localtime())} by demem
+{html.escape(str(df["attack"].iloc[0]))}; written {time.strftime("%Y-%m-%d %H:%M", time.localtime())} by demem
 summarize.</p>
 <h2>Ranking</h2>
 {table}
@@ -409,7 +460,7 @@ summarize.</p>
 
 _CAPTIONS = {
     "pareto.png": "Robust accuracy against leakage, one point per group with 95% intervals; the staircase joins "
-                  "the groups no other group beats on both axes. Up and to the left is better.",
+    "the groups no other group beats on both axes. Up and to the left is better.",
     "roc.png": "LiRA ROC curves (pooled over targets), log-log; the dashed line is chance.",
     "membins.png": "Who pays for privacy: held-out accuracy and attack TPR per memorization bin.",
     "threshold_sweep.png": "Leakage and robust accuracy against the DeMem risk threshold, one line per lambda.",
@@ -424,5 +475,5 @@ def _markdown_to_html(md: str) -> str:
     out = ["<table><thead><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in head) + "</tr></thead><tbody>"]
     out += ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in body]
     out.append("</tbody></table>")
-    out += [f"<p class=\"meta\">{html.escape(n)}</p>" for n in note]
+    out += [f'<p class="meta">{html.escape(n)}</p>' for n in note]
     return "\n".join(out)

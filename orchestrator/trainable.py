@@ -100,13 +100,24 @@ def search_model(config: dict[str, Any]) -> None:
         _report_epoch(state, {**metrics, **scores, "trial_id": trial_id, "final": False})
     final = artifacts.finish_run(state, out, train_seconds=time.perf_counter() - t0)
     stats = artifacts.read_samples(out)
-    scores = {NATURAL_ACC: final[NATURAL_ACC], SEARCH_ROBUST_ACC: final[ROBUST_ACC],
-              **own_membership(stats, state.keep)}
+    scores = {
+        NATURAL_ACC: final[NATURAL_ACC],
+        SEARCH_ROBUST_ACC: final[ROBUST_ACC],
+        **own_membership(stats, state.keep),
+    }
     tune.report({**state.history[-1], **scores, "trial_id": trial_id, "final": True})
 
 
 def _interim_scores(state, limit: int) -> dict[str, float]:
-    ev = evaluate_heldout(state.model, state.pool, state.keep, state.run.eval, device=state.device,
-                          seed=state.run.seed, limit=limit, autoattack=False)
+    ev = evaluate_heldout(
+        state.model,
+        state.pool,
+        state.keep,
+        state.run.eval,
+        device=state.device,
+        seed=state.run.seed,
+        limit=limit,
+        autoattack=False,
+    )
     stats = sample_statistics(state.model, state.pool, device=state.device, queries=1)
     return {NATURAL_ACC: ev[NATURAL_ACC], SEARCH_ROBUST_ACC: ev[ROBUST_ACC], **own_membership(stats, state.keep)}

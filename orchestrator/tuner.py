@@ -50,8 +50,13 @@ def _trainable(spec: ExperimentSpec, train: TrainFn | None):
 def trial_config(spec: ExperimentSpec, exp: ExperimentDir, trial: Trial) -> dict[str, Any]:
     """What a grid trial gets (see orchestrator.trainable.train_model)."""
     return {
-        "experiment": spec.name, "group_id": trial.group_id, "run_id": trial.trial_key, "seed": trial.seed,
-        "model_index": trial.model_index, "run": trial.run, "cpus": spec.resources.cpu,
+        "experiment": spec.name,
+        "group_id": trial.group_id,
+        "run_id": trial.trial_key,
+        "seed": trial.seed,
+        "model_index": trial.model_index,
+        "run": trial.run,
+        "cpus": spec.resources.cpu,
         "artifacts": str(exp.run_dir(trial.group_id, trial.trial_key).resolve()),
     }
 
@@ -69,23 +74,42 @@ def _search_config(spec: ExperimentSpec, exp: ExperimentDir, max_concurrent: int
     s = spec.search
     metrics, modes = s.metrics, s.modes
     single = len(metrics) == 1
-    searcher = OptunaSearch(metric=metrics[0] if single else metrics, mode=modes[0] if single else modes,
-                            seed=spec.seeds[0])
+    searcher = OptunaSearch(
+        metric=metrics[0] if single else metrics, mode=modes[0] if single else modes, seed=spec.seeds[0]
+    )
     scheduler = None
     if s.scheduler == "asha":
         epochs = s.max_epochs(spec.base)
-        scheduler = ASHAScheduler(metric=metrics[0], mode=modes[0], time_attr="training_iteration", max_t=epochs,
-                                  grace_period=max(1, epochs // 4), reduction_factor=2)
-    fixed = {"base": spec.base, "seed": spec.seeds[0], "n_models": SEARCH_N_MODELS, "cpus": spec.resources.cpu,
-             "root": str(exp.root.resolve()), "interim_samples": INTERIM_SAMPLES}
+        scheduler = ASHAScheduler(
+            metric=metrics[0],
+            mode=modes[0],
+            time_attr="training_iteration",
+            max_t=epochs,
+            grace_period=max(1, epochs // 4),
+            reduction_factor=2,
+        )
+    fixed = {
+        "base": spec.base,
+        "seed": spec.seeds[0],
+        "n_models": SEARCH_N_MODELS,
+        "cpus": spec.resources.cpu,
+        "root": str(exp.root.resolve()),
+        "interim_samples": INTERIM_SAMPLES,
+    }
     space = {"params": {path: _domain(dist) for path, dist in s.space.items()}, "fixed": fixed}
-    config = tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=s.num_samples,
-                             max_concurrent_trials=max_concurrent or spec.max_concurrent, reuse_actors=True)
+    config = tune.TuneConfig(
+        search_alg=searcher,
+        scheduler=scheduler,
+        num_samples=s.num_samples,
+        max_concurrent_trials=max_concurrent or spec.max_concurrent,
+        reuse_actors=True,
+    )
     return space, config
 
 
-def build_tuner(spec: ExperimentSpec, exp: ExperimentDir, max_concurrent: int | None = None,
-                train: TrainFn | None = None) -> tune.Tuner:
+def build_tuner(
+    spec: ExperimentSpec, exp: ExperimentDir, max_concurrent: int | None = None, train: TrainFn | None = None
+) -> tune.Tuner:
     """A new Tuner for the experiment, storing its state under exp.tune."""
     if spec.search is not None:
         space, config = _search_config(spec, exp, max_concurrent)
@@ -99,10 +123,12 @@ def build_tuner(spec: ExperimentSpec, exp: ExperimentDir, max_concurrent: int | 
         param_space=space,
         tune_config=config,
         run_config=tune.RunConfig(
-            name=exp.tune.name, storage_path=str(exp.root.resolve()),
+            name=exp.tune.name,
+            storage_path=str(exp.root.resolve()),
             failure_config=tune.FailureConfig(max_failures=spec.max_retries),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            callbacks=[ExperimentCallback(str(exp.root.resolve()))], verbose=0,
+            callbacks=[ExperimentCallback(str(exp.root.resolve()))],
+            verbose=0,
         ),
     )
 
@@ -112,5 +138,6 @@ def restore_tuner(spec: ExperimentSpec, exp: ExperimentDir, train: TrainFn | Non
     saved nothing to restore from."""
     if not tune.Tuner.can_restore(str(exp.tune.resolve())):
         return None
-    return tune.Tuner.restore(str(exp.tune.resolve()), trainable=_trainable(spec, train),
-                              resume_unfinished=True, resume_errored=True)
+    return tune.Tuner.restore(
+        str(exp.tune.resolve()), trainable=_trainable(spec, train), resume_unfinished=True, resume_errored=True
+    )

@@ -20,8 +20,9 @@ def fmnist_pool():
 @pytest.fixture(scope="session")
 def trained_standard(fmnist_pool):
     """An undefended small CNN trained on 1,000 real samples until it is clearly accurate."""
-    run = tiny_run(method={"name": "standard"},
-                   train={"epochs": 12, "schedule": "constant", "batch_size": 64, "augment": False})
+    run = tiny_run(
+        method={"name": "standard"}, train={"epochs": 12, "schedule": "constant", "batch_size": 64, "augment": False}
+    )
     state = prepare(run, "cpu", pool=fmnist_pool)
     for _ in range(run.train.epochs):
         train_epoch(state)

@@ -82,7 +82,8 @@ def run_audit(group: GroupData, cfg: AuditConfig) -> tuple[dict[str, Any], dict[
     if counts_in.min() < 2 or counts_out.min() < 2:
         raise ValueError(
             f"every sample needs >= 2 IN and >= 2 OUT models; the smallest counts here are "
-            f"{int(counts_in.min())} IN / {int(counts_out.min())} OUT over {m} models (train more models)")
+            f"{int(counts_in.min())} IN / {int(counts_out.min())} OUT over {m} models (train more models)"
+        )
     n_targets = m if cfg.targets is None else min(cfg.targets, m)
     targets = np.arange(n_targets)
     k_total = group.signals["phi"].shape[2]
@@ -106,23 +107,37 @@ def run_audit(group: GroupData, cfg: AuditConfig) -> tuple[dict[str, Any], dict[
         if name in LIRA_ATTACKS:
             variant = name.removeprefix("lira_")
             try:
-                scores = mia.lira_scores(phi, keep, variant=variant, targets=targets,
-                                         min_shadows=_lira_min_shadows(variant), exclude=partners)
+                scores = mia.lira_scores(
+                    phi,
+                    keep,
+                    variant=variant,
+                    targets=targets,
+                    min_shadows=_lira_min_shadows(variant),
+                    exclude=partners,
+                )
             except ValueError as e:  # too few shadows for this variant: say so, keep the others
                 results[name] = {"variant": variant, "skipped": str(e)}
                 continue
             if lira_for_risk is None or variant == "online":
                 lira_for_risk = scores
             n_shadows = m - 1 - int((partners >= 0).all())
-            results[name] = _summarise(scores, keep, targets, {"variant": variant, "family": "lira", "queries": k,
-                                                               "n_shadows": n_shadows,
-                                                               "shadows": "leave target and partner out"})
+            results[name] = _summarise(
+                scores,
+                keep,
+                targets,
+                {
+                    "variant": variant,
+                    "family": "lira",
+                    "queries": k,
+                    "n_shadows": n_shadows,
+                    "shadows": "leave target and partner out",
+                },
+            )
         else:
             results[name] = _threshold_attack(name, group, targets)
 
     mem = memorization(correct, keep)
-    bin_mem = mem if cfg.memorization_from is None else _reference_memorization(cfg.memorization_from,
-                                                                                group.sample_ids)
+    bin_mem = mem if cfg.memorization_from is None else _reference_memorization(cfg.memorization_from, group.sample_ids)
     bins = bin_table(bin_mem, correct, keep, lira_for_risk, targets)
     risk = per_sample_risk(lira_for_risk, keep, targets) if lira_for_risk is not None else np.full(len(mem), np.nan)
     q0 = phi[:, :, 0].astype(np.float64)
@@ -138,8 +153,10 @@ def run_audit(group: GroupData, cfg: AuditConfig) -> tuple[dict[str, Any], dict[
             "n_out": counts_out,
             "heldout_acc": (correct * ~keep).sum(0) / counts_out,
         }
-    accs = {key: [mt[key] for mt in group.metrics if mt.get(key) is not None]
-            for key in ("natural_acc", "robust_acc_pgd", "robust_acc_aa")}
+    accs = {
+        key: [mt[key] for mt in group.metrics if mt.get(key) is not None]
+        for key in ("natural_acc", "robust_acc_pgd", "robust_acc_aa")
+    }
     result = {
         "schema_version": SCHEMA_VERSION,
         "group": group_key(group.run),
@@ -150,8 +167,11 @@ def run_audit(group: GroupData, cfg: AuditConfig) -> tuple[dict[str, Any], dict[
         "targets": [int(group.model_index[t]) for t in targets],
         "queries": k,
         "attacks": results,
-        "accuracy": {key: {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0,
-                           "n": len(v)} for key, v in accs.items() if v},
+        "accuracy": {
+            key: {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, "n": len(v)}
+            for key, v in accs.items()
+            if v
+        },
         "memorization_bins": bins,
         "memorization_source": cfg.memorization_from or "this group",
     }
@@ -162,9 +182,12 @@ def _summarise(scores: np.ndarray, keep: np.ndarray, targets: np.ndarray, info: 
     rows = [{"target": int(t), **attack_metrics(s, keep[t])} for t, s in zip(targets, scores)]
     pooled_fpr, pooled_tpr, _ = roc_curve(scores.ravel(), keep[targets].ravel())
     fpr, tpr = roc_points(pooled_fpr, pooled_tpr)
-    return {**info, "per_target": rows, "mean": mean_std([{k: v for k, v in r.items() if k != "target"}
-                                                           for r in rows]),
-            "roc": {"fpr": fpr.tolist(), "tpr": tpr.tolist()}}
+    return {
+        **info,
+        "per_target": rows,
+        "mean": mean_std([{k: v for k, v in r.items() if k != "target"} for r in rows]),
+        "roc": {"fpr": fpr.tolist(), "tpr": tpr.tolist()},
+    }
 
 
 def _threshold_attack(kind: str, group: GroupData, targets: np.ndarray) -> dict[str, Any]:
@@ -208,8 +231,13 @@ def write_audit(directory: str | Path, result: dict[str, Any], per_sample: dict[
 
 def format_table(result: dict[str, Any]) -> str:
     """A short text table of the audit: one line per attack, mean ± std over targets."""
-    cols = [("auc", "AUC"), ("balanced_acc", "bal.acc"), ("tpr_at_1pct", "TPR@1%"), ("tpr_at_0_1pct", "TPR@0.1%"),
-            ("tpr_at_0_01pct", "TPR@0.01%")]
+    cols = [
+        ("auc", "AUC"),
+        ("balanced_acc", "bal.acc"),
+        ("tpr_at_1pct", "TPR@1%"),
+        ("tpr_at_0_1pct", "TPR@0.1%"),
+        ("tpr_at_0_01pct", "TPR@0.01%"),
+    ]
     lines = [f"{'attack':<20}" + "".join(f"{h:>17}" for _, h in cols)]
     for name, res in result["attacks"].items():
         if "skipped" in res:
@@ -219,6 +247,8 @@ def format_table(result: dict[str, Any]) -> str:
         lines.append(f"{name:<20}" + "".join(f"{mean[k + '_mean']:>9.4f} ± {mean[k + '_std']:<5.3f}" for k, _ in cols))
     acc = result.get("accuracy", {})
     if acc:
-        lines.append("accuracy (held-out): " + ", ".join(f"{k} {v['mean']:.4f} ± {v['std']:.4f} (n={v['n']})"
-                                                         for k, v in acc.items()))
+        lines.append(
+            "accuracy (held-out): "
+            + ", ".join(f"{k} {v['mean']:.4f} ± {v['std']:.4f} (n={v['n']})" for k, v in acc.items())
+        )
     return "\n".join(lines)

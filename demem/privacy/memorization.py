@@ -94,8 +94,13 @@ def bin_table(
     rows = []
     for b in range(N_BINS):
         sel = bins == b
-        row = {"bin": b, "lo": (b - 1) * BIN_WIDTH if b else -1.0, "hi": b * BIN_WIDTH, "n": int(sel.sum()),
-               "heldout_acc": float(np.nanmean(acc_out[sel])) if sel.any() else float("nan")}
+        row = {
+            "bin": b,
+            "lo": (b - 1) * BIN_WIDTH if b else -1.0,
+            "hi": b * BIN_WIDTH,
+            "n": int(sel.sum()),
+            "heldout_acc": float(np.nanmean(acc_out[sel])) if sel.any() else float("nan"),
+        }
         for j, level in enumerate(fprs):
             vals = []
             if scores is not None:

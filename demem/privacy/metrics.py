@@ -42,8 +42,7 @@ def _check_scores(scores, members) -> tuple[np.ndarray, np.ndarray]:
     members = np.asarray(members)
     if scores.ndim != 1 or members.shape != scores.shape:
         raise ValueError(
-            f"metrics: scores and members must be 1-D of the same length, got shapes {scores.shape} "
-            f"and {members.shape}"
+            f"metrics: scores and members must be 1-D of the same length, got shapes {scores.shape} and {members.shape}"
         )
     if members.dtype != np.bool_:
         if not np.isin(members, (0, 1)).all():
@@ -53,9 +52,7 @@ def _check_scores(scores, members) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"metrics: scores contain {int(np.isnan(scores).sum())} NaN value(s)")
     n_pos = int(members.sum())
     if n_pos == 0 or n_pos == members.size:
-        raise ValueError(
-            f"metrics: need both members and non-members, got {n_pos} members of {members.size} samples"
-        )
+        raise ValueError(f"metrics: need both members and non-members, got {n_pos} members of {members.size} samples")
     return scores, members
 
 

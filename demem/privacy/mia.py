@@ -76,8 +76,9 @@ def _check_lira_inputs(signals, keep, variant: str, targets, min_shadows: int):
     if signals.ndim == 2:
         signals = signals[:, :, None]
     if signals.ndim != 3 or not np.issubdtype(signals.dtype, np.floating):
-        raise ValueError(f"lira: signals must be a float (M, N) or (M, N, K) array, got {signals.dtype} "
-                         f"{signals.shape}")
+        raise ValueError(
+            f"lira: signals must be a float (M, N) or (M, N, K) array, got {signals.dtype} {signals.shape}"
+        )
     keep = np.asarray(keep)
     if keep.shape != signals.shape[:2]:
         raise ValueError(f"lira: keep must be (M, N) = {signals.shape[:2]}, got {keep.shape}")
@@ -105,8 +106,9 @@ def _check_lira_inputs(signals, keep, variant: str, targets, min_shadows: int):
     return signals, keep, targets
 
 
-def _check_shadow_counts(keep: np.ndarray, targets: np.ndarray, need_in: bool, min_shadows: int,
-                         exclude: np.ndarray | None = None) -> None:
+def _check_shadow_counts(
+    keep: np.ndarray, targets: np.ndarray, need_in: bool, min_shadows: int, exclude: np.ndarray | None = None
+) -> None:
     """Raise if some (target, sample) has fewer than min_shadows IN (if needed) or OUT shadows."""
     n_in_all = keep.sum(axis=0)  # (N,)
     n_out_all = keep.shape[0] - n_in_all
@@ -169,8 +171,9 @@ def _remove(n: np.ndarray, mean: np.ndarray, m2: np.ndarray, w: np.ndarray, x: n
     return n2, mean2, m2_2
 
 
-def _leave_out(group: _Group, own: np.ndarray, x: np.ndarray, extra: tuple[np.ndarray, np.ndarray] | None = None
-               ) -> tuple[np.ndarray, np.ndarray]:
+def _leave_out(
+    group: _Group, own: np.ndarray, x: np.ndarray, extra: tuple[np.ndarray, np.ndarray] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Mean and std of a group with each target's own model removed where it belongs to the group,
     and optionally one more model per target (`extra` = (membership (T, N), signals (T, N, K))).
 
@@ -252,12 +255,12 @@ def lira_scores(
     scores = np.empty((targets.size, n_samples))
     chunk = max(1, _CHUNK_BYTES // (8 * n_samples * n_queries))
     for start in range(0, targets.size, chunk):
-        t = targets[start:start + chunk]
+        t = targets[start : start + chunk]
         x = signals[t].astype(np.float64)  # (c, N, K)
         own_in = keep[t]
         extra_in = extra_out = None
         if excl is not None:
-            e = excl[start:start + chunk]
+            e = excl[start : start + chunk]
             has = (e >= 0)[:, None]
             xe = signals[np.maximum(e, 0)].astype(np.float64)
             extra_in = (keep[np.maximum(e, 0)] & has, xe)
@@ -275,7 +278,7 @@ def lira_scores(
             per_query = np.log(s_out) - np.log(s_in) + 0.5 * (z_out * z_out - z_in * z_in)
         else:
             per_query = log_ndtr(z_out)
-        scores[start:start + t.size] = per_query.mean(axis=2)
+        scores[start : start + t.size] = per_query.mean(axis=2)
     return scores
 
 
@@ -339,8 +342,9 @@ def _check_labelled(scores, labels, num_classes: int | None = None) -> tuple[np.
     scores = np.asarray(scores, dtype=np.float64)
     labels = np.asarray(labels)
     if scores.ndim != 1 or labels.shape != scores.shape:
-        raise ValueError(f"thresholds: scores and labels must be 1-D of the same length, got {scores.shape} "
-                         f"and {labels.shape}")
+        raise ValueError(
+            f"thresholds: scores and labels must be 1-D of the same length, got {scores.shape} and {labels.shape}"
+        )
     if labels.size and not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(f"thresholds: labels must be integers, got {labels.dtype}")
     if num_classes is not None and labels.size and (labels.min() < 0 or labels.max() >= num_classes):

@@ -47,8 +47,11 @@ def query_plan(info: DatasetInfo, k: int) -> list[tuple[int, int, bool]]:
 def _log_one_minus_softmax(logits: torch.Tensor) -> torch.Tensor:
     """log(1 - p_j) for every class j, exactly: logsumexp_{l != j} z_l - logsumexp_l z_l. (B, C) -> (B, C)."""
     c = logits.shape[1]
-    others = logits[:, None, :].expand(-1, c, -1).masked_fill(torch.eye(c, dtype=torch.bool, device=logits.device),
-                                                               float("-inf"))
+    others = (
+        logits[:, None, :]
+        .expand(-1, c, -1)
+        .masked_fill(torch.eye(c, dtype=torch.bool, device=logits.device), float("-inf"))
+    )
     return torch.logsumexp(others, dim=2) - torch.logsumexp(logits, dim=1, keepdim=True)
 
 
@@ -86,7 +89,12 @@ def chunks(n: int, size: int) -> Iterator[slice]:
 
 
 def pool_signals(
-    model: nn.Module, pool: Pool, *, device: torch.device, queries: int = 1, batch_size: int = 1000,
+    model: nn.Module,
+    pool: Pool,
+    *,
+    device: torch.device,
+    queries: int = 1,
+    batch_size: int = 1000,
 ) -> dict[str, np.ndarray]:
     """Signals of `model` on every sample of `pool`, in pool order.
 
@@ -108,8 +116,13 @@ def pool_signals(
             for q, (dy, dx, flip) in enumerate(plan):
                 view = x
                 if (dy, dx, flip) != (0, 0, False):
-                    view = shift(x, torch.full((b,), dy, device=device), torch.full((b,), dx, device=device), pad,
-                                 torch.full((b,), flip, device=device))
+                    view = shift(
+                        x,
+                        torch.full((b,), dy, device=device),
+                        torch.full((b,), dx, device=device),
+                        pad,
+                        torch.full((b,), flip, device=device),
+                    )
                 logits = model(layout(view))
                 for name, value in logit_signals(logits.float(), y).items():
                     out[name][sl, q] = value.cpu().numpy()

@@ -40,8 +40,9 @@ class Group:
     aliases: tuple[str, ...] = ()
 
 
-def claim_path(section: str, key: Any, given_as: dict[str, str], problems: list[str],
-               seed_problem: str | None = None) -> str | None:
+def claim_path(
+    section: str, key: Any, given_as: dict[str, str], problems: list[str], seed_problem: str | None = None
+) -> str | None:
     """The expanded key path of a grid / search-space key, or None (with a problem) when it is not a
     config path or names a path another key of the same section already took."""
     path = expand_key(key) if isinstance(key, str) else key
@@ -96,8 +97,9 @@ def check_points(points: Any, problems: list[str]) -> list[dict] | None:
         given_as: dict[str, str] = {}
         expanded = {}
         for key, value in point.items():
-            path = claim_path(f"points[{i}]", key, given_as, problems,
-                              seed_problem="seeds are not points; list them in seeds")
+            path = claim_path(
+                f"points[{i}]", key, given_as, problems, seed_problem="seeds are not points; list them in seeds"
+            )
             if path is not None:
                 expanded[path] = value
         if expanded in out:
@@ -125,8 +127,9 @@ def check_seeds(seeds: Any, grid_seeds: Any, problems: list[str]) -> tuple[int, 
     return tuple(dict.fromkeys(seeds))
 
 
-def expand(base: dict, grid: dict[str, list], n_models: int,
-           points: list[dict] | None = None) -> tuple[list[Group], list[str]]:
+def expand(
+    base: dict, grid: dict[str, list], n_models: int, points: list[dict] | None = None
+) -> tuple[list[Group], list[str]]:
     """Resolve every grid point (or every one of `points`, when given). Returns (groups, problems).
 
     A failing point is reported once, blamed on the smallest cause that explains it: the base, when

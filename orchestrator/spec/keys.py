@@ -75,8 +75,7 @@ def _set_path(tree: dict, path: str, value: Any) -> None:
     node[last] = copy.deepcopy(value)
 
 
-def resolve_run(base: dict, overrides: dict[str, Any], n_models: int, *, seed: int = 0,
-                model_index: int = 0) -> dict:
+def resolve_run(base: dict, overrides: dict[str, Any], n_models: int, *, seed: int = 0, model_index: int = 0) -> dict:
     """The RunConfig dict of `base` with `overrides` (expanded key path -> value) applied.
 
     Integers given for float settings become floats, so `lambda: 0` and `lambda: 0.0` are one config.

@@ -85,45 +85,66 @@ class ExperimentSpec:
                 for m in range(self.audit.models):
                     run = copy.deepcopy(group.run)
                     run["seed"], run["model_index"] = seed, m
-                    out.append(Trial(trial_key=f"{group.group_id}-s{seed}-m{m:03d}", group_id=group.group_id,
-                                     seed=seed, model_index=m, run=run))
+                    out.append(
+                        Trial(
+                            trial_key=f"{group.group_id}-s{seed}-m{m:03d}",
+                            group_id=group.group_id,
+                            seed=seed,
+                            model_index=m,
+                            run=run,
+                        )
+                    )
         return tuple(out)
 
     def plan(self) -> str:
         """A human-readable summary: groups, trials, training epochs, per-trial resources, audit."""
         groups, m, seeds = self.groups(), self.audit.models, self.seeds
         n_trials = len(groups) * len(seeds) * m
-        lines = [f"experiment {self.name}: {count(len(groups), 'group')} x {count(len(seeds), 'seed')} "
-                 f"x {m} models = {n_trials} trials"]
+        lines = [
+            f"experiment {self.name}: {count(len(groups), 'group')} x {count(len(seeds), 'seed')} "
+            f"x {m} models = {n_trials} trials"
+        ]
         width = max(len(g.label) for g in groups)
-        lines += [f"  {g.label:<{width}}  {g.group_id}" + (f"  (also {'; '.join(g.aliases)}: the same run)"
-                                                             if g.aliases else "") for g in groups]
+        lines += [
+            f"  {g.label:<{width}}  {g.group_id}"
+            + (f"  (also {'; '.join(g.aliases)}: the same run)" if g.aliases else "")
+            for g in groups
+        ]
         epochs = [g.run["train"]["epochs"] for g in groups]
         per_group = len(seeds) * m
         total = sum(epochs) * per_group
-        how = (f"{n_trials} trials x {count(epochs[0], 'epoch')}" if len(set(epochs)) == 1
-               else f"{per_group} trials per group x {'/'.join(str(e) for e in epochs)} epochs")
+        how = (
+            f"{n_trials} trials x {count(epochs[0], 'epoch')}"
+            if len(set(epochs)) == 1
+            else f"{per_group} trials per group x {'/'.join(str(e) for e in epochs)} epochs"
+        )
         lines.append(f"training: {total} epochs in all ({how})")
         at_once = "as many as fit" if self.max_concurrent is None else f"at most {self.max_concurrent}"
-        lines.append(f"per trial: {fmt_num(self.resources.cpu)} CPU, {fmt_num(self.resources.gpu)} GPU; "
-                     f"{at_once} at once; max_retries: {self.max_retries}")
+        lines.append(
+            f"per trial: {fmt_num(self.resources.cpu)} CPU, {fmt_num(self.resources.gpu)} GPU; "
+            f"{at_once} at once; max_retries: {self.max_retries}"
+        )
         targets = "every model" if self.audit.targets is None else f"the first {self.audit.targets} models"
         queries = "all recorded" if self.audit.queries is None else str(self.audit.queries)
-        lines.append(f"audit per group and seed: {m} models, targets: {targets}, queries: {queries}, "
-                     f"attacks: {', '.join(self.audit.attacks)}")
+        lines.append(
+            f"audit per group and seed: {m} models, targets: {targets}, queries: {queries}, "
+            f"attacks: {', '.join(self.audit.attacks)}"
+        )
         if self.search is not None:
             s = self.search
             objectives = ", ".join(f"{o.metric} ({o.mode})" for o in s.objectives)
-            lines = [f"experiment {self.name}: search with {s.algorithm}, {s.num_samples} trials over "
-                     f"{', '.join(short_name(p) for p in s.space)}",
-                     f"  each trial trains one model on half the pool (seed {seeds[0]}) and is scored on "
-                     f"{objectives}", "  privacy score: loss-threshold attack on the model's own members vs "
-                     "non-members; confirm the best points with `demem confirm`",
-                     f"  base: {groups[0].group_id}; scheduler: {s.scheduler or 'none'}",
-                     f"training: at most {s.num_samples * epochs[0]} epochs "
-                     f"({s.num_samples} trials x {count(epochs[0], 'epoch')} of the base)",
-                     lines[-2], f"confirmation audit per group: {m} models, attacks: "
-                     f"{', '.join(self.audit.attacks)}"]
+            lines = [
+                f"experiment {self.name}: search with {s.algorithm}, {s.num_samples} trials over "
+                f"{', '.join(short_name(p) for p in s.space)}",
+                f"  each trial trains one model on half the pool (seed {seeds[0]}) and is scored on {objectives}",
+                "  privacy score: loss-threshold attack on the model's own members vs "
+                "non-members; confirm the best points with `demem confirm`",
+                f"  base: {groups[0].group_id}; scheduler: {s.scheduler or 'none'}",
+                f"training: at most {s.num_samples * epochs[0]} epochs "
+                f"({s.num_samples} trials x {count(epochs[0], 'epoch')} of the base)",
+                lines[-2],
+                f"confirmation audit per group: {m} models, attacks: {', '.join(self.audit.attacks)}",
+            ]
         return "\n".join(lines)
 
 

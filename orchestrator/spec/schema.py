@@ -57,8 +57,9 @@ TOP_KEYS = ("audit", "base", "failure", "grid", "max_concurrent", "name", "point
 _NAME_RE = re.compile(r"[A-Za-z0-9_.-]+")
 
 
-def load_spec(path: str | Path, *, check_data: bool = True,
-              available: dict[str, float] | None = None) -> ExperimentSpec:
+def load_spec(
+    path: str | Path, *, check_data: bool = True, available: dict[str, float] | None = None
+) -> ExperimentSpec:
     """Read a YAML spec (yaml.safe_load) and validate it; see `validate`.
 
     Raises:
@@ -97,8 +98,11 @@ def validate(raw: dict, *, check_data: bool = True, available: dict[str, float] 
     if not isinstance(raw, dict):
         raise SpecError([f"spec: must be a mapping of settings, got {type(raw).__name__}"])
     problems: list[str] = []
-    problems += [f"{k}: unknown key; allowed: {', '.join(TOP_KEYS)}" for k in raw
-                 if k not in TOP_KEYS and not (isinstance(k, str) and k.startswith("_"))]
+    problems += [
+        f"{k}: unknown key; allowed: {', '.join(TOP_KEYS)}"
+        for k in raw
+        if k not in TOP_KEYS and not (isinstance(k, str) and k.startswith("_"))
+    ]
 
     name = _check_name(raw.get("name"), problems)
     base = _check_base(raw.get("base"), problems)
@@ -127,9 +131,19 @@ def validate(raw: dict, *, check_data: bool = True, available: dict[str, float] 
 
     if problems:
         raise SpecError(list(dict.fromkeys(problems)))  # without repeats, in the order found
-    return ExperimentSpec(name=name, base=base, grid=grid, seeds=seeds, audit=audit, resources=resources,
-                          max_concurrent=max_concurrent, failure=failure, search=search,
-                          raw=copy.deepcopy(raw), points=points)
+    return ExperimentSpec(
+        name=name,
+        base=base,
+        grid=grid,
+        seeds=seeds,
+        audit=audit,
+        resources=resources,
+        max_concurrent=max_concurrent,
+        failure=failure,
+        search=search,
+        raw=copy.deepcopy(raw),
+        points=points,
+    )
 
 
 def _check_name(name: Any, problems: list[str]) -> str:
@@ -170,8 +184,10 @@ def _check_data(groups: list[Group], search: SearchSpec | None, base: dict, prob
         reported.add(name)
         # The same directories load_splits searches, in its order.
         looked = ", ".join(str(p) for p in datalib._candidate_dirs(name, root))
-        problems.append(f"data.dataset: {name} is not present locally (looked in: {looked}); "
-                        f"fetch it with: {datalib.dataset_info(name).fetch_hint}")
+        problems.append(
+            f"data.dataset: {name} is not present locally (looked in: {looked}); "
+            f"fetch it with: {datalib.dataset_info(name).fetch_hint}"
+        )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -190,27 +206,42 @@ def spec_json_schema() -> dict[str, Any]:
     run = json_schema(RunConfig)
     base = {**run, "properties": {k: v for k, v in run["properties"].items() if k not in PER_TRIAL}}
     audit = json_schema(AuditSpec)
-    audit["properties"]["attacks"] = {"anyOf": [
-        {"type": "array", "items": {"type": "string"}, "minItems": 1}, {"type": "string"}],
-        "description": f"attack names ({', '.join(MIA_ATTACKS)}) or lira, threshold, all"}
+    audit["properties"]["attacks"] = {
+        "anyOf": [{"type": "array", "items": {"type": "string"}, "minItems": 1}, {"type": "string"}],
+        "description": f"attack names ({', '.join(MIA_ATTACKS)}) or lira, threshold, all",
+    }
     audit["properties"]["models"] = {"type": "integer", "minimum": 2}
     audit["required"] = ["models"]
     resources = json_schema(ResourcesSpec)
-    resources["properties"] = {"cpu": {"type": "number", "exclusiveMinimum": 0},
-                               "gpu": {"type": "number", "minimum": 0}}
+    resources["properties"] = {
+        "cpu": {"type": "number", "exclusiveMinimum": 0},
+        "gpu": {"type": "number", "minimum": 0},
+    }
     failure = json_schema(FailureSpec)
     failure["properties"]["max_retries"] = {"type": "integer", "minimum": 0}
     key_path = {"type": "string", "description": f"a key path into base, or a shorthand: {', '.join(SHORTHANDS)}"}
-    dist = {"type": "object", "minProperties": 1, "maxProperties": 1, "additionalProperties": False,
-            "properties": {d: {"type": "array"} for d in DISTRIBUTIONS}}
-    objective = {"type": "object", "minProperties": 1, "maxProperties": 1, "additionalProperties": False,
-                 "properties": {m: {"enum": list(MODES)} for m in SEARCH_METRICS}}
+    dist = {
+        "type": "object",
+        "minProperties": 1,
+        "maxProperties": 1,
+        "additionalProperties": False,
+        "properties": {d: {"type": "array"} for d in DISTRIBUTIONS},
+    }
+    objective = {
+        "type": "object",
+        "minProperties": 1,
+        "maxProperties": 1,
+        "additionalProperties": False,
+        "properties": {m: {"enum": list(MODES)} for m in SEARCH_METRICS},
+    }
     search = json_schema(SearchSpec)
     search["properties"].update(
-        algorithm={"enum": list(ALGORITHMS)}, num_samples={"type": "integer", "minimum": 1},
+        algorithm={"enum": list(ALGORITHMS)},
+        num_samples={"type": "integer", "minimum": 1},
         objectives={"type": "array", "minItems": 1, "items": objective},
         space={"type": "object", "minProperties": 1, "propertyNames": key_path, "additionalProperties": dist},
-        scheduler={"anyOf": [{"enum": list(SCHEDULERS)}, {"type": "null"}]})
+        scheduler={"anyOf": [{"enum": list(SCHEDULERS)}, {"type": "null"}]},
+    )
     search["required"] = ["num_samples", "objectives", "space"]
     seeds = {"type": "array", "minItems": 1, "items": {"type": "integer", "minimum": 0}}
     return {
@@ -221,10 +252,12 @@ def spec_json_schema() -> dict[str, Any]:
         "properties": {
             "name": {"type": "string", "pattern": "^[A-Za-z0-9_.-]+$"},
             "base": _nullable(base),
-            "grid": _nullable({"type": "object", "propertyNames": key_path,
-                              "additionalProperties": {"type": "array", "minItems": 1}}),
-            "points": _nullable({"type": "array", "minItems": 1,
-                                "items": {"type": "object", "propertyNames": key_path}}),
+            "grid": _nullable(
+                {"type": "object", "propertyNames": key_path, "additionalProperties": {"type": "array", "minItems": 1}}
+            ),
+            "points": _nullable(
+                {"type": "array", "minItems": 1, "items": {"type": "object", "propertyNames": key_path}}
+            ),
             "seeds": _nullable(seeds),
             "audit": audit,
             "resources": _nullable(resources),

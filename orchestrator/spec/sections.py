@@ -80,8 +80,10 @@ def check_audit(audit: Any, given: bool, problems: list[str]) -> AuditSpec:
             expanded = parse_attacks(",".join(items))
             bad = [a for a in expanded if a not in MIA_ATTACKS]
             if bad:
-                problems.append(f"audit.attacks: unknown attack(s) {', '.join(map(repr, bad))}; known: "
-                                f"{', '.join(MIA_ATTACKS)}, and lira, threshold, all")
+                problems.append(
+                    f"audit.attacks: unknown attack(s) {', '.join(map(repr, bad))}; known: "
+                    f"{', '.join(MIA_ATTACKS)}, and lira, threshold, all"
+                )
             else:
                 out["attacks"] = asked = expanded
 
@@ -97,12 +99,16 @@ def check_audit(audit: Any, given: bool, problems: list[str]) -> AuditSpec:
         if lira and models < MIN_MODELS_LIRA:
             problems.append(f"audit.models: LiRA needs at least {MIN_MODELS_LIRA} models per group, got {models}")
         elif models < MIN_MODELS_AUDIT:
-            problems.append(f"audit.models: the audit needs every sample in at least 2 models and out of at least "
-                            f"2, so at least {MIN_MODELS_AUDIT} models per group, got {models}")
+            problems.append(
+                f"audit.models: the audit needs every sample in at least 2 models and out of at least "
+                f"2, so at least {MIN_MODELS_AUDIT} models per group, got {models}"
+            )
         elif per_sample_var and models < MIN_MODELS_LIRA_PER_SAMPLE_VARIANCE:
-            problems.append(f"audit.attacks: {', '.join(per_sample_var)} need at least "
-                            f"{MIN_MODELS_LIRA_PER_SAMPLE_VARIANCE} models per group (2 IN and 2 OUT shadows per "
-                            f"sample besides the target), got {models}; use the _fixed variants or more models")
+            problems.append(
+                f"audit.attacks: {', '.join(per_sample_var)} need at least "
+                f"{MIN_MODELS_LIRA_PER_SAMPLE_VARIANCE} models per group (2 IN and 2 OUT shadows per "
+                f"sample besides the target), got {models}; use the _fixed variants or more models"
+            )
 
     targets = audit.get("targets")
     if targets is not None:
@@ -133,8 +139,9 @@ def check_queries(queries: int | None, groups: list[Group], problems: list[str])
         recorded = g.run["eval"]["queries"]
         if queries > recorded:
             where = "" if g.label == "base" else f" at grid point {g.label}"
-            problems.append(f"audit.queries: {queries} asked for, but the models record only {recorded} "
-                            f"(eval.queries){where}")
+            problems.append(
+                f"audit.queries: {queries} asked for, but the models record only {recorded} (eval.queries){where}"
+            )
             return
 
 
@@ -153,14 +160,19 @@ def check_resources(resources: Any, available: dict[str, float] | None, problems
     if available is not None:
         have_cpu, have_gpu = available.get("CPU", 0), available.get("GPU", 0)
         if ok_cpu and cpu > have_cpu:
-            problems.append(f"resources: a trial needs {fmt_num(cpu)} CPU but the largest node has "
-                            f"{fmt_num(have_cpu)}; no node could satisfy it")
+            problems.append(
+                f"resources: a trial needs {fmt_num(cpu)} CPU but the largest node has "
+                f"{fmt_num(have_cpu)}; no node could satisfy it"
+            )
         if ok_gpu and gpu > 0 and not have_gpu:
-            problems.append(f"resources: a trial needs {fmt_num(gpu)} GPU but no node has one; "
-                            "no node could satisfy it")
+            problems.append(
+                f"resources: a trial needs {fmt_num(gpu)} GPU but no node has one; no node could satisfy it"
+            )
         elif ok_gpu and gpu > have_gpu:
-            problems.append(f"resources: a trial needs {fmt_num(gpu)} GPU but the largest node has "
-                            f"{fmt_num(have_gpu)}; no node could satisfy it")
+            problems.append(
+                f"resources: a trial needs {fmt_num(gpu)} GPU but the largest node has "
+                f"{fmt_num(have_gpu)}; no node could satisfy it"
+            )
     return ResourcesSpec(cpu=float(cpu) if ok_cpu else 1.0, gpu=float(gpu) if ok_gpu else 0.0)
 
 

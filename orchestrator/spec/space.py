@@ -1,14 +1,14 @@
 """The `search` section: a multi-objective search instead of a grid (see orchestrator.search).
 
-    search:
-      algorithm: optuna
-      num_samples: 20               # sampled configs; each trains ONE model
-      objectives: [{robust_acc: max}, {mia_tpr_at_1pct: min}]      # metric: max | min, from METRICS
-      space:                        # key path -> exactly one of uniform / loguniform / choice
-        demem.lambda: {uniform: [0, 1]}
-        train.lr: {loguniform: [0.01, 0.2]}
-        method: {choice: [pgd_at, trades]}
-      scheduler: asha               # or null
+search:
+  algorithm: optuna
+  num_samples: 20               # sampled configs; each trains ONE model
+  objectives: [{robust_acc: max}, {mia_tpr_at_1pct: min}]      # metric: max | min, from METRICS
+  space:                        # key path -> exactly one of uniform / loguniform / choice
+    demem.lambda: {uniform: [0, 1]}
+    train.lr: {loguniform: [0.01, 0.2]}
+    method: {choice: [pgd_at, trades]}
+  scheduler: asha               # or null
 """
 
 from __future__ import annotations
@@ -65,8 +65,9 @@ class SearchSpec:
         return int(resolve_run(base, {}, SEARCH_N_MODELS)["train"]["epochs"])
 
 
-def check_search(search: Any, has_grid: bool, base: dict, n_models: int, base_reported: bool,
-                 problems: list[str]) -> SearchSpec | None:
+def check_search(
+    search: Any, has_grid: bool, base: dict, n_models: int, base_reported: bool, problems: list[str]
+) -> SearchSpec | None:
     if search is None:
         return None
     if not isinstance(search, dict):
@@ -95,8 +96,9 @@ def check_search(search: Any, has_grid: bool, base: dict, n_models: int, base_re
     given_as: dict[str, str] = {}
     for key, dist in space.items():
         where = f"search.space.{key}"
-        path = claim_path("search.space", key, given_as, problems,
-                          seed_problem="seeds are not searched; list them in seeds")
+        path = claim_path(
+            "search.space", key, given_as, problems, seed_problem="seeds are not searched; list them in seeds"
+        )
         if path is None:
             continue
         values = check_distribution(where, path, dist, problems)
@@ -148,13 +150,20 @@ def check_distribution(where: str, path: str, dist: Any, problems: list[str]) ->
             return None
         return args
     low_ok = "0 < low < high" if kind == "loguniform" else "low < high"
-    if not (isinstance(args, list) and len(args) == 2 and all(is_number(a, finite=True) for a in args)
-            and args[0] < args[1] and (kind == "uniform" or args[0] > 0)):
+    if not (
+        isinstance(args, list)
+        and len(args) == 2
+        and all(is_number(a, finite=True) for a in args)
+        and args[0] < args[1]
+        and (kind == "uniform" or args[0] > 0)
+    ):
         problems.append(f"{where}.{kind}: must be [low, high] with {low_ok}")
         return None
     kinds = scalar_kinds(run_hint(path)[0]) or ()
     if float not in kinds:
-        problems.append(f"{where}: {kind} samples real numbers, but {path} takes "
-                        f"{' or '.join(describe(k) for k in kinds) or 'other values'}; use choice")
+        problems.append(
+            f"{where}: {kind} samples real numbers, but {path} takes "
+            f"{' or '.join(describe(k) for k in kinds) or 'other values'}; use choice"
+        )
         return None
     return list(args)

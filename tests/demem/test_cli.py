@@ -14,14 +14,41 @@ import demem.train
 from demem.cli import main
 from demem.train import RunConfig
 
-FAST = ["--pool-size", "300", "--epochs", "2", "--batch-size", "64", "--train-attack-steps", "1",
-        "--eval-attack-steps", "3"]
+FAST = [
+    "--pool-size",
+    "300",
+    "--epochs",
+    "2",
+    "--batch-size",
+    "64",
+    "--train-attack-steps",
+    "1",
+    "--eval-attack-steps",
+    "3",
+]
 
 
 def test_train_writes_all_outputs_and_json(tmp_path, capsys):
     out = tmp_path / "run"
-    rc = main(["train", "--method", "trades", "--demem-lambda", "0.4", "--demem-threshold", "0.5",
-               "--n-models", "4", "--model-index", "1", "--out", str(out), "--json", *FAST])
+    rc = main(
+        [
+            "train",
+            "--method",
+            "trades",
+            "--demem-lambda",
+            "0.4",
+            "--demem-threshold",
+            "0.5",
+            "--n-models",
+            "4",
+            "--model-index",
+            "1",
+            "--out",
+            str(out),
+            "--json",
+            *FAST,
+        ]
+    )
     assert rc == 0
     stdout = capsys.readouterr().out.strip().splitlines()
     last = json.loads(stdout[-1])
@@ -44,8 +71,10 @@ def test_train_writes_all_outputs_and_json(tmp_path, capsys):
 @pytest.mark.parametrize(
     "args,message",
     [
-        (["--method", "madry"], "unknown method 'madry'; known: dp_pgd_at, dp_sgd, dp_trades, fgsm_rs, mart, pgd_at, "
-         "standard, trades"),
+        (
+            ["--method", "madry"],
+            "unknown method 'madry'; known: dp_pgd_at, dp_sgd, dp_trades, fgsm_rs, mart, pgd_at, standard, trades",
+        ),
         (["--demem-lambda", "-0.2"], "demem.lambda must be a finite number >= 0"),
         (["--demem-threshold", "1.0"], "demem.risk_threshold must be in [0, 1)"),
         (["--eps", "0"], "attack.eps must be > 0"),
@@ -69,8 +98,10 @@ def test_bad_arguments_fail_before_any_data_is_loaded(tmp_path, capsys, monkeypa
 def test_missing_dataset_names_the_fetch_command(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("DEMEM_DATA", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))
-    assert main(["train", "--dataset", "cifar10", "--data-root", str(tmp_path / "empty"),
-                 "--out", str(tmp_path / "x")]) == 2
+    assert (
+        main(["train", "--dataset", "cifar10", "--data-root", str(tmp_path / "empty"), "--out", str(tmp_path / "x")])
+        == 2
+    )
     err = capsys.readouterr().err
     assert "--download" in err and str(tmp_path / "empty") in err
 
@@ -112,8 +143,21 @@ def test_console_script_help():
 def test_attack_start_and_awp_objective_flags():
     from demem.cli import build_parser, run_dict_from_args
 
-    args = build_parser().parse_args(["train", "--out", "x", "--method", "pgd_at", "--awp-gamma", "0.01",
-                                      "--awp-objective", "total", "--train-attack-start", "gaussian"])
+    args = build_parser().parse_args(
+        [
+            "train",
+            "--out",
+            "x",
+            "--method",
+            "pgd_at",
+            "--awp-gamma",
+            "0.01",
+            "--awp-objective",
+            "total",
+            "--train-attack-start",
+            "gaussian",
+        ]
+    )
     run = RunConfig.from_dict(run_dict_from_args(args))
     assert run.attack.start == "gaussian" and run.method.awp_objective == "total"
     default = RunConfig.from_dict(run_dict_from_args(build_parser().parse_args(["train", "--out", "x"])))

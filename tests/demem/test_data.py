@@ -43,18 +43,12 @@ def _isolated_env(monkeypatch, tmp_path_factory):
 
 
 def _rng_images(n: int, shape: tuple[int, ...], seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).integers(
-        0, 256, size=(n, *shape), dtype=np.uint8
-    )
+    return np.random.default_rng(seed).integers(0, 256, size=(n, *shape), dtype=np.uint8)
 
 
 def write_idx(path: Path, array: np.ndarray, *, compress: bool = True) -> None:
     magic = 0x0800 | array.ndim  # unsigned-byte data, ndim dimensions
-    payload = (
-        struct.pack(">I", magic)
-        + struct.pack(f">{array.ndim}I", *array.shape)
-        + array.tobytes()
-    )
+    payload = struct.pack(">I", magic) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes()
     if compress:
         with gzip.open(path.with_name(path.name + ".gz"), "wb") as f:
             f.write(payload)
@@ -62,9 +56,7 @@ def write_idx(path: Path, array: np.ndarray, *, compress: bool = True) -> None:
         path.write_bytes(payload)
 
 
-def write_mnist(
-    directory: Path, n_train: int = 20, n_test: int = 10, *, compress: bool = True
-) -> dict:
+def write_mnist(directory: Path, n_train: int = 20, n_test: int = 10, *, compress: bool = True) -> dict:
     directory.mkdir(parents=True, exist_ok=True)
     arrays = {
         "train-images-idx3-ubyte": _rng_images(n_train, (28, 28), 1),
@@ -94,9 +86,7 @@ def _pickle(path: Path, obj: dict) -> None:
         pickle.dump(obj, f, protocol=2)
 
 
-def write_cifar10(
-    root: Path, n_per_batch: int = 4, n_test: int = 10
-) -> tuple[np.ndarray, ...]:
+def write_cifar10(root: Path, n_per_batch: int = 4, n_test: int = 10) -> tuple[np.ndarray, ...]:
     """Write cifar-10-batches-py/ with 5 x n_per_batch train and n_test test images.
 
     Returns (train_hwc, train_labels, test_hwc, test_labels)."""
@@ -129,9 +119,7 @@ def write_cifar10(
     return train, np.array(train_labels), test, np.array(test_labels)
 
 
-def write_cifar100(
-    root: Path, n_train: int = 20, n_test: int = 10
-) -> tuple[np.ndarray, ...]:
+def write_cifar100(root: Path, n_train: int = 20, n_test: int = 10) -> tuple[np.ndarray, ...]:
     base = root / "cifar-100-python"
     base.mkdir(parents=True)
     train = _rng_images(n_train, (32, 32, 3), 5)
@@ -151,20 +139,14 @@ def write_cifar100(
     return train, train_fine, test, test_fine
 
 
-def write_svhn(
-    root: Path, n_train: int = 20, n_test: int = 10
-) -> tuple[np.ndarray, ...]:
+def write_svhn(root: Path, n_train: int = 20, n_test: int = 10) -> tuple[np.ndarray, ...]:
     root.mkdir(parents=True, exist_ok=True)
     out = []
     for name, n, seed in (("train", n_train, 7), ("test", n_test, 8)):
         hwc = _rng_images(n, (32, 32, 3), seed)  # (N, H, W, C)
         digits = np.arange(n) % 10
-        y = (
-            np.where(digits == 0, 10, digits).astype(np.uint8).reshape(n, 1)
-        )  # SVHN writes 0 as 10
-        scipy.io.savemat(
-            root / f"{name}_32x32.mat", {"X": np.transpose(hwc, (1, 2, 3, 0)), "y": y}
-        )
+        y = np.where(digits == 0, 10, digits).astype(np.uint8).reshape(n, 1)  # SVHN writes 0 as 10
+        scipy.io.savemat(root / f"{name}_32x32.mat", {"X": np.transpose(hwc, (1, 2, 3, 0)), "y": y})
         out += [hwc, digits]
     return tuple(out)
 
@@ -175,18 +157,13 @@ def write_svhn(
 
 
 def test_registry_names_and_info():
-    assert DATASETS.names() == sorted(
-        ["fashion-mnist", "mnist", "cifar10", "cifar100", "svhn"]
-    )
+    assert DATASETS.names() == sorted(["fashion-mnist", "mnist", "cifar10", "cifar100", "svhn"])
     assert dataset_info("cifar10").eps == pytest.approx(8 / 255)
     assert dataset_info("mnist").eps == pytest.approx(0.3)
     assert dataset_info("fashion-mnist").eps == pytest.approx(0.1)
     assert dataset_info("svhn").flip is False and dataset_info("mnist").flip is False
     assert dataset_info("cifar100").num_classes == 100
-    assert (
-        dataset_info("fashion-mnist").crop_pad == 2
-        and dataset_info("svhn").crop_pad == 4
-    )
+    assert dataset_info("fashion-mnist").crop_pad == 2 and dataset_info("svhn").crop_pad == 4
     assert "dataset-fashion-mnist" in dataset_info("fashion-mnist").fetch_hint
     for name in DATASETS.names():
         info = dataset_info(name)
@@ -222,11 +199,7 @@ def test_fashion_full_pool(fashion_full):
     assert pool.n == 70000
     assert pool.images.dtype == torch.uint8 and pool.images.shape == (70000, 1, 28, 28)
     assert pool.images.is_contiguous() and pool.images.device.type == "cpu"
-    assert (
-        pool.labels.dtype == torch.int64
-        and int(pool.labels.min()) == 0
-        and int(pool.labels.max()) == 9
-    )
+    assert pool.labels.dtype == torch.int64 and int(pool.labels.min()) == 0 and int(pool.labels.max()) == 9
     assert torch.equal(pool.sample_ids, torch.arange(70000))
     assert torch.bincount(pool.labels).tolist() == [7000] * 10
     assert pool.info.name == "fashion-mnist" and pool.seed == 0
@@ -239,16 +212,9 @@ def test_fashion_subsample(fashion_full):
     a = make_pool("fashion-mnist", pool_size=500, seed=3)
     b = make_pool("fashion-mnist", pool_size=500, seed=3)
     c = make_pool("fashion-mnist", pool_size=500, seed=4)
-    assert (
-        a.n == 500
-        and torch.equal(a.sample_ids, b.sample_ids)
-        and torch.equal(a.images, b.images)
-    )
+    assert a.n == 500 and torch.equal(a.sample_ids, b.sample_ids) and torch.equal(a.images, b.images)
     assert a.fingerprint() == b.fingerprint()
-    assert (
-        not torch.equal(a.sample_ids, c.sample_ids)
-        and a.fingerprint() != c.fingerprint()
-    )
+    assert not torch.equal(a.sample_ids, c.sample_ids) and a.fingerprint() != c.fingerprint()
     assert bool((a.sample_ids[1:] > a.sample_ids[:-1]).all())
     # Each pooled sample is exactly the full-dataset sample with that id.
     assert torch.equal(a.images, fashion_full.images[a.sample_ids])
@@ -333,9 +299,7 @@ def test_cifar10_roundtrip_channel_major(tmp_path):
     assert test.labels.tolist() == test_labels.tolist()
     # Spot check against the raw row: green channel, row 5, column 7 of training image 13.
     with open(tmp_path / "cifar-10-batches-py" / "data_batch_4", "rb") as f:
-        row = pickle.load(f, encoding="bytes")[b"data"][
-            1
-        ]  # image 13 = batch 4, position 1
+        row = pickle.load(f, encoding="bytes")[b"data"][1]  # image 13 = batch 4, position 1
     assert int(train.images[13, 1, 5, 7]) == int(row[1024 + 5 * 32 + 7])
 
 
@@ -346,9 +310,7 @@ def test_cifar10_pool_ids(tmp_path):
     train = make_pool("cifar10", root=tmp_path, splits="train")
     assert torch.equal(test.sample_ids, torch.arange(20, 30))
     assert torch.equal(train.sample_ids, torch.arange(20))
-    assert torch.equal(full.images[20:], test.images) and torch.equal(
-        full.images[:20], train.images
-    )
+    assert torch.equal(full.images[20:], test.images) and torch.equal(full.images[:20], train.images)
     sub = make_pool("cifar10", root=tmp_path, pool_size=7, seed=11)
     assert sub.n == 7 and torch.equal(sub.images, full.images[sub.sample_ids])
     assert torch.equal(sub.labels, full.labels[sub.sample_ids])
@@ -360,10 +322,7 @@ def test_cifar100_roundtrip(tmp_path):
     assert train.images.shape == (20, 3, 32, 32)
     assert np.array_equal(train.images.numpy(), np.transpose(train_hwc, (0, 3, 1, 2)))
     assert np.array_equal(test.images.numpy(), np.transpose(test_hwc, (0, 3, 1, 2)))
-    assert (
-        train.labels.tolist() == train_fine.tolist()
-        and test.labels.tolist() == test_fine.tolist()
-    )
+    assert train.labels.tolist() == train_fine.tolist() and test.labels.tolist() == test_fine.tolist()
     assert int(test.labels.max()) == 99
 
 
@@ -444,9 +403,7 @@ def test_pool_fingerprint_depends_on_name_seed_ids(tmp_path):
     write_cifar10(tmp_path)
     a = make_pool("cifar10", root=tmp_path, seed=0)
     b = make_pool("cifar10", root=tmp_path, seed=1)
-    assert (
-        torch.equal(a.sample_ids, b.sample_ids) and a.fingerprint() != b.fingerprint()
-    )
+    assert torch.equal(a.sample_ids, b.sample_ids) and a.fingerprint() != b.fingerprint()
     assert len(a.fingerprint()) == 16 and int(a.fingerprint(), 16) >= 0
 
 
@@ -468,12 +425,7 @@ def test_pool_seed_validation(tmp_path):
         make_pool("cifar10", root=tmp_path, seed=-1)
     with pytest.raises(ValueError, match="pool_size must be an integer"):
         make_pool("cifar10", root=tmp_path, pool_size=2.5)
-    assert (
-        make_pool(
-            "cifar10", root=tmp_path, seed=np.int64(3), pool_size=np.int64(4)
-        ).seed
-        == 3
-    )
+    assert make_pool("cifar10", root=tmp_path, seed=np.int64(3), pool_size=np.int64(4)).seed == 3
 
 
 # ---------------------------------------------------------------------------------------------------

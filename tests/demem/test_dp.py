@@ -24,8 +24,12 @@ def pool():
 
 
 def _dp_run(**overrides):
-    base = {"data": {"pool_size": 300, "pool_seed": 2}, "train": {"epochs": 2, "batch_size": 30, "lr": 0.1},
-            "method": {"name": "dp_sgd"}, "dp": {"noise_multiplier": 1.1, "max_grad_norm": 1.0}}
+    base = {
+        "data": {"pool_size": 300, "pool_seed": 2},
+        "train": {"epochs": 2, "batch_size": 30, "lr": 0.1},
+        "method": {"name": "dp_sgd"},
+        "dp": {"noise_multiplier": 1.1, "max_grad_norm": 1.0},
+    }
     for k, v in overrides.items():
         base[k] = {**base.get(k, {}), **v} if isinstance(v, dict) else v
     return tiny_run(**base)
@@ -83,8 +87,7 @@ def test_empty_poisson_batches_still_step(pool):
 
 
 def test_dp_trades_trains(pool):
-    run = _dp_run(method={"name": "dp_trades"}, train={"epochs": 1}, attack={"steps": 1},
-                  demem={"lambda": 0.2})
+    run = _dp_run(method={"name": "dp_trades"}, train={"epochs": 1}, attack={"steps": 1}, demem={"lambda": 0.2})
     assert run.defence == "dp+demem"
     state = prepare(run, "cpu", pool=pool)
     m = train_epoch(state)
@@ -97,8 +100,10 @@ def test_dp_trades_trains(pool):
         ({"method": {"name": "dp_sgd"}}, "needs dp.noise_multiplier or dp.target_epsilon"),
         ({"method": {"name": "pgd_at"}, "dp": {"noise_multiplier": 1.0}}, "not a DP method"),
         ({"method": {"name": "dp_sgd"}, "dp": {"noise_multiplier": 1.0, "target_epsilon": 3.0}}, "not both"),
-        ({"method": {"name": "dp_sgd"}, "dp": {"noise_multiplier": 1.0}, "train": {"norm": "batch"}},
-         "cannot be trained with DP-SGD"),
+        (
+            {"method": {"name": "dp_sgd"}, "dp": {"noise_multiplier": 1.0}, "train": {"norm": "batch"}},
+            "cannot be trained with DP-SGD",
+        ),
         ({"method": {"name": "dp_sgd"}, "dp": {"noise_multiplier": 1.0, "max_grad_norm": 0}}, "max_grad_norm"),
         ({"method": {"name": "dp_pgd_at", "awp_gamma": 0.01}, "dp": {"noise_multiplier": 1.0}}, "AWP"),
     ],

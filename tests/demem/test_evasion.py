@@ -53,9 +53,14 @@ def test_pgd_lowers_accuracy_of_undefended_model(trained_standard):
     s = trained_standard
     x, y = s.pool.images[:500], s.pool.labels[:500]
     clean = accuracy(s.model, x, y, device=torch.device("cpu"))
-    robust = accuracy(s.model, x, y, device=torch.device("cpu"),
-                      attack=AttackConfig(eps=0.1, steps=10, keep_best=True),
-                      generator=torch.Generator().manual_seed(0))
+    robust = accuracy(
+        s.model,
+        x,
+        y,
+        device=torch.device("cpu"),
+        attack=AttackConfig(eps=0.1, steps=10, keep_best=True),
+        generator=torch.Generator().manual_seed(0),
+    )
     fast = accuracy(s.model, x, y, device=torch.device("cpu"), attack=AttackConfig(name="fgsm", eps=0.1))
     assert clean > 0.7
     assert robust < 0.1
@@ -69,8 +74,9 @@ def test_more_steps_never_help_the_model(trained_standard):
     for steps in (1, 3, 10):
         # Same step size and the same random start: the first iterates coincide exactly.
         cfg = AttackConfig(eps=0.03, steps=steps, step_size=0.01, keep_best=True)
-        accs.append(accuracy(s.model, x, y, device=torch.device("cpu"), attack=cfg,
-                             generator=torch.Generator().manual_seed(7)))
+        accs.append(
+            accuracy(s.model, x, y, device=torch.device("cpu"), attack=cfg, generator=torch.Generator().manual_seed(7))
+        )
     assert accs[0] >= accs[1] >= accs[2]
     assert accs[0] - accs[2] > 0.05  # and the extra steps find real adversarial examples
 
@@ -91,8 +97,14 @@ def test_fgsm_is_single_signed_step(trained_standard):
 
 @pytest.mark.parametrize(
     "kwargs,match",
-    [({"eps": 0}, "eps"), ({"eps": -0.1}, "eps"), ({"steps": 0}, "steps"), ({"norm": "l1"}, "norm"),
-     ({"loss": "dlr"}, "loss"), ({"name": "cw-l2"}, "unknown attack")],
+    [
+        ({"eps": 0}, "eps"),
+        ({"eps": -0.1}, "eps"),
+        ({"steps": 0}, "steps"),
+        ({"norm": "l1"}, "norm"),
+        ({"loss": "dlr"}, "loss"),
+        ({"name": "cw-l2"}, "unknown attack"),
+    ],
 )
 def test_bad_attack_config(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -64,8 +64,14 @@ def _assert_saturated_pixels_moved(x, x_adv, kind):
 def test_saturated_pixel_with_inward_gradient_moves(attack, norm, eps):
     model, x, w, kind = _linear_probe()
     y = torch.zeros(x.shape[0], dtype=torch.long)
-    cfg = AttackConfig(name="fgsm" if attack == "fgsm" else "pgd", eps=eps, norm=norm, steps=3,
-                       step_size=eps / 3, keep_best=attack == "pgd_keep_best")
+    cfg = AttackConfig(
+        name="fgsm" if attack == "fgsm" else "pgd",
+        eps=eps,
+        norm=norm,
+        steps=3,
+        step_size=eps / 3,
+        keep_best=attack == "pgd_keep_best",
+    )
     start = _outward_start(w, kind)
     if attack == "fgsm":
         x_adv = fgsm(model, x, y, cfg)
@@ -85,8 +91,9 @@ def test_training_attacks_move_saturated_pixels(method, norm, eps):
     y = torch.zeros(x.shape[0], dtype=torch.long)
     for seed in range(3):
         cfg = AttackConfig(eps=eps, norm=norm, steps=3, step_size=eps / 3)
-        x_adv = generate(model, x, y, method=MethodConfig(name=method), attack=cfg,
-                         generator=torch.Generator().manual_seed(seed))
+        x_adv = generate(
+            model, x, y, method=MethodConfig(name=method), attack=cfg, generator=torch.Generator().manual_seed(seed)
+        )
         _assert_saturated_pixels_moved(x, x_adv, kind)
 
 
@@ -97,8 +104,7 @@ def cnn_and_batch(request, fmnist_pool):
         model = request.getfixturevalue("trained_standard").model
     else:
         torch.manual_seed(0)
-        model = build_model("small-cnn", in_channels=1, num_classes=10, image_size=28, mean=(0.286,),
-                            std=(0.353,))
+        model = build_model("small-cnn", in_channels=1, num_classes=10, image_size=28, mean=(0.286,), std=(0.353,))
     model.eval()
     x = fmnist_pool.images[1000:1064].float() / 255
     y = fmnist_pool.labels[1000:1064]
@@ -131,9 +137,14 @@ def test_trades_attack_is_algorithm_1(cnn_and_batch, steps):
     eps, alpha = 0.1, 0.1 / 4
     noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(5))
     want = _trades_algorithm_1(model, x, eps, alpha, steps, noise)
-    got = generate(model, x, y, method=MethodConfig(name="trades"),
-                   attack=AttackConfig(eps=eps, steps=steps, step_size=alpha),
-                   generator=torch.Generator().manual_seed(5))  # the same N(0, I) draw
+    got = generate(
+        model,
+        x,
+        y,
+        method=MethodConfig(name="trades"),
+        attack=AttackConfig(eps=eps, steps=steps, step_size=alpha),
+        generator=torch.Generator().manual_seed(5),
+    )  # the same N(0, I) draw
     # At the start the KL gradients are tiny (1e-9 on a fresh network), so a sign is only
     # reproducible by the same arithmetic: the reference uses the same KL formula and must agree to
     # float tolerance on every pixel.
@@ -150,9 +161,14 @@ def test_trades_attack_is_as_strong_as_torchattacks_tpgd(cnn_and_batch, steps):
     eps, alpha = 0.1, 0.1 / 4
     torch.manual_seed(11)
     want = torchattacks.TPGD(model, eps=eps, alpha=alpha, steps=steps)(x, y)
-    got = generate(model, x, y, method=MethodConfig(name="trades"),
-                   attack=AttackConfig(eps=eps, steps=steps, step_size=alpha),
-                   generator=torch.Generator().manual_seed(11))
+    got = generate(
+        model,
+        x,
+        y,
+        method=MethodConfig(name="trades"),
+        attack=AttackConfig(eps=eps, steps=steps, step_size=alpha),
+        generator=torch.Generator().manual_seed(11),
+    )
     with torch.no_grad():
         kl_got, kl_want = _kl(model, x, got).sum().item(), _kl(model, x, want).sum().item()
     assert kl_got == pytest.approx(kl_want, rel=0.02)
@@ -166,8 +182,11 @@ def test_pgd_matches_torchattacks(cnn_and_batch, norm):
     model, x, y = cnn_and_batch
     eps = 0.1 if norm == "linf" else 1.0
     alpha, steps = eps / 4, 10
-    ref = (torchattacks.PGD(model, eps=eps, alpha=alpha, steps=steps, random_start=False) if norm == "linf"
-           else torchattacks.PGDL2(model, eps=eps, alpha=alpha, steps=steps, random_start=False))
+    ref = (
+        torchattacks.PGD(model, eps=eps, alpha=alpha, steps=steps, random_start=False)
+        if norm == "linf"
+        else torchattacks.PGDL2(model, eps=eps, alpha=alpha, steps=steps, random_start=False)
+    )
     # torchattacks adds 1e-10 to the norm of the batch-mean loss's gradient; for confidently classified
     # samples that gradient is itself ~1e-9, which shortens their L2 steps. Make that guard negligible.
     ref.eps_for_division = 1e-30
@@ -181,8 +200,16 @@ def test_pgd_matches_torchattacks(cnn_and_batch, norm):
 def test_each_method_starts_where_its_authors_start():
     # PGD-AT (Madry et al.), FGSM-RS (Wong et al.) and AWP's PGD-AT: uniform in the eps-ball;
     # TRADES (Zhang et al.) and MART (Wang et al.): x + 0.001 N(0, I).
-    want = {"pgd_at": "uniform", "fgsm_rs": "uniform", "dp_pgd_at": "uniform", "trades": "gaussian",
-            "dp_trades": "gaussian", "mart": "gaussian", "standard": "uniform", "dp_sgd": "uniform"}
+    want = {
+        "pgd_at": "uniform",
+        "fgsm_rs": "uniform",
+        "dp_pgd_at": "uniform",
+        "trades": "gaussian",
+        "dp_trades": "gaussian",
+        "mart": "gaussian",
+        "standard": "uniform",
+        "dp_sgd": "uniform",
+    }
     assert {n: METHODS.get(n).start for n in METHODS} == want
     dp = {"dp": {"noise_multiplier": 1.0}}
     for name, start in want.items():
@@ -203,8 +230,12 @@ def test_start_distribution(start):
     x = torch.full((64, 1, 8, 8), 0.5)
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 3))
     cfg = AttackConfig(eps=eps, steps=1, step_size=1e-12, start=start)
-    delta = (pgd(model, x, torch.zeros(64, dtype=torch.long), cfg, generator=torch.Generator().manual_seed(1))
-             - x).flatten().double().numpy()
+    delta = (
+        (pgd(model, x, torch.zeros(64, dtype=torch.long), cfg, generator=torch.Generator().manual_seed(1)) - x)
+        .flatten()
+        .double()
+        .numpy()
+    )
     dist = stats.uniform(loc=-eps, scale=2 * eps) if start == "uniform" else stats.norm(scale=0.001)
     assert stats.kstest(delta, dist.cdf).pvalue > 1e-3
     other = stats.norm(scale=0.001) if start == "uniform" else stats.uniform(loc=-eps, scale=2 * eps)
@@ -221,8 +252,13 @@ def test_trades_attack_ignores_bf16_autocast(cnn_and_batch):
     noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(3))
     want = _trades_algorithm_1(model, x, eps, alpha, steps, noise)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        got = generate(model, x, y, method=MethodConfig(name="trades"),
-                       attack=AttackConfig(eps=eps, steps=steps, step_size=alpha),
-                       generator=torch.Generator().manual_seed(3))
+        got = generate(
+            model,
+            x,
+            y,
+            method=MethodConfig(name="trades"),
+            attack=AttackConfig(eps=eps, steps=steps, step_size=alpha),
+            generator=torch.Generator().manual_seed(3),
+        )
     assert got.dtype == torch.float32
     assert torch.allclose(got, want, rtol=0, atol=1e-6)

@@ -24,8 +24,7 @@ def test_writers_round_trip_and_leave_no_temp_files(tmp_path):
     io.write_parquet(tmp_path / "t.parquet", pd.DataFrame({"a": [1, 2]}, index=[5, 6]))
     assert pd.read_parquet(tmp_path / "t.parquet").to_dict("list") == {"a": [1, 2]}
     io.write_text(tmp_path / "sub" / "r.md", "hi\n")  # parents are created
-    assert sorted(p.name for p in tmp_path.rglob("*")) == ["a.json", "keep.npy", "r.md", "s.npz", "sub",
-                                                            "t.parquet"]
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["a.json", "keep.npy", "r.md", "s.npz", "sub", "t.parquet"]
 
 
 def test_a_failed_write_keeps_the_old_file_and_no_temp(tmp_path):

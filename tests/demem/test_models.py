@@ -27,9 +27,7 @@ SHAPES = ((1, 28), (3, 32))
 MEAN, STD = 0.5, 0.25  # per-channel stats used in tests
 
 
-def _build(
-    arch: str, norm: str = "batch", channels: int = 3, side: int = 32
-) -> nn.Module:
+def _build(arch: str, norm: str = "batch", channels: int = 3, side: int = 32) -> nn.Module:
     return build_model(
         arch,
         in_channels=channels,
@@ -60,9 +58,7 @@ def _cases():
             for channels, side in SHAPES:
                 if arch in WRNS and channels == 1:
                     continue  # keep the file quick; the WRN code path does not depend on C
-                yield pytest.param(
-                    arch, norm, channels, side, id=f"{arch}-{norm}-{channels}x{side}"
-                )
+                yield pytest.param(arch, norm, channels, side, id=f"{arch}-{norm}-{channels}x{side}")
 
 
 def test_registry_holds_the_documented_archs():
@@ -123,12 +119,7 @@ def test_each_leaf_module_runs_once_and_relus_are_not_inplace(arch):
     model = _cached(arch, "group")
     calls: dict[str, int] = {}
     leaves = [(n, m) for n, m in model.named_modules() if not list(m.children())]
-    hooks = [
-        m.register_forward_hook(
-            lambda *_, n=n: calls.__setitem__(n, calls.get(n, 0) + 1)
-        )
-        for n, m in leaves
-    ]
+    hooks = [m.register_forward_hook(lambda *_, n=n: calls.__setitem__(n, calls.get(n, 0) + 1)) for n, m in leaves]
     try:
         with torch.no_grad():
             model(torch.rand(1, 3, 32, 32))
@@ -142,9 +133,7 @@ def test_each_leaf_module_runs_once_and_relus_are_not_inplace(arch):
 def test_normalized_matches_manual_normalisation_exactly():
     torch.manual_seed(0)
     mean, std = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
-    model = build_model(
-        "small-cnn", in_channels=3, num_classes=10, image_size=32, mean=mean, std=std
-    ).eval()
+    model = build_model("small-cnn", in_channels=3, num_classes=10, image_size=32, mean=mean, std=std).eval()
     assert isinstance(model, Normalized)
     assert model.mean.shape == model.std.shape == (1, 3, 1, 1)
     x = torch.rand(4, 3, 32, 32)
@@ -299,13 +288,9 @@ def test_per_sample_gradients_with_torch_func_match_a_loop():
         out = torch.func.functional_call(model, (p, buffers), (xi[None],))
         return F.cross_entropy(out, yi[None])
 
-    per_sample = torch.func.vmap(torch.func.grad(loss_one), in_dims=(None, 0, 0))(
-        params, x, y
-    )
+    per_sample = torch.func.vmap(torch.func.grad(loss_one), in_dims=(None, 0, 0))(params, x, y)
     for i in range(len(x)):
         model.zero_grad()
         F.cross_entropy(model(x[i : i + 1]), y[i : i + 1]).backward()
         for name, p in model.named_parameters():
-            torch.testing.assert_close(
-                per_sample[name][i], p.grad, rtol=1e-4, atol=1e-6
-            )
+            torch.testing.assert_close(per_sample[name][i], p.grad, rtol=1e-4, atol=1e-6)

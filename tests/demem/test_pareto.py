@@ -21,10 +21,14 @@ def brute_fronts(v: np.ndarray, maximize) -> np.ndarray:
 
 def test_dominance_on_hand_made_points():
     # objectives: robust acc (max), leakage (min)
-    pts = np.array([[0.6, 0.2],   # front 0
-                    [0.5, 0.1],   # front 0 (less robust, less leaky)
-                    [0.5, 0.3],   # dominated by both above -> front 1
-                    [0.4, 0.4]])  # dominated by all -> front 2
+    pts = np.array(
+        [
+            [0.6, 0.2],  # front 0
+            [0.5, 0.1],  # front 0 (less robust, less leaky)
+            [0.5, 0.3],  # dominated by both above -> front 1
+            [0.4, 0.4],
+        ]
+    )  # dominated by all -> front 2
     assert pareto_fronts(pts, [True, False]).tolist() == [0, 0, 1, 2]
     assert dominates([0.6, 0.2], [0.5, 0.3], [True, False])
     assert not dominates([0.6, 0.2], [0.5, 0.1], [True, False])

@@ -34,8 +34,9 @@ def test_every_method_is_covered():
 def test_tau_zero_equals_reference_objective(name, lam):
     model, x, y = _model_and_batch()
     method = MethodConfig(name=name)
-    x_adv = generate(model, x, y, method=method, attack=AttackConfig(eps=0.1, steps=2),
-                     generator=torch.Generator().manual_seed(0))
+    x_adv = generate(
+        model, x, y, method=method, attack=AttackConfig(eps=0.1, steps=2), generator=torch.Generator().manual_seed(0)
+    )
     model.eval()  # BatchNorm in eval: two forward passes on the same input give the same logits
     out = objective(model, x, y, x_adv, method=method, demem=DeMemConfig(lam=lam, risk_threshold=0.0))
     plain = objective(model, x, y, x_adv, method=method, demem=DeMemConfig(lam=0.0))
@@ -48,8 +49,9 @@ def test_tau_zero_equals_reference_objective(name, lam):
 def test_lambda_zero_is_the_undefended_method(name):
     model, x, y = _model_and_batch(1)
     method = MethodConfig(name=name)
-    x_adv = generate(model, x, y, method=method, attack=AttackConfig(eps=0.1, steps=2),
-                     generator=torch.Generator().manual_seed(0))
+    x_adv = generate(
+        model, x, y, method=method, attack=AttackConfig(eps=0.1, steps=2), generator=torch.Generator().manual_seed(0)
+    )
     model.eval()
     out = objective(model, x, y, x_adv, method=method, demem=DeMemConfig(lam=0.0, risk_threshold=0.5))
     raw = METHODS.get(name).loss(model, x, x_adv, y, method)
@@ -109,8 +111,7 @@ def test_loss_risk_picks_the_largest_losses():
 def test_memorization_risk_absolute_threshold():
     l = torch.rand(6)
     mem = torch.tensor([0.0, 0.9, 0.2, 0.5, 0.49, 1.0])
-    cfg = DeMemConfig(lam=1.0, risk_threshold=0.5, risk="memorization", risk_file="x.npz",
-                      threshold_mode="absolute")
+    cfg = DeMemConfig(lam=1.0, risk_threshold=0.5, risk="memorization", risk_file="x.npz", threshold_mode="absolute")
     _, mask = penalty(l, cfg, mem)
     assert mask.tolist() == [False, True, False, True, False, True]
 
@@ -138,10 +139,16 @@ def test_penalty_of_a_single_sample_is_zero():
 
 @pytest.mark.parametrize(
     "kwargs,match",
-    [({"lam": -0.1}, "lambda"), ({"lam": float("nan")}, "lambda"), ({"risk_threshold": 1.0}, r"\[0, 1\)"),
-     ({"risk_threshold": -0.1}, r"\[0, 1\)"), ({"risk": "entropy"}, "risk must be one of"),
-     ({"risk": "memorization"}, "risk_file"), ({"risk_file": "a.npz"}, "only used"),
-     ({"threshold_mode": "absolute"}, "memorization")],
+    [
+        ({"lam": -0.1}, "lambda"),
+        ({"lam": float("nan")}, "lambda"),
+        ({"risk_threshold": 1.0}, r"\[0, 1\)"),
+        ({"risk_threshold": -0.1}, r"\[0, 1\)"),
+        ({"risk": "entropy"}, "risk must be one of"),
+        ({"risk": "memorization"}, "risk_file"),
+        ({"risk_file": "a.npz"}, "only used"),
+        ({"threshold_mode": "absolute"}, "memorization"),
+    ],
 )
 def test_bad_demem_config(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -29,8 +29,12 @@ def _weights(state: TrainState) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("method", [{"name": "pgd_at", "awp_gamma": 0.01}, {"name": "trades"}])
 def test_resume_gives_the_same_weights(tmp_path, small_pool, method):
-    run = tiny_run(data={"pool_size": 400, "pool_seed": 1}, train={"epochs": 3, "batch_size": 64},
-                   method=method, demem={"lambda": 0.4, "risk_threshold": 0.5})
+    run = tiny_run(
+        data={"pool_size": 400, "pool_seed": 1},
+        train={"epochs": 3, "batch_size": 64},
+        method=method,
+        demem={"lambda": 0.4, "risk_threshold": 0.5},
+    )
     straight = prepare(run, "cpu", pool=small_pool)
     for _ in range(3):
         train_epoch(straight)
@@ -56,23 +60,31 @@ def test_resume_refuses_a_checkpoint_of_another_config(tmp_path, small_pool):
     run = tiny_run(data={"pool_size": 400, "pool_seed": 1}, train={"epochs": 1})
     state = prepare(run, "cpu", pool=small_pool)
     state.save(tmp_path)
-    other = prepare(tiny_run(data={"pool_size": 400, "pool_seed": 1}, train={"epochs": 1}, seed=5), "cpu",
-                    pool=small_pool)
+    other = prepare(
+        tiny_run(data={"pool_size": 400, "pool_seed": 1}, train={"epochs": 1}, seed=5), "cpu", pool=small_pool
+    )
     with pytest.raises(ValueError, match="different run config"):
         other.load(tmp_path)
 
 
 def test_non_finite_loss_names_epoch_and_batch(small_pool):
-    run = tiny_run(data={"pool_size": 400, "pool_seed": 1}, train={"epochs": 2, "lr": 1e30, "batch_size": 32},
-                   method={"name": "standard"})
+    run = tiny_run(
+        data={"pool_size": 400, "pool_seed": 1},
+        train={"epochs": 2, "lr": 1e30, "batch_size": 32},
+        method={"name": "standard"},
+    )
     state = prepare(run, "cpu", pool=small_pool)
     with pytest.raises(FloatingPointError, match=r"epoch 1 batch \d+/7"):
         train_epoch(state)
 
 
 def test_training_learns_and_reports_metrics(small_pool):
-    run = tiny_run(data={"pool_size": 400, "pool_seed": 1}, train={"epochs": 4, "batch_size": 32},
-                   method={"name": "standard"}, demem={"lambda": 0.2})
+    run = tiny_run(
+        data={"pool_size": 400, "pool_seed": 1},
+        train={"epochs": 4, "batch_size": 32},
+        method={"name": "standard"},
+        demem={"lambda": 0.2},
+    )
     state = prepare(run, "cpu", pool=small_pool)
     hist = [train_epoch(state) for _ in range(4)]
     assert hist[-1]["train_loss"] < hist[0]["train_loss"]
@@ -96,8 +108,9 @@ def test_sample_statistics_cover_the_whole_pool(trained_standard):
     assert stats["correct"][:, 0].mean() > 0.7
     # Query 1 is the horizontal flip: the same as querying flipped images.
     flipped = s.model(s.pool.images[:50].float().div(255).flip(3))
-    np.testing.assert_allclose(stats["phi"][:50, 1], logit_scaled_confidence(flipped, s.pool.labels[:50]).detach(),
-                               rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        stats["phi"][:50, 1], logit_scaled_confidence(flipped, s.pool.labels[:50]).detach(), rtol=1e-4, atol=1e-4
+    )
 
 
 def test_signals_match_naive_formulas():
@@ -111,7 +124,8 @@ def test_signals_match_naive_formulas():
     assert torch.allclose(sig["loss"], -torch.log(py))
     assert torch.allclose(sig["entropy"], -(p * torch.log(p)).sum(1))
     naive_m = -(1 - py) * torch.log(py) - sum(
-        torch.where(y == j, torch.zeros_like(py), p[:, j] * torch.log(1 - p[:, j])) for j in range(10))
+        torch.where(y == j, torch.zeros_like(py), p[:, j] * torch.log(1 - p[:, j])) for j in range(10)
+    )
     assert torch.allclose(sig["mentropy"], naive_m)
     assert torch.equal(sig["correct"], logits.argmax(1) == y)
     extreme = logit_signals(torch.tensor([[400.0, 0.0, 0.0], [0.0, 400.0, 0.0]]), torch.tensor([0, 0]))
@@ -145,7 +159,7 @@ def test_shift_matches_pad_and_crop_oracle():
     got = shift(x, dy, dx, 2)
     for i in range(6):
         padded = F.pad(x[i], (2, 2, 2, 2))
-        want = padded[:, 2 + dy[i]: 2 + dy[i] + 8, 2 + dx[i]: 2 + dx[i] + 8]
+        want = padded[:, 2 + dy[i] : 2 + dy[i] + 8, 2 + dx[i] : 2 + dx[i] + 8]
         assert torch.equal(got[i], want)
     mirrored = shift(x, dy, dx, 2, flip=torch.tensor([True, False, True, False, True, True]))
     for i in range(6):
@@ -197,10 +211,18 @@ def test_memorization_risk_from_a_file(tmp_path, small_pool):
     ids = small_pool.sample_ids.numpy()
     mem = np.linspace(0, 1, len(ids)).astype(np.float32)
     np.savez(tmp_path / "risk.npz", sample_id=ids, memorization=mem)
-    run = tiny_run(data={"pool_size": 400, "pool_seed": 1}, train={"epochs": 1, "batch_size": 50},
-                   method={"name": "standard"},
-                   demem={"lambda": 0.5, "risk": "memorization", "risk_file": str(tmp_path / "risk.npz"),
-                          "risk_threshold": 0.5, "threshold_mode": "absolute"})
+    run = tiny_run(
+        data={"pool_size": 400, "pool_seed": 1},
+        train={"epochs": 1, "batch_size": 50},
+        method={"name": "standard"},
+        demem={
+            "lambda": 0.5,
+            "risk": "memorization",
+            "risk_file": str(tmp_path / "risk.npz"),
+            "risk_threshold": 0.5,
+            "threshold_mode": "absolute",
+        },
+    )
     state = prepare(run, "cpu", pool=small_pool)
     assert torch.allclose(state.train_mem.cpu(), torch.from_numpy(mem[state.keep]))
     m = train_epoch(state)
@@ -208,8 +230,10 @@ def test_memorization_risk_from_a_file(tmp_path, small_pool):
     assert m["high_risk_frac"] == pytest.approx(expected, abs=1e-9)
 
     np.savez(tmp_path / "partial.npz", sample_id=ids[:100], memorization=mem[:100])
-    bad = tiny_run(data={"pool_size": 400, "pool_seed": 1},
-                   demem={"lambda": 0.5, "risk": "memorization", "risk_file": str(tmp_path / "partial.npz")})
+    bad = tiny_run(
+        data={"pool_size": 400, "pool_seed": 1},
+        demem={"lambda": 0.5, "risk": "memorization", "risk_file": str(tmp_path / "partial.npz")},
+    )
     with pytest.raises(ValueError, match="no score for"):
         prepare(bad, "cpu", pool=small_pool)
 
@@ -249,8 +273,12 @@ def test_awp_ascends_the_methods_loss_unless_asked(small_pool, monkeypatch, kind
     from demem.methods import AWP
 
     lam = 0.4
-    run = tiny_run(data={"pool_size": 400, "pool_seed": 1}, train={"epochs": 1, "batch_size": 64},
-                   method={"name": "pgd_at", "awp_gamma": 0.01, "awp_objective": kind}, demem={"lambda": lam})
+    run = tiny_run(
+        data={"pool_size": 400, "pool_seed": 1},
+        train={"epochs": 1, "batch_size": 64},
+        method={"name": "pgd_at", "awp_gamma": 0.01, "awp_objective": kind},
+        demem={"lambda": lam},
+    )
     state = prepare(run, "cpu", pool=small_pool)
     batches, seen = [], []
     real_generate, real_perturb = train_mod.generate, AWP.perturb

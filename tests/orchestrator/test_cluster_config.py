@@ -26,10 +26,13 @@ def test_cluster_yaml_passes_rays_validation():
     assert prepared["file_mounts"]["/home/ubuntu/demem"] == "."
 
 
-@pytest.mark.parametrize("change, error", [
-    ({"head_node_type": "nope"}, "head_node_type"),
-    ({"unknown_key": 1}, "unknown_key"),
-])
+@pytest.mark.parametrize(
+    "change, error",
+    [
+        ({"head_node_type": "nope"}, "head_node_type"),
+        ({"unknown_key": 1}, "unknown_key"),
+    ],
+)
 def test_the_check_rejects_a_broken_config(change, error):
     cfg = {**yaml.safe_load((ROOT / "cluster.yaml").read_text()), **change}
     with pytest.raises(Exception, match=error):

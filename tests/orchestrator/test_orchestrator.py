@@ -30,8 +30,7 @@ def ray_session(tmp_path_factory):
     os.environ["RAY_TMPDIR"] = tmp
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False,
-             _temp_dir=str(tmp))
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False, _temp_dir=str(tmp))
     yield ray
     ray.shutdown()
     shutil.rmtree(tmp, ignore_errors=True)
@@ -97,8 +96,12 @@ def test_failures_are_retried_or_recorded(ray_session, tmp_path):
 
     spec = _spec(tmp_path, grid={"demem.lambda": [0.0]}, failure={"max_retries": 1})
     lines: list[str] = []
-    exp = run_experiment(spec, storage=tmp_path / "results", echo=lines.append,
-                         train=functools.partial(failing, fail={1: "once", 2: "always"}))
+    exp = run_experiment(
+        spec,
+        storage=tmp_path / "results",
+        echo=lines.append,
+        train=functools.partial(failing, fail={1: "once", 2: "always"}),
+    )
     runs = pd.read_parquet(exp.root / "runs.parquet").set_index("model_index")
     assert runs.loc[1, "status"] == "done"  # failed once, retried from its checkpoint, then finished
     assert (exp.run_dir(runs.loc[1, "group_id"], runs.loc[1, "run_id"]) / ".failed-once").exists()
@@ -133,8 +136,7 @@ def test_interrupted_experiment_resumes_to_the_same_rows(tiny_experiment, tmp_pa
     gate.mkdir()
     cmd = [sys.executable, "-c", _GATED_DRIVER, str(TINY), str(storage), ",".join(allow), str(gate)]
     log = open(tmp_path / "driver.log", "w")  # noqa: SIM115 - closed below
-    driver = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                              start_new_session=True)
+    driver = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     exp_root = storage / "tiny"
     deadline = time.time() + 600  # a safety net against a hang, not the kill point
     try:
@@ -143,8 +145,9 @@ def test_interrupted_experiment_resumes_to_the_same_rows(tiny_experiment, tmp_pa
             if len(finished) == len(allow) and any(gate.iterdir()):
                 break
             if driver.poll() is not None:
-                pytest.fail("the driver ended before it reached the gate: "
-                            + (tmp_path / "driver.log").read_text()[-2000:])
+                pytest.fail(
+                    "the driver ended before it reached the gate: " + (tmp_path / "driver.log").read_text()[-2000:]
+                )
             if time.time() > deadline:
                 pytest.fail("the allowed models did not finish in time")
             time.sleep(0.2)
@@ -157,8 +160,14 @@ def test_interrupted_experiment_resumes_to_the_same_rows(tiny_experiment, tmp_pa
     assert len(done) < 8
     assert done == sorted(allow)
 
-    out = subprocess.run([sys.executable, "-m", "orchestrator.cli", "resume", str(exp_root)], env=env,
-                         capture_output=True, text=True, timeout=600, start_new_session=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", "resume", str(exp_root)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        start_new_session=True,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     resumed = pd.read_parquet(exp_root / "runs.parquet").sort_values("run_id").reset_index(drop=True)
     reference = pd.read_parquet(tiny_experiment[0].root / "runs.parquet").sort_values("run_id").reset_index(drop=True)
@@ -194,8 +203,11 @@ def test_search_then_confirm(ray_session, tmp_path):
     assert len(front0) >= 1 and done["pareto_rank"].min() == 1
     for _, a in done.iterrows():
         for _, b in front0.iterrows():
-            assert not (a["robust_acc"] >= b["robust_acc"] and a["mia_tpr_at_1pct"] <= b["mia_tpr_at_1pct"]
-                        and (a["robust_acc"] > b["robust_acc"] or a["mia_tpr_at_1pct"] < b["mia_tpr_at_1pct"]))
+            assert not (
+                a["robust_acc"] >= b["robust_acc"]
+                and a["mia_tpr_at_1pct"] <= b["mia_tpr_at_1pct"]
+                and (a["robust_acc"] > b["robust_acc"] or a["mia_tpr_at_1pct"] < b["mia_tpr_at_1pct"])
+            )
     assert sum("search trials]" in line for line in lines) == 4
     assert any("demem confirm" in line for line in lines)
     # each trial left a run directory with its per-sample statistics
@@ -204,8 +216,13 @@ def test_search_then_confirm(ray_session, tmp_path):
     out = confirm(exp.root, 1, echo=lines.append)
     spec = yaml.safe_load((out.root / "spec.yaml").read_text())
     best = done.sort_values("pareto_rank").iloc[0]
-    assert spec["points"] == [{}, {"demem.lambda": float(best["param.demem.lambda"]),
-                                   "demem.risk_threshold": float(best["param.demem.risk_threshold"])}]
+    assert spec["points"] == [
+        {},
+        {
+            "demem.lambda": float(best["param.demem.lambda"]),
+            "demem.risk_threshold": float(best["param.demem.risk_threshold"]),
+        },
+    ]
     runs = pd.read_parquet(out.root / "runs.parquet")
     audits = pd.read_parquet(out.root / "audits.parquet")
     assert len(runs) == 2 * 4 and runs["group_id"].nunique() == 2

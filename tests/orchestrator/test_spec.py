@@ -34,8 +34,10 @@ from orchestrator.spec import (
 
 ROOT = Path(__file__).resolve().parents[2]
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
-needs_fashion = pytest.mark.skipif(not (FASHION_DIR / "train-images-idx3-ubyte.gz").is_file(),
-                                   reason="Debian package dataset-fashion-mnist is not installed")
+needs_fashion = pytest.mark.skipif(
+    not (FASHION_DIR / "train-images-idx3-ubyte.gz").is_file(),
+    reason="Debian package dataset-fashion-mnist is not installed",
+)
 
 
 @pytest.fixture(autouse=True)
@@ -91,110 +93,205 @@ BAD = [
     ("name-missing", patched(("name", DELETE)), "name: required"),
     ("name-chars", patched(("name", "my exp!")), "name: must match [A-Za-z0-9_.-]+"),
     ("name-type", patched(("name", 12)), "name: must match [A-Za-z0-9_.-]+"),
-    ("top-unknown", patched(("foo", 1)),
-     "foo: unknown key; allowed: audit, base, failure, grid, max_concurrent, name, points, resources, search, seeds"),
+    (
+        "top-unknown",
+        patched(("foo", 1)),
+        "foo: unknown key; allowed: audit, base, failure, grid, max_concurrent, name, points, resources, search, seeds",
+    ),
     ("base-type", patched(("base", [1])), "base: must be a mapping or null"),
-    ("base-method", patched(("grid", None), ("base.method", {"name": "madry"})),
-     f"base: unknown method 'madry'; known: {KNOWN_METHODS}"),
-    ("base-typo-with-grid", patched(("base.trian", {})),
-     "base: unknown key 'trian'; allowed: attack, data, demem, dp, eval, method, model_index, n_models, seed, train"),
+    (
+        "base-method",
+        patched(("grid", None), ("base.method", {"name": "madry"})),
+        f"base: unknown method 'madry'; known: {KNOWN_METHODS}",
+    ),
+    (
+        "base-typo-with-grid",
+        patched(("base.trian", {})),
+        "base: unknown key 'trian'; allowed: attack, data, demem, dp, eval, method, model_index, n_models, seed, train",
+    ),
     ("base-n_models", patched(("base.n_models", 8)), "base.n_models: set by audit.models; not allowed here"),
     ("base-seed", patched(("base.seed", 1)), "base.seed: set by seeds; not allowed here"),
-    ("base-model_index", patched(("base.model_index", 1)),
-     "base.model_index: every trial sets its own; not allowed here"),
-    ("base-lr-yaml-text", patched(("base.train.lr", "1e-2")),
-     "base: train.lr must be a number, got '1e-2' (YAML reads numbers like 1e-2 as text: write 1.0e-2)"),
-    ("base-epochs-float", patched(("base.train.epochs", 2.5)),
-     "base: train.epochs must be an integer or null, got 2.5"),
-    ("grid-point-single-value", patched(("grid.method", ["pgd_at", "madry"])),
-     f"grid point method=madry: unknown method 'madry'; known: {KNOWN_METHODS}"),
-    ("grid-point-combination", patched(("base.dp", {"noise_multiplier": 1.0}), ("grid.method", ["dp_sgd", "pgd_at"])),
-     f"grid point method=pgd_at: dp settings are given but method 'pgd_at' is not a DP method; use one of "
-     f"{DP_METHODS}"),
-    ("grid-point-full-label", patched(("grid", {"threshold": [0.0, 0.5], "demem.risk": ["loss", "memorization"]})),
-     "grid point demem.risk=memorization: demem.risk 'memorization' needs demem.risk_file (the audit's per-sample "
-     "table)"),
-    ("grid-unknown-path", patched(("grid.demem|lamda", [0.0])),
-     "grid.demem.lamda: unknown key path; demem has: lambda, risk, risk_file, risk_threshold, threshold_mode"),
-    ("grid-unknown-top", patched(("grid.optimizer", ["sgd"])),
-     "grid.optimizer: unknown key path; a run config has: attack, data, demem, dp, eval, method, model_index, "
-     "n_models, seed, train"),
-    ("grid-path-through-setting", patched(("grid.train|lr|x", [1])),
-     "grid.train.lr.x: unknown key path; train.lr is a setting, not a section"),
-    ("grid-section", patched(("grid.dp", [{}])),
-     "grid.dp: names a section, not a setting; use one of its keys: accountant, delta, max_grad_norm, "
-     "noise_multiplier, target_epsilon"),
-    ("grid-alias-field-name", patched(("grid.demem|lam", [0.1])),
-     "grid.demem.lam: unknown key path; demem has: lambda, risk, risk_file, risk_threshold, threshold_mode"),
+    (
+        "base-model_index",
+        patched(("base.model_index", 1)),
+        "base.model_index: every trial sets its own; not allowed here",
+    ),
+    (
+        "base-lr-yaml-text",
+        patched(("base.train.lr", "1e-2")),
+        "base: train.lr must be a number, got '1e-2' (YAML reads numbers like 1e-2 as text: write 1.0e-2)",
+    ),
+    (
+        "base-epochs-float",
+        patched(("base.train.epochs", 2.5)),
+        "base: train.epochs must be an integer or null, got 2.5",
+    ),
+    (
+        "grid-point-single-value",
+        patched(("grid.method", ["pgd_at", "madry"])),
+        f"grid point method=madry: unknown method 'madry'; known: {KNOWN_METHODS}",
+    ),
+    (
+        "grid-point-combination",
+        patched(("base.dp", {"noise_multiplier": 1.0}), ("grid.method", ["dp_sgd", "pgd_at"])),
+        f"grid point method=pgd_at: dp settings are given but method 'pgd_at' is not a DP method; use one of "
+        f"{DP_METHODS}",
+    ),
+    (
+        "grid-point-full-label",
+        patched(("grid", {"threshold": [0.0, 0.5], "demem.risk": ["loss", "memorization"]})),
+        "grid point demem.risk=memorization: demem.risk 'memorization' needs demem.risk_file (the audit's per-sample "
+        "table)",
+    ),
+    (
+        "grid-unknown-path",
+        patched(("grid.demem|lamda", [0.0])),
+        "grid.demem.lamda: unknown key path; demem has: lambda, risk, risk_file, risk_threshold, threshold_mode",
+    ),
+    (
+        "grid-unknown-top",
+        patched(("grid.optimizer", ["sgd"])),
+        "grid.optimizer: unknown key path; a run config has: attack, data, demem, dp, eval, method, model_index, "
+        "n_models, seed, train",
+    ),
+    (
+        "grid-path-through-setting",
+        patched(("grid.train|lr|x", [1])),
+        "grid.train.lr.x: unknown key path; train.lr is a setting, not a section",
+    ),
+    (
+        "grid-section",
+        patched(("grid.dp", [{}])),
+        "grid.dp: names a section, not a setting; use one of its keys: accountant, delta, max_grad_norm, "
+        "noise_multiplier, target_epsilon",
+    ),
+    (
+        "grid-alias-field-name",
+        patched(("grid.demem|lam", [0.1])),
+        "grid.demem.lam: unknown key path; demem has: lambda, risk, risk_file, risk_threshold, threshold_mode",
+    ),
     ("grid-empty-list", patched(("grid.method", [])), "grid.method: must be a non-empty list"),
     ("grid-scalar", patched(("grid.lambda", 0.4)), "grid.lambda: must be a non-empty list"),
     ("grid-n_models", patched(("grid.n_models", [4])), "grid.n_models: set by audit.models; not allowed here"),
-    ("grid-twice", patched(("grid.method|name", ["mart"])),
-     "grid.method.name: given twice (as method and method.name)"),
+    (
+        "grid-twice",
+        patched(("grid.method|name", ["mart"])),
+        "grid.method.name: given twice (as method and method.name)",
+    ),
     ("grid-repeat", patched(("grid.lambda", [0, 0.0])), "grid.lambda: 0 is listed twice"),
     ("grid-type", patched(("grid", [1])), "grid: must be a mapping or null"),
-    ("points-with-grid", patched(("points", [{"lambda": 0.4}])),
-     "points: cannot be combined with grid; give one of them"),
-    ("points-not-list", patched(("grid", None), ("points", {"lambda": 0.4})),
-     "points: must be a non-empty list of mappings like {demem.lambda: 0.4}"),
-    ("points-item", patched(("grid", None), ("points", [3])),
-     "points[0]: must be a mapping of key paths to values ({} for the base)"),
-    ("points-repeat", patched(("grid", None), ("points", [{"lambda": 0.4}, {"demem.lambda": 0.4}])),
-     "points[1]: the same point as points[0]"),
-    ("points-bad-path", patched(("grid", None), ("points", [{"demem.lamda": 0.4}])),
-     "points[0].demem.lamda: unknown key path; demem has: lambda, risk, risk_file, risk_threshold, threshold_mode"),
-    ("points-bad-value", patched(("grid", None), ("points", [{"lambda": 0.4}, {"method": "madry"}])),
-     f"grid point method=madry: unknown method 'madry'; known: {KNOWN_METHODS}"),
+    (
+        "points-with-grid",
+        patched(("points", [{"lambda": 0.4}])),
+        "points: cannot be combined with grid; give one of them",
+    ),
+    (
+        "points-not-list",
+        patched(("grid", None), ("points", {"lambda": 0.4})),
+        "points: must be a non-empty list of mappings like {demem.lambda: 0.4}",
+    ),
+    (
+        "points-item",
+        patched(("grid", None), ("points", [3])),
+        "points[0]: must be a mapping of key paths to values ({} for the base)",
+    ),
+    (
+        "points-repeat",
+        patched(("grid", None), ("points", [{"lambda": 0.4}, {"demem.lambda": 0.4}])),
+        "points[1]: the same point as points[0]",
+    ),
+    (
+        "points-bad-path",
+        patched(("grid", None), ("points", [{"demem.lamda": 0.4}])),
+        "points[0].demem.lamda: unknown key path; demem has: lambda, risk, risk_file, risk_threshold, threshold_mode",
+    ),
+    (
+        "points-bad-value",
+        patched(("grid", None), ("points", [{"lambda": 0.4}, {"method": "madry"}])),
+        f"grid point method=madry: unknown method 'madry'; known: {KNOWN_METHODS}",
+    ),
     ("seeds-empty", patched(("seeds", [])), "seeds: must be a non-empty list of integers >= 0"),
     ("seeds-negative", patched(("seeds", [0, -1])), "seeds: must be a non-empty list of integers >= 0"),
     ("seeds-scalar", patched(("seeds", 0)), "seeds: must be a non-empty list of integers >= 0"),
     ("seeds-bool", patched(("seeds", [True])), "seeds: must be a non-empty list of integers >= 0"),
     ("seeds-repeat", patched(("seeds", [1, 1])), "seeds: 1 is listed twice"),
-    ("grid-seed-bad", patched(("seeds", DELETE), ("grid.seed", [-2])),
-     "grid.seed: must be a non-empty list of integers >= 0"),
+    (
+        "grid-seed-bad",
+        patched(("seeds", DELETE), ("grid.seed", [-2])),
+        "grid.seed: must be a non-empty list of integers >= 0",
+    ),
     ("seeds-both", patched(("grid.seed", [0])), "grid.seed: give the seeds as seeds or as grid.seed, not both"),
     ("audit-missing", patched(("audit", DELETE)), "audit.models: required"),
     ("audit-models-missing", patched(("audit.models", DELETE)), "audit.models: required"),
     ("audit-models-1", patched(("audit.models", 1)), "audit.models: must be an integer >= 2"),
     ("audit-models-float", patched(("audit.models", 4.0)), "audit.models: must be an integer >= 2"),
     ("audit-lira-2", patched(("audit.models", 2)), "audit.models: LiRA needs at least 4 models per group, got 2"),
-    ("audit-lira-shorthand-3", patched(("audit.models", 3), ("audit.attacks", ["lira"])),
-     "audit.models: LiRA needs at least 4 models per group, got 3"),
-    ("audit-threshold-only-3", patched(("audit.models", 3), ("audit.attacks", ["loss"])),
-     "audit.models: the audit needs every sample in at least 2 models and out of at least 2, so at least 4 models "
-     "per group, got 3"),
-    ("audit-per-sample-variance", patched(("audit.attacks", "lira,loss")),
-     "audit.attacks: lira_online, lira_offline need at least 6 models per group (2 IN and 2 OUT shadows per sample "
-     "besides the target), got 4; use the _fixed variants or more models"),
-    ("audit-unknown-attack", patched(("audit.attacks", ["loss", "lira_magic", "gap"])),
-     f"audit.attacks: unknown attack(s) 'lira_magic', 'gap'; known: {', '.join(MIA_ATTACKS)}, "
-     "and lira, threshold, all"),
+    (
+        "audit-lira-shorthand-3",
+        patched(("audit.models", 3), ("audit.attacks", ["lira"])),
+        "audit.models: LiRA needs at least 4 models per group, got 3",
+    ),
+    (
+        "audit-threshold-only-3",
+        patched(("audit.models", 3), ("audit.attacks", ["loss"])),
+        "audit.models: the audit needs every sample in at least 2 models and out of at least 2, so at least 4 models "
+        "per group, got 3",
+    ),
+    (
+        "audit-per-sample-variance",
+        patched(("audit.attacks", "lira,loss")),
+        "audit.attacks: lira_online, lira_offline need at least 6 models per group (2 IN and 2 OUT shadows per sample "
+        "besides the target), got 4; use the _fixed variants or more models",
+    ),
+    (
+        "audit-unknown-attack",
+        patched(("audit.attacks", ["loss", "lira_magic", "gap"])),
+        f"audit.attacks: unknown attack(s) 'lira_magic', 'gap'; known: {', '.join(MIA_ATTACKS)}, "
+        "and lira, threshold, all",
+    ),
     ("audit-attacks-empty", patched(("audit.attacks", [])), "audit.attacks: must be a non-empty list of attack names"),
     ("audit-targets", patched(("audit.targets", 0)), "audit.targets: must be an integer >= 1 or null"),
     ("audit-targets-too-many", patched(("audit.targets", 5)), "audit.targets: must be <= audit.models (4), got 5"),
     ("audit-queries", patched(("audit.queries", 0)), "audit.queries: must be an integer >= 1 or null"),
-    ("audit-queries-recorded", patched(("audit.queries", 3)),
-     "audit.queries: 3 asked for, but the models record only 2 (eval.queries) at grid point method=pgd_at lambda=0"),
-    ("audit-unknown-key", patched(("audit.shadows", 3)),
-     "audit.shadows: unknown key; allowed: attacks, models, queries, targets"),
+    (
+        "audit-queries-recorded",
+        patched(("audit.queries", 3)),
+        "audit.queries: 3 asked for, but the models record only 2 (eval.queries) at grid point method=pgd_at lambda=0",
+    ),
+    (
+        "audit-unknown-key",
+        patched(("audit.shadows", 3)),
+        "audit.shadows: unknown key; allowed: attacks, models, queries, targets",
+    ),
     ("audit-type", patched(("audit", [4])), "audit: must be a mapping"),
     ("cpu-zero", patched(("resources.cpu", 0)), "resources.cpu: must be > 0"),
     ("cpu-text", patched(("resources.cpu", "two")), "resources.cpu: must be > 0"),
     ("gpu-negative", patched(("resources.gpu", -1)), "resources.gpu: must be >= 0"),
-    ("gpu-1.5", patched(("resources.gpu", 1.5)),
-     "resources.gpu: a trial gets a fraction of one GPU or whole GPUs, got 1.5"),
+    (
+        "gpu-1.5",
+        patched(("resources.gpu", 1.5)),
+        "resources.gpu: a trial gets a fraction of one GPU or whole GPUs, got 1.5",
+    ),
     ("resources-unknown", patched(("resources.memory", 4)), "resources.memory: unknown key; allowed: cpu, gpu"),
     ("max-concurrent-0", patched(("max_concurrent", 0)), "max_concurrent: must be an integer >= 1 or null"),
     ("max-concurrent-text", patched(("max_concurrent", "4")), "max_concurrent: must be an integer >= 1 or null"),
     ("retries-negative", patched(("failure.max_retries", -1)), "failure.max_retries: must be an integer >= 0"),
-    ("failure-unknown", patched(("failure.max_failures", 1)),
-     "failure.max_failures: unknown key; allowed: max_retries"),
+    (
+        "failure-unknown",
+        patched(("failure.max_failures", 1)),
+        "failure.max_failures: unknown key; allowed: max_retries",
+    ),
 ]
 
 
 def search(**changes) -> dict:
-    s = {"algorithm": "optuna", "num_samples": 4, "objectives": [{"robust_acc": "max"}, {"mia_tpr_at_1pct": "min"}],
-         "space": {"demem.lambda": {"uniform": [0, 1]}, "train.lr": {"loguniform": [0.01, 0.2]}}, "scheduler": "asha"}
+    s = {
+        "algorithm": "optuna",
+        "num_samples": 4,
+        "objectives": [{"robust_acc": "max"}, {"mia_tpr_at_1pct": "min"}],
+        "space": {"demem.lambda": {"uniform": [0, 1]}, "train.lr": {"loguniform": [0.01, 0.2]}},
+        "scheduler": "asha",
+    }
     s.update(changes)
     return s
 
@@ -206,45 +303,97 @@ def with_search(**changes) -> dict:
 BAD += [
     ("search-and-grid", patched(("search", search())), "search: cannot be combined with grid; give one of them"),
     ("search-type", patched(("grid", DELETE), ("search", [1])), "search: must be a mapping or null"),
-    ("search-unknown", with_search(trials=3),
-     "search.trials: unknown key; allowed: algorithm, num_samples, objectives, scheduler, space"),
+    (
+        "search-unknown",
+        with_search(trials=3),
+        "search.trials: unknown key; allowed: algorithm, num_samples, objectives, scheduler, space",
+    ),
     ("search-algorithm", with_search(algorithm="hyperopt"), "search.algorithm: must be one of optuna, got 'hyperopt'"),
     ("search-num-samples", with_search(num_samples=0), "search.num_samples: must be an integer >= 1"),
     ("search-num-samples-missing", with_search(num_samples=None), "search.num_samples: must be an integer >= 1"),
-    ("search-objectives-empty", with_search(objectives=[]),
-     "search.objectives: must be a non-empty list like [{robust_acc: max}, {mia_tpr_at_1pct: min}]"),
-    ("search-objective-metric", with_search(objectives=[{"accuracy": "max"}]),
-     "search.objectives[0]: unknown metric 'accuracy'; known: natural_acc, robust_acc, mia_auc, mia_tpr_at_1pct, "
-     "mia_tpr_at_0_1pct"),
-    ("search-objective-mode", with_search(objectives=[{"robust_acc": "maximize"}]),
-     "search.objectives[0].robust_acc: must be max or min, got 'maximize'"),
-    ("search-objective-shape", with_search(objectives=[{"robust_acc": "max", "mia_auc": "min"}]),
-     "search.objectives[0]: must be one mapping metric: max | min, like {robust_acc: max}"),
-    ("search-objective-twice", with_search(objectives=[{"mia_auc": "min"}, {"mia_auc": "max"}]),
-     "search.objectives: mia_auc is listed twice"),
+    (
+        "search-objectives-empty",
+        with_search(objectives=[]),
+        "search.objectives: must be a non-empty list like [{robust_acc: max}, {mia_tpr_at_1pct: min}]",
+    ),
+    (
+        "search-objective-metric",
+        with_search(objectives=[{"accuracy": "max"}]),
+        "search.objectives[0]: unknown metric 'accuracy'; known: natural_acc, robust_acc, mia_auc, mia_tpr_at_1pct, "
+        "mia_tpr_at_0_1pct",
+    ),
+    (
+        "search-objective-mode",
+        with_search(objectives=[{"robust_acc": "maximize"}]),
+        "search.objectives[0].robust_acc: must be max or min, got 'maximize'",
+    ),
+    (
+        "search-objective-shape",
+        with_search(objectives=[{"robust_acc": "max", "mia_auc": "min"}]),
+        "search.objectives[0]: must be one mapping metric: max | min, like {robust_acc: max}",
+    ),
+    (
+        "search-objective-twice",
+        with_search(objectives=[{"mia_auc": "min"}, {"mia_auc": "max"}]),
+        "search.objectives: mia_auc is listed twice",
+    ),
     ("search-scheduler", with_search(scheduler="pbt"), "search.scheduler: must be asha or null, got 'pbt'"),
-    ("search-space-empty", with_search(space={}),
-     "search.space: must be a non-empty mapping of key paths to distributions"),
-    ("search-space-path", with_search(space={"demem.lamda": {"uniform": [0, 1]}}),
-     "search.space.demem.lamda: unknown key path; demem has: lambda, risk, risk_file, risk_threshold, threshold_mode"),
-    ("search-space-seed", with_search(space={"seed": {"choice": [0, 1]}}),
-     "search.space.seed: seeds are not searched; list them in seeds"),
-    ("search-space-two-kinds", with_search(space={"lambda": {"uniform": [0, 1], "choice": [0.1]}}),
-     "search.space.lambda: must have exactly one of uniform, loguniform, choice"),
-    ("search-space-twice", with_search(space={"lambda": {"uniform": [0, 1]}, "demem.lambda": {"choice": [0.1]}}),
-     "search.space.demem.lambda: given twice (as lambda and demem.lambda)"),
-    ("search-space-range", with_search(space={"lambda": {"uniform": [1, 0]}}),
-     "search.space.lambda.uniform: must be [low, high] with low < high"),
-    ("search-space-log", with_search(space={"train.lr": {"loguniform": [0, 0.1]}}),
-     "search.space.train.lr.loguniform: must be [low, high] with 0 < low < high"),
-    ("search-space-choice", with_search(space={"method": {"choice": []}}),
-     "search.space.method.choice: must be a non-empty list"),
-    ("search-space-int-uniform", with_search(space={"epochs": {"uniform": [1, 5]}}),
-     "search.space.epochs: uniform samples real numbers, but train.epochs takes an integer or null; use choice"),
-    ("search-space-out-of-range", with_search(space={"threshold": {"uniform": [0, 1]}}),
-     "search.space.threshold: 1: demem.risk_threshold must be in [0, 1), got 1"),
-    ("search-space-bad-choice", with_search(space={"method": {"choice": ["trades", "madry"]}}),
-     f"search.space.method: madry: unknown method 'madry'; known: {KNOWN_METHODS}"),
+    (
+        "search-space-empty",
+        with_search(space={}),
+        "search.space: must be a non-empty mapping of key paths to distributions",
+    ),
+    (
+        "search-space-path",
+        with_search(space={"demem.lamda": {"uniform": [0, 1]}}),
+        "search.space.demem.lamda: unknown key path; demem has: "
+        "lambda, risk, risk_file, risk_threshold, threshold_mode",
+    ),
+    (
+        "search-space-seed",
+        with_search(space={"seed": {"choice": [0, 1]}}),
+        "search.space.seed: seeds are not searched; list them in seeds",
+    ),
+    (
+        "search-space-two-kinds",
+        with_search(space={"lambda": {"uniform": [0, 1], "choice": [0.1]}}),
+        "search.space.lambda: must have exactly one of uniform, loguniform, choice",
+    ),
+    (
+        "search-space-twice",
+        with_search(space={"lambda": {"uniform": [0, 1]}, "demem.lambda": {"choice": [0.1]}}),
+        "search.space.demem.lambda: given twice (as lambda and demem.lambda)",
+    ),
+    (
+        "search-space-range",
+        with_search(space={"lambda": {"uniform": [1, 0]}}),
+        "search.space.lambda.uniform: must be [low, high] with low < high",
+    ),
+    (
+        "search-space-log",
+        with_search(space={"train.lr": {"loguniform": [0, 0.1]}}),
+        "search.space.train.lr.loguniform: must be [low, high] with 0 < low < high",
+    ),
+    (
+        "search-space-choice",
+        with_search(space={"method": {"choice": []}}),
+        "search.space.method.choice: must be a non-empty list",
+    ),
+    (
+        "search-space-int-uniform",
+        with_search(space={"epochs": {"uniform": [1, 5]}}),
+        "search.space.epochs: uniform samples real numbers, but train.epochs takes an integer or null; use choice",
+    ),
+    (
+        "search-space-out-of-range",
+        with_search(space={"threshold": {"uniform": [0, 1]}}),
+        "search.space.threshold: 1: demem.risk_threshold must be in [0, 1), got 1",
+    ),
+    (
+        "search-space-bad-choice",
+        with_search(space={"method": {"choice": ["trades", "madry"]}}),
+        f"search.space.method: madry: unknown method 'madry'; known: {KNOWN_METHODS}",
+    ),
 ]
 
 
@@ -258,9 +407,19 @@ def test_bad_spec_reports_the_problem(raw, expected):
 
 
 def test_every_problem_is_reported_at_once():
-    raw = patched(("name", DELETE), ("foo", 1), ("grid.demem|lamda", [0.1]), ("grid.method", ["pgd_at", "madry"]),
-                  ("seeds", []), ("audit.models", 1), ("audit.attacks", ["nope"]), ("resources.cpu", 0),
-                  ("resources.gpu", -1), ("max_concurrent", 0), ("failure.max_retries", -1))
+    raw = patched(
+        ("name", DELETE),
+        ("foo", 1),
+        ("grid.demem|lamda", [0.1]),
+        ("grid.method", ["pgd_at", "madry"]),
+        ("seeds", []),
+        ("audit.models", 1),
+        ("audit.attacks", ["nope"]),
+        ("resources.cpu", 0),
+        ("resources.gpu", -1),
+        ("max_concurrent", 0),
+        ("failure.max_retries", -1),
+    )
     problems = problems_of(raw)
     expected = [
         "name: required",
@@ -284,8 +443,9 @@ def test_a_bad_base_is_reported_once_not_per_grid_point():
     assert problems == [f"base: unknown method 'madry'; known: {KNOWN_METHODS}"]
     # ...but a grid that overrides the broken setting blames the grid value, not the base.
     problems = problems_of(patched(("base.method", {"name": "dp_sgd"}), ("grid", {"dp.noise_multiplier": [None, 1.0]})))
-    assert problems == ["grid point dp.noise_multiplier=null: method 'dp_sgd' needs dp.noise_multiplier or "
-                        "dp.target_epsilon"]
+    assert problems == [
+        "grid point dp.noise_multiplier=null: method 'dp_sgd' needs dp.noise_multiplier or dp.target_epsilon"
+    ]
 
 
 def test_available_resources():
@@ -324,8 +484,12 @@ def test_groups_labels_and_params():
     spec = validate(good(), check_data=False)
     assert spec.grid == {"method.name": ["pgd_at", "trades"], "demem.lambda": [0.0, 0.4]}
     groups = spec.groups()
-    assert [g.label for g in groups] == ["method=pgd_at lambda=0", "method=pgd_at lambda=0.4",
-                                         "method=trades lambda=0", "method=trades lambda=0.4"]
+    assert [g.label for g in groups] == [
+        "method=pgd_at lambda=0",
+        "method=pgd_at lambda=0.4",
+        "method=trades lambda=0",
+        "method=trades lambda=0.4",
+    ]
     assert groups[3].params == {"method.name": "trades", "demem.lambda": 0.4}
     assert groups[3].run["method"]["name"] == "trades" and groups[3].run["demem"]["lambda"] == 0.4
     for g in groups:
@@ -371,8 +535,9 @@ def test_group_id_is_stable_and_content_keyed():
     run = resolve_run({"data": {"pool_size": 64}, "train": {"epochs": 2}}, {}, 4)
     assert group_id(run) == "d66e1ec6aae4" == group_id(copy.deepcopy(run))
     # Where the data lie is not part of the group; what they are, and M, are.
-    moved = resolve_run({"data": {"pool_size": 64, "root": "/elsewhere", "download": True}, "train": {"epochs": 2}},
-                        {}, 4)
+    moved = resolve_run(
+        {"data": {"pool_size": 64, "root": "/elsewhere", "download": True}, "train": {"epochs": 2}}, {}, 4
+    )
     assert group_id(moved) == group_id(run)
     assert group_id(resolve_run({"data": {"pool_size": 65}, "train": {"epochs": 2}}, {}, 4)) != group_id(run)
     assert group_id(resolve_run({"data": {"pool_size": 64}, "train": {"epochs": 2}}, {}, 6)) != group_id(run)
@@ -388,8 +553,9 @@ def test_integers_for_float_settings_are_one_config():
     b = resolve_run({"demem": {"lambda": 0.0, "risk_threshold": 0.0}, "train": {"lr": 1.0}}, {}, 4)
     assert isinstance(a["demem"]["lambda"], float) and isinstance(a["train"]["lr"], float)
     assert group_id(a) != group_id(b)  # lr_milestones differ
-    b = resolve_run({"demem": {"lambda": 0.0, "risk_threshold": 0.0}, "train": {"lr": 1.0, "lr_milestones": [0.5]}},
-                    {}, 4)
+    b = resolve_run(
+        {"demem": {"lambda": 0.0, "risk_threshold": 0.0}, "train": {"lr": 1.0, "lr_milestones": [0.5]}}, {}, 4
+    )
     assert a == b and group_id(a) == group_id(b)
 
 
@@ -413,11 +579,17 @@ def test_grid_seed_means_seeds_and_underscore_keys_pass_through():
 
 
 def test_search_is_normalised():
-    spec = validate(patched(("grid", DELETE), ("search", search(space={"lambda": {"uniform": [0, 1]},
-                                                                       "method": {"choice": ["pgd_at", "trades"]}}))),
-                    check_data=False)
+    spec = validate(
+        patched(
+            ("grid", DELETE),
+            ("search", search(space={"lambda": {"uniform": [0, 1]}, "method": {"choice": ["pgd_at", "trades"]}})),
+        ),
+        check_data=False,
+    )
     assert spec.search == SearchSpec(
-        algorithm="optuna", num_samples=4, scheduler="asha",
+        algorithm="optuna",
+        num_samples=4,
+        scheduler="asha",
         objectives=(Objective(metric="robust_acc", mode="max"), Objective(metric="mia_tpr_at_1pct", mode="min")),
         space={"demem.lambda": {"uniform": [0, 1]}, "method.name": {"choice": ["pgd_at", "trades"]}},
     )
@@ -456,7 +628,10 @@ def test_quickstart_spec():
     assert len(groups) == 6 and spec.audit.models == 8 and len(spec.trials()) == 48
     assert {g.run["method"]["name"] for g in groups} == {"pgd_at", "trades"}
     assert {(g.run["demem"]["lambda"], g.run["demem"]["risk_threshold"]) for g in groups} == {
-        (0.0, 0.0), (0.4, 0.0), (0.4, 0.5)}
+        (0.0, 0.0),
+        (0.4, 0.0),
+        (0.4, 0.5),
+    }
     run = groups[0].run
     assert run["data"]["dataset"] == "fashion-mnist" and run["train"]["arch"] == "small-cnn"
     assert run["eval"]["attack"]["steps"] == 10 and run["eval"]["queries"] == 2
@@ -485,8 +660,10 @@ def test_missing_dataset_names_the_places_and_the_fetch_command(tmp_path, monkey
         validate(raw)
     cache = home / ".cache" / "demem" / "data"
     looked = ", ".join(str(p) for p in (empty / "cifar10", empty, cache / "cifar10", cache))
-    line = (f"data.dataset: cifar10 is not present locally (looked in: {looked}); "
-            "fetch it with: demem train --dataset cifar10 --download --data-root DIR")
+    line = (
+        f"data.dataset: cifar10 is not present locally (looked in: {looked}); "
+        "fetch it with: demem train --dataset cifar10 --download --data-root DIR"
+    )
     assert err.value.problems == [line]  # four groups, one missing dataset: reported once
     assert len(validate(raw, check_data=False).groups()) == 4
     assert validate(patched(("base.data", {"dataset": "cifar10", "root": str(empty), "download": True})))

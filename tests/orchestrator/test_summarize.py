@@ -53,8 +53,8 @@ def test_welch_matches_scipy():
 # group -> (method, lambda, threshold, natural, robust, leakage tpr@1%, auc)
 GROUPS = {
     "base": ("pgd_at", 0.0, 0.0, 0.70, 0.45, 0.10, 0.62),
-    "dm_a": ("pgd_at", 0.4, 0.0, 0.69, 0.44, 0.05, 0.56),   # less leakage, a little less robust
-    "dm_b": ("pgd_at", 0.4, 0.5, 0.72, 0.48, 0.03, 0.53),   # dominates everything
+    "dm_a": ("pgd_at", 0.4, 0.0, 0.69, 0.44, 0.05, 0.56),  # less leakage, a little less robust
+    "dm_b": ("pgd_at", 0.4, 0.5, 0.72, 0.48, 0.03, 0.53),  # dominates everything
     "dm_c": ("pgd_at", 0.8, 0.5, 0.60, 0.35, 0.04, 0.54),
     "dp": ("dp_pgd_at", 0.0, 0.0, 0.50, 0.30, 0.02, 0.51),
 }
@@ -74,27 +74,74 @@ def experiment(tmp_path_factory) -> Path:
     for gid, (method, lam, thr, nat, rob, tpr, auc) in GROUPS.items():
         dp = method.startswith("dp_")
         for m in range(M):
-            runs.append({"group_id": gid, "group_label": _label(gid), "run_id": f"{gid}-{m}", "seed": 0,
-                         "model_index": m, "status": "done", "config.method.name": method,
-                         "config.data.dataset": "fashion-mnist", "config.train.arch": "small-cnn",
-                         "config.demem.lambda": lam, "config.demem.risk_threshold": thr,
-                         "config.demem.risk": "loss_deviation", "config.dp.noise_multiplier": 1.0 if dp else None,
-                         "config.train.epochs": 3, "config.data.pool_size": 400,
-                         "defence": "dp" if dp else ("demem" if lam > 0 else "none"),
-                         "natural_acc": nat + rng.normal(0, 0.005), "robust_acc_pgd": rob + rng.normal(0, 0.005),
-                         "robust_acc_aa": None, "epsilon": 3.0 + rng.normal(0, 0.01) if dp else None})
+            runs.append(
+                {
+                    "group_id": gid,
+                    "group_label": _label(gid),
+                    "run_id": f"{gid}-{m}",
+                    "seed": 0,
+                    "model_index": m,
+                    "status": "done",
+                    "config.method.name": method,
+                    "config.data.dataset": "fashion-mnist",
+                    "config.train.arch": "small-cnn",
+                    "config.demem.lambda": lam,
+                    "config.demem.risk_threshold": thr,
+                    "config.demem.risk": "loss_deviation",
+                    "config.dp.noise_multiplier": 1.0 if dp else None,
+                    "config.train.epochs": 3,
+                    "config.data.pool_size": 400,
+                    "defence": "dp" if dp else ("demem" if lam > 0 else "none"),
+                    "natural_acc": nat + rng.normal(0, 0.005),
+                    "robust_acc_pgd": rob + rng.normal(0, 0.005),
+                    "robust_acc_aa": None,
+                    "epsilon": 3.0 + rng.normal(0, 0.01) if dp else None,
+                }
+            )
             for attack in ("lira_online_fixed", "loss"):
-                audits.append({"group_id": gid, "group_label": _label(gid), "seed": 0, "target": m, "attack": attack,
-                               "auc": auc + rng.normal(0, 0.003), "tpr_at_1pct": tpr + rng.normal(0, 0.003),
-                               "tpr_at_0_1pct": tpr / 3, "tpr_at_0_01pct": tpr / 10, "balanced_acc": auc - 0.02})
+                audits.append(
+                    {
+                        "group_id": gid,
+                        "group_label": _label(gid),
+                        "seed": 0,
+                        "target": m,
+                        "attack": attack,
+                        "auc": auc + rng.normal(0, 0.003),
+                        "tpr_at_1pct": tpr + rng.normal(0, 0.003),
+                        "tpr_at_0_1pct": tpr / 3,
+                        "tpr_at_0_01pct": tpr / 10,
+                        "balanced_acc": auc - 0.02,
+                    }
+                )
         fpr = np.geomspace(1e-3, 1, 50)
-        roc += [{"group_id": gid, "seed": 0, "attack": "lira_online_fixed", "fpr": f,
-                 "tpr": min(1.0, f ** (1 - auc + 0.4))} for f in fpr]
+        roc += [
+            {"group_id": gid, "seed": 0, "attack": "lira_online_fixed", "fpr": f, "tpr": min(1.0, f ** (1 - auc + 0.4))}
+            for f in fpr
+        ]
         for b, (lo, hi) in enumerate([(-1.0, 0.0), (0.0, 0.05), (0.2, 0.25), (0.45, 0.5)]):
-            bins.append({"group_id": gid, "seed": 0, "bin": b, "lo": lo, "hi": hi, "n": 0 if b == 1 else 50,
-                         "heldout_acc": nat - 0.3 * hi, "tpr_at_1pct": tpr * (1 + 4 * hi), "tpr_at_0_1pct": tpr})
-    runs.append({**runs[0], "run_id": "base-failed", "model_index": M, "status": "failed", "natural_acc": None,
-                 "robust_acc_pgd": None})
+            bins.append(
+                {
+                    "group_id": gid,
+                    "seed": 0,
+                    "bin": b,
+                    "lo": lo,
+                    "hi": hi,
+                    "n": 0 if b == 1 else 50,
+                    "heldout_acc": nat - 0.3 * hi,
+                    "tpr_at_1pct": tpr * (1 + 4 * hi),
+                    "tpr_at_0_1pct": tpr,
+                }
+            )
+    runs.append(
+        {
+            **runs[0],
+            "run_id": "base-failed",
+            "model_index": M,
+            "status": "failed",
+            "natural_acc": None,
+            "robust_acc_pgd": None,
+        }
+    )
     for name, rows in (("runs", runs), ("audits", audits), ("roc", roc), ("membins", bins)):
         pd.DataFrame(rows).to_parquet(root / f"{name}.parquet")
     return root
@@ -141,8 +188,16 @@ def test_overlapping_groups_are_flagged(tmp_path, experiment):
 def test_summarize_writes_every_output(experiment, tmp_path):
     lines: list[str] = []
     paths = summarize(experiment, out=tmp_path / "out", echo=lines.append, tensorboard=False)
-    expected = {"summary.parquet", "ranking.csv", "ranking.md", "pareto.png", "roc.png", "membins.png",
-                "threshold_sweep.png", "report.html"}
+    expected = {
+        "summary.parquet",
+        "ranking.csv",
+        "ranking.md",
+        "pareto.png",
+        "roc.png",
+        "membins.png",
+        "threshold_sweep.png",
+        "report.html",
+    }
     assert set(paths) == expected and all(p.exists() and p.stat().st_size > 0 for p in paths.values())
     for name in ("pareto.png", "roc.png", "membins.png", "threshold_sweep.png"):
         img = mpimg.imread(paths[name])
@@ -181,8 +236,12 @@ def test_figures_go_to_tensorboard_once(experiment, tmp_path):
     assert len(events) == 1
     acc = EventAccumulator(str(logdir))
     acc.Reload()
-    assert sorted(acc.Tags()["images"]) == ["summary/membins", "summary/pareto", "summary/roc",
-                                            "summary/threshold_sweep"]
+    assert sorted(acc.Tags()["images"]) == [
+        "summary/membins",
+        "summary/pareto",
+        "summary/roc",
+        "summary/threshold_sweep",
+    ]
 
 
 def test_plots_touch_no_global_matplotlib_state():
@@ -191,11 +250,13 @@ def test_plots_touch_no_global_matplotlib_state():
     import subprocess
     import sys
 
-    code = ("import sys, pandas as pd; from orchestrator import plots, summarize; "
-            "fig = plots.threshold_sweep_plot(pd.DataFrame({'leakage_metric': ['auc'], 'attack': ['loss'], "
-            "'method': ['pgd_at'], 'lambda': [0.0], 'dp': [False], 'threshold': [0.0], 'is_baseline': [True], "
-            "'leakage_mean': [0.5], 'leakage_lo': [0.4], 'leakage_hi': [0.6], 'robust_acc_pgd_mean': [0.3], "
-            "'robust_acc_pgd_lo': [0.2], 'robust_acc_pgd_hi': [0.4]})); "
-            "assert plots._rgb(fig).shape[2] == 3; "
-            "assert 'matplotlib.pyplot' not in sys.modules, 'pyplot imported'")
+    code = (
+        "import sys, pandas as pd; from orchestrator import plots, summarize; "
+        "fig = plots.threshold_sweep_plot(pd.DataFrame({'leakage_metric': ['auc'], 'attack': ['loss'], "
+        "'method': ['pgd_at'], 'lambda': [0.0], 'dp': [False], 'threshold': [0.0], 'is_baseline': [True], "
+        "'leakage_mean': [0.5], 'leakage_lo': [0.4], 'leakage_hi': [0.6], 'robust_acc_pgd_mean': [0.3], "
+        "'robust_acc_pgd_lo': [0.2], 'robust_acc_pgd_hi': [0.4]})); "
+        "assert plots._rgb(fig).shape[2] == 3; "
+        "assert 'matplotlib.pyplot' not in sys.modules, 'pyplot imported'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[2])

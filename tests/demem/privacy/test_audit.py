@@ -76,15 +76,34 @@ def test_per_sample_table_feeds_demem(audited, overfit_group):
 
 
 def test_audit_json_last_line(overfit_group, tmp_path, capsys):
-    assert main(["audit", str(overfit_group), "--out", str(tmp_path), "--attacks", "lira_online,loss",
-                 "--targets", "3", "--json"]) == 0
+    assert (
+        main(
+            [
+                "audit",
+                str(overfit_group),
+                "--out",
+                str(tmp_path),
+                "--attacks",
+                "lira_online,loss",
+                "--targets",
+                "3",
+                "--json",
+            ]
+        )
+        == 0
+    )
     last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert set(last) == {"lira_online", "loss"} and last["loss"]["n_targets"] == 3
 
 
 def test_parse_attacks():
-    assert parse_attacks("lira,loss") == ("lira_online", "lira_online_fixed", "lira_offline", "lira_offline_fixed",
-                                          "loss")
+    assert parse_attacks("lira,loss") == (
+        "lira_online",
+        "lira_online_fixed",
+        "lira_offline",
+        "lira_offline_fixed",
+        "loss",
+    )
     with pytest.raises(ValueError, match="unknown attack"):
         AuditConfig(attacks=parse_attacks("lira,rmia"))
 
@@ -132,10 +151,37 @@ def test_memorization_by_construction():
 
 def test_audit_table_drives_a_memorization_risk_run(audited, tmp_path, capsys):
     out, _ = audited
-    assert main(["train", "--pool-size", "200", "--pool-seed", "3", "--method", "standard", "--epochs", "1",
-                 "--batch-size", "20", "--demem-lambda", "0.5", "--demem-risk", "memorization",
-                 "--demem-risk-file", str(out / "samples.parquet"), "--demem-threshold", "0.5",
-                 "--eval-attack-steps", "1", "--out", str(tmp_path / "run"), "--json"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--pool-size",
+                "200",
+                "--pool-seed",
+                "3",
+                "--method",
+                "standard",
+                "--epochs",
+                "1",
+                "--batch-size",
+                "20",
+                "--demem-lambda",
+                "0.5",
+                "--demem-risk",
+                "memorization",
+                "--demem-risk-file",
+                str(out / "samples.parquet"),
+                "--demem-threshold",
+                "0.5",
+                "--eval-attack-steps",
+                "1",
+                "--out",
+                str(tmp_path / "run"),
+                "--json",
+            ]
+        )
+        == 0
+    )
     last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert last["status"] == "done"
     history = json.loads((tmp_path / "run" / "metrics.json").read_text())["history"]

@@ -28,8 +28,12 @@ def random_case(seed: int, n: int, member_frac: float, ties: bool) -> tuple[np.n
     return scores, members
 
 
-CASES = [(seed, n, frac, ties) for seed in range(4) for n, frac in ((500, 0.5), (300, 0.1), (1000, 0.9))
-         for ties in (False, True)]
+CASES = [
+    (seed, n, frac, ties)
+    for seed in range(4)
+    for n, frac in ((500, 0.5), (300, 0.1), (1000, 0.9))
+    for ties in (False, True)
+]
 
 
 @pytest.mark.parametrize("seed,n,frac,ties", CASES)

@@ -61,8 +61,10 @@ def oracle_lira(signals: np.ndarray, keep: np.ndarray, variant: str) -> np.ndarr
             for k in range(n_queries):
                 x = signals[t, i, k]
                 if variant.startswith("online"):
-                    per_query.append(stats.norm.logpdf(x, mu_in[i, k], sd_in[i, k])
-                                     - stats.norm.logpdf(x, mu_out[i, k], sd_out[i, k]))
+                    per_query.append(
+                        stats.norm.logpdf(x, mu_in[i, k], sd_in[i, k])
+                        - stats.norm.logpdf(x, mu_out[i, k], sd_out[i, k])
+                    )
                 else:
                     per_query.append(stats.norm.logcdf(x, mu_out[i, k], sd_out[i, k]))
             out[t, i] = np.mean(per_query)
@@ -317,9 +319,13 @@ def test_excluding_the_complementary_partner_removes_the_small_group_bias():
         x, k = signals[rest], keep[rest]
         for i in (0, 17):
             ins, outs = x[k[:, i], i], x[~k[:, i], i]
-            want = np.mean([stats.norm.logpdf(signals[t, i, q], ins[:, q].mean(), ins[:, q].std())
-                            - stats.norm.logpdf(signals[t, i, q], outs[:, q].mean(), outs[:, q].std())
-                            for q in range(2)])
+            want = np.mean(
+                [
+                    stats.norm.logpdf(signals[t, i, q], ins[:, q].mean(), ins[:, q].std())
+                    - stats.norm.logpdf(signals[t, i, q], outs[:, q].mean(), outs[:, q].std())
+                    for q in range(2)
+                ]
+            )
             assert paired[t, i] == pytest.approx(want, rel=1e-9, abs=1e-9)
 
 
