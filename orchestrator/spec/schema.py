@@ -183,7 +183,7 @@ def _check_data(groups: list[Group], search: SearchSpec | None, base: dict, prob
             continue
         reported.add(name)
         # The same directories load_splits searches, in its order.
-        looked = ", ".join(str(p) for p in datalib._candidate_dirs(name, root))
+        looked = ", ".join(str(p) for p in datalib.candidate_dirs(name, root))
         problems.append(
             f"data.dataset: {name} is not present locally (looked in: {looked}); "
             f"fetch it with: {datalib.dataset_info(name).fetch_hint}"

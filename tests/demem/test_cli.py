@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-import demem.data
+import demem.data.pool
 import demem.train
 from demem.cli import main
 from demem.train import RunConfig
@@ -88,7 +88,7 @@ def test_bad_arguments_fail_before_any_data_is_loaded(tmp_path, capsys, monkeypa
     def no_data(*a, **k):
         raise AssertionError("data loaded before the arguments were checked")
 
-    monkeypatch.setattr(demem.data, "load_splits", no_data)
+    monkeypatch.setattr(demem.data.pool, "load_splits", no_data)  # where make_pool looks it up
     monkeypatch.setattr(demem.train, "make_pool", no_data)
     assert main(["train", "--out", str(tmp_path / "x"), *args]) == 2
     assert message in capsys.readouterr().err

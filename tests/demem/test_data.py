@@ -480,7 +480,7 @@ def test_locate_does_not_read_the_files(tmp_path):
 
 def test_locate_fashion_default_and_unknown_name(tmp_path):
     every = set(DATASETS.names())
-    assert all(data._files_present(n, tmp_path) is False for n in every)  # every dataset has a cheap check
+    assert all(data.files._files_present(n, tmp_path) is False for n in every)  # every dataset has a cheap check
     if (FASHION_DIR / "train-images-idx3-ubyte.gz").is_file():
         assert data.locate("fashion-mnist", tmp_path) == FASHION_DIR
     with pytest.raises(ValueError, match="unknown dataset 'imagenet'; known: cifar10"):

@@ -1,0 +1,128 @@
+"""What a dataset is (DatasetInfo), what a split holds (Split), and the registry of dataset
+readers with how torchvision fetches each."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from demem.registry import Registry
+
+SPLITS = ("train+test", "train", "test")
+
+# Debian's dataset-fashion-mnist package installs the four official IDX files here.
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """Static facts about a dataset that models, attacks and augmentation need.
+
+    Attributes:
+        name: registry name, e.g. ``"cifar10"``.
+        channels: C of the (N, C, H, W) images.
+        image_size: H == W in pixels.
+        num_classes: labels lie in ``[0, num_classes)``.
+        mean: per-channel mean of the training split, pixel values scaled to [0, 1]; used as a fixed
+            normalisation constant inside the model, so attacks still work in [0, 1] pixel space.
+        std: per-channel standard deviation, same convention as ``mean``.
+        eps: the usual L-inf attack radius for this dataset in [0, 1] pixel units.
+        crop_pad: zero padding (pixels per side) for random-crop augmentation.
+        flip: whether horizontal flips preserve labels (not for digits).
+        fetch_hint: the shell command a user runs to get the data.
+    """
+
+    name: str
+    channels: int
+    image_size: int
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    eps: float
+    crop_pad: int
+    flip: bool
+    fetch_hint: str
+
+    def __post_init__(self) -> None:
+        if self.channels < 1 or self.image_size < 1 or self.num_classes < 2:
+            raise ValueError(f"dataset info: channels, image_size >= 1 and num_classes >= 2, got {self}")
+        if len(self.mean) != self.channels or len(self.std) != self.channels:
+            raise ValueError(f"dataset info {self.name!r}: mean and std need one value per channel")
+        if any(s <= 0 for s in self.std) or not 0 < self.eps < 1 or self.crop_pad < 0:
+            raise ValueError(f"dataset info {self.name!r}: std > 0, 0 < eps < 1, crop_pad >= 0, got {self}")
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """No copy of a dataset was found; the message lists the paths tried and how to fetch it."""
+
+
+@dataclass(frozen=True)
+class Split:
+    """One split of a dataset as loaded from disk.
+
+    Attributes:
+        images: (N, C, H, W) uint8, contiguous.
+        labels: (N,) int64.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != torch.uint8 or self.images.dim() != 4:
+            raise ValueError(
+                f"split images must be (N, C, H, W) uint8, got {tuple(self.images.shape)} {self.images.dtype}"
+            )
+        if self.labels.dtype != torch.int64 or self.labels.dim() != 1:
+            raise ValueError(f"split labels must be (N,) int64, got {tuple(self.labels.shape)} {self.labels.dtype}")
+        if self.images.shape[0] != self.labels.shape[0]:
+            raise ValueError(f"split has {self.images.shape[0]} images but {self.labels.shape[0]} labels")
+        if not self.images.is_contiguous():
+            raise ValueError("split images must be contiguous")
+
+    @property
+    def n(self) -> int:
+        return int(self.labels.shape[0])
+
+
+# A loader looks for its dataset's files in one directory and returns (train, test), or None when the
+# files are not there. Bad files that are there raise ValueError instead: silently falling through to
+# another copy would hide a corrupt one.
+Loader = Callable[[Path], tuple[Split, Split] | None]
+
+DATASETS: Registry[Loader] = Registry("dataset")
+
+
+@dataclass(frozen=True)
+class Source:
+    """How to describe the expected files, and how torchvision fetches them."""
+
+    layout: str  # human-readable description of the expected files, for error messages
+    torchvision_class: str
+    torchvision_kwargs: tuple[dict, ...]  # one constructor call per entry; all together fetch both splits
+
+
+_INFO: dict[str, DatasetInfo] = {}
+SOURCES: dict[str, Source] = {}
+
+
+def register_source(info: DatasetInfo, source: Source) -> Callable[[Loader], Loader]:
+    def deco(loader: Loader) -> Loader:
+        _INFO[info.name] = info
+        SOURCES[info.name] = source
+        return DATASETS.register(info.name)(loader)
+
+    return deco
+
+
+def dataset_info(name: str) -> DatasetInfo:
+    """Return the `DatasetInfo` of a registered dataset; ValueError listing the known names otherwise."""
+    DATASETS.check(name)
+    return _INFO[name]
+
+
+def generic_fetch_hint(name: str) -> str:
+    return f"demem train --dataset {name} --download --data-root DIR"
