@@ -52,13 +52,25 @@ def _free_cached_models():
     _cached.cache_clear()  # the cached WRNs hold ~1 GB; release it for the rest of the suite
 
 
+def _slow_if_wrn(arch: str) -> list:
+    # Building a full-size WRN (36-46 M parameters) takes seconds each: those cases run with -m slow;
+    # test_small_wrn_and_its_block_count keeps the WRN code path in the everyday suite.
+    return [pytest.mark.slow] if arch in WRNS else []
+
+
+def _archs():
+    return [pytest.param(arch, marks=_slow_if_wrn(arch)) for arch in ARCHS]
+
+
 def _cases():
     for arch in ARCHS:
         for norm in NORM_LAYERS:
             for channels, side in SHAPES:
                 if arch in WRNS and channels == 1:
-                    continue  # keep the file quick; the WRN code path does not depend on C
-                yield pytest.param(arch, norm, channels, side, id=f"{arch}-{norm}-{channels}x{side}")
+                    continue  # the WRN code path does not depend on C
+                yield pytest.param(
+                    arch, norm, channels, side, id=f"{arch}-{norm}-{channels}x{side}", marks=_slow_if_wrn(arch)
+                )
 
 
 def test_registry_holds_the_documented_archs():
@@ -87,7 +99,7 @@ def test_train_mode_forward_and_other_sizes(arch, norm):
         assert model(torch.rand(2, 3, side, side)).shape == (2, 10)
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", _archs())
 def test_group_norm_models_have_no_batchnorm(arch):
     group = _cached(arch, "group")
     batch = _cached(arch, "batch")
@@ -97,7 +109,7 @@ def test_group_norm_models_have_no_batchnorm(arch):
     assert not any(isinstance(m, nn.GroupNorm) for m in batch.modules())
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", _archs())
 def test_group_norm_models_are_batch_independent(arch):
     # DP-SGD needs each sample's output to depend on that sample only, even in train mode.
     torch.manual_seed(1)
@@ -113,7 +125,7 @@ def test_group_norm_models_are_batch_independent(arch):
     torch.testing.assert_close(together[:1], alone, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", _archs())
 def test_each_leaf_module_runs_once_and_relus_are_not_inplace(arch):
     # Opacus' per-sample gradient hooks assume each layer is used once per forward pass.
     model = _cached(arch, "group")
@@ -239,11 +251,17 @@ def test_parameter_counts():
     # the architecture; GroupNorm has the same affine parameter count as BatchNorm.
     for norm in NORM_LAYERS:
         assert count_parameters(_cached("resnet18", norm)) == 11_173_962
-        assert count_parameters(_cached("wrn-28-10", norm)) == 36_479_194
-        assert count_parameters(_cached("wrn-34-10", norm)) == 46_160_474
     frozen = _build("small-cnn").requires_grad_(False)
     assert count_parameters(frozen) == 0
     assert count_parameters(frozen, trainable_only=False) > 0
+
+
+@pytest.mark.slow
+def test_wrn_parameter_counts():
+    # Published sizes of WRN-28-10 and WRN-34-10 on CIFAR-10, for both norms.
+    for norm in NORM_LAYERS:
+        assert count_parameters(_cached("wrn-28-10", norm)) == 36_479_194
+        assert count_parameters(_cached("wrn-34-10", norm)) == 46_160_474
 
 
 @pytest.mark.parametrize("norm", NORM_LAYERS)
@@ -263,7 +281,7 @@ def test_small_cnn_overfits_a_tiny_batch(norm):
     assert acc == 1.0
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", _archs())
 def test_gradient_flows_to_input(arch):
     model = _cached(arch, "batch")
     x = torch.rand(2, 3, 32, 32, requires_grad=True)
