@@ -219,23 +219,19 @@ def pgd(
         (B, C, H, W) adversarial images, detached, with ||x_adv - x|| <= eps in cfg.norm and values
         in [0, 1].
     """
+
+    def loss(logits: torch.Tensor) -> torch.Tensor:
+        return attack_loss(logits, y, cfg.loss)
+
     if not cfg.keep_best:
-        return ascend(model, x, lambda logits: attack_loss(logits, y, cfg.loss), cfg, start=start, generator=generator)
+        return ascend(model, x, loss, cfg, start=start, generator=generator)
     fooled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
     best = x.detach().clone()
 
     def record(logits: torch.Tensor, x_cur: torch.Tensor) -> None:
         _record_fooled(logits, y, x_cur, fooled, best)
 
-    x_adv = ascend(
-        model,
-        x,
-        lambda logits: attack_loss(logits, y, cfg.loss),
-        cfg,
-        start=start,
-        generator=generator,
-        on_iterate=record,
-    )
+    x_adv = ascend(model, x, loss, cfg, start=start, generator=generator, on_iterate=record)
     with torch.no_grad(), eval_mode(model):
         record(model(x_adv), x_adv)
     return torch.where(fooled.view(-1, 1, 1, 1), best, x_adv)
