@@ -21,6 +21,7 @@ from demem.evasion import THREAT_NORMS
 from demem.methods import AWP_OBJECTIVES
 from demem.models import NORM_LAYERS
 from demem.penalty import RISKS, THRESHOLD_MODES
+from demem.privacy.audit import ATTACK_SETS, MIA_ATTACKS
 from demem.train import SCHEDULES, SPLITS
 
 # `demem train` flags: (flag, run-config keys it sets, argparse options, help). Defaults are not
@@ -282,8 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     au.add_argument(
         "--attacks",
         default="all",
-        help="comma-separated: lira (all variants), lira_online, lira_online_fixed, lira_offline, "
-        "lira_offline_fixed, loss, confidence, entropy, modified_entropy, threshold, all",
+        help=f"comma-separated, from: {', '.join(MIA_ATTACKS)}; or {', '.join(ATTACK_SETS)} for several",
     )
     au.add_argument("--targets", type=int, default=None, help="attack the first K models (default: all)")
     au.add_argument("--queries", type=int, default=None, help="use the first K augmented queries (default: all)")

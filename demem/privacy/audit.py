@@ -16,12 +16,15 @@ import numpy as np
 
 from demem.artifacts import SCHEMA_VERSION, GroupData, group_key
 from demem.io import write_json, write_parquet
-from demem.privacy import mia
+from demem.privacy import mia, rmia
 from demem.privacy.memorization import bin_table, memorization, per_sample_risk
 from demem.privacy.metrics import attack_metrics, mean_std, roc_curve, roc_points
 
 LIRA_ATTACKS = tuple(f"lira_{v}" for v in mia.LIRA_VARIANTS)
-MIA_ATTACKS = LIRA_ATTACKS + mia.THRESHOLD_ATTACKS
+RMIA_ATTACKS = tuple(f"rmia_{v}" for v in rmia.RMIA_VARIANTS)
+MIA_ATTACKS = LIRA_ATTACKS + RMIA_ATTACKS + mia.THRESHOLD_ATTACKS
+# Names that stand for several attacks in attack lists (CLI, specs).
+ATTACK_SETS = {"lira": LIRA_ATTACKS, "rmia": RMIA_ATTACKS, "threshold": mia.THRESHOLD_ATTACKS, "all": MIA_ATTACKS}
 AUDIT_JSON, SAMPLES_TABLE = "audit.json", "samples.parquet"
 
 
@@ -53,11 +56,11 @@ class AuditConfig:
 
 
 def parse_attacks(text: str) -> tuple[str, ...]:
-    """Comma-separated attack names; "lira" stands for every LiRA variant, "threshold" for every
-    threshold attack, "all" for everything."""
+    """Comma-separated attack names; "lira" / "rmia" stand for every variant of the attack,
+    "threshold" for every threshold attack, "all" for everything (`ATTACK_SETS`)."""
     out: list[str] = []
     for part in (p.strip() for p in text.split(",") if p.strip()):
-        expanded = {"lira": LIRA_ATTACKS, "threshold": mia.THRESHOLD_ATTACKS, "all": MIA_ATTACKS}.get(part, (part,))
+        expanded = ATTACK_SETS.get(part, (part,))
         out.extend(a for a in expanded if a not in out)
     return tuple(out)
 
@@ -103,6 +106,7 @@ def run_audit(group: GroupData, cfg: AuditConfig) -> tuple[dict[str, Any], dict[
             partners[j] = -1
     results: dict[str, Any] = {}
     lira_for_risk = None
+    prob = None  # p(y | x) per model and sample, for RMIA
     for name in cfg.attacks:
         if name in LIRA_ATTACKS:
             variant = name.removeprefix("lira_")
@@ -133,6 +137,23 @@ def run_audit(group: GroupData, cfg: AuditConfig) -> tuple[dict[str, Any], dict[
                     "shadows": "leave target and partner out",
                 },
             )
+        elif name in RMIA_ATTACKS:
+            variant = name.removeprefix("rmia_")
+            if prob is None:
+                prob = rmia.true_label_probability(group.signals["loss"][:, :, :k])
+            scores = rmia.rmia_scores(prob, keep, variant=variant, targets=targets, exclude=partners)
+            info = {
+                "variant": variant,
+                "family": "rmia",
+                "queries": k,
+                "n_references": m - 1 - int((partners >= 0).all()),
+                "references": "leave target and partner out",
+                "population": "the target's non-members",
+                "gamma": rmia.DEFAULT_GAMMA,
+            }
+            if variant == "offline":
+                info["a"] = rmia.DEFAULT_OFFLINE_A
+            results[name] = _summarise(scores, keep, targets, info)
         else:
             results[name] = _threshold_attack(name, group, targets)
 

@@ -35,7 +35,7 @@ import yaml
 from demem import data as datalib
 from demem.checks import is_int
 from demem.config import json_schema
-from demem.privacy.audit import MIA_ATTACKS
+from demem.privacy.audit import ATTACK_SETS, MIA_ATTACKS
 from demem.train import RunConfig
 from orchestrator.metrics import SEARCH_METRICS
 from orchestrator.spec.grid import Group, check_grid, check_points, check_seeds, expand
@@ -208,7 +208,7 @@ def spec_json_schema() -> dict[str, Any]:
     audit = json_schema(AuditSpec)
     audit["properties"]["attacks"] = {
         "anyOf": [{"type": "array", "items": {"type": "string"}, "minItems": 1}, {"type": "string"}],
-        "description": f"attack names ({', '.join(MIA_ATTACKS)}) or lira, threshold, all",
+        "description": f"attack names ({', '.join(MIA_ATTACKS)}) or {', '.join(ATTACK_SETS)}",
     }
     audit["properties"]["models"] = {"type": "integer", "minimum": 2}
     audit["required"] = ["models"]

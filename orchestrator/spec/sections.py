@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from demem.checks import is_int, is_number
-from demem.privacy.audit import LIRA_ATTACKS, MIA_ATTACKS, AuditConfig, parse_attacks
+from demem.privacy.audit import ATTACK_SETS, LIRA_ATTACKS, MIA_ATTACKS, AuditConfig, parse_attacks
 from orchestrator.fmt import fmt_num
 from orchestrator.spec.grid import Group
 from orchestrator.spec.problems import mapping, unknown_keys
@@ -82,7 +82,7 @@ def check_audit(audit: Any, given: bool, problems: list[str]) -> AuditSpec:
             if bad:
                 problems.append(
                     f"audit.attacks: unknown attack(s) {', '.join(map(repr, bad))}; known: "
-                    f"{', '.join(MIA_ATTACKS)}, and lira, threshold, all"
+                    f"{', '.join(MIA_ATTACKS)}, and {', '.join(ATTACK_SETS)}"
                 )
             else:
                 out["attacks"] = asked = expanded

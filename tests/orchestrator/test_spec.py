@@ -247,7 +247,7 @@ BAD = [
         "audit-unknown-attack",
         patched(("audit.attacks", ["loss", "lira_magic", "gap"])),
         f"audit.attacks: unknown attack(s) 'lira_magic', 'gap'; known: {', '.join(MIA_ATTACKS)}, "
-        "and lira, threshold, all",
+        "and lira, rmia, threshold, all",
     ),
     ("audit-attacks-empty", patched(("audit.attacks", [])), "audit.attacks: must be a non-empty list of attack names"),
     ("audit-targets", patched(("audit.targets", 0)), "audit.targets: must be an integer >= 1 or null"),
@@ -428,7 +428,7 @@ def test_every_problem_is_reported_at_once():
         f"grid point method=madry: unknown method 'madry'; known: {KNOWN_METHODS}",
         "seeds: must be a non-empty list of integers >= 0",
         "audit.models: must be an integer >= 2",
-        f"audit.attacks: unknown attack(s) 'nope'; known: {', '.join(MIA_ATTACKS)}, and lira, threshold, all",
+        f"audit.attacks: unknown attack(s) 'nope'; known: {', '.join(MIA_ATTACKS)}, and lira, rmia, threshold, all",
         "resources.cpu: must be > 0",
         "resources.gpu: must be >= 0",
         "max_concurrent: must be an integer >= 1 or null",

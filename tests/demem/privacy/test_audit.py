@@ -31,7 +31,15 @@ def test_lira_finds_members_of_overfit_models(audited, capsys):
     assert online["n_targets"] == 12
     assert online["auc_mean"] > 0.7
     assert online["tpr_at_1pct_mean"] > 0.05  # far above the 1% of a blind guess
-    for name in ("lira_online_fixed", "lira_offline", "lira_offline_fixed", "loss", "confidence"):
+    for name in (
+        "lira_online_fixed",
+        "lira_offline",
+        "lira_offline_fixed",
+        "rmia_online",
+        "rmia_offline",
+        "loss",
+        "confidence",
+    ):
         assert result["attacks"][name]["mean"]["auc_mean"] > 0.6, name
     assert result["attacks"]["loss"]["mean"]["balanced_acc_class_thresholds_mean"] > 0.55
     roc = result["attacks"]["lira_online"]["roc"]
@@ -104,8 +112,9 @@ def test_parse_attacks():
         "lira_offline_fixed",
         "loss",
     )
+    assert parse_attacks("rmia,loss,rmia_online") == ("rmia_online", "rmia_offline", "loss")
     with pytest.raises(ValueError, match="unknown attack"):
-        AuditConfig(attacks=parse_attacks("lira,rmia"))
+        AuditConfig(attacks=parse_attacks("lira,gap"))
 
 
 def test_refuses_mixed_groups_and_missing_models(overfit_group, tmp_path, capsys):
