@@ -1,0 +1,120 @@
+"""What an interval means here: the training draw (seed) is the unit of replication.
+
+A group's value of a metric is first averaged within each seed (over its models, or over its audited
+targets), then the seed means are summarised with a Student t interval whose n is the number of
+seeds. Models and targets of one draw share the pool, the keep masks and (for targets) the shadow
+models: their spread is reported as a separate, labelled within-seed figure, never as the group's
+interval. With one seed there is no group-level interval at all.
+
+Groups of one experiment share the pool, the keep masks and the seeds, so a group and its baseline are
+compared *paired*: the difference per (seed, unit) with matched units (the same model index, hence the
+same keep row), averaged within each seed, then a t interval across seeds.
+
+Pure NumPy / SciPy / pandas; no Ray.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+NAN = float("nan")
+
+
+def t_interval(values) -> dict[str, float]:
+    """Mean, sample std and the 95% Student t interval of the finite values.
+
+    Returns {"mean", "std", "lo", "hi", "half", "n"}; with n = 1 std / lo / hi / half are NaN (one
+    value has no interval), with n = 0 everything but n is NaN.
+    """
+    v = np.asarray(values, dtype=np.float64).ravel()
+    v = v[np.isfinite(v)]
+    n = int(v.size)
+    if n == 0:
+        return {"mean": NAN, "std": NAN, "lo": NAN, "hi": NAN, "half": NAN, "n": 0}
+    mean = float(v.mean())
+    if n == 1:
+        return {"mean": mean, "std": NAN, "lo": NAN, "hi": NAN, "half": NAN, "n": 1}
+    std = float(v.std(ddof=1))
+    half = float(stats.t.ppf(0.975, n - 1) * std / math.sqrt(n))
+    return {"mean": mean, "std": std, "lo": mean - half, "hi": mean + half, "half": half, "n": n}
+
+
+def welch_diff(a, b) -> dict[str, float]:
+    """mean(a) - mean(b) with Welch's 95% interval, for two independent samples. Returns {"mean",
+    "lo", "hi", "half", "df"}; the interval is NaN when either side has fewer than 2 values."""
+    a = np.asarray(a, dtype=np.float64).ravel()
+    b = np.asarray(b, dtype=np.float64).ravel()
+    a, b = a[np.isfinite(a)], b[np.isfinite(b)]
+    if a.size == 0 or b.size == 0:
+        return {"mean": NAN, "lo": NAN, "hi": NAN, "half": NAN, "df": NAN}
+    diff = float(a.mean() - b.mean())
+    if a.size < 2 or b.size < 2:
+        return {"mean": diff, "lo": NAN, "hi": NAN, "half": NAN, "df": NAN}
+    va, vb = a.var(ddof=1) / a.size, b.var(ddof=1) / b.size
+    se = math.sqrt(va + vb)
+    if se == 0:
+        return {"mean": diff, "lo": diff, "hi": diff, "half": 0.0, "df": float(a.size + b.size - 2)}
+    df = (va + vb) ** 2 / (va**2 / (a.size - 1) + vb**2 / (b.size - 1))
+    half = float(stats.t.ppf(0.975, df) * se)
+    return {"mean": diff, "lo": diff - half, "hi": diff + half, "half": half, "df": float(df)}
+
+
+def _within_sd(frame: pd.DataFrame, value: str, seed: str) -> float:
+    """The typical spread of the units of one seed: the root of the mean within-seed variance
+    (ddof 1) over the seeds that have at least two units; NaN when none has."""
+    var = frame.groupby(seed)[value].var(ddof=1).dropna()
+    return float(math.sqrt(var.mean())) if len(var) else NAN
+
+
+def seed_level(frame: pd.DataFrame, value: str, *, seed: str = "seed") -> dict[str, float]:
+    """A group's value with its interval across seeds.
+
+    Args:
+        frame: one row per unit (model or audited target) with columns `seed` and `value`.
+
+    Returns:
+        t_interval of the per-seed means (n = number of seeds), plus "within_sd" (the spread of the
+        units inside one seed) and "units" (finite values used).
+    """
+    f = frame[[seed, value]].copy()
+    f[value] = pd.to_numeric(f[value], errors="coerce")
+    f = f[np.isfinite(f[value].to_numpy(dtype=float))]
+    out = t_interval(f.groupby(seed)[value].mean().to_numpy())
+    out["within_sd"] = _within_sd(f, value, seed)
+    out["units"] = int(len(f))
+    return out
+
+
+def paired_seed_delta(
+    base: pd.DataFrame, group: pd.DataFrame, value: str, *, keys: Sequence[str] = ("seed", "unit")
+) -> dict[str, float]:
+    """base - group, paired: matched on `keys` (a seed and a unit of it, e.g. the model index or the
+    audited target), averaged within each seed, t interval across seeds (n = seeds with a pair).
+
+    Returns t_interval's fields plus "within_sd" (spread of the paired differences inside one seed)
+    and "pairs" (matched units used). Units present on one side only are left out.
+    """
+    keys = list(keys)
+    m = base[[*keys, value]].merge(group[[*keys, value]], on=keys, suffixes=("_base", "_group"))
+    d = pd.DataFrame(
+        {
+            keys[0]: m[keys[0]],
+            "d": pd.to_numeric(m[f"{value}_base"], errors="coerce")
+            - pd.to_numeric(m[f"{value}_group"], errors="coerce"),
+        }
+    )
+    d = d[np.isfinite(d["d"].to_numpy(dtype=float))]
+    out = t_interval(d.groupby(keys[0])["d"].mean().to_numpy())
+    out["within_sd"] = _within_sd(d, "d", keys[0])
+    out["pairs"] = int(len(d))
+    return out
+
+
+def excludes_zero(ci: dict[str, float]) -> bool:
+    """Whether an interval exists and lies entirely on one side of 0."""
+    return bool(np.isfinite(ci["lo"]) and np.isfinite(ci["hi"]) and (ci["lo"] > 0 or ci["hi"] < 0))
