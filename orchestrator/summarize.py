@@ -11,17 +11,20 @@ directories when missing) and writes, to `<experiment>/summary/` by default:
     ranking.md        the same as a Markdown table ("mean ± half-width (n)") to paste into a paper
     pareto.png, roc.png, membins.png, threshold_sweep.png, report.html
 
-Statistics. Accuracy values are per model (a group's M models, over its seeds); leakage values are
-per audited target model (leave-one-out over the group's models, over seeds). The interval is the
-Student t interval mean ± t_{0.975, n-1} s / sqrt(n) and its n is reported; with n = 1 there is no
-interval (NaN, shown as "n=1"). Targets of one group share shadow models, so their leakage values
-are not independent: the interval describes the spread over targets and is optimistic as a
-statement about the group. Deltas use Welch's t interval for a difference of means.
+Statistics (demem.stats). The training seed is the unit of replication: accuracies are averaged over
+a group's models within each seed, leakage over its audited targets within each seed, and the
+interval is the Student t interval of those seed means (n = seeds; with one seed there is none).
+The spread of the models / targets inside one seed is kept as its own column (`*_within_sd`): targets
+of one draw share shadow models and data, so it says nothing about another draw. Deltas against the
+baseline are paired per (seed, model index) or (seed, target), averaged within each seed, with a t
+interval across seeds; two groups are separable when such a paired interval excludes 0 on at least
+one objective.
 
 Ranking. Objectives: leakage (down), robust accuracy (up), natural accuracy (up), on group means.
 Groups are sorted into Pareto fronts (non-dominated sorting), and within a front by crowding
-distance (NSGA-II; larger first). A group is flagged "not separable" from another when their
-intervals overlap on all three objectives.
+distance (NSGA-II; larger first). A group is flagged "not separable" from another when no paired
+seed-level interval of their difference excludes 0 (groups of different pools: Welch intervals of
+their seed means).
 
 This module does not import Ray.
 """
@@ -30,7 +33,6 @@ from __future__ import annotations
 
 import base64
 import html
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,11 +40,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from demem.io import write_parquet, write_text
 from demem.methods import METHODS
 from demem.pareto import crowding_distance, pareto_fronts, pareto_order
+from demem.stats import excludes_zero, paired_seed_delta, seed_level, welch_diff
 from orchestrator import plots
 from orchestrator.collect import collect
 from orchestrator.layout import AUDITS, MEMBINS, ROC, RUNS, SPEC, ExperimentDir
@@ -60,52 +62,6 @@ from orchestrator.metrics import (
 from orchestrator.spec import load_spec
 
 OBJECTIVES = (("leakage", False), (ROBUST_ACC, True), (NATURAL_ACC, True))
-
-
-# ---------------------------------------------------------------------------------------------------
-# Statistics
-# ---------------------------------------------------------------------------------------------------
-
-
-def ci95(values) -> dict[str, float]:
-    """Mean, sample std and the 95% Student t interval of the finite values.
-
-    Returns {"mean", "std", "lo", "hi", "half", "n"}; with n = 1 std / lo / hi / half are NaN (one
-    value has no interval), with n = 0 everything but n is NaN.
-    """
-    v = np.asarray(values, dtype=np.float64).ravel()
-    v = v[np.isfinite(v)]
-    n = int(v.size)
-    nan = float("nan")
-    if n == 0:
-        return {"mean": nan, "std": nan, "lo": nan, "hi": nan, "half": nan, "n": 0}
-    mean = float(v.mean())
-    if n == 1:
-        return {"mean": mean, "std": nan, "lo": nan, "hi": nan, "half": nan, "n": 1}
-    std = float(v.std(ddof=1))
-    half = float(stats.t.ppf(0.975, n - 1) * std / math.sqrt(n))
-    return {"mean": mean, "std": std, "lo": mean - half, "hi": mean + half, "half": half, "n": n}
-
-
-def welch_diff(a, b) -> dict[str, float]:
-    """mean(a) - mean(b) with Welch's 95% interval. Returns {"mean", "lo", "hi", "half", "df"};
-    the interval is NaN when either side has fewer than 2 values."""
-    a = np.asarray(a, dtype=np.float64).ravel()
-    b = np.asarray(b, dtype=np.float64).ravel()
-    a, b = a[np.isfinite(a)], b[np.isfinite(b)]
-    nan = float("nan")
-    if a.size == 0 or b.size == 0:
-        return {"mean": nan, "lo": nan, "hi": nan, "half": nan, "df": nan}
-    diff = float(a.mean() - b.mean())
-    if a.size < 2 or b.size < 2:
-        return {"mean": diff, "lo": nan, "hi": nan, "half": nan, "df": nan}
-    va, vb = a.var(ddof=1) / a.size, b.var(ddof=1) / b.size
-    se = math.sqrt(va + vb)
-    if se == 0:
-        return {"mean": diff, "lo": diff, "hi": diff, "half": 0.0, "df": float(a.size + b.size - 2)}
-    df = (va + vb) ** 2 / (va**2 / (a.size - 1) + vb**2 / (b.size - 1))
-    half = float(stats.t.ppf(0.975, df) * se)
-    return {"mean": diff, "lo": diff - half, "hi": diff + half, "half": half, "df": float(df)}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -178,17 +134,17 @@ def summarize_groups(tables: Tables, *, leakage: str = DEFAULT_LEAKAGE, attack: 
             "attack": attack,
         }
         for metric in ACCURACY_METRICS:
-            _put(row, metric, ci95(pd.to_numeric(g[metric], errors="coerce")))
-        leaks = mine[mine["group_id"] == gid] if not mine.empty else mine
+            _put(row, metric, seed_level(g, metric))
+        leaks = mine[mine["group_id"] == gid] if not mine.empty else _EMPTY_AUDITS
         for metric in LEAKAGE_METRICS:
-            vals = pd.to_numeric(leaks[metric], errors="coerce") if not leaks.empty else []
-            _put(row, f"mia_{metric}", ci95(vals))
-        _put(row, "leakage", ci95(pd.to_numeric(leaks[leakage], errors="coerce") if not leaks.empty else []))
+            _put(row, f"mia_{metric}", seed_level(leaks, metric))
+        _put(row, "leakage", seed_level(leaks, leakage))
         rows.append(row)
     df = pd.DataFrame(rows)
     df["leakage_metric"] = leakage
     _add_baselines(df, done, mine, leakage)
     _add_ranking(df)
+    _add_separability(df, done, mine, leakage)
     return df.sort_values(["rank", "group_label"], na_position="last").reset_index(drop=True)
 
 
@@ -202,9 +158,15 @@ def _default_attack(audits: pd.DataFrame) -> str:
     return sorted(have)[0]
 
 
+_EMPTY_AUDITS = pd.DataFrame({"seed": [], "target": [], **{m: [] for m in LEAKAGE_METRICS}})
+
+
 def _put(row: dict[str, Any], name: str, ci: dict[str, float]) -> None:
+    """A seed-level aggregate: mean, std across seed means, 95% interval, n = seeds, the spread of
+    the models / targets inside one seed, and how many of them there were."""
     row[f"{name}_mean"], row[f"{name}_std"] = ci["mean"], ci["std"]
     row[f"{name}_lo"], row[f"{name}_hi"], row[f"{name}_n"] = ci["lo"], ci["hi"], ci["n"]
+    row[f"{name}_within_sd"], row[f"{name}_units"] = ci["within_sd"], ci["units"]
 
 
 _MATCH = ("dataset", "arch", "undefended_method", "epochs", "pool_size")
@@ -212,15 +174,16 @@ _MATCH = ("dataset", "arch", "undefended_method", "epochs", "pool_size")
 
 def _add_baselines(df: pd.DataFrame, runs: pd.DataFrame, audits: pd.DataFrame, leakage: str) -> None:
     """The matching undefended baseline of each group (same dataset, arch, undefended method, epochs,
-    pool; lambda 0; no DP) and the deltas against it with Welch intervals:
-    leakage_reduction = baseline - group (positive: less leakage), robust_cost / natural_cost =
-    baseline - group (positive: the defence costs accuracy)."""
+    pool; lambda 0; no DP) and the paired deltas against it: leakage_reduction = baseline - group
+    (positive: less leakage), robust_cost / natural_cost = baseline - group (positive: the defence
+    costs accuracy). Each is the difference per (seed, model) or (seed, target), matched on the model
+    index (the same keep row), averaged within each seed, with a t interval across seeds."""
     is_base = (df["lambda"] == 0) & ~df["dp"] & (df["method"] == df["undefended_method"])
     df["is_baseline"] = is_base
     df["baseline_id"] = None
     df["baseline_label"] = None
     for col in ("leakage_reduction", "robust_cost", "natural_cost"):
-        for suffix in ("mean", "lo", "hi"):
+        for suffix in ("mean", "lo", "hi", "n", "within_sd"):
             df[f"{col}_{suffix}"] = np.nan
     for i, row in df.iterrows():
         cand = df[is_base]
@@ -232,20 +195,34 @@ def _add_baselines(df: pd.DataFrame, runs: pd.DataFrame, audits: pd.DataFrame, l
         df.at[i, "baseline_id"], df.at[i, "baseline_label"] = base["group_id"], base["group_label"]
         if base["group_id"] == row["group_id"]:
             continue
-        pairs = {
-            "leakage_reduction": (audits, leakage),
-            "robust_cost": (runs, ROBUST_ACC),
-            "natural_cost": (runs, NATURAL_ACC),
-        }
-        for col, (frame, metric) in pairs.items():
-            d = welch_diff(_values(frame, base["group_id"], metric), _values(frame, row["group_id"], metric))
-            df.at[i, f"{col}_mean"], df.at[i, f"{col}_lo"], df.at[i, f"{col}_hi"] = d["mean"], d["lo"], d["hi"]
+        for col, d in _paired(runs, audits, base["group_id"], row["group_id"], leakage).items():
+            for suffix in ("mean", "lo", "hi", "n", "within_sd"):
+                df.at[i, f"{col}_{suffix}"] = d[suffix]
 
 
-def _values(frame: pd.DataFrame, gid: str, col: str) -> np.ndarray:
-    if frame.empty:
-        return np.array([])
-    return pd.to_numeric(frame.loc[frame["group_id"] == gid, col], errors="coerce").to_numpy(dtype=float)
+def _units(frame: pd.DataFrame, gid: str, unit: str) -> pd.DataFrame:
+    return frame.loc[frame["group_id"] == gid].rename(columns={unit: "unit"})
+
+
+def _paired(runs: pd.DataFrame, audits: pd.DataFrame, base: str, group: str, leakage: str) -> dict[str, dict]:
+    """base - group for each objective, paired per (seed, model index) (seed, audited target)."""
+    out = {
+        "robust_cost": paired_seed_delta(
+            _units(runs, base, "model_index"), _units(runs, group, "model_index"), ROBUST_ACC
+        ),
+        "natural_cost": paired_seed_delta(
+            _units(runs, base, "model_index"), _units(runs, group, "model_index"), NATURAL_ACC
+        ),
+    }
+    if audits.empty:
+        out["leakage_reduction"] = paired_seed_delta(
+            _EMPTY_AUDITS.rename(columns={"target": "unit"}), _EMPTY_AUDITS.rename(columns={"target": "unit"}), leakage
+        )
+    else:
+        out["leakage_reduction"] = paired_seed_delta(
+            _units(audits, base, "target"), _units(audits, group, "target"), leakage
+        )
+    return out
 
 
 def _add_ranking(df: pd.DataFrame) -> None:
@@ -258,14 +235,41 @@ def _add_ranking(df: pd.DataFrame) -> None:
     rank = np.empty(len(df))
     rank[order] = np.arange(1, len(df) + 1)
     df["rank"] = np.where(front >= 0, rank, np.nan)
-    # intervals (a point when n = 1) that overlap on every objective: the data cannot tell them apart
-    lo = np.stack([df[f"{n}_lo"].fillna(df[f"{n}_mean"]).to_numpy(dtype=float) for n, _ in OBJECTIVES], axis=1)
-    hi = np.stack([df[f"{n}_hi"].fillna(df[f"{n}_mean"]).to_numpy(dtype=float) for n, _ in OBJECTIVES], axis=1)
-    labels = df["group_label"].tolist()
+    df["not_separable_from"] = ""
+    df["separable"] = True
+
+
+def _unpaired(frame: pd.DataFrame, a: str, b: str, metric: str) -> dict[str, float]:
+    """Welch interval of the difference of two groups' seed means (groups without matched units)."""
+
+    def seed_means(gid: str) -> np.ndarray:
+        f = frame.loc[frame["group_id"] == gid, ["seed", metric]]
+        return pd.to_numeric(f[metric], errors="coerce").groupby(f["seed"]).mean().to_numpy(dtype=float)
+
+    return welch_diff(seed_means(a), seed_means(b))
+
+
+def _add_separability(df: pd.DataFrame, runs: pd.DataFrame, audits: pd.DataFrame, leakage: str) -> None:
+    """Two groups are separable when an interval of their difference across seeds excludes 0 on at
+    least one objective: paired per (seed, unit) within one pool, Welch on seed means across pools.
+    With one seed there is no interval, so no pair is separable."""
+    ids, labels = df["group_id"].tolist(), df["group_label"].tolist()
+    pool = list(zip(df["dataset"], df["pool_size"].astype(str)))
     close = []
     for i in range(len(df)):
-        overlap = [labels[j] for j in range(len(df)) if j != i and np.all((lo[i] <= hi[j]) & (lo[j] <= hi[i]))]
-        close.append("; ".join(overlap))
+        near = []
+        for j in range(len(df)):
+            if j == i:
+                continue
+            if pool[i] == pool[j]:
+                deltas = list(_paired(runs, audits, ids[j], ids[i], leakage).values())
+            else:  # different keep masks: nothing to pair; compare the groups' seed means
+                deltas = [_unpaired(runs, ids[j], ids[i], m) for m in (ROBUST_ACC, NATURAL_ACC)]
+                if not audits.empty:
+                    deltas.append(_unpaired(audits, ids[j], ids[i], leakage))
+            if not any(excludes_zero(d) for d in deltas):
+                near.append(labels[j])
+        close.append("; ".join(near))
     df["not_separable_from"] = close
     df["separable"] = [not c for c in close]
 
@@ -306,18 +310,19 @@ RANKING_COLUMNS = [
 ]
 
 
-def fmt_ci(mean: float, lo: float, hi: float, n: int | None = None, digits: int = 3) -> str:
-    """'0.612 ± 0.021 (n=8)'; 'n=1' when there is no interval; '—' when there is no value."""
+def fmt_ci(mean: float, lo: float, hi: float, n: int | None = None, digits: int = 3, unit: str = "") -> str:
+    """'0.612 ± 0.021 (n=3 seeds)'; no ± when there is no interval (one seed); '—' without a value."""
     if mean is None or not np.isfinite(mean):
         return "—"
-    tail = f" (n={int(n)})" if n is not None else ""
+    tail = f" (n={int(n)}{unit})" if n is not None else ""
     if lo is None or not np.isfinite(lo):
-        return f"{mean:.{digits}f}" + (" (n=1)" if n == 1 else tail)
+        return f"{mean:.{digits}f}{tail}"
     return f"{mean:.{digits}f} ± {(hi - lo) / 2:.{digits}f}{tail}"
 
 
 def _ci_of(r: pd.Series, col: str) -> str:
-    return fmt_ci(r[f"{col}_mean"], r[f"{col}_lo"], r[f"{col}_hi"], r[f"{col}_n"])
+    n = r[f"{col}_n"]
+    return fmt_ci(r[f"{col}_mean"], r[f"{col}_lo"], r[f"{col}_hi"], n, unit=" seed" if n == 1 else " seeds")
 
 
 def ranking_markdown(df: pd.DataFrame) -> str:
@@ -346,11 +351,20 @@ def ranking_markdown(df: pd.DataFrame) -> str:
         ]
         lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
     lines.append("")
+    n_seeds = int(df["n_seeds"].max())
     lines.append(
-        f"Leakage: {LEAKAGE_LABELS[leak]} of {attack}, mean ± 95% t-interval half-width over audited "
-        "targets (n); accuracies over models. Δ = group − baseline (Welch 95% interval); "
-        "fronts by non-dominated sorting on (leakage ↓, robust ↑, natural ↑), ties by crowding distance."
+        f"Design: {n_seeds} training seed(s), the unit of replication. Each value is averaged within a seed "
+        f"(leakage: {LEAKAGE_LABELS[leak]} of {attack} over the audited targets; accuracies over the models), "
+        "then mean ± 95% t-interval half-width across seeds (n = seeds). Δ = group − baseline, paired: the "
+        "difference per (seed, model) or (seed, target) with matched keep rows, averaged within each seed, "
+        '95% t interval across seeds. "Not separable": no paired interval excludes 0 on any objective. '
+        "Fronts by non-dominated sorting on (leakage ↓, robust ↑, natural ↑), ties by crowding distance."
     )
+    if n_seeds < 2:
+        lines.append(
+            "With one seed there is no group-level interval: the numbers are one training draw, and no pair of "
+            "groups is claimed separable. Run more seeds (`seeds:` in the spec) for intervals."
+        )
     return "\n".join(lines)
 
 
@@ -381,8 +395,8 @@ def top_text(df: pd.DataFrame, k: int = 5) -> str:
     flagged = df[~df["separable"]]
     if len(flagged):
         lines.append(
-            f"  {len(flagged)} of {len(df)} groups are not separable from another group on every "
-            "objective (overlapping 95% intervals): see ranking.md"
+            f"  {len(flagged)} of {len(df)} groups are not separable from another group (no paired "
+            "seed-level interval excludes 0 on any objective): see ranking.md"
         )
     return "\n".join(lines)
 

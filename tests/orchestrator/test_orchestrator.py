@@ -253,7 +253,12 @@ def test_summarize_reads_a_real_experiment(tiny_experiment, tmp_path):
     df = pd.read_parquet(paths["summary.parquet"]).set_index("lambda")
     assert len(df) == 2 and df.loc[0.0, "is_baseline"] and not df.loc[0.4, "is_baseline"]
     assert df.loc[0.4, "baseline_id"] == df.loc[0.0, "group_id"]
-    assert (df["natural_acc_n"] == 4).all() and (df["leakage_n"] == 4).all()
+    # n counts training seeds (one here: no group-level interval, and no pair claimed separable); the
+    # 4 models / audited targets of the draw are its units
+    assert (df["n_seeds"] == 1).all() and (df["natural_acc_n"] == 1).all() and (df["leakage_n"] == 1).all()
+    assert (df["natural_acc_units"] == 4).all() and (df["leakage_units"] == 4).all()
+    assert df["natural_acc_lo"].isna().all() and not df["separable"].any()
+    assert "With one seed there is no group-level interval" in (tmp_path / "ranking.md").read_text()
     assert (df["attack"] == "lira_online_fixed").all()
     assert df["natural_acc_mean"].between(0, 1).all() and np.isfinite(df.loc[0.4, "robust_cost_mean"])
     assert paths["roc.png"].stat().st_size > 10_000 and "report.html" in paths

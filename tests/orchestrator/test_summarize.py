@@ -3,6 +3,7 @@ file, on a small experiment whose Parquet files the test writes itself."""
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from pathlib import Path
@@ -13,7 +14,9 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from orchestrator.summarize import ci95, fmt_ci, load_tables, summarize, summarize_groups, welch_diff
+from demem.stats import t_interval as ci95
+from demem.stats import welch_diff
+from orchestrator.summarize import fmt_ci, load_tables, summarize, summarize_groups
 
 # --- statistics --------------------------------------------------------------------------------
 
@@ -59,6 +62,7 @@ GROUPS = {
     "dp": ("dp_pgd_at", 0.0, 0.0, 0.50, 0.30, 0.02, 0.51),
 }
 M = 6
+SEEDS = (0, 1, 2)  # three training draws: the unit of replication
 
 
 def _label(gid):
@@ -71,15 +75,17 @@ def experiment(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("exp")
     rng = np.random.default_rng(0)
     runs, audits, roc, bins = [], [], [], []
-    for gid, (method, lam, thr, nat, rob, tpr, auc) in GROUPS.items():
+    draw = {seed: rng.normal(0, 0.004, size=3) for seed in SEEDS}  # what a seed moves in every group
+    for (gid, (method, lam, thr, nat, rob, tpr, auc)), seed in itertools.product(GROUPS.items(), SEEDS):
         dp = method.startswith("dp_")
+        d_nat, d_rob, d_tpr = draw[seed]
         for m in range(M):
             runs.append(
                 {
                     "group_id": gid,
                     "group_label": _label(gid),
-                    "run_id": f"{gid}-{m}",
-                    "seed": 0,
+                    "run_id": f"{gid}-s{seed}-{m}",
+                    "seed": seed,
                     "model_index": m,
                     "status": "done",
                     "config.method.name": method,
@@ -92,8 +98,8 @@ def experiment(tmp_path_factory) -> Path:
                     "config.train.epochs": 3,
                     "config.data.pool_size": 400,
                     "defence": "dp" if dp else ("demem" if lam > 0 else "none"),
-                    "natural_acc": nat + rng.normal(0, 0.005),
-                    "robust_acc_pgd": rob + rng.normal(0, 0.005),
+                    "natural_acc": nat + d_nat + rng.normal(0, 0.005),
+                    "robust_acc_pgd": rob + d_rob + rng.normal(0, 0.005),
                     "robust_acc_aa": None,
                     "epsilon": 3.0 + rng.normal(0, 0.01) if dp else None,
                 }
@@ -103,11 +109,11 @@ def experiment(tmp_path_factory) -> Path:
                     {
                         "group_id": gid,
                         "group_label": _label(gid),
-                        "seed": 0,
+                        "seed": seed,
                         "target": m,
                         "attack": attack,
                         "auc": auc + rng.normal(0, 0.003),
-                        "tpr_at_1pct": tpr + rng.normal(0, 0.003),
+                        "tpr_at_1pct": tpr + d_tpr + rng.normal(0, 0.003),
                         "tpr_at_0_1pct": tpr / 3,
                         "tpr_at_0_01pct": tpr / 10,
                         "balanced_acc": auc - 0.02,
@@ -115,14 +121,20 @@ def experiment(tmp_path_factory) -> Path:
                 )
         fpr = np.geomspace(1e-3, 1, 50)
         roc += [
-            {"group_id": gid, "seed": 0, "attack": "lira_online_fixed", "fpr": f, "tpr": min(1.0, f ** (1 - auc + 0.4))}
+            {
+                "group_id": gid,
+                "seed": seed,
+                "attack": "lira_online_fixed",
+                "fpr": f,
+                "tpr": min(1.0, f ** (1 - auc + 0.4)),
+            }
             for f in fpr
         ]
         for b, (lo, hi) in enumerate([(-1.0, 0.0), (0.0, 0.05), (0.2, 0.25), (0.45, 0.5)]):
             bins.append(
                 {
                     "group_id": gid,
-                    "seed": 0,
+                    "seed": seed,
                     "bin": b,
                     "lo": lo,
                     "hi": hi,
@@ -152,8 +164,12 @@ def test_groups_baselines_and_deltas(experiment):
     assert df.loc["base", "is_baseline"] and not df.loc["dm_a", "is_baseline"] and not df.loc["dp", "is_baseline"]
     # every group, the DP one included, is compared with undefended PGD-AT
     assert (df["baseline_id"] == "base").all()
-    assert df.loc["base", "n_models"] == M and df.loc["base", "n_failed"] == 1
-    assert df.loc["base", "leakage_n"] == M and df.loc["base", "leakage_metric"] == "tpr_at_1pct"
+    assert df.loc["base", "n_models"] == M * len(SEEDS) and df.loc["base", "n_failed"] == 1
+    # n counts seeds (the replicates), not the targets of all draws; those are `units`
+    assert df.loc["base", "leakage_n"] == len(SEEDS) and df.loc["base", "leakage_metric"] == "tpr_at_1pct"
+    assert df.loc["base", "leakage_units"] == M * len(SEEDS) and df.loc["base", "n_seeds"] == len(SEEDS)
+    assert 0 < df.loc["base", "leakage_within_sd"] < 0.01  # the targets' spread inside one draw, its own column
+    assert df.loc["dm_a", "leakage_reduction_n"] == len(SEEDS)
     # leakage reduction = baseline - group: positive for DeMem; robust cost positive for the DP group
     assert df.loc["dm_a", "leakage_reduction_mean"] == pytest.approx(0.05, abs=0.01)
     assert df.loc["dm_a", "leakage_reduction_lo"] > 0
@@ -209,7 +225,8 @@ def test_summarize_writes_every_output(experiment, tmp_path):
     assert md.startswith("| rank | front | group") and "(baseline)" in md and "± " in md
     assert "epsilon (DP)" in md and "AutoAttack" not in md  # the fixture has a DP group and no AutoAttack
     dp_row = next(line for line in md.splitlines() if "dp_pgd_at" in line)
-    assert re.search(r"\| (2\.99|3\.00)\d ± 0\.0\d\d \(n=6\) \|", dp_row)  # epsilon ~3 over 6 models
+    assert re.search(r"\| (2\.99|3\.00)\d ± 0\.0\d\d \(n=3 seeds\) \|", dp_row)  # epsilon ~3, 3 seeds
+    assert "Design: 3 training seed(s)" in md and "paired" in md
     html = paths["report.html"].read_text()
     assert html.count("data:image/png;base64,") == 4 and "<table>" in html and "dm_b" not in html.split("<table>")[0]
     top = lines[0].splitlines()
