@@ -41,3 +41,11 @@ def _deterministic_threads():
 def overfit_group(tmp_path_factory):
     """12 overfit small CNNs on 200 Fashion-MNIST samples, each trained on a balanced half."""
     return train_group(tmp_path_factory.mktemp("overfit"), 12, **OVERFIT)
+
+
+@pytest.fixture
+def isolated_data_env(monkeypatch, tmp_path_factory):
+    """Keep the developer's $DEMEM_DATA and download cache out of a test (use it per module with
+    `pytestmark = pytest.mark.usefixtures("isolated_data_env")`)."""
+    monkeypatch.delenv("DEMEM_DATA", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path_factory.mktemp("home")))

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from demem.train import RunConfig, prepare, train_epoch
+
+# Debian's dataset-fashion-mnist: the embedded default dataset.
+FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+needs_fashion = pytest.mark.skipif(
+    not (FASHION_DIR / "train-images-idx3-ubyte.gz").is_file(),
+    reason="Debian package dataset-fashion-mnist is not installed",
+)
 
 
 def tiny_run(**overrides) -> RunConfig:

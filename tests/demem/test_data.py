@@ -23,18 +23,9 @@ from demem.data import (
     make_pool,
 )
 
-FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
-needs_fashion = pytest.mark.skipif(
-    not (FASHION_DIR / "train-images-idx3-ubyte.gz").is_file(),
-    reason="Debian package dataset-fashion-mnist is not installed",
-)
+from ..helpers import FASHION_DIR, needs_fashion
 
-
-@pytest.fixture(autouse=True)
-def _isolated_env(monkeypatch, tmp_path_factory):
-    # Keep the developer's $DEMEM_DATA and download cache out of every test.
-    monkeypatch.delenv("DEMEM_DATA", raising=False)
-    monkeypatch.setenv("HOME", str(tmp_path_factory.mktemp("home")))
+pytestmark = pytest.mark.usefixtures("isolated_data_env")
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -32,19 +32,10 @@ from orchestrator.spec import (
     validate,
 )
 
+from ..helpers import needs_fashion
+
 ROOT = Path(__file__).resolve().parents[2]
-FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
-needs_fashion = pytest.mark.skipif(
-    not (FASHION_DIR / "train-images-idx3-ubyte.gz").is_file(),
-    reason="Debian package dataset-fashion-mnist is not installed",
-)
-
-
-@pytest.fixture(autouse=True)
-def _isolated_env(monkeypatch, tmp_path_factory):
-    # Keep the developer's $DEMEM_DATA and download cache out of every test.
-    monkeypatch.delenv("DEMEM_DATA", raising=False)
-    monkeypatch.setenv("HOME", str(tmp_path_factory.mktemp("home")))
+pytestmark = pytest.mark.usefixtures("isolated_data_env")
 
 
 def good() -> dict:
