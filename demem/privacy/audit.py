@@ -18,7 +18,7 @@ from demem.artifacts import SCHEMA_VERSION, GroupData, group_key
 from demem.io import write_json, write_parquet
 from demem.privacy import mia, rmia
 from demem.privacy.memorization import bin_table, memorization, per_sample_risk
-from demem.privacy.metrics import attack_metrics, mean_std, roc_curve, roc_points
+from demem.privacy.metrics import attack_metrics, mean_std, pooled_low_fpr, roc_curve, roc_points
 
 LIRA_ATTACKS = tuple(f"lira_{v}" for v in mia.LIRA_VARIANTS)
 RMIA_ATTACKS = tuple(f"rmia_{v}" for v in rmia.RMIA_VARIANTS)
@@ -207,6 +207,7 @@ def _summarise(scores: np.ndarray, keep: np.ndarray, targets: np.ndarray, info: 
         **info,
         "per_target": rows,
         "mean": mean_std([{k: v for k, v in r.items() if k != "target"} for r in rows]),
+        "pooled": pooled_low_fpr(scores, keep[targets]),
         "roc": {"fpr": fpr.tolist(), "tpr": tpr.tolist()},
     }
 
@@ -266,6 +267,13 @@ def format_table(result: dict[str, Any]) -> str:
             continue
         mean = res["mean"]
         lines.append(f"{name:<20}" + "".join(f"{mean[k + '_mean']:>9.4f} ± {mean[k + '_std']:<5.3f}" for k, _ in cols))
+    lines.append("pooled over targets (each at its own FPR), with exact 95% binomial intervals within this draw:")
+    for name, res in result["attacks"].items():
+        if "pooled" in res:
+            lines.append(
+                f"  {name:<18}"
+                + "   ".join(_pooled_cell(k, res["pooled"][k]) for k in ("tpr_at_1pct", "tpr_at_0_1pct"))
+            )
     acc = result.get("accuracy", {})
     if acc:
         lines.append(
@@ -273,3 +281,10 @@ def format_table(result: dict[str, Any]) -> str:
             + ", ".join(f"{k} {v['mean']:.4f} ± {v['std']:.4f} (n={v['n']})" for k, v in acc.items())
         )
     return "\n".join(lines)
+
+
+def _pooled_cell(key: str, p: dict[str, Any]) -> str:
+    level = {"tpr_at_1pct": "1%", "tpr_at_0_1pct": "0.1%"}[key]
+    if not p["resolvable"]:
+        return f"TPR@{level} below resolution ({p['n_nonmembers_min']} non-members)"
+    return f"TPR@{level} {p['tpr']:.4f} [{p['lo']:.4f}, {p['hi']:.4f}] ({p['tp']}/{p['n_members']})"

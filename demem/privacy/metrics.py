@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+from scipy import stats
 
 from demem.checks import is_number
 
@@ -23,6 +24,7 @@ __all__ = [
     "attack_metrics",
     "balanced_accuracy",
     "mean_std",
+    "pooled_low_fpr",
     "roc_auc",
     "roc_curve",
     "roc_points",
@@ -231,4 +233,59 @@ def mean_std(rows: Sequence[Mapping[str, float]]) -> dict[str, float]:
     if extra:
         raise ValueError(f"metrics: numeric key(s) {extra} are missing from row 0")
     out["n_targets"] = float(len(rows))
+    return out
+
+
+def clopper_pearson(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Exact binomial interval for k successes in n trials (Clopper & Pearson 1934)."""
+    if n <= 0:
+        return float("nan"), float("nan")
+    alpha = 1 - confidence
+    lo = 0.0 if k == 0 else float(stats.beta.ppf(alpha / 2, k, n - k + 1))
+    hi = 1.0 if k == n else float(stats.beta.ppf(1 - alpha / 2, k + 1, n - k))
+    return lo, hi
+
+
+def pooled_low_fpr(scores, members, levels: Sequence[float] = FPR_LEVELS) -> dict[str, dict[str, float]]:
+    """TPR at low FPR pooled over target models, with an exact binomial interval.
+
+    Each target is thresholded at its own FPR level (`tpr_at_fpr`'s rule, on its own non-members);
+    its true positives are counted, and the counts are pooled: TPR = sum TP / sum members. A level
+    below 1 / (a target's non-members) cannot be resolved (it reads the TPR at zero false positives):
+    such a level is marked `resolvable: False`. The Clopper-Pearson interval treats the pooled
+    members as independent trials: it is an interval within one training draw (the targets share
+    shadow models and data), not a statement about the group across draws.
+
+    Args:
+        scores, members: (T, N) per target model.
+
+    Returns:
+        {key: {"tpr", "lo", "hi", "tp", "n_members", "n_nonmembers_min", "resolvable"}} with the keys
+        of `attack_metrics` ("tpr_at_1pct", ...) for the levels given.
+    """
+    scores = np.atleast_2d(np.asarray(scores, dtype=np.float64))
+    members = np.atleast_2d(np.asarray(members, dtype=bool))
+    if scores.shape != members.shape:
+        raise ValueError(f"metrics: scores {scores.shape} and members {members.shape} differ")
+    levels = np.asarray(levels, dtype=np.float64)
+    tp = np.zeros(len(levels))
+    for s, m in zip(scores, members):
+        fpr, tpr, _ = roc_curve(s, m)
+        tp += np.rint(_tpr_at(fpr, tpr, levels) * m.sum())
+    n = int(members.sum())
+    n_non = int((~members).sum(axis=1).min())
+    keys = dict(zip(FPR_LEVELS, _FPR_KEYS))
+    out = {}
+    for level, k in zip(levels, tp.astype(int)):
+        lo, hi = clopper_pearson(int(k), n)
+        key = keys.get(float(level), f"tpr_at_{level:g}")
+        out[key] = {
+            "tpr": k / n if n else float("nan"),
+            "lo": lo,
+            "hi": hi,
+            "tp": int(k),
+            "n_members": n,
+            "n_nonmembers_min": n_non,
+            "resolvable": bool(level * n_non >= 1 - _FPR_SLACK),
+        }
     return out
