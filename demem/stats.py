@@ -118,3 +118,40 @@ def paired_seed_delta(
 def excludes_zero(ci: dict[str, float]) -> bool:
     """Whether an interval exists and lies entirely on one side of 0."""
     return bool(np.isfinite(ci["lo"]) and np.isfinite(ci["hi"]) and (ci["lo"] > 0 or ci["hi"] < 0))
+
+
+def paired_power(delta: float, sd: float, n: int, alpha: float = 0.05) -> float:
+    """Power of the two-sided paired t test across n seeds to detect a true mean difference `delta`
+    when the per-seed differences have standard deviation `sd` (non-central t, exact)."""
+    if n < 2 or not (np.isfinite(sd) and sd > 0):
+        return NAN
+    df = n - 1
+    crit = stats.t.ppf(1 - alpha / 2, df)
+    nc = abs(delta) * math.sqrt(n) / sd
+    return float(stats.nct.sf(crit, df, nc) + stats.nct.cdf(-crit, df, nc))
+
+
+def detectable_difference(sd: float, n: int, power: float = 0.8, alpha: float = 0.05) -> float:
+    """The smallest true difference the paired test across n seeds detects with `power`; NaN with
+    fewer than 2 seeds or no spread."""
+    if n < 2 or not (np.isfinite(sd) and sd > 0):
+        return NAN
+    from scipy.optimize import brentq
+
+    hi = sd
+    while paired_power(hi, sd, n, alpha) < power:
+        hi *= 2
+    return float(brentq(lambda d: paired_power(d, sd, n, alpha) - power, 0.0, hi, xtol=1e-12 * sd))
+
+
+def seeds_needed(delta: float, sd: float, power: float = 0.8, alpha: float = 0.05, max_n: int = 10_000) -> int | None:
+    """The fewest seeds with which the paired test detects `delta` with `power`; None when there is
+    no spread to plan from, or more than `max_n` would be needed."""
+    if not (np.isfinite(sd) and sd > 0 and np.isfinite(delta) and delta != 0):
+        return None
+    n = 2
+    while n <= max_n:
+        if paired_power(delta, sd, n, alpha) >= power:
+            return n
+        n = n + 1 if n < 64 else int(n * 1.1)
+    return None

@@ -44,7 +44,14 @@ import pandas as pd
 from demem.io import write_parquet, write_text
 from demem.methods import METHODS
 from demem.pareto import crowding_distance, pareto_fronts, pareto_order
-from demem.stats import excludes_zero, paired_seed_delta, seed_level, welch_diff
+from demem.stats import (
+    detectable_difference,
+    excludes_zero,
+    paired_seed_delta,
+    seed_level,
+    seeds_needed,
+    welch_diff,
+)
 from orchestrator import plots
 from orchestrator.collect import collect
 from orchestrator.layout import AUDITS, MEMBINS, ROC, RUNS, SPEC, ExperimentDir
@@ -183,7 +190,7 @@ def _add_baselines(df: pd.DataFrame, runs: pd.DataFrame, audits: pd.DataFrame, l
     df["baseline_id"] = None
     df["baseline_label"] = None
     for col in ("leakage_reduction", "robust_cost", "natural_cost"):
-        for suffix in ("mean", "lo", "hi", "n", "within_sd"):
+        for suffix in ("mean", "std", "lo", "hi", "n", "within_sd"):
             df[f"{col}_{suffix}"] = np.nan
     for i, row in df.iterrows():
         cand = df[is_base]
@@ -196,7 +203,7 @@ def _add_baselines(df: pd.DataFrame, runs: pd.DataFrame, audits: pd.DataFrame, l
         if base["group_id"] == row["group_id"]:
             continue
         for col, d in _paired(runs, audits, base["group_id"], row["group_id"], leakage).items():
-            for suffix in ("mean", "lo", "hi", "n", "within_sd"):
+            for suffix in ("mean", "std", "lo", "hi", "n", "within_sd"):
                 df.at[i, f"{col}_{suffix}"] = d[suffix]
 
 
@@ -360,6 +367,8 @@ def ranking_markdown(df: pd.DataFrame) -> str:
         '95% t interval across seeds. "Not separable": no paired interval excludes 0 on any objective. '
         "Fronts by non-dominated sorting on (leakage ↓, robust ↑, natural ↑), ties by crowding distance."
     )
+    lines.append("")
+    lines.append(power_text(df))
     if n_seeds < 2:
         lines.append(
             "With one seed there is no group-level interval: the numbers are one training draw, and no pair of "
@@ -379,6 +388,34 @@ def _delta(r: pd.Series, col: str, sign: int) -> str:
     return f"{sign * mean:+.3f} [{min(sign * lo, sign * hi):+.3f}, {max(sign * lo, sign * hi):+.3f}]"
 
 
+def power_text(df: pd.DataFrame) -> str:
+    """What this experiment can detect in leakage (80% power, 5% two-sided, paired across seeds), and
+    about how many seeds the closest group-vs-baseline pair would need."""
+    leak = LEAKAGE_LABELS[df["leakage_metric"].iloc[0]]
+    n = int(df["n_seeds"].max())
+    if n < 2:
+        return (
+            f"Power ({leak}): one seed, so there is no across-seed spread to plan from; "
+            "run at least 3 seeds for intervals and a power estimate."
+        )
+    deltas = df[(df["leakage_reduction_n"] >= 2) & np.isfinite(df["leakage_reduction_std"])]
+    if deltas.empty:
+        return f"Power ({leak}): no group has a paired leakage delta across 2 or more seeds."
+    sd = float(deltas["leakage_reduction_std"].median())
+    mdd = detectable_difference(sd, n)
+    text = (
+        f"Power ({leak}): with {n} seeds the paired design detects a leakage difference of about {mdd:.3f} "
+        f"(80% power, 5% two-sided; median across-seed sd of the paired deltas {sd:.3f})."
+    )
+    closest = deltas.loc[deltas["leakage_reduction_mean"].abs().idxmin()]
+    need = seeds_needed(closest["leakage_reduction_mean"], closest["leakage_reduction_std"])
+    if need is not None:
+        delta = -closest["leakage_reduction_mean"]
+        pair = f"{closest['group_label']} vs its baseline (Δ {delta:+.3f})"
+        text += f" The closest pair, {pair}, would need about {need} seeds."
+    return text
+
+
 def top_text(df: pd.DataFrame, k: int = 5) -> str:
     leak = df["leakage_metric"].iloc[0]
     lines = [
@@ -392,6 +429,7 @@ def top_text(df: pd.DataFrame, k: int = 5) -> str:
         rank = "—" if not np.isfinite(r["rank"]) else str(int(r["rank"]))
         cells = " ".join(f"{_ci_of(r, col):>22}" for col in ("leakage", ROBUST_ACC, NATURAL_ACC))
         lines.append(f"  {rank:>2} {int(r['front']):>5}  {label:<{width}} {cells}")
+    lines.append("  " + power_text(df))
     flagged = df[~df["separable"]]
     if len(flagged):
         lines.append(

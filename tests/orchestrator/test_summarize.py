@@ -16,7 +16,7 @@ from scipy import stats
 
 from demem.stats import t_interval as ci95
 from demem.stats import welch_diff
-from orchestrator.summarize import fmt_ci, load_tables, summarize, summarize_groups
+from orchestrator.summarize import fmt_ci, load_tables, power_text, summarize, summarize_groups
 
 # --- statistics --------------------------------------------------------------------------------
 
@@ -277,3 +277,15 @@ def test_plots_touch_no_global_matplotlib_state():
         "assert 'matplotlib.pyplot' not in sys.modules, 'pyplot imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[2])
+
+
+def test_power_is_stated_from_the_across_seed_spread(experiment):
+    from demem.stats import detectable_difference
+
+    df = summarize_groups(load_tables(experiment))
+    sd = df.loc[df["leakage_reduction_n"] >= 2, "leakage_reduction_std"].median()
+    text = power_text(df)
+    assert f"with {len(SEEDS)} seeds" in text and f"about {detectable_difference(sd, len(SEEDS)):.3f}" in text
+    assert "would need about" in text
+    one_seed = df.assign(n_seeds=1)
+    assert "one seed" in power_text(one_seed)
