@@ -626,7 +626,8 @@ def test_quickstart_spec():
     run = groups[0].run
     assert run["data"]["dataset"] == "fashion-mnist" and run["train"]["arch"] == "small-cnn"
     assert run["eval"]["attack"]["steps"] == 10 and run["eval"]["queries"] == 2
-    assert set(spec.audit.attacks) == set(LIRA_ATTACKS) | {"loss"} and spec.resources.cpu == 1
+    assert set(spec.audit.attacks) == set(LIRA_ATTACKS) | {"rmia_online", "rmia_offline", "loss"}
+    assert spec.resources.cpu == 1
 
 
 @needs_fashion
