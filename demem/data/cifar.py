@@ -10,6 +10,28 @@ import torch
 
 from demem.data.sources import DatasetInfo, Source, Split, generic_fetch_hint, register_source
 
+# The only globals a CIFAR batch file needs: numpy's array reconstruction and the bytes helper that
+# protocol-2 pickles use. Anything else (os.system, builtins.eval, ...) is refused before it is called,
+# so a crafted file in a data directory cannot run code.
+_ALLOWED_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("_codecs", "encode"),
+}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _ALLOWED_GLOBALS:
+            raise pickle.UnpicklingError(
+                f"refusing {module}.{name}: a CIFAR batch holds only numpy arrays, lists and dicts"
+            )
+        return super().find_class(module, name)
+
 
 def _read_cifar_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
     """Read one CIFAR pickle.
@@ -19,10 +41,13 @@ def _read_cifar_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarra
             plane a row-major 32x32 image, so a plain reshape gives channel-major images.
         labels: (N,) int64.
     """
-    # Unpickling is how the official CIFAR files are distributed (and what torchvision does); we only
-    # read them from data directories the user points us at.
+    # The official files are pickles; they are read with an unpickler that admits only the plain
+    # containers and numpy arrays the format uses (`_CifarUnpickler`).
     with open(path, "rb") as f:
-        batch = pickle.load(f, encoding="bytes")
+        try:
+            batch = _CifarUnpickler(f, encoding="bytes").load()
+        except pickle.UnpicklingError as e:
+            raise pickle.UnpicklingError(f"{path}: not a CIFAR batch file: {e}") from e
     keys = set(batch) if isinstance(batch, dict) else set()
 
     def field(key: str):

@@ -476,3 +476,27 @@ def test_locate_fashion_default_and_unknown_name(tmp_path):
         assert data.locate("fashion-mnist", tmp_path) == FASHION_DIR
     with pytest.raises(ValueError, match="unknown dataset 'imagenet'; known: cifar10"):
         data.locate("imagenet")
+
+
+class _RunsAShellCommand:
+    """Unpickling this would call os.system: what a hostile batch file in a data directory does."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_crafted_cifar_batch_runs_nothing(tmp_path):
+    base = tmp_path / "cifar-10-batches-py"
+    base.mkdir()
+    marker = tmp_path / "pwned"
+    for f in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        with open(base / f, "wb") as fh:
+            pickle.dump({b"data": _RunsAShellCommand(marker), b"labels": [0]}, fh, protocol=2)
+    with pytest.raises(pickle.UnpicklingError, match=r"data_batch_1: not a CIFAR batch file: refusing posix\.system"):
+        load_splits("cifar10", root=tmp_path)
+    assert not marker.exists()
