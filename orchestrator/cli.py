@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from demem.cli import build_parser as build_core_parser
 from demem.cli import main as core_main
-from orchestrator.metrics import DEFAULT_LEAKAGE, HEADLINE_ATTACK, LEAKAGE_METRICS
+from orchestrator.metrics import HEADLINE_ATTACK, LEAKAGE_METRICS
 
 
 def _print_problems(path: str, e) -> int:
@@ -34,6 +34,14 @@ def cmd_validate(a: argparse.Namespace) -> int:
         return 2
     print(f"{a.spec}: valid")
     print(spec.plan())
+    if a.power_from:
+        from orchestrator.summarize import planned_power
+
+        try:
+            print(f"from {a.power_from}: {planned_power(a.power_from, len(spec.seeds))}")
+        except (FileNotFoundError, KeyError, ValueError) as e:
+            print(f"demem validate: --power-from: {e}", file=sys.stderr)
+            return 2
     return 0
 
 
@@ -118,6 +126,13 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("validate", help="check an experiment spec (YAML) and print its plan")
     v.add_argument("spec")
     v.add_argument("--no-data-check", action="store_true", help="do not check that datasets are present here")
+    v.add_argument(
+        "--power-from",
+        metavar="EXPERIMENT",
+        default=None,
+        help="a summarized earlier experiment: print the leakage difference this spec's seeds could detect, "
+        "from its across-seed spread",
+    )
     v.set_defaults(func=cmd_validate)
     sc = sub.add_parser("schema", help="print the JSON Schema of an experiment spec (for editors checking YAML)")
     sc.set_defaults(func=cmd_schema)
@@ -146,9 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("experiment", help="the experiment directory, e.g. results/quickstart")
     sm.add_argument(
         "--leakage",
-        default=DEFAULT_LEAKAGE,
-        choices=LEAKAGE_METRICS,
-        help=f"the leakage metric to rank by (default: {DEFAULT_LEAKAGE})",
+        default="auto",
+        choices=("auto", *LEAKAGE_METRICS),
+        help="the leakage metric to rank by (default: auto, the lowest FPR level this experiment's non-member "
+        "counts resolve, else AUC; the reason is printed)",
     )
     sm.add_argument(
         "--attack", default=None, help=f"the audit attack whose leakage is used (default: {HEADLINE_ATTACK} where run)"

@@ -5,6 +5,9 @@
     samples.parquet  one row per (group, seed, sample_id)
     roc.parquet      one row per (group, seed, attack, ROC point): pooled ROC over the targets, log-spaced FPR
     membins.parquet  one row per (group, seed, memorization bin): held-out accuracy, LiRA TPR at 1% / 0.1% FPR
+    lowfpr.parquet   one row per (group, seed, attack, FPR level): TPR pooled over the targets (each at its
+                     own FPR), its exact binomial interval within the draw, and whether the level is
+                     resolvable with the targets' non-members (`demem.privacy.metrics.pooled_low_fpr`)
 
 The files are rebuilt from the experiment's directories each time, keyed by run id / group id, so
 collecting twice, or after a resume, never duplicates rows. A `schema_version` column lets later code
@@ -23,7 +26,9 @@ import pandas as pd
 from demem.artifacts import METRICS as METRICS_FILE
 from demem.artifacts import SCHEMA_VERSION
 from demem.io import write_parquet
-from orchestrator.layout import AUDITS, MEMBINS, ROC, RUNS, SAMPLES, ExperimentDir, read_json
+from demem.stats import seed_level
+from orchestrator.fmt import fmt_ci
+from orchestrator.layout import AUDITS, LOWFPR, MEMBINS, ROC, RUNS, SAMPLES, ExperimentDir, read_json
 from orchestrator.metrics import HEADLINE_ATTACK, NATURAL_ACC, ROBUST_ACC, ROBUST_ACC_AA
 from orchestrator.spec import ExperimentSpec
 
@@ -126,10 +131,11 @@ def audits_frame(spec: ExperimentSpec, exp: ExperimentDir) -> tuple[pd.DataFrame
     return pd.DataFrame(rows), (pd.concat(samples, ignore_index=True) if samples else pd.DataFrame())
 
 
-def curves_frames(spec: ExperimentSpec, exp: ExperimentDir) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(roc, membins): the ROC points and memorization-bin table of every audited (group, seed)."""
+def curves_frames(spec: ExperimentSpec, exp: ExperimentDir) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(roc, membins, lowfpr): the ROC points, memorization-bin table and pooled low-FPR TPRs of every
+    audited (group, seed)."""
     labels = {g.group_id: g.label for g in spec.groups()}
-    roc, bins = [], []
+    roc, bins, low = [], [], []
     for g in spec.groups():
         for seed in spec.seeds:
             result = read_json(exp.audit_result(g.group_id, seed))
@@ -142,47 +148,63 @@ def curves_frames(spec: ExperimentSpec, exp: ExperimentDir) -> tuple[pd.DataFram
                         {**key, "attack": attack, "fpr": f, "tpr": t}
                         for f, t in zip(res["roc"]["fpr"], res["roc"]["tpr"])
                     ]
+                low += [{**key, "attack": attack, "level": level, **p} for level, p in res.get("pooled", {}).items()]
             bins += [
                 {**key, "source": result.get("memorization_source"), **row}
                 for row in result.get("memorization_bins", [])
             ]
-    return pd.DataFrame(roc), pd.DataFrame(bins)
+    return pd.DataFrame(roc), pd.DataFrame(bins), pd.DataFrame(low)
 
 
 def collect(spec: ExperimentSpec, exp: ExperimentDir) -> list[Path]:
     """Write the Parquet files of the experiment; returns their paths."""
     runs = runs_frame(spec, exp)
     audits, samples = audits_frame(spec, exp)
-    roc, bins = curves_frames(spec, exp)
+    roc, bins, low = curves_frames(spec, exp)
     return [
         write_parquet(exp.table(RUNS), runs),
         write_parquet(exp.table(AUDITS), audits),
         write_parquet(exp.table(SAMPLES), samples),
         write_parquet(exp.table(ROC), roc),
         write_parquet(exp.table(MEMBINS), bins),
+        write_parquet(exp.table(LOWFPR), low),
     ]
 
 
 def group_table(exp: ExperimentDir, attack: str = HEADLINE_ATTACK) -> str:
-    """Per group (mean over its models / targets): natural acc, robust acc, LiRA AUC, TPR@0.1%FPR."""
+    """Per group: natural and robust accuracy and the attack's ROC AUC, each averaged within a seed
+    (over the models / audited targets) and then across seeds, with the 95% t interval across seeds
+    (n = seeds; none with one seed)."""
     runs = pd.read_parquet(exp.table(RUNS))
     audits = pd.read_parquet(exp.table(AUDITS))
     if runs.empty:
         return "no finished runs"
     done = runs[runs["status"] == "done"]
-    acc = done.groupby(["group_id", "group_label"], sort=False)[[NATURAL_ACC, ROBUST_ACC]].mean()
     failed = runs[runs["status"] == "failed"].groupby("group_id").size()
-    if not audits.empty:
-        chosen = attack if attack in set(audits["attack"]) else sorted(set(audits["attack"]))[0]
-        mia = audits[audits["attack"] == chosen].groupby("group_id")[["auc", "tpr_at_0_1pct"]].mean()
-    else:
-        chosen, mia = attack, pd.DataFrame(columns=["auc", "tpr_at_0_1pct"])
-    lines = [f"{'group':<46} {'natural':>8} {'robust':>8} {'AUC':>7} {'TPR@0.1%':>9}  ({chosen}; failed models)"]
-    for (gid, label), row in acc.iterrows():
-        auc = mia["auc"].get(gid, math.nan) if gid in mia.index else math.nan
-        tpr = mia["tpr_at_0_1pct"].get(gid, math.nan) if gid in mia.index else math.nan
+    chosen = attack
+    if not audits.empty and attack not in set(audits["attack"]):
+        chosen = sorted(set(audits["attack"]))[0]
+    mine = audits[audits["attack"] == chosen] if not audits.empty else audits
+    w = 22
+    lines = [f"{'group':<40} {'seeds':>5} {'natural':>{w}} {'robust':>{w}} {'AUC (' + chosen + ')':>{w + 8}}"]
+    n_max = 0
+    for (gid, label), g in done.groupby(["group_id", "group_label"], sort=False):
+        cells = []
+        for frame, metric in (
+            (g, NATURAL_ACC),
+            (g, ROBUST_ACC),
+            (mine[mine["group_id"] == gid] if len(mine) else mine, "auc"),
+        ):
+            ci = seed_level(frame, metric) if len(frame) else {"mean": math.nan, "lo": math.nan, "hi": math.nan}
+            cells.append(fmt_ci(ci["mean"], ci["lo"], ci["hi"], digits=4))
+        n = int(g["seed"].nunique())
+        n_max = max(n_max, n)
         fail = f"  {int(failed[gid])} failed" if gid in failed.index else ""
-        lines.append(f"{label[:46]:<46} {row[NATURAL_ACC]:>8.4f} {row[ROBUST_ACC]:>8.4f} {auc:>7.4f} {tpr:>9.4f}{fail}")
+        lines.append(f"{label[:40]:<40} {n:>5} {cells[0]:>{w}} {cells[1]:>{w}} {cells[2]:>{w + 8}}{fail}")
+    lines.append(
+        "mean over the models (accuracy) or audited targets (AUC) of each seed, then across seeds; "
+        + ("± = 95% t interval across seeds." if n_max >= 2 else "one seed: one training draw, no interval.")
+    )
     return "\n".join(lines)
 
 

@@ -7,7 +7,8 @@
         artifacts/<group_id>/<run_id>/   each model's run directory (config, keep row, samples, metrics)
         audits/<group_id>/s<seed>/       audit.json + samples.parquet of each (group, seed)
         trials.json              status of every finished or failed trial (written by the driver)
-        runs.parquet, audits.parquet, samples.parquet, roc.parquet, membins.parquet   collected results
+        runs.parquet, audits.parquet, samples.parquet, roc.parquet, membins.parquet, lowfpr.parquet
+                                 collected results (orchestrator.collect)
         tensorboard-groups/      HParams per group; summary/ holds the summary's figures as images
         summary/                 `demem summarize` output (ranking, plots, report.html)
     a search experiment instead has:
@@ -28,8 +29,8 @@ from typing import Any
 from demem.privacy.audit import AUDIT_JSON, SAMPLES_TABLE
 
 RUNS, AUDITS, SAMPLES = "runs.parquet", "audits.parquet", "samples.parquet"
-ROC, MEMBINS = "roc.parquet", "membins.parquet"
-TABLES = (RUNS, AUDITS, SAMPLES, ROC, MEMBINS)
+ROC, MEMBINS, LOWFPR = "roc.parquet", "membins.parquet", "lowfpr.parquet"
+TABLES = (RUNS, AUDITS, SAMPLES, ROC, MEMBINS, LOWFPR)
 SPEC = "spec.yaml"
 
 

@@ -28,7 +28,6 @@ LEAKAGE_LABELS = {
     "balanced_acc": "balanced accuracy",
 }
 LEAKAGE_METRICS = tuple(LEAKAGE_LABELS)
-DEFAULT_LEAKAGE = "tpr_at_1pct"
 
 # The attack the group table, TensorBoard's HParams and the summary show: LiRA with a global variance
 # is the steadier of the online variants with the handful of shadow models a group has. Where it did

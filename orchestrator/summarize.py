@@ -2,7 +2,7 @@
 matching undefended baseline, Pareto ranking of the privacy-robustness trade-off, plots and a
 one-file HTML report.
 
-    demem summarize results/quickstart [--leakage tpr_at_1pct] [--attack lira_online_fixed] [--out DIR]
+    demem summarize results/quickstart [--leakage auto|auc|tpr_at_1pct|...] [--attack lira_online_fixed] [--out DIR]
 
 Reads the experiment's Parquet files (runs, audits, roc, membins; rebuilt from the experiment's
 directories when missing) and writes, to `<experiment>/summary/` by default:
@@ -20,6 +20,11 @@ baseline are paired per (seed, model index) or (seed, target), averaged within e
 interval across seeds; two groups are separable when such a paired interval excludes 0 on at least
 one objective.
 
+Leakage metric. By default (`auto`) the lowest FPR level (0.1%, 1%) at which every audited target
+has at least 10 false positives' worth of non-members, else ROC AUC; the choice and its reason are
+printed and written to ranking.md. TPRs pooled over the targets (lowfpr.parquet) are shown beside
+it, "below resolution" where a target has fewer than 1 / level non-members.
+
 Ranking. Objectives: leakage (down), robust accuracy (up), natural accuracy (up), on group means.
 Groups are sorted into Pareto fronts (non-dominated sorting), and within a front by crowding
 distance (NSGA-II; larger first). A group is flagged "not separable" from another when no paired
@@ -32,6 +37,7 @@ This module does not import Ray.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import html
 import time
 from dataclasses import dataclass
@@ -54,10 +60,10 @@ from demem.stats import (
 )
 from orchestrator import plots
 from orchestrator.collect import collect
-from orchestrator.layout import AUDITS, MEMBINS, ROC, RUNS, SPEC, ExperimentDir
+from orchestrator.fmt import fmt_ci, seeds_unit
+from orchestrator.layout import AUDITS, LOWFPR, MEMBINS, ROC, RUNS, SPEC, ExperimentDir
 from orchestrator.metrics import (
     ACCURACY_METRICS,
-    DEFAULT_LEAKAGE,
     FALLBACK_ATTACKS,
     HEADLINE_ATTACK,
     LEAKAGE_LABELS,
@@ -69,6 +75,7 @@ from orchestrator.metrics import (
 from orchestrator.spec import load_spec
 
 OBJECTIVES = (("leakage", False), (ROBUST_ACC, True), (NATURAL_ACC, True))
+AUTO = "auto"  # the default leakage metric: chosen by resolution (choose_leakage)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -82,6 +89,7 @@ class Tables:
     audits: pd.DataFrame
     roc: pd.DataFrame
     membins: pd.DataFrame
+    lowfpr: pd.DataFrame = dataclasses.field(default_factory=pd.DataFrame)
 
 
 def load_tables(root: Path) -> Tables:
@@ -89,10 +97,10 @@ def load_tables(root: Path) -> Tables:
     exp = ExperimentDir(Path(root))
     if not exp.table(RUNS).exists() and not exp.spec.exists():
         raise FileNotFoundError(f"{exp.root} is not an experiment directory (no {RUNS}, no {SPEC})")
-    if not all(exp.table(f).exists() for f in (RUNS, AUDITS, ROC, MEMBINS)):
+    if not all(exp.table(f).exists() for f in (RUNS, AUDITS, ROC, MEMBINS, LOWFPR)):
         collect(load_spec(exp.spec, check_data=False), exp)
-    read = {f: pd.read_parquet(exp.table(f)) for f in (RUNS, AUDITS, ROC, MEMBINS)}
-    return Tables(read[RUNS], read[AUDITS], read[ROC], read[MEMBINS])
+    read = {f: pd.read_parquet(exp.table(f)) for f in (RUNS, AUDITS, ROC, MEMBINS, LOWFPR)}
+    return Tables(read[RUNS], read[AUDITS], read[ROC], read[MEMBINS], read[LOWFPR])
 
 
 def _undefended(method: str) -> str:
@@ -100,10 +108,13 @@ def _undefended(method: str) -> str:
     return m.undefended if m is not None and m.undefended else method
 
 
-def summarize_groups(tables: Tables, *, leakage: str = DEFAULT_LEAKAGE, attack: str | None = None) -> pd.DataFrame:
-    """One row per group: config keys, aggregates with intervals, deltas vs baseline, Pareto rank."""
-    if leakage not in LEAKAGE_METRICS:
-        raise ValueError(f"unknown leakage metric {leakage!r}; known: {', '.join(LEAKAGE_METRICS)}")
+def summarize_groups(tables: Tables, *, leakage: str = AUTO, attack: str | None = None) -> pd.DataFrame:
+    """One row per group: config keys, aggregates with intervals, deltas vs baseline, Pareto rank.
+
+    `leakage="auto"` ranks by the lowest-FPR metric this experiment resolves (`choose_leakage`);
+    the column `leakage_why` says why."""
+    if leakage != AUTO and leakage not in LEAKAGE_METRICS:
+        raise ValueError(f"unknown leakage metric {leakage!r}; known: {AUTO}, {', '.join(LEAKAGE_METRICS)}")
     runs = tables.runs
     if runs.empty or not (runs["status"] == "done").any():
         raise ValueError("the experiment has no finished runs to summarise")
@@ -114,6 +125,13 @@ def summarize_groups(tables: Tables, *, leakage: str = DEFAULT_LEAKAGE, attack: 
         have = ", ".join(sorted(set(audits["attack"])))
         raise ValueError(f"attack {attack!r} was not run; this experiment has: {have}")
     mine = audits[audits["attack"] == attack] if not audits.empty else audits
+    low = tables.lowfpr
+    low = low[low["attack"] == attack] if not low.empty else low
+    if leakage == AUTO:
+        leakage, why = choose_leakage(low)
+    else:
+        why = "chosen with --leakage"
+    done = done.assign(pool_key=_pool_keys(done))
 
     rows = []
     for gid, g in done.groupby("group_id", sort=False):
@@ -136,6 +154,8 @@ def summarize_groups(tables: Tables, *, leakage: str = DEFAULT_LEAKAGE, attack: 
             "epochs": int(first["config.train.epochs"]),
             "pool_size": first["config.data.pool_size"],
             "n_seeds": int(g["seed"].nunique()),
+            "pool_key": first["pool_key"],
+            "pool_design": "per-seed" if (g.groupby("seed")["config.data.pool_seed"].first().nunique() > 1) else "same",
             "n_models": int(len(g)),
             "n_failed": int(((runs["group_id"] == gid) & (runs["status"] == "failed")).sum()),
             "attack": attack,
@@ -146,9 +166,17 @@ def summarize_groups(tables: Tables, *, leakage: str = DEFAULT_LEAKAGE, attack: 
         for metric in LEAKAGE_METRICS:
             _put(row, f"mia_{metric}", seed_level(leaks, metric))
         _put(row, "leakage", seed_level(leaks, leakage))
+        for key in POOLED_LEVELS:
+            pooled = low[(low["group_id"] == gid) & (low["level"] == key)] if not low.empty else _EMPTY_POOLED
+            _put(row, f"pooled_{key}", seed_level(pooled, "tpr"))
+            row[f"pooled_{key}_resolvable"] = bool(pooled["resolvable"].all()) if len(pooled) else None
+            row[f"pooled_{key}_nonmembers"] = int(pooled["n_nonmembers_min"].min()) if len(pooled) else None
+            row[f"pooled_{key}_draw_lo"] = float(pooled["lo"].iloc[0]) if len(pooled) == 1 else np.nan
+            row[f"pooled_{key}_draw_hi"] = float(pooled["hi"].iloc[0]) if len(pooled) == 1 else np.nan
         rows.append(row)
     df = pd.DataFrame(rows)
     df["leakage_metric"] = leakage
+    df["leakage_why"] = why
     _add_baselines(df, done, mine, leakage)
     _add_ranking(df)
     _add_separability(df, done, mine, leakage)
@@ -166,6 +194,52 @@ def _default_attack(audits: pd.DataFrame) -> str:
 
 
 _EMPTY_AUDITS = pd.DataFrame({"seed": [], "target": [], **{m: [] for m in LEAKAGE_METRICS}})
+_EMPTY_POOLED = pd.DataFrame({"seed": [], "tpr": [], "lo": [], "hi": [], "resolvable": [], "n_nonmembers_min": []})
+
+POOLED_LEVELS = ("tpr_at_1pct", "tpr_at_0_1pct")
+# A per-target TPR at FPR level a is used to rank only when each target has at least this many
+# non-members at that level (a * non-members false positives): with fewer, the threshold rests on
+# a handful of scores and the TPR jumps with one sample (relative sd of the FPR ~ 1/sqrt(count)).
+MIN_FALSE_POSITIVES = 10
+_LEVEL = {"tpr_at_0_1pct": 0.001, "tpr_at_1pct": 0.01}
+
+
+def choose_leakage(lowfpr: pd.DataFrame) -> tuple[str, str]:
+    """The leakage metric to rank by at this experiment's scale, and why (one sentence).
+
+    The lowest FPR level (0.1%, then 1%) at which every audited target has at least
+    MIN_FALSE_POSITIVES non-members' worth of false positives; else ROC AUC, which uses every score."""
+    if lowfpr.empty:
+        return (
+            "auc",
+            "ROC AUC: the audits do not record their non-member counts, so no low-FPR level is known to resolve",
+        )
+    n_non = int(lowfpr["n_nonmembers_min"].min())
+    for key in ("tpr_at_0_1pct", "tpr_at_1pct"):
+        if _LEVEL[key] * n_non >= MIN_FALSE_POSITIVES:
+            return key, (
+                f"{LEAKAGE_LABELS[key]}: each target has {n_non} non-members, so that level rests on "
+                f"{_LEVEL[key] * n_non:g} false positives or more (>= {MIN_FALSE_POSITIVES} needed)"
+            )
+    need = int(np.ceil(MIN_FALSE_POSITIVES / _LEVEL["tpr_at_1pct"]))
+    return "auc", (
+        f"ROC AUC: each target has only {n_non} non-members, so TPR at 1% FPR would rest on "
+        f"{0.01 * n_non:g} false positives ({need} non-members per target give the {MIN_FALSE_POSITIVES} needed "
+        "to rank by it); the pooled low-FPR TPRs are shown beside it"
+    )
+
+
+def _pool_keys(runs: pd.DataFrame) -> pd.Series:
+    """Per run, the data its group shares with others: dataset, pool size and the pool seed of each
+    training seed. Two groups with the same key have matched keep rows per (seed, model index)."""
+    keys = {}
+    for gid, g in runs.groupby("group_id", sort=False):
+        seeds = g.groupby("seed")["config.data.pool_seed"].first()
+        first = g.iloc[0]
+        keys[gid] = f"{first['config.data.dataset']}/{first['config.data.pool_size']}/" + ",".join(
+            f"{s}:{p}" for s, p in seeds.items()
+        )
+    return runs["group_id"].map(keys)
 
 
 def _put(row: dict[str, Any], name: str, ci: dict[str, float]) -> None:
@@ -176,15 +250,16 @@ def _put(row: dict[str, Any], name: str, ci: dict[str, float]) -> None:
     row[f"{name}_within_sd"], row[f"{name}_units"] = ci["within_sd"], ci["units"]
 
 
-_MATCH = ("dataset", "arch", "undefended_method", "epochs", "pool_size")
+_MATCH = ("dataset", "arch", "undefended_method", "epochs", "pool_key")
 
 
 def _add_baselines(df: pd.DataFrame, runs: pd.DataFrame, audits: pd.DataFrame, leakage: str) -> None:
     """The matching undefended baseline of each group (same dataset, arch, undefended method, epochs,
-    pool; lambda 0; no DP) and the paired deltas against it: leakage_reduction = baseline - group
-    (positive: less leakage), robust_cost / natural_cost = baseline - group (positive: the defence
-    costs accuracy). Each is the difference per (seed, model) or (seed, target), matched on the model
-    index (the same keep row), averaged within each seed, with a t interval across seeds."""
+    pool and keep masks per seed; lambda 0; no DP) and the paired deltas against it:
+    leakage_reduction = baseline - group (positive: less leakage), robust_cost / natural_cost =
+    baseline - group (positive: the defence costs accuracy). Each is the difference per (seed, model)
+    or (seed, target), matched on the model index (the same keep row), averaged within each seed,
+    with a t interval across seeds."""
     is_base = (df["lambda"] == 0) & ~df["dp"] & (df["method"] == df["undefended_method"])
     df["is_baseline"] = is_base
     df["baseline_id"] = None
@@ -261,7 +336,7 @@ def _add_separability(df: pd.DataFrame, runs: pd.DataFrame, audits: pd.DataFrame
     least one objective: paired per (seed, unit) within one pool, Welch on seed means across pools.
     With one seed there is no interval, so no pair is separable."""
     ids, labels = df["group_id"].tolist(), df["group_label"].tolist()
-    pool = list(zip(df["dataset"], df["pool_size"].astype(str)))
+    pool = df["pool_key"].tolist()
     close = []
     for i in range(len(df)):
         near = []
@@ -317,19 +392,23 @@ RANKING_COLUMNS = [
 ]
 
 
-def fmt_ci(mean: float, lo: float, hi: float, n: int | None = None, digits: int = 3, unit: str = "") -> str:
-    """'0.612 ± 0.021 (n=3 seeds)'; no ± when there is no interval (one seed); '—' without a value."""
-    if mean is None or not np.isfinite(mean):
-        return "—"
-    tail = f" (n={int(n)}{unit})" if n is not None else ""
-    if lo is None or not np.isfinite(lo):
-        return f"{mean:.{digits}f}{tail}"
-    return f"{mean:.{digits}f} ± {(hi - lo) / 2:.{digits}f}{tail}"
-
-
 def _ci_of(r: pd.Series, col: str) -> str:
     n = r[f"{col}_n"]
-    return fmt_ci(r[f"{col}_mean"], r[f"{col}_lo"], r[f"{col}_hi"], n, unit=" seed" if n == 1 else " seeds")
+    return fmt_ci(r[f"{col}_mean"], r[f"{col}_lo"], r[f"{col}_hi"], n, unit=seeds_unit(n))
+
+
+def _pooled_of(r: pd.Series, key: str) -> str:
+    """A pooled low-FPR TPR: 'below resolution' when a target has fewer than 1 / level non-members;
+    across seeds as mean ± t half-width; with one seed the exact binomial interval of that draw,
+    labelled as such."""
+    if r[f"pooled_{key}_resolvable"] is None or r[f"pooled_{key}_n"] == 0:
+        return "—"
+    if not r[f"pooled_{key}_resolvable"]:
+        return f"below resolution ({int(r[f'pooled_{key}_nonmembers'])} non-members)"
+    if r[f"pooled_{key}_n"] == 1 and np.isfinite(r[f"pooled_{key}_draw_lo"]):
+        lo, hi = r[f"pooled_{key}_draw_lo"], r[f"pooled_{key}_draw_hi"]
+        return f"{r[f'pooled_{key}_mean']:.3f} [{lo:.3f}, {hi:.3f}] (one draw, exact binomial)"
+    return _ci_of(r, f"pooled_{key}")
 
 
 def ranking_markdown(df: pd.DataFrame) -> str:
@@ -339,7 +418,8 @@ def ranking_markdown(df: pd.DataFrame) -> str:
     has_eps = bool((df["epsilon_n"] > 0).any())
     head = ["rank", "front", "group", "defence", f"leakage ({LEAKAGE_LABELS[leak]}, {attack})", "robust acc (PGD)"]
     head += ["robust acc (AutoAttack)"] * has_aa + ["natural acc"] + ["epsilon (DP)"] * has_eps
-    head += ["Δ leakage vs baseline", "Δ robust vs baseline", "not separable from"]
+    head += ["Δ leakage vs baseline", "Δ robust vs baseline"]
+    head += [f"pooled {LEAKAGE_LABELS[k]}" for k in POOLED_LEVELS] + ["not separable from"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for _, r in df.iterrows():
         cells = [
@@ -354,6 +434,7 @@ def ranking_markdown(df: pd.DataFrame) -> str:
             *([_ci_of(r, "epsilon")] if has_eps else []),
             _delta(r, "leakage_reduction", -1),
             _delta(r, "robust_cost", -1),
+            *(_pooled_of(r, k) for k in POOLED_LEVELS),
             r["not_separable_from"] or "—",
         ]
         lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
@@ -367,6 +448,24 @@ def ranking_markdown(df: pd.DataFrame) -> str:
         '95% t interval across seeds. "Not separable": no paired interval excludes 0 on any objective. '
         "Fronts by non-dominated sorting on (leakage ↓, robust ↑, natural ↑), ties by crowding distance."
     )
+    pools = set(df["pool_design"])
+    lines.append("")
+    lines.append(
+        "Pools: "
+        + (
+            "each seed drew its own pool and keep masks (seeds.pool: per-seed), so a replicate repeats the data split."
+            if pools == {"per-seed"}
+            else "every seed used the same pool and keep masks (seeds.pool: same): the seeds replicate training "
+            "(init, batch order, attack noise), not the data split."
+            if pools == {"same"}
+            else "mixed designs (some groups per-seed, some same)."
+        )
+        + " Pooled TPRs: each target thresholded at its own FPR, true positives pooled over the targets of a "
+        "seed, then mean ± t across seeds (one seed: the exact binomial interval of that draw); a level below "
+        "1 / (a target's non-members) is below resolution."
+    )
+    lines.append("")
+    lines.append(f"Leakage metric: {df['leakage_why'].iloc[0]}.")
     lines.append("")
     lines.append(power_text(df))
     if n_seeds < 2:
@@ -388,12 +487,13 @@ def _delta(r: pd.Series, col: str, sign: int) -> str:
     return f"{sign * mean:+.3f} [{min(sign * lo, sign * hi):+.3f}, {max(sign * lo, sign * hi):+.3f}]"
 
 
-def power_text(df: pd.DataFrame) -> str:
-    """What this experiment can detect in leakage (80% power, 5% two-sided, paired across seeds), and
-    about how many seeds the closest group-vs-baseline pair would need."""
+def power_text(df: pd.DataFrame, n_planned: int | None = None) -> str:
+    """What an experiment can detect in leakage (80% power, 5% two-sided, paired across seeds), and
+    about how many seeds the closest group-vs-baseline pair would need. `df` is a summary
+    (`summarize_groups`); `n_planned`: the seeds of a planned experiment (default: those of `df`)."""
     leak = LEAKAGE_LABELS[df["leakage_metric"].iloc[0]]
-    n = int(df["n_seeds"].max())
-    if n < 2:
+    n_had = int(df["n_seeds"].max())
+    if n_had < 2:
         return (
             f"Power ({leak}): one seed, so there is no across-seed spread to plan from; "
             "run at least 3 seeds for intervals and a power estimate."
@@ -401,11 +501,17 @@ def power_text(df: pd.DataFrame) -> str:
     deltas = df[(df["leakage_reduction_n"] >= 2) & np.isfinite(df["leakage_reduction_std"])]
     if deltas.empty:
         return f"Power ({leak}): no group has a paired leakage delta across 2 or more seeds."
+    n = n_had if n_planned is None else n_planned
     sd = float(deltas["leakage_reduction_std"].median())
     mdd = detectable_difference(sd, n)
+    spread = f"median across-seed sd of the paired deltas {sd:.3f}"
+    if n_planned is not None:
+        spread += f", from {n_had} seeds of that experiment"
     text = (
         f"Power ({leak}): with {n} seeds the paired design detects a leakage difference of about {mdd:.3f} "
-        f"(80% power, 5% two-sided; median across-seed sd of the paired deltas {sd:.3f})."
+        f"(80% power, 5% two-sided; {spread})."
+        if n >= 2
+        else f"Power ({leak}): {n} seed gives no interval; the spread to plan from is {sd:.3f} ({spread})."
     )
     closest = deltas.loc[deltas["leakage_reduction_mean"].abs().idxmin()]
     need = seeds_needed(closest["leakage_reduction_mean"], closest["leakage_reduction_std"])
@@ -414,6 +520,15 @@ def power_text(df: pd.DataFrame) -> str:
         pair = f"{closest['group_label']} vs its baseline (Δ {delta:+.3f})"
         text += f" The closest pair, {pair}, would need about {need} seeds."
     return text
+
+
+def planned_power(previous: str | Path, n_seeds: int) -> str:
+    """`power_text` for a planned experiment of `n_seeds` seeds, from the summary of a previous one
+    (`<previous>/summary/summary.parquet`, written by `demem summarize`)."""
+    path = ExperimentDir(Path(previous)).summary / "summary.parquet"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no summary; run `demem summarize {previous}` first")
+    return power_text(pd.read_parquet(path), n_planned=n_seeds)
 
 
 def top_text(df: pd.DataFrame, k: int = 5) -> str:
@@ -429,6 +544,7 @@ def top_text(df: pd.DataFrame, k: int = 5) -> str:
         rank = "—" if not np.isfinite(r["rank"]) else str(int(r["rank"]))
         cells = " ".join(f"{_ci_of(r, col):>22}" for col in ("leakage", ROBUST_ACC, NATURAL_ACC))
         lines.append(f"  {rank:>2} {int(r['front']):>5}  {label:<{width}} {cells}")
+    lines.append(f"  leakage metric: {df['leakage_why'].iloc[0]}")
     lines.append("  " + power_text(df))
     flagged = df[~df["separable"]]
     if len(flagged):
@@ -447,15 +563,15 @@ def top_text(df: pd.DataFrame, k: int = 5) -> str:
 def summarize(
     root: str | Path,
     *,
-    leakage: str = DEFAULT_LEAKAGE,
+    leakage: str = AUTO,
     attack: str | None = None,
     out: str | Path | None = None,
     echo=print,
     tensorboard: bool = True,
 ) -> dict[str, Path]:
     """Aggregate, rank, plot and report. Returns {name: path} of everything written."""
-    if leakage not in LEAKAGE_METRICS:  # before any reading
-        raise ValueError(f"unknown leakage metric {leakage!r}; known: {', '.join(LEAKAGE_METRICS)}")
+    if leakage != AUTO and leakage not in LEAKAGE_METRICS:  # before any reading
+        raise ValueError(f"unknown leakage metric {leakage!r}; known: {AUTO}, {', '.join(LEAKAGE_METRICS)}")
     root = Path(root)
     tables = load_tables(root)
     df = summarize_groups(tables, leakage=leakage, attack=attack)

@@ -109,26 +109,49 @@ def check_points(points: Any, problems: list[str]) -> list[dict] | None:
     return out
 
 
-def check_seeds(seeds: Any, grid_seeds: Any, problems: list[str]) -> tuple[int, ...]:
-    where = "seeds"
+SEED_POOLS = ("same", "per-seed")
+
+
+def check_seeds(seeds: Any, grid_seeds: Any, problems: list[str]) -> tuple[tuple[int, ...], str]:
+    """`seeds: [0, 1, 2]` or `seeds: {train: [0, 1, 2], pool: same | per-seed}` (or `grid.seed`).
+
+    Returns (training seeds, pool design). `same`: every seed trains on the base pool and keep masks;
+    `per-seed`: seed s draws its own pool and keep masks (data.pool_seed = base pool_seed + s), so a
+    replicate repeats the data split too."""
+    where, pool = "seeds", "same"
     if grid_seeds is not None:
         if seeds is not None:
             problems.append("grid.seed: give the seeds as seeds or as grid.seed, not both")
-            return (0,)
+            return (0,), pool
         seeds, where = grid_seeds, "grid.seed"
+    if isinstance(seeds, dict):
+        unknown = [k for k in seeds if k not in ("train", "pool")]
+        if unknown:
+            problems.append(f"seeds.{unknown[0]}: unknown key; allowed: train, pool")
+        pool = seeds.get("pool", "same")
+        if pool not in SEED_POOLS:
+            problems.append(f"seeds.pool: must be one of {', '.join(SEED_POOLS)}, got {pool!r}")
+            pool = "same"
+        seeds, where = seeds.get("train"), "seeds.train"
     if seeds is None:
-        return (0,)
+        return (0,), pool
     if not (isinstance(seeds, list) and seeds and all(is_int(s) and s >= 0 for s in seeds)):
         problems.append(f"{where}: must be a non-empty list of integers >= 0")
-        return (0,)
+        return (0,), pool
     repeated = [s for i, s in enumerate(seeds) if s in seeds[:i]]
     if repeated:
         problems.append(f"{where}: {repeated[0]} is listed twice")
-    return tuple(dict.fromkeys(seeds))
+    return tuple(dict.fromkeys(seeds)), pool
+
+
+def pool_seed_of(run: dict, seed: int, pool: str) -> int:
+    """The pool seed a trial of training seed `seed` uses under the pool design `pool`."""
+    base = int(run["data"]["pool_seed"])
+    return base + seed if pool == "per-seed" else base
 
 
 def expand(
-    base: dict, grid: dict[str, list], n_models: int, points: list[dict] | None = None
+    base: dict, grid: dict[str, list], n_models: int, points: list[dict] | None = None, pool: str = "same"
 ) -> tuple[list[Group], list[str]]:
     """Resolve every grid point (or every one of `points`, when given). Returns (groups, problems).
 
@@ -177,7 +200,7 @@ def expand(
             where = name if culprit is None else label({culprit: params[culprit]})
             problems.append(f"grid point {where}: {res}")
             continue
-        gid = group_id(res)
+        gid = group_id(res, pool=pool)
         if gid in seen:  # e.g. lambda=0 with several thresholds: the same run, trained once
             j = seen[gid]
             groups[j] = dataclasses.replace(groups[j], aliases=groups[j].aliases + (name,))

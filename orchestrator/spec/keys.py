@@ -98,11 +98,15 @@ def resolve_run(base: dict, overrides: dict[str, Any], n_models: int, *, seed: i
     return normalise(RunConfig, run.to_dict())
 
 
-def group_id(run: dict) -> str:
+def group_id(run: dict, pool: str = "same") -> str:
     """12 hex chars identifying a group: sha256 of the canonical JSON of the resolved run dict without
     the per-model keys (`demem.artifacts.PER_MODEL_KEYS`: seed, model_index, data.root,
-    data.download) and n_models, together with n_models."""
+    data.download) and n_models, together with n_models, and with the pool design when every seed
+    draws its own pool (`seeds.pool: per-seed`; the ids of `same` are those of older experiments)."""
     d = normalise(RunConfig, group_key(run))
     n_models = d.pop("n_models")
-    payload = json.dumps({"run": d, "n_models": n_models}, sort_keys=True, separators=(",", ":"))
+    key: dict[str, Any] = {"run": d, "n_models": n_models}
+    if pool != "same":
+        key["pool"] = pool
+    payload = json.dumps(key, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(payload.encode()).hexdigest()[:12]

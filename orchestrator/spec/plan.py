@@ -8,7 +8,7 @@ import functools
 from dataclasses import dataclass
 
 from orchestrator.fmt import count, fmt_num
-from orchestrator.spec.grid import Group, expand
+from orchestrator.spec.grid import Group, expand, pool_seed_of
 from orchestrator.spec.keys import short_name
 from orchestrator.spec.problems import SpecError
 from orchestrator.spec.sections import AuditSpec, FailureSpec, ResourcesSpec
@@ -35,6 +35,8 @@ class ExperimentSpec:
         base: the base run config as given (without n_models / model_index / seed).
         grid: expanded key path -> list of values (the `seed` grid key is moved to `seeds`).
         seeds: training seeds; every group trains its M models once per seed.
+        seed_pool: "same" (every seed uses the base pool and keep masks) or "per-seed" (seed s uses
+            data.pool_seed = base pool_seed + s: a replicate redraws the data split too).
         audit: the audit section (M = audit.models).
         resources: per trial.
         max_concurrent: None = as many trials as the cluster fits.
@@ -56,6 +58,7 @@ class ExperimentSpec:
     search: SearchSpec | None
     raw: dict
     points: list[dict] | None = None
+    seed_pool: str = "same"
 
     @property
     def max_retries(self) -> int:
@@ -64,7 +67,7 @@ class ExperimentSpec:
     @functools.cached_property
     def _groups(self) -> tuple[Group, ...]:
         # Expanding resolves every grid point through RunConfig; do it once per spec.
-        groups, problems = expand(self.base, self.grid, self.audit.models, self.points)
+        groups, problems = expand(self.base, self.grid, self.audit.models, self.points, self.seed_pool)
         if problems:  # only possible for a spec built by hand, not through validate()
             raise SpecError(problems)
         return tuple(groups)
@@ -85,6 +88,7 @@ class ExperimentSpec:
                 for m in range(self.audit.models):
                     run = copy.deepcopy(group.run)
                     run["seed"], run["model_index"] = seed, m
+                    run["data"]["pool_seed"] = pool_seed_of(group.run, seed, self.seed_pool)
                     out.append(
                         Trial(
                             trial_key=f"{group.group_id}-s{seed}-m{m:03d}",
@@ -119,6 +123,13 @@ class ExperimentSpec:
             else f"{per_group} trials per group x {'/'.join(str(e) for e in epochs)} epochs"
         )
         lines.append(f"training: {total} epochs in all ({how})")
+        seed_list = ", ".join(str(s) for s in seeds)
+        pools = (
+            "each seed draws its own pool and keep masks (pool_seed = base + seed)"
+            if self.seed_pool == "per-seed"
+            else "every seed uses the same pool and keep masks"
+        )
+        lines.append(f"seeds (the unit of replication): {seed_list}; {pools}")
         at_once = "as many as fit" if self.max_concurrent is None else f"at most {self.max_concurrent}"
         lines.append(
             f"per trial: {fmt_num(self.resources.cpu)} CPU, {fmt_num(self.resources.gpu)} GPU; "

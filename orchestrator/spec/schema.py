@@ -11,7 +11,9 @@ The format (every key but `name` and `audit.models` may be left out):
     grid:                            # dotted key paths into base -> non-empty list of values;
       method: [pgd_at, trades]       # the groups are the cartesian product (last key varies fastest)
       demem.lambda: [0.0, 0.4]
-    seeds: [0]                       # default [0]; `seed: [...]` in grid means the same
+    seeds: [0]                       # training seeds, default [0]; `seed: [...]` in grid means the same;
+                                     # or {train: [0, 1, 2], pool: per-seed}: fresh pool and keep masks
+                                     # per seed (pool_seed = base pool_seed + seed); pool: same (default)
     audit: {models: 8, targets: null, attacks: [lira, loss], queries: null}   # see sections.AuditSpec
     resources: {cpu: 1, gpu: 0}      # per trial; gpu may be a fraction (0.25) to pack small models
     max_concurrent: null             # at most this many trials at once; null = as many as fit
@@ -38,7 +40,7 @@ from demem.config import json_schema
 from demem.privacy.audit import ATTACK_SETS, MIA_ATTACKS
 from demem.train import RunConfig
 from orchestrator.metrics import SEARCH_METRICS
-from orchestrator.spec.grid import Group, check_grid, check_points, check_seeds, expand
+from orchestrator.spec.grid import SEED_POOLS, Group, check_grid, check_points, check_seeds, expand
 from orchestrator.spec.keys import PER_TRIAL, SHORTHANDS
 from orchestrator.spec.plan import ExperimentSpec
 from orchestrator.spec.problems import SpecError, mapping
@@ -108,7 +110,7 @@ def validate(raw: dict, *, check_data: bool = True, available: dict[str, float] 
     base = _check_base(raw.get("base"), problems)
     grid, grid_seeds = check_grid(raw.get("grid"), problems)
     points = check_points(raw.get("points"), problems)
-    seeds = check_seeds(raw.get("seeds"), grid_seeds, problems)
+    seeds, seed_pool = check_seeds(raw.get("seeds"), grid_seeds, problems)
     audit = check_audit(raw.get("audit"), "audit" in raw, problems)
     resources = check_resources(raw.get("resources"), available, problems)
     max_concurrent = raw.get("max_concurrent")
@@ -116,7 +118,7 @@ def validate(raw: dict, *, check_data: bool = True, available: dict[str, float] 
         problems.append("max_concurrent: must be an integer >= 1 or null")
     failure = check_failure(raw.get("failure"), problems)
 
-    groups, group_problems = expand(base, grid, audit.models, points)
+    groups, group_problems = expand(base, grid, audit.models, points, seed_pool)
     problems += group_problems
     raw_grid = raw.get("grid")
     has_grid = isinstance(raw_grid, dict) and any(k != "seed" for k in raw_grid)
@@ -125,6 +127,8 @@ def validate(raw: dict, *, check_data: bool = True, available: dict[str, float] 
     if points is not None and raw.get("search") is not None:
         problems.append("search: cannot be combined with points; give one of them")
     search = check_search(raw.get("search"), has_grid, base, audit.models, bool(group_problems), problems)
+    if seed_pool != "same" and raw.get("search") is not None:
+        problems.append("seeds.pool: per-seed needs several seeds' groups; a search trains one seed (use pool: same)")
     check_queries(audit.queries, groups, problems)
     if check_data:
         _check_data(groups, search, base, problems)
@@ -136,6 +140,7 @@ def validate(raw: dict, *, check_data: bool = True, available: dict[str, float] 
         base=base,
         grid=grid,
         seeds=seeds,
+        seed_pool=seed_pool,
         audit=audit,
         resources=resources,
         max_concurrent=max_concurrent,
@@ -243,7 +248,17 @@ def spec_json_schema() -> dict[str, Any]:
         scheduler={"anyOf": [{"enum": list(SCHEDULERS)}, {"type": "null"}]},
     )
     search["required"] = ["num_samples", "objectives", "space"]
-    seeds = {"type": "array", "minItems": 1, "items": {"type": "integer", "minimum": 0}}
+    seed_list = {"type": "array", "minItems": 1, "items": {"type": "integer", "minimum": 0}}
+    seeds = {
+        "anyOf": [
+            seed_list,
+            {
+                "type": "object",
+                "properties": {"train": seed_list, "pool": {"enum": list(SEED_POOLS)}},
+                "additionalProperties": False,
+            },
+        ]
+    }
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "demem experiment spec",

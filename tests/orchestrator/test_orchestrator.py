@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import os
 import shutil
 import signal
@@ -87,6 +88,12 @@ def test_status_and_idempotent_collect(tiny_experiment, capsys):
     collect(load_spec(exp.spec, check_data=False), exp)
     after = pd.read_parquet(exp.root / "runs.parquet")
     pd.testing.assert_frame_equal(before, after)
+    # the pooled low-FPR TPRs of every audit, as audit.json has them
+    low = pd.read_parquet(exp.root / "lowfpr.parquet")
+    for (gid, seed), rows in low.groupby(["group_id", "seed"]):
+        audit = json.loads(exp.audit_result(gid, seed).read_text())
+        want = {(a, k): p["tpr"] for a, r in audit["attacks"].items() for k, p in r.get("pooled", {}).items()}
+        assert dict(zip(zip(rows["attack"], rows["level"]), rows["tpr"])) == want and want
 
 
 def test_failures_are_retried_or_recorded(ray_session, tmp_path):

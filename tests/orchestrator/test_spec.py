@@ -212,6 +212,21 @@ BAD = [
         "grid.seed: must be a non-empty list of integers >= 0",
     ),
     ("seeds-both", patched(("grid.seed", [0])), "grid.seed: give the seeds as seeds or as grid.seed, not both"),
+    (
+        "seeds-pool-bad",
+        patched(("seeds", {"train": [0], "pool": "fresh"})),
+        "seeds.pool: must be one of same, per-seed, got 'fresh'",
+    ),
+    (
+        "seeds-map-key",
+        patched(("seeds", {"train": [0], "pools": "same"})),
+        "seeds.pools: unknown key; allowed: train, pool",
+    ),
+    (
+        "seeds-train-bad",
+        patched(("seeds", {"train": [], "pool": "same"})),
+        "seeds.train: must be a non-empty list of integers >= 0",
+    ),
     ("audit-missing", patched(("audit", DELETE)), "audit.models: required"),
     ("audit-models-missing", patched(("audit.models", DELETE)), "audit.models: required"),
     ("audit-models-1", patched(("audit.models", 1)), "audit.models: must be an integer >= 2"),
@@ -559,6 +574,26 @@ def test_plan_mentions_groups_trials_epochs_and_resources():
     assert "training: 64 epochs in all (32 trials x 2 epochs)" in plan
     assert "per trial: 1 CPU, 0 GPU" in plan
     assert "lira_online_fixed, loss" in plan
+
+
+def test_seeds_per_seed_pool_gives_each_seed_its_own_keep_masks():
+    same = validate(patched(("seeds", {"train": [0, 2]})), check_data=False)
+    assert same.seed_pool == "same" and same.seeds == (0, 2)
+    plain = validate(good(), check_data=False)
+    assert [g.group_id for g in same.groups()] == [g.group_id for g in plain.groups()]
+    assert {t.run["data"]["pool_seed"] for t in same.trials()} == {0}
+
+    raw = patched(("seeds", {"train": [0, 2], "pool": "per-seed"}), ("base.data.pool_seed", 5))
+    per = validate(raw, check_data=False)
+    assert per.seed_pool == "per-seed"
+    # A different design is a different group: never resumed into, never paired with the other.
+    assert not {g.group_id for g in per.groups()} & {g.group_id for g in plain.groups()}
+    assert {(t.seed, t.run["data"]["pool_seed"]) for t in per.trials()} == {(0, 5), (2, 7)}
+    assert all(g.run["data"]["pool_seed"] == 5 for g in per.groups())
+    assert "each seed draws its own pool and keep masks" in per.plan()
+    assert "every seed uses the same pool" in plain.plan()
+    with pytest.raises(SpecError, match="seeds.pool: per-seed needs"):
+        validate({**with_search(), "seeds": {"train": [0], "pool": "per-seed"}}, check_data=False)
 
 
 def test_grid_seed_means_seeds_and_underscore_keys_pass_through():

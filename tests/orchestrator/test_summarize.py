@@ -16,7 +16,8 @@ from scipy import stats
 
 from demem.stats import t_interval as ci95
 from demem.stats import welch_diff
-from orchestrator.summarize import fmt_ci, load_tables, power_text, summarize, summarize_groups
+from orchestrator.fmt import fmt_ci
+from orchestrator.summarize import load_tables, power_text, summarize, summarize_groups
 
 # --- statistics --------------------------------------------------------------------------------
 
@@ -74,7 +75,7 @@ def _label(gid):
 def experiment(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("exp")
     rng = np.random.default_rng(0)
-    runs, audits, roc, bins = [], [], [], []
+    runs, audits, roc, bins, low = [], [], [], [], []
     draw = {seed: rng.normal(0, 0.004, size=3) for seed in SEEDS}  # what a seed moves in every group
     for (gid, (method, lam, thr, nat, rob, tpr, auc)), seed in itertools.product(GROUPS.items(), SEEDS):
         dp = method.startswith("dp_")
@@ -97,6 +98,7 @@ def experiment(tmp_path_factory) -> Path:
                     "config.dp.noise_multiplier": 1.0 if dp else None,
                     "config.train.epochs": 3,
                     "config.data.pool_size": 400,
+                    "config.data.pool_seed": 0,
                     "defence": "dp" if dp else ("demem" if lam > 0 else "none"),
                     "natural_acc": nat + d_nat + rng.normal(0, 0.005),
                     "robust_acc_pgd": rob + d_rob + rng.normal(0, 0.005),
@@ -117,6 +119,24 @@ def experiment(tmp_path_factory) -> Path:
                         "tpr_at_0_1pct": tpr / 3,
                         "tpr_at_0_01pct": tpr / 10,
                         "balanced_acc": auc - 0.02,
+                    }
+                )
+        for attack in ("lira_online_fixed", "loss"):  # 2000 non-members per target: 1% FPR resolves
+            for level, n_non in (("tpr_at_1pct", 2000), ("tpr_at_0_1pct", 2000)):
+                t = tpr + d_tpr if level == "tpr_at_1pct" else tpr / 3
+                low.append(
+                    {
+                        "group_id": gid,
+                        "seed": seed,
+                        "attack": attack,
+                        "level": level,
+                        "tpr": t,
+                        "lo": t - 0.01,
+                        "hi": t + 0.01,
+                        "tp": 0,
+                        "n_members": M * 2000,
+                        "n_nonmembers_min": n_non,
+                        "resolvable": True,
                     }
                 )
         fpr = np.geomspace(1e-3, 1, 50)
@@ -154,7 +174,7 @@ def experiment(tmp_path_factory) -> Path:
             "robust_acc_pgd": None,
         }
     )
-    for name, rows in (("runs", runs), ("audits", audits), ("roc", roc), ("membins", bins)):
+    for name, rows in (("runs", runs), ("audits", audits), ("roc", roc), ("membins", bins), ("lowfpr", low)):
         pd.DataFrame(rows).to_parquet(root / f"{name}.parquet")
     return root
 
@@ -190,7 +210,7 @@ def test_ranking_and_separability(experiment):
 
 
 def test_overlapping_groups_are_flagged(tmp_path, experiment):
-    for name in ("runs", "audits", "roc", "membins"):
+    for name in ("runs", "audits", "roc", "membins", "lowfpr"):
         df = pd.read_parquet(experiment / f"{name}.parquet")
         twin = df[df["group_id"] == "dm_c"].copy()
         twin["group_id"] = "dm_c2"
@@ -289,3 +309,128 @@ def test_power_is_stated_from_the_across_seed_spread(experiment):
     assert "would need about" in text
     one_seed = df.assign(n_seeds=1)
     assert "one seed" in power_text(one_seed)
+
+
+def test_validate_plans_power_from_a_previous_experiment(experiment, tmp_path, capsys):
+    """`demem validate spec --power-from EXP`: the difference the spec's seeds could detect, from the
+    across-seed spread of an earlier, summarized experiment."""
+    import yaml
+
+    from demem.stats import detectable_difference
+    from orchestrator.cli import main
+
+    (tmp_path / "prev").mkdir()
+    prev = _variant(experiment, tmp_path / "prev", lambda name, df: df)
+    spec = tmp_path / "next.yaml"
+    raw = {"name": "next", "base": {"data": {"pool_size": 64}}, "seeds": list(range(6)), "audit": {"models": 8}}
+    spec.write_text(yaml.safe_dump(raw))
+    assert main(["validate", str(spec), "--no-data-check", "--power-from", str(prev)]) == 2
+    assert "no summary; run `demem summarize" in capsys.readouterr().err
+    summarize(prev, echo=lambda _: None, tensorboard=False)
+    assert main(["validate", str(spec), "--no-data-check", "--power-from", str(prev)]) == 0
+    out = capsys.readouterr().out
+    df = pd.read_parquet(prev / "summary" / "summary.parquet")
+    sd = df.loc[df["leakage_reduction_n"] >= 2, "leakage_reduction_std"].median()
+    assert (
+        f"with 6 seeds the paired design detects a leakage difference of about {detectable_difference(sd, 6):.3f}"
+        in out
+    )
+    assert f"from {len(SEEDS)} seeds of that experiment" in out
+
+
+# --- resolution of low-FPR leakage and pool designs ------------------------------------------
+
+
+def _lowfpr(n_non: int, levels=("tpr_at_1pct", "tpr_at_0_1pct")) -> pd.DataFrame:
+    return pd.DataFrame(
+        [{"group_id": "g", "seed": 0, "attack": "a", "level": k, "n_nonmembers_min": n_non} for k in levels]
+    )
+
+
+@pytest.mark.parametrize(
+    "n_non, metric",
+    [(200, "auc"), (999, "auc"), (1000, "tpr_at_1pct"), (9999, "tpr_at_1pct"), (10_000, "tpr_at_0_1pct")],
+)
+def test_default_leakage_is_the_lowest_fpr_the_scale_resolves(n_non, metric):
+    from orchestrator.summarize import MIN_FALSE_POSITIVES, choose_leakage
+
+    chosen, why = choose_leakage(_lowfpr(n_non))
+    assert chosen == metric
+    # the reason names the count it rests on: level x non-members false positives
+    level = {"auc": 0.01, "tpr_at_1pct": 0.01, "tpr_at_0_1pct": 0.001}[metric]
+    assert f"{n_non} non-members" in why and f"{level * n_non:g} false positives" in why
+    assert (metric == "auc") == (level * n_non < MIN_FALSE_POSITIVES)
+    assert choose_leakage(pd.DataFrame())[0] == "auc"
+
+
+def _variant(experiment: Path, tmp_path: Path, edit) -> Path:
+    for name in ("runs", "audits", "roc", "membins", "lowfpr"):
+        df = edit(name, pd.read_parquet(experiment / f"{name}.parquet"))
+        df.to_parquet(tmp_path / f"{name}.parquet")
+    return tmp_path
+
+
+def test_small_audits_rank_by_auc_and_mark_low_fpr_below_resolution(experiment, tmp_path):
+    def edit(name, df):
+        if name == "lowfpr":  # 500 non-members per target: 1% is 5 false positives, 0.1% is none
+            df["n_nonmembers_min"] = 500
+            df["resolvable"] = df["level"] == "tpr_at_1pct"
+        return df
+
+    root = _variant(experiment, tmp_path, edit)
+    lines: list[str] = []
+    paths = summarize(root, out=tmp_path / "out", echo=lines.append, tensorboard=False)
+    df = pd.read_parquet(paths["summary.parquet"]).set_index("group_id")
+    assert (df["leakage_metric"] == "auc").all()
+    assert df.loc["dm_b", "leakage_mean"] == pytest.approx(0.53, abs=0.01)
+    md = paths["ranking.md"].read_text()
+    assert "Leakage metric: ROC AUC: each target has only 500 non-members" in md
+    assert "leakage metric: ROC AUC" in lines[0]
+    base = next(line for line in md.splitlines() if "(baseline)" in line)
+    assert "below resolution (500 non-members)" in base  # 0.1% of 500 is below one false positive
+    # the pooled TPR at 1% across the 3 seeds: mean ± t half-width, n = seeds
+    pooled = pd.read_parquet(root / "lowfpr.parquet")
+    pooled = pooled[(pooled["group_id"] == "base") & (pooled["level"] == "tpr_at_1pct")]
+    pooled = pooled[pooled["attack"] == "lira_online_fixed"]["tpr"]
+    lo, hi = stats.t.interval(0.95, 2, loc=pooled.mean(), scale=stats.sem(pooled))
+    assert f"{pooled.mean():.3f} ± {(hi - lo) / 2:.3f} (n=3 seeds)" in base
+    assert "every seed used the same pool and keep masks" in md
+
+
+def test_groups_on_other_pools_are_not_paired(experiment, tmp_path):
+    """A group whose seeds drew other pools (seeds.pool: per-seed) has no matched keep rows: it gets
+    no paired delta against a baseline of the shared pool, and is compared by Welch on seed means."""
+
+    def edit(name, df):
+        twin = df[df["group_id"] == "dm_c"].copy()
+        twin["group_id"] = "dm_c_fresh"
+        if "group_label" in twin:
+            twin["group_label"] = "dm_c on fresh pools"
+        if "config.data.pool_seed" in twin:
+            twin["config.data.pool_seed"] = twin["seed"] + 100
+        return pd.concat([df, twin])
+
+    df = summarize_groups(load_tables(_variant(experiment, tmp_path, edit))).set_index("group_id")
+    assert df.loc["dm_c", "baseline_id"] == "base" and np.isfinite(df.loc["dm_c", "leakage_reduction_mean"])
+    assert df.loc["dm_c_fresh", "baseline_id"] is None and np.isnan(df.loc["dm_c_fresh", "leakage_reduction_mean"])
+    assert df.loc["dm_c_fresh", "pool_design"] == "per-seed" and df.loc["dm_c", "pool_design"] == "same"
+    # identical numbers on other pools: Welch on the seed means cannot tell them apart
+    assert df.loc["dm_c", "not_separable_from"] == "dm_c on fresh pools"
+
+
+def test_group_table_gives_seed_level_intervals(experiment, tmp_path):
+    from orchestrator.collect import group_table
+    from orchestrator.layout import ExperimentDir
+
+    text = group_table(ExperimentDir(experiment))
+    runs = pd.read_parquet(experiment / "runs.parquet")
+    done = runs[(runs["group_id"] == "dm_a") & (runs["status"] == "done")]
+    per_seed = done.groupby("seed")["robust_acc_pgd"].mean()  # models averaged within each seed first
+    lo, hi = stats.t.interval(0.95, 2, loc=per_seed.mean(), scale=stats.sem(per_seed))
+    row = next(line for line in text.splitlines() if line.startswith(_label("dm_a")[:40]))
+    assert f"{per_seed.mean():.4f} ± {(hi - lo) / 2:.4f}" in row and " 3 " in row
+    assert "± = 95% t interval across seeds" in text
+    # with one seed there is no interval, and the table says so
+    one = _variant(experiment, tmp_path, lambda name, df: df[df["seed"] == 0] if "seed" in df else df)
+    single = group_table(ExperimentDir(one))
+    assert "one seed: one training draw, no interval" in single and "±" not in single
