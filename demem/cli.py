@@ -176,7 +176,7 @@ def cmd_train(a: argparse.Namespace) -> int:
         try:
             state.load(out)
         except ValueError as e:
-            print(f"demem train: {out / CHECKPOINT}: {e}", file=sys.stderr)
+            print(f"demem train: {e}", file=sys.stderr)
             return 2
         print(f"resumed from {out / CHECKPOINT} at epoch {state.epoch}/{run.train.epochs}", file=log)
     artifacts.start_run(state, out)

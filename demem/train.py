@@ -40,6 +40,9 @@ from demem.privacy.signals import query_plan
 
 SCHEDULES = ("step", "cosine", "constant")
 CHECKPOINT = "checkpoint.pt"
+# Bounds that catch a typo (an extra zero or ten) before it becomes a job that never ends.
+MAX_EPOCHS = 10_000
+MAX_BATCH = 1 << 20
 
 # Per-dataset training defaults (epochs, batch size), following the DeMem reference code where it has
 # one (CIFAR: batch 256, 100 / 130 epochs). The small grey-scale sets train on small pools, where
@@ -70,6 +73,12 @@ class DataConfig:
             raise ValueError(f"data.splits must be one of {SPLITS}, got {self.splits!r}")
         if self.pool_size is not None and self.pool_size < 4:
             raise ValueError(f"data.pool_size must be >= 4 or None (whole dataset), got {self.pool_size}")
+        available = dataset_info(self.dataset).available(self.splits)
+        if self.pool_size is not None and available and self.pool_size > available:
+            raise ValueError(
+                f"data.pool_size must be at most {available} ({self.dataset} {self.splits} has {available} samples), "
+                f"got {self.pool_size}"
+            )
 
 
 @dataclass(frozen=True)
@@ -99,10 +108,10 @@ class TrainConfig:
         MODELS.check(self.arch)
         if self.norm not in NORM_LAYERS:
             raise ValueError(f"train.norm must be one of {NORM_LAYERS}, got {self.norm!r}")
-        if self.epochs is not None and self.epochs < 1:
-            raise ValueError(f"train.epochs must be >= 1, got {self.epochs}")
-        if self.batch_size is not None and self.batch_size < 1:
-            raise ValueError(f"train.batch_size must be >= 1, got {self.batch_size}")
+        if self.epochs is not None and not 1 <= self.epochs <= MAX_EPOCHS:
+            raise ValueError(f"train.epochs must be in [1, {MAX_EPOCHS}], got {self.epochs}")
+        if self.batch_size is not None and not 1 <= self.batch_size <= MAX_BATCH:
+            raise ValueError(f"train.batch_size must be in [1, {MAX_BATCH}], got {self.batch_size}")
         if not self.lr > 0:
             raise ValueError(f"train.lr must be > 0, got {self.lr}")
         if not 0 <= self.momentum < 1 or self.weight_decay < 0:
@@ -321,8 +330,28 @@ class TrainState:
         return path
 
     def load(self, directory: str | Path) -> None:
+        """Resume from `checkpoint.pt` in `directory`. The file is read with `weights_only=True`
+        (tensors and plain containers only: a crafted file runs no code).
+
+        Raises:
+            ValueError: naming the file, when it is truncated, not a checkpoint, refused by the
+                restricted reader, or written by another run or pool. The state may then be partly
+                overwritten: build a fresh one with `prepare`.
+        """
         path = Path(directory) / CHECKPOINT
-        self.load_state_dict(torch.load(path, map_location=self.device, weights_only=True))
+        try:
+            sd = torch.load(path, map_location=self.device, weights_only=True)
+        except Exception as e:  # noqa: BLE001 - truncated, not a torch file, or refused by weights_only
+            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+            raise ValueError(f"{path}: not a readable demem checkpoint ({type(e).__name__}: {first})") from None
+        if not isinstance(sd, dict) or sd.get("format") != 1:
+            raise ValueError(f"{path}: not a demem checkpoint (no format 1 record)")
+        try:
+            self.load_state_dict(sd)
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
+        except (KeyError, TypeError, RuntimeError) as e:
+            raise ValueError(f"{path}: the checkpoint does not fit this run ({type(e).__name__}: {e})") from None
 
 
 def prepare(run: RunConfig, device: torch.device | str = "cpu", pool: Pool | None = None) -> TrainState:

@@ -6,6 +6,7 @@ commands that need it.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 from collections.abc import Sequence
@@ -52,50 +53,91 @@ def cmd_schema(a: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_run(a: argparse.Namespace) -> int:
-    from orchestrator.run import run_experiment
-    from orchestrator.spec import SpecError
+def _disk_full(e: BaseException) -> bool:
+    """Whether `e` (or what caused it, Tune's wrapping included) is a full disk."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            return True
+        if "No space left on device" in str(e):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def _drive(command: str, what: str, work) -> int:
+    """Run a driver command (`work()` returns the experiment) and turn its outcome into an exit code
+    (orchestrator.run.EXIT_*), with a one-line message instead of a traceback for what we expect."""
+    from orchestrator.lock import ExperimentBusy
+    from orchestrator.run import EXIT_BUSY, EXIT_DISK_FULL, EXIT_TRIALS_FAILED, failed_trials
+    from orchestrator.spec import SpecError, load_spec
 
     try:
-        run_experiment(a.spec, name=a.name, storage=a.storage, address=a.address, max_concurrent=a.max_concurrent)
+        exp = work()
     except SpecError as e:
-        return _print_problems(a.spec, e)
-    except (FileExistsError, FileNotFoundError) as e:
-        print(f"demem run: {e}", file=sys.stderr)
-        return 2
+        return _print_problems(what, e)
+    except ExperimentBusy as e:
+        print(f"demem {command}: {e}", file=sys.stderr)
+        return EXIT_BUSY
+    except Exception as e:  # noqa: BLE001 - a full disk can surface from any layer, Tune's included
+        if _disk_full(e):
+            print(
+                f"demem {command}: the disk holding the results is full ({e.__class__.__name__}). Finished models "
+                "and audits are kept; free space, then `demem resume EXPERIMENT_DIR` continues.",
+                file=sys.stderr,
+            )
+            return EXIT_DISK_FULL
+        if isinstance(e, (FileExistsError, FileNotFoundError, ValueError)):
+            print(f"demem {command}: {e}", file=sys.stderr)
+            return 2
+        raise
+    n = failed_trials(load_spec(exp.spec, check_data=False), exp)
+    if n:
+        print(
+            f"demem {command}: {n} trial(s) failed after their retries; their groups are reported with the "
+            f"failures (see `demem status {exp.root}`)",
+            file=sys.stderr,
+        )
+        return EXIT_TRIALS_FAILED
     return 0
+
+
+def cmd_run(a: argparse.Namespace) -> int:
+    from orchestrator.run import run_experiment
+
+    return _drive(
+        "run",
+        a.spec,
+        lambda: run_experiment(
+            a.spec, name=a.name, storage=a.storage, address=a.address, max_concurrent=a.max_concurrent
+        ),
+    )
 
 
 def cmd_resume(a: argparse.Namespace) -> int:
     from orchestrator.run import resume_experiment
 
-    try:
-        resume_experiment(a.experiment, address=a.address)
-    except FileNotFoundError as e:
-        print(f"demem resume: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return _drive(
+        "resume", a.experiment, lambda: resume_experiment(a.experiment, address=a.address, retry_failed=a.retry_failed)
+    )
 
 
 def cmd_confirm(a: argparse.Namespace) -> int:
     from orchestrator.confirm import confirm
-    from orchestrator.spec import SpecError
 
-    try:
-        confirm(
+    return _drive(
+        "confirm",
+        a.experiment,
+        lambda: confirm(
             a.experiment,
             a.top,
             name=a.name,
             baseline=not a.no_baseline,
             address=a.address,
             max_concurrent=a.max_concurrent,
-        )
-    except SpecError as e:
-        return _print_problems(a.experiment, e)
-    except (FileExistsError, FileNotFoundError, ValueError) as e:
-        print(f"demem confirm: {e}", file=sys.stderr)
-        return 2
-    return 0
+        ),
+    )
 
 
 def cmd_summarize(a: argparse.Namespace) -> int:
@@ -148,6 +190,12 @@ def build_parser() -> argparse.ArgumentParser:
     re_ = sub.add_parser("resume", help="continue an interrupted experiment")
     re_.add_argument("experiment", help="the experiment directory, e.g. results/quickstart")
     re_.add_argument("--address", default=None)
+    re_.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="also run again the trials that failed deterministically (a refused config, a non-finite loss); "
+        "other failures are always run again",
+    )
     re_.set_defaults(func=cmd_resume)
     c = sub.add_parser("confirm", help="train and LiRA-audit full groups for the best points of a search")
     c.add_argument("experiment", help="the search experiment directory, e.g. results/search")

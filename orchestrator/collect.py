@@ -201,11 +201,27 @@ def group_table(exp: ExperimentDir, attack: str = HEADLINE_ATTACK) -> str:
         n_max = max(n_max, n)
         fail = f"  {int(failed[gid])} failed" if gid in failed.index else ""
         lines.append(f"{label[:40]:<40} {n:>5} {cells[0]:>{w}} {cells[1]:>{w}} {cells[2]:>{w + 8}}{fail}")
+    lines += [f"{label[:40]:<40} FAILED: {what}" for label, what in failed_groups(runs)]
     lines.append(
         "mean over the models (accuracy) or audited targets (AUC) of each seed, then across seeds; "
         + ("± = 95% t interval across seeds." if n_max >= 2 else "one seed: one training draw, no interval.")
     )
     return "\n".join(lines)
+
+
+def failed_groups(runs: pd.DataFrame) -> list[tuple[str, str]]:
+    """(group label, what failed) for every group none of whose models finished: such a group has no
+    numbers, so every output names it here rather than leaving it out."""
+    out = []
+    if runs.empty:
+        return out
+    for (_, label), g in runs.groupby(["group_id", "group_label"], sort=False):
+        if (g["status"] == "done").any():
+            continue
+        errors = g["error"].dropna()
+        last = str(errors.iloc[-1]) if len(errors) else "no error recorded"
+        out.append((label, f"all {len(g)} models failed (last error: {last[:200]})"))
+    return out
 
 
 def write_hparams(spec: ExperimentSpec, exp: ExperimentDir, attack: str = HEADLINE_ATTACK) -> Path:

@@ -3,8 +3,11 @@
     results/<name>/
         spec.yaml                the exact spec file the experiment was started with
         meta.json                package version, start time
-        tune/                    Ray Tune's storage: trial state, checkpoints, TensorBoard event files
-        artifacts/<group_id>/<run_id>/   each model's run directory (config, keep row, samples, metrics)
+        tune/run-<k>/            Ray Tune's storage of each driver session: trial logs, TensorBoard event
+                                 files (never read back: resume works from the files below)
+        .driver.lock             held by the one driver running or resuming the experiment
+        artifacts/<group_id>/<run_id>/   each model's run directory (config, keep row, samples, metrics;
+                                 checkpoint.pt while it trains)
         audits/<group_id>/s<seed>/       audit.json + samples.parquet of each (group, seed)
         trials.json              status of every finished or failed trial (written by the driver)
         runs.parquet, audits.parquet, samples.parquet, roc.parquet, membins.parquet, lowfpr.parquet
@@ -48,7 +51,21 @@ class ExperimentDir:
 
     @property
     def tune(self) -> Path:
+        """Ray Tune's storage: one `run-<k>` experiment per driver session (run, then each resume)."""
         return self.root / "tune"
+
+    def next_tune_session(self) -> str:
+        """The name of the next driver session's Tune experiment under `tune/`: run-1, run-2, ..."""
+        taken = {p.name for p in self.tune.glob("run-*")} if self.tune.is_dir() else set()
+        k = 1
+        while f"run-{k}" in taken:
+            k += 1
+        return f"run-{k}"
+
+    @property
+    def lock(self) -> Path:
+        """Held (flock) by the one driver working on the experiment; holds its pid and host."""
+        return self.root / ".driver.lock"
 
     @property
     def artifacts(self) -> Path:
@@ -113,7 +130,18 @@ class ExperimentDir:
 
 
 def read_json(path: Path, default: Any = None) -> Any:
+    """The JSON value in `path`; `default` when there is no such file.
+
+    Raises:
+        ValueError: naming the file, when it is not UTF-8 JSON (truncated or overwritten).
+    """
     try:
-        return json.loads(Path(path).read_text())
+        text = Path(path).read_bytes().decode("utf-8")
     except FileNotFoundError:
         return default
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: corrupt (not UTF-8 text at byte {e.start}); restore or remove it") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: corrupt JSON ({e.msg} at line {e.lineno}); restore or remove it") from None

@@ -34,3 +34,7 @@ LEAKAGE_METRICS = tuple(LEAKAGE_LABELS)
 # not run, the first of the fallbacks that did.
 HEADLINE_ATTACK = "lira_online_fixed"
 FALLBACK_ATTACKS = ("lira_online", "lira_offline_fixed", "lira_offline")
+
+# The result key a grid trial reports a deterministic failure under (instead of raising, so that Tune
+# does not retry what would fail the same way again).
+FAILED = "failed"

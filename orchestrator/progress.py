@@ -21,7 +21,7 @@ from demem.io import write_json
 from orchestrator.audit import audit_group
 from orchestrator.fmt import fmt_value
 from orchestrator.layout import ExperimentDir, read_json
-from orchestrator.metrics import NATURAL_ACC, ROBUST_ACC, SEARCH_METRICS
+from orchestrator.metrics import FAILED, NATURAL_ACC, ROBUST_ACC, SEARCH_METRICS
 from orchestrator.spec import ExperimentSpec, load_spec, short_name
 
 Printer = Callable[[str], None]
@@ -48,7 +48,11 @@ class GridProgress:
 
     # --- Tune callback hooks -----------------------------------------------------------------------
     def trial_complete(self, trial) -> None:
-        self.finished(trial.config["trial"]["run_id"], "done", trial.last_result)
+        run_id, result = trial.config["trial"]["run_id"], trial.last_result or {}
+        if result.get(FAILED):  # a deterministic failure the trial reported instead of raising
+            self.finished(run_id, "failed", error=str(result[FAILED]), deterministic=True)
+        else:
+            self.finished(run_id, "done", result)
 
     def trial_error(self, trial) -> None:
         self.finished(trial.config["trial"]["run_id"], "failed", error=error_text(trial) or "trial failed")
@@ -60,10 +64,18 @@ class GridProgress:
     def _members(self, key: tuple[str, int]) -> list[str]:
         return [k for k, t in self.trials.items() if (t.group_id, t.seed) == key]
 
-    def finished(self, run_id: str, status: str, result: dict[str, Any] | None = None, error: str = "") -> None:
+    def finished(
+        self,
+        run_id: str,
+        status: str,
+        result: dict[str, Any] | None = None,
+        error: str = "",
+        deterministic: bool = False,
+    ) -> None:
         t = self.trials[run_id]
         self.state[run_id] = {
             "status": status,
+            "deterministic": deterministic,
             "error": error[-2000:],
             "group_id": t.group_id,
             "seed": t.seed,
@@ -132,7 +144,11 @@ class SearchProgress:
         self.epochs = spec.search.max_epochs(spec.base)
 
     def trial_complete(self, trial) -> None:
-        self.finished(trial.trial_id, trial.config["params"], trial.last_result, "done")
+        result = trial.last_result or {}
+        if result.get(FAILED):
+            self.finished(trial.trial_id, trial.config["params"], result, "failed", error=str(result[FAILED]))
+            return
+        self.finished(trial.trial_id, trial.config["params"], result, "done")
 
     def trial_error(self, trial) -> None:
         self.finished(

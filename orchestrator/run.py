@@ -10,7 +10,6 @@ A spec with `search:` runs `orchestrator.search.run_search` instead.
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -20,41 +19,62 @@ import ray
 
 from demem import __version__
 from demem.artifacts import CONFIG, read_metrics
-from demem.io import write_json
+from demem.io import write_json, write_text
 from orchestrator.collect import collect, group_table, write_hparams
 from orchestrator.layout import ExperimentDir, read_json
+from orchestrator.lock import ExperimentLock
 from orchestrator.progress import GridProgress, Printer, start_progress
 from orchestrator.search import run_search
-from orchestrator.spec import ExperimentSpec, load_spec
-from orchestrator.tuner import TrainFn, build_tuner, restore_tuner
+from orchestrator.spec import ExperimentSpec, SpecError, load_spec, name_problem
+from orchestrator.tuner import TrainFn, build_tuner
+
+# Exit codes of `demem run` / `demem resume` (README, "Safety").
+EXIT_OK = 0  # every trial finished and every group was audited
+EXIT_BAD_INPUT = 2  # the spec, a name or a file was refused before any work; or a corrupt record
+EXIT_TRIALS_FAILED = 3  # the experiment ran, but some trials failed after their retries
+EXIT_BUSY = 4  # another driver holds the experiment
+EXIT_DISK_FULL = 5  # the results disk filled up; free space and `demem resume`
 
 
 def _env_for_local_ray() -> None:
-    # Token auth is for remote clusters; on 127.0.0.1 it only gets in the way. Keep Ray on loopback.
+    # Token auth is for remote clusters; on a private 127.0.0.1 instance it only gets in the way.
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # keep Ray on loopback
+
+
+def _env_for_tune() -> None:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    # Tune warns when small trials checkpoint every few seconds; that is by design here.
+    # Tune warns when small trials report every few seconds; that is by design here.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
 
-def start_ray(address: str | None = None) -> dict[str, float]:
-    """Connect to `address` (or RAY_ADDRESS), or start a private local instance. Returns the
-    largest node's resources (Ray-style keys: CPU, GPU)."""
-    _env_for_local_ray()
-    if not ray.is_initialized():
+def start_ray(address: str | None = None, echo: Printer | None = None) -> dict[str, float]:
+    """Join the cluster at `address` (or RAY_ADDRESS) with Ray's own settings (its auth included),
+    or start a private local instance (`address="local"`: never an existing `ray start` cluster of
+    this machine), on loopback and without auth. Says which one. Returns the largest node's
+    resources (Ray-style keys: CPU, GPU)."""
+    _env_for_tune()
+    if ray.is_initialized():
+        where = "the Ray instance this process already started"
+    else:
         address = address or os.environ.get("RAY_ADDRESS")
         kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": "WARNING", "log_to_driver": False}
-        if address:
+        if address and address != "local":
             ray.init(address=address, **kwargs)
+            where = f"the cluster at {address}"
         else:
-            ray.init(**kwargs)
+            _env_for_local_ray()
+            ray.init(address="local", **kwargs)
+            where = "a private local instance (127.0.0.1, no auth)"
     largest: dict[str, float] = {"CPU": 0.0, "GPU": 0.0}
-    for node in ray.nodes():
-        if node.get("Alive"):
-            res = node.get("Resources", {})
-            for key in largest:
-                largest[key] = max(largest[key], float(res.get(key, 0.0)))
+    alive = [n for n in ray.nodes() if n.get("Alive")]
+    for node in alive:
+        res = node.get("Resources", {})
+        for key in largest:
+            largest[key] = max(largest[key], float(res.get(key, 0.0)))
+    if echo is not None:
+        total = ray.cluster_resources()
+        echo(f"Ray: {where}; {len(alive)} node(s), {total.get('CPU', 0):g} CPUs, {total.get('GPU', 0):g} GPUs")
     return largest
 
 
@@ -69,57 +89,110 @@ def run_experiment(
     train: TrainFn | None = None,
 ) -> ExperimentDir:
     """Validate, plan, train every model, audit every group, collect. Returns the experiment dir.
-    `train` replaces the trial's training function (tests wrap the real one)."""
+    `train` replaces the trial's training function (tests wrap the real one).
+
+    Nothing is written before the spec, the name and the trial resources (against the cluster)
+    have been checked; the experiment directory is then locked for this driver's lifetime."""
     spec = load_spec(spec_path)  # every problem is reported before Ray starts
+    if name is not None and (why := name_problem(name, "--name")) is not None:
+        raise SpecError([why])
     exp = ExperimentDir(Path(storage) / (name or spec.name))
-    if exp.tune.exists():
+    if exp.spec.exists():
         raise FileExistsError(
             f"{exp.root} already holds an experiment; continue it with `demem resume {exp.root}` "
             "or choose another --name"
         )
-    exp.root.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(spec_path, exp.spec)
-    write_json(
-        exp.meta,
-        {"demem_version": __version__, "started": time.time(), "name": spec.name, "python": sys.version.split()[0]},
-    )
     echo(spec.plan())
-    largest = start_ray(address)
-    load_spec(exp.spec, available=largest, check_data=False)  # can any node run a trial?
-    progress = start_progress(spec, exp, echo)
-    if spec.search is not None:
-        run_search(spec, exp, build_tuner(spec, exp, max_concurrent, train), echo=echo)
-        return exp
-    build_tuner(spec, exp, max_concurrent, train).fit()
-    finish(spec, exp, progress, echo)
+    largest = start_ray(address, echo)
+    load_spec(spec_path, available=largest, check_data=False)  # can any node run a trial? (before any write)
+    exp.root.mkdir(parents=True, exist_ok=True)
+    with ExperimentLock(exp.lock):
+        if exp.spec.exists():  # another driver got here first
+            raise FileExistsError(f"{exp.root} was started by another driver meanwhile; see `demem status {exp.root}`")
+        copy_spec(spec_path, exp)
+        write_json(
+            exp.meta,
+            {"demem_version": __version__, "started": time.time(), "name": spec.name, "python": sys.version.split()[0]},
+        )
+        progress = start_progress(spec, exp, echo)
+        if spec.search is not None:
+            run_search(spec, exp, build_tuner(spec, exp, max_concurrent, train), echo=echo)
+            return exp
+        build_tuner(spec, exp, max_concurrent, train).fit()
+        finish(spec, exp, progress, echo)
     return exp
+
+
+def copy_spec(spec_path: str | Path, exp: ExperimentDir) -> None:
+    """The exact spec file, written atomically with the umask's permissions."""
+    write_text(exp.spec, Path(spec_path).read_text(encoding="utf-8"))  # validated UTF-8, bounded
 
 
 def resume_experiment(
-    root: str | Path, *, address: str | None = None, echo: Printer = print, train: TrainFn | None = None
+    root: str | Path,
+    *,
+    address: str | None = None,
+    echo: Printer = print,
+    train: TrainFn | None = None,
+    retry_failed: bool = False,
 ) -> ExperimentDir:
-    """Continue an interrupted experiment from Tune's saved state; finished models are not retrained,
-    audited groups are not re-audited, and the Parquet files are rebuilt without duplicates."""
+    """Continue an interrupted experiment from its own plain records: spec.yaml, trials.json, the
+    run directories (metrics.json = finished; checkpoint.pt = where a trial continues). Tune's saved
+    state is not read. Finished models are not retrained, audited groups are not re-audited, and the
+    Parquet files are rebuilt without duplicates. Failed trials are run again, except deterministic
+    failures (a config the trial refused, a non-finite loss) unless `retry_failed`."""
     exp = ExperimentDir(Path(root))
-    if not exp.spec.exists():
+    if not exp.spec.is_file():
         raise FileNotFoundError(f"{exp.root} is not an experiment directory (no spec.yaml)")
     spec = load_spec(exp.spec)
-    start_ray(address)
-    progress = start_progress(spec, exp, echo)
-    # Trials already recorded as failed stay failed; the rest are pending or were interrupted.
-    tuner = restore_tuner(spec, exp, train)
-    if spec.search is not None:
+    with ExperimentLock(exp.lock):
+        state = read_json(exp.search_trials if spec.search is not None else exp.trials, {}) or {}
+        if not isinstance(state, dict):
+            raise ValueError(f"{exp.trials}: corrupt (not a mapping of trial records); restore or remove it")
+        start_ray(address, echo)
+        if spec.search is not None:
+            return _resume_search(spec, exp, state, echo, train, retry_failed)
+        kept, again = {}, []
+        for run_id, rec in state.items():
+            if rec.get("status") == "failed" and (retry_failed or not rec.get("deterministic")):
+                again.append(run_id)
+            else:
+                kept[run_id] = rec
+        if again:
+            write_json(exp.trials, kept)
+            echo(f"running {len(again)} failed trial(s) again")
+        progress = start_progress(spec, exp, echo)
+        left = [
+            t
+            for t in spec.trials()
+            if t.trial_key not in progress.state and read_metrics(exp.run_dir(t.group_id, t.trial_key)) is None
+        ]
         echo(f"resuming {exp.root}: {progress_summary(spec, exp)}")
-        run_search(spec, exp, tuner or build_tuner(spec, exp, None, train), echo=echo)
-        return exp
-    if tuner is not None:
-        echo(f"resuming {exp.root}: {progress_summary(spec, exp)}")
-    else:  # interrupted before Tune saved anything: start the grid again (finished runs are reused)
-        shutil.rmtree(exp.tune, ignore_errors=True)
-        tuner = build_tuner(spec, exp, None, train)
-    tuner.fit()
-    finish(spec, exp, progress, echo)
+        if left:
+            build_tuner(spec, exp, None, train, trials=left).fit()
+        finish(spec, exp, progress, echo)
     return exp
+
+
+def _resume_search(spec, exp, records, echo, train, retry_failed) -> ExperimentDir:
+    """A search continues with the samples it has left; the sampler starts afresh (seeded past the
+    first session's), as its saved state would have to be unpickled."""
+    if retry_failed:
+        records = {k: r for k, r in records.items() if r.get("status") != "failed"}
+        write_json(exp.search_trials, records)
+    start_progress(spec, exp, echo)
+    left = spec.search.num_samples - len(records)
+    echo(f"resuming {exp.root}: {progress_summary(spec, exp)}")
+    if left > 0:
+        tuner = build_tuner(spec, exp, None, train, search_samples=left, search_seed_offset=len(records))
+        run_search(spec, exp, tuner, echo=echo)
+    return exp
+
+
+def failed_trials(spec: ExperimentSpec, exp: ExperimentDir) -> int:
+    """How many trials of the experiment are recorded as failed."""
+    state = read_json(exp.search_trials if spec.search is not None else exp.trials, {}) or {}
+    return sum(1 for r in state.values() if r.get("status") == "failed")
 
 
 def finish(spec: ExperimentSpec, exp: ExperimentDir, progress: GridProgress, echo: Printer) -> None:

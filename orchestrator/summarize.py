@@ -59,7 +59,7 @@ from demem.stats import (
     welch_diff,
 )
 from orchestrator import plots
-from orchestrator.collect import collect
+from orchestrator.collect import collect, failed_groups
 from orchestrator.fmt import fmt_ci, seeds_unit
 from orchestrator.layout import AUDITS, LOWFPR, MEMBINS, ROC, RUNS, SPEC, ExperimentDir
 from orchestrator.metrics import (
@@ -117,7 +117,10 @@ def summarize_groups(tables: Tables, *, leakage: str = AUTO, attack: str | None 
         raise ValueError(f"unknown leakage metric {leakage!r}; known: {AUTO}, {', '.join(LEAKAGE_METRICS)}")
     runs = tables.runs
     if runs.empty or not (runs["status"] == "done").any():
-        raise ValueError("the experiment has no finished runs to summarise")
+        failed = "; ".join(f"{label}: {what}" for label, what in failed_groups(runs))
+        raise ValueError(
+            "the experiment has no finished runs to summarise" + (f" (FAILED: {failed})" if failed else "")
+        )
     done = runs[runs["status"] == "done"]
     audits = tables.audits
     attack = attack or _default_attack(audits)
@@ -411,7 +414,20 @@ def _pooled_of(r: pd.Series, key: str) -> str:
     return _ci_of(r, f"pooled_{key}")
 
 
-def ranking_markdown(df: pd.DataFrame) -> str:
+def failures_text(df: pd.DataFrame, failed: list[tuple[str, str]]) -> list[str]:
+    """Lines naming every failed model and every group that has no finished model at all."""
+    lines = []
+    partial = df[df["n_failed"] > 0]
+    for _, r in partial.iterrows():
+        lines.append(
+            f"FAILED: {r['group_label']}: {int(r['n_failed'])} model(s) failed after their retries; its numbers "
+            f"use the {int(r['n_models'])} that finished."
+        )
+    lines += [f"FAILED: {label}: {what}; not ranked." for label, what in failed]
+    return lines
+
+
+def ranking_markdown(df: pd.DataFrame, failed: list[tuple[str, str]] = ()) -> str:
     leak = df["leakage_metric"].iloc[0]
     attack = df["attack"].iloc[0]
     has_aa = bool((df[f"{ROBUST_ACC_AA}_n"] > 0).any())
@@ -464,6 +480,10 @@ def ranking_markdown(df: pd.DataFrame) -> str:
         "seed, then mean ± t across seeds (one seed: the exact binomial interval of that draw); a level below "
         "1 / (a target's non-members) is below resolution."
     )
+    failures = failures_text(df, failed)
+    if failures:
+        lines.append("")
+        lines += failures
     lines.append("")
     lines.append(f"Leakage metric: {df['leakage_why'].iloc[0]}.")
     lines.append("")
@@ -531,7 +551,7 @@ def planned_power(previous: str | Path, n_seeds: int) -> str:
     return power_text(pd.read_parquet(path), n_planned=n_seeds)
 
 
-def top_text(df: pd.DataFrame, k: int = 5) -> str:
+def top_text(df: pd.DataFrame, k: int = 5, failed: list[tuple[str, str]] = ()) -> str:
     leak = df["leakage_metric"].iloc[0]
     lines = [
         f"ranking ({LEAKAGE_LABELS[leak]} of {df['attack'].iloc[0]} down, robust up, natural up); "
@@ -544,6 +564,7 @@ def top_text(df: pd.DataFrame, k: int = 5) -> str:
         rank = "—" if not np.isfinite(r["rank"]) else str(int(r["rank"]))
         cells = " ".join(f"{_ci_of(r, col):>22}" for col in ("leakage", ROBUST_ACC, NATURAL_ACC))
         lines.append(f"  {rank:>2} {int(r['front']):>5}  {label:<{width}} {cells}")
+    lines += [f"  {line}" for line in failures_text(df, failed)]
     lines.append(f"  leakage metric: {df['leakage_why'].iloc[0]}")
     lines.append("  " + power_text(df))
     flagged = df[~df["separable"]]
@@ -580,7 +601,8 @@ def summarize(
     paths: dict[str, Path] = {"summary.parquet": write_parquet(out / "summary.parquet", df)}
     ranking = df[[c for c in RANKING_COLUMNS if c in df.columns]]
     paths["ranking.csv"] = write_text(out / "ranking.csv", ranking.to_csv(index=False))
-    md = ranking_markdown(df)
+    failed = failed_groups(tables.runs)
+    md = ranking_markdown(df, failed)
     paths["ranking.md"] = write_text(out / "ranking.md", md + "\n")
     figures = plots.all_figures(df, tables.roc, tables.membins)
     for name, fig in figures.items():
@@ -588,7 +610,7 @@ def summarize(
     paths["report.html"] = write_report(out / "report.html", root, df, md, {n: paths[n] for n in figures})
     if tensorboard:
         plots.to_tensorboard(figures, ExperimentDir(root).tensorboard_summary)
-    echo(top_text(df))
+    echo(top_text(df, failed=failed))
     echo("")
     echo(f"summary: {out}/ (ranking.md, ranking.csv, summary.parquet, {', '.join(figures)}, report.html)")
     return paths

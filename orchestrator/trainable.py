@@ -1,7 +1,13 @@
 """The Tune trainable: one trial trains one model of a group with the plain `demem` loop.
 
-This is the only module that talks to Ray Tune's reporting API (`tune.report`, `tune.Checkpoint`,
-`tune.get_checkpoint`), so the next change of that API touches one file.
+This is the only module that talks to Ray Tune's reporting API (`tune.report`), so the next change
+of that API touches one file.
+
+Checkpoints are ours, not Tune's: after every epoch the trial writes `checkpoint.pt` into its own
+run directory (atomically; read back with torch's weights-only loader, so a crafted file runs no
+code), and a trial that finds one there continues from it. A Tune retry after a crash and a
+`demem resume` by a later driver both continue the same way, without reading Tune's pickled state.
+The checkpoint is removed once the run's metrics are written.
 
 Trial config of a grid trial (`train_model`, built by `orchestrator.tuner.trial_config`):
     experiment, group_id, run_id: names; run: the RunConfig dict of this model;
@@ -13,7 +19,6 @@ Trial config of a search trial (`search_model`, built by `orchestrator.tuner`):
 
 from __future__ import annotations
 
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -22,12 +27,12 @@ import torch
 from ray import tune
 
 from demem import artifacts
-from demem.data import Pool
+from demem.data import DatasetNotFoundError, Pool
 from demem.device import resolve_device
 from demem.evaluate import evaluate_heldout, own_membership, sample_statistics
-from demem.train import DataConfig, RunConfig, epochs, load_pool, prepare
+from demem.train import CHECKPOINT, DataConfig, RunConfig, epochs, load_pool, prepare
 from orchestrator.layout import ExperimentDir
-from orchestrator.metrics import FINAL_KEYS, NATURAL_ACC, ROBUST_ACC, SEARCH_ROBUST_ACC
+from orchestrator.metrics import FAILED, FINAL_KEYS, NATURAL_ACC, ROBUST_ACC, SEARCH_ROBUST_ACC
 from orchestrator.spec import resolve_run  # Ray-free; resolves exactly as validation did
 
 _POOL: dict[DataConfig, Pool] = {}  # the last pool this worker loaded (Tune reuses worker processes)
@@ -40,13 +45,25 @@ def _pool(run: RunConfig) -> Pool:
     return _POOL[run.data]
 
 
+# Failures that end the same way every time they are tried (a config or dataset the trial refuses, a
+# non-finite loss with a fixed seed): reported as a failed result, not raised, so Tune does not retry.
+DETERMINISTIC = (ValueError, FloatingPointError, DatasetNotFoundError)
+
+
 def train_model(config: dict[str, Any]) -> None:
     """Train, checkpoint every epoch, evaluate, write the run directory, report final metrics."""
+    base = {"group_id": config["group_id"], "run_id": config["run_id"]}
+    try:
+        _train_model(config, base)
+    except DETERMINISTIC as e:
+        tune.report({**base, FAILED: f"{type(e).__name__}: {e}", "done": True})
+
+
+def _train_model(config: dict[str, Any], base: dict[str, Any]) -> None:
     # One trial per `cpus` cores: more torch threads than that makes trials fight over cores.
     torch.set_num_threads(max(1, int(config.get("cpus", 1))))
     run = RunConfig.from_dict(config["run"])  # fail before touching data or a GPU
     out = Path(config["artifacts"])
-    base = {"group_id": config["group_id"], "run_id": config["run_id"]}
     done = artifacts.read_metrics(out)
     if done is not None:  # finished before an interruption: report it again, do not retrain
         tune.report({**base, **_final(done), "done": True})
@@ -54,26 +71,36 @@ def train_model(config: dict[str, Any]) -> None:
     state = _start(run, out)
     t0 = time.perf_counter()
     for metrics in epochs(state):
-        _report_epoch(state, {**base, **metrics, "done": False})
-    final = artifacts.finish_run(state, out, train_seconds=time.perf_counter() - t0)
+        _report_epoch(state, out, {**base, **metrics, "done": False})
+    final = _finish(state, out, t0)
     tune.report({**base, **_final(final), "epoch": state.epoch, "done": True})
 
 
 def _start(run: RunConfig, out: Path):
-    """A TrainState for `run`, resumed from Tune's checkpoint when there is one; config.json written."""
-    state = prepare(run, resolve_device("auto"), pool=_pool(run))
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            state.load(d)
+    """A TrainState for `run`, continued from the run directory's checkpoint when there is a
+    readable one (an unreadable one is reported and training starts over); config.json written."""
+    device = resolve_device("auto")
+    state = prepare(run, device, pool=_pool(run))
+    if (out / CHECKPOINT).exists():
+        try:
+            state.load(out)
+            print(f"continuing from {out / CHECKPOINT} at epoch {state.epoch}/{run.train.epochs}")
+        except ValueError as e:
+            print(f"training from the start: {e}")
+            state = prepare(run, device, pool=_pool(run))
     artifacts.start_run(state, out)
     return state
 
 
-def _report_epoch(state, result: dict[str, Any]) -> None:
-    with tempfile.TemporaryDirectory() as d:
-        state.save(d)
-        tune.report(result, checkpoint=tune.Checkpoint.from_directory(d))
+def _report_epoch(state, out: Path, result: dict[str, Any]) -> None:
+    state.save(out)
+    tune.report(result)
+
+
+def _finish(state, out: Path, t0: float) -> dict[str, Any]:
+    final = artifacts.finish_run(state, out, train_seconds=time.perf_counter() - t0)
+    (out / CHECKPOINT).unlink(missing_ok=True)
+    return final
 
 
 def _final(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -97,8 +124,8 @@ def search_model(config: dict[str, Any]) -> None:
         if state.done:
             break  # the last epoch gets the full evaluation below
         scores = _interim_scores(state, int(fixed.get("interim_samples", 256)))
-        _report_epoch(state, {**metrics, **scores, "trial_id": trial_id, "final": False})
-    final = artifacts.finish_run(state, out, train_seconds=time.perf_counter() - t0)
+        _report_epoch(state, out, {**metrics, **scores, "trial_id": trial_id, "final": False})
+    final = _finish(state, out, t0)
     stats = artifacts.read_samples(out)
     scores = {
         NATURAL_ACC: final[NATURAL_ACC],

@@ -1,4 +1,8 @@
-"""The one place that builds a Ray Tune `Tuner` for an experiment, or restores one from its storage.
+"""The one place that builds a Ray Tune `Tuner` for an experiment.
+
+Tune's saved state (its pickled tuner and searcher) is never restored: a resume builds a new Tuner
+over what is left, from the experiment's own plain records (orchestrator.run.resume_experiment), so
+resuming a results directory someone else could write runs none of their code.
 
 Grid: one trial per model (`spec.trials()`), each running `train` (orchestrator.trainable.train_model
 by default) on its trial config. Search: Optuna samples `search.space` (ASHA optionally stops trials
@@ -70,12 +74,14 @@ def _domain(dist: dict[str, list]):
     return tune.choice(list(args))
 
 
-def _search_config(spec: ExperimentSpec, exp: ExperimentDir, max_concurrent: int | None):
+def _search_config(
+    spec: ExperimentSpec, exp: ExperimentDir, max_concurrent: int | None, samples: int | None, seed_offset: int
+):
     s = spec.search
     metrics, modes = s.metrics, s.modes
     single = len(metrics) == 1
     searcher = OptunaSearch(
-        metric=metrics[0] if single else metrics, mode=modes[0] if single else modes, seed=spec.seeds[0]
+        metric=metrics[0] if single else metrics, mode=modes[0] if single else modes, seed=spec.seeds[0] + seed_offset
     )
     scheduler = None
     if s.scheduler == "asha":
@@ -100,7 +106,7 @@ def _search_config(spec: ExperimentSpec, exp: ExperimentDir, max_concurrent: int
     config = tune.TuneConfig(
         search_alg=searcher,
         scheduler=scheduler,
-        num_samples=s.num_samples,
+        num_samples=s.num_samples if samples is None else samples,
         max_concurrent_trials=max_concurrent or spec.max_concurrent,
         reuse_actors=True,
     )
@@ -108,13 +114,27 @@ def _search_config(spec: ExperimentSpec, exp: ExperimentDir, max_concurrent: int
 
 
 def build_tuner(
-    spec: ExperimentSpec, exp: ExperimentDir, max_concurrent: int | None = None, train: TrainFn | None = None
+    spec: ExperimentSpec,
+    exp: ExperimentDir,
+    max_concurrent: int | None = None,
+    train: TrainFn | None = None,
+    *,
+    trials: list[Trial] | None = None,
+    search_samples: int | None = None,
+    search_seed_offset: int = 0,
 ) -> tune.Tuner:
-    """A new Tuner for the experiment, storing its state under exp.tune."""
+    """A new Tuner for one driver session of the experiment (Tune storage: exp.tune/run-<k>).
+
+    Args:
+        trials: the grid trials to run (default: all of them; a resume passes those not finished).
+        search_samples: how many search trials to run (default: search.num_samples).
+        search_seed_offset: added to the sampler's seed, so a resumed search draws new points.
+    """
     if spec.search is not None:
-        space, config = _search_config(spec, exp, max_concurrent)
+        space, config = _search_config(spec, exp, max_concurrent, search_samples, search_seed_offset)
     else:
-        space = {"trial": tune.grid_search([trial_config(spec, exp, t) for t in spec.trials()])}
+        chosen = spec.trials() if trials is None else trials
+        space = {"trial": tune.grid_search([trial_config(spec, exp, t) for t in chosen])}
         # Reusing worker processes saves the torch import and dataset parse of every trial; trials
         # keep no state between them (each builds its own model, optimizer and generators).
         config = tune.TuneConfig(max_concurrent_trials=max_concurrent or spec.max_concurrent, reuse_actors=True)
@@ -123,21 +143,11 @@ def build_tuner(
         param_space=space,
         tune_config=config,
         run_config=tune.RunConfig(
-            name=exp.tune.name,
-            storage_path=str(exp.root.resolve()),
+            name=exp.next_tune_session(),
+            storage_path=str(exp.tune.resolve()),
             failure_config=tune.FailureConfig(max_failures=spec.max_retries),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             callbacks=[ExperimentCallback(str(exp.root.resolve()))],
             verbose=0,
         ),
-    )
-
-
-def restore_tuner(spec: ExperimentSpec, exp: ExperimentDir, train: TrainFn | None = None) -> tune.Tuner | None:
-    """The Tuner of an interrupted experiment, resuming unfinished and errored trials; None when Tune
-    saved nothing to restore from."""
-    if not tune.Tuner.can_restore(str(exp.tune.resolve())):
-        return None
-    return tune.Tuner.restore(
-        str(exp.tune.resolve()), trainable=_trainable(spec, train), resume_unfinished=True, resume_errored=True
     )

@@ -92,6 +92,7 @@ def _load_cifar(files: dict[str, list[Path]], label_key: str) -> tuple[Split, Sp
         crop_pad=4,
         flip=True,
         fetch_hint=generic_fetch_hint("cifar10"),
+        sizes=(50000, 10000),
     ),
     Source(
         "cifar-10-batches-py/{data_batch_1..5, test_batch}",
@@ -122,6 +123,7 @@ def _load_cifar10(directory: Path) -> tuple[Split, Split] | None:
         crop_pad=4,
         flip=True,
         fetch_hint=generic_fetch_hint("cifar100"),
+        sizes=(50000, 10000),
     ),
     Source("cifar-100-python/{train, test}", "CIFAR100", ({"train": True},)),
 )

@@ -27,11 +27,12 @@ def _cache_dir() -> Path:
 
 
 def candidate_dirs(name: str, root: str | Path | None) -> list[Path]:
-    """Directories to search, in priority order, without duplicates."""
-    bases: list[Path | None] = [
-        Path(root).expanduser() if root is not None else None,
-        _env_data_dir(),
-    ]
+    """Directories to search, in priority order, without duplicates. An explicit `root` is the only
+    place searched: a copy found elsewhere would silently stand in for the one the user named."""
+    if root is not None:
+        base = Path(root).expanduser()
+        return [base / name, base]
+    bases: list[Path | None] = [_env_data_dir()]
     dirs: list[Path] = []
     for base in bases:
         if base is not None:
@@ -78,7 +79,8 @@ def load_splits(name: str, *, root: str | Path | None = None, download: bool = F
 
     Args:
         name: a registered dataset name (see ``DATASETS.names()``).
-        root: directory searched first (``root/<name>``, then ``root``); also where downloads go.
+        root: the only directory searched when given (``root/<name>``, then ``root``); also where
+            downloads go.
         download: if no copy is found, let torchvision download one (needs network access).
 
     Returns:
@@ -144,8 +146,8 @@ def _files_present(name: str, directory: Path) -> bool | None:
 def locate(name: str, root: str | Path | None = None) -> Path | None:
     """The directory `load_splits(name, root=root)` would read from, without reading or downloading.
 
-    Follows the same search order as `load_splits` (``root``, ``$DEMEM_DATA``, the Debian package for
-    Fashion-MNIST, the download cache). Only file names are checked, so files that are present but
+    Follows the same search order as `load_splits` (``root`` alone when given; else ``$DEMEM_DATA``,
+    the Debian package for Fashion-MNIST, the download cache). Only file names are checked, so files that are present but
     malformed are found here and rejected later by the loader.
 
     Returns:

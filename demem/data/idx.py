@@ -110,6 +110,7 @@ _IDX_LAYOUT = (
         flip=True,
         fetch_hint="apt-get install -y dataset-fashion-mnist "
         "(or: demem train --dataset fashion-mnist --download --data-root DIR)",
+        sizes=(60000, 10000),
     ),
     Source(
         _IDX_LAYOUT.format(folder="FashionMNIST"),
@@ -133,6 +134,7 @@ def _load_fashion_mnist(directory: Path) -> tuple[Split, Split] | None:
         crop_pad=2,
         flip=False,  # mirrored digits are not the same digits
         fetch_hint=generic_fetch_hint("mnist"),
+        sizes=(60000, 10000),
     ),
     Source(_IDX_LAYOUT.format(folder="MNIST"), "MNIST", ({"train": True}, {"train": False})),
 )

@@ -33,6 +33,8 @@ class DatasetInfo:
         crop_pad: zero padding (pixels per side) for random-crop augmentation.
         flip: whether horizontal flips preserve labels (not for digits).
         fetch_hint: the shell command a user runs to get the data.
+        sizes: (train, test) samples of the published dataset: an upper bound on a pool, checked
+            before any data is read (a local copy may hold fewer; the loader checks those).
     """
 
     name: str
@@ -45,6 +47,12 @@ class DatasetInfo:
     crop_pad: int
     flip: bool
     fetch_hint: str
+    sizes: tuple[int, int] = (0, 0)
+
+    def available(self, splits: str) -> int:
+        """Samples of the published `splits` ("train", "test" or "train+test")."""
+        train, test = self.sizes
+        return {"train": train, "test": test}.get(splits, train + test)
 
     def __post_init__(self) -> None:
         if self.channels < 1 or self.image_size < 1 or self.num_classes < 2:

@@ -41,6 +41,7 @@ def _read_svhn_mat(path: Path) -> Split:
         crop_pad=4,
         flip=False,  # house numbers: mirrored digits are not the same digits
         fetch_hint=generic_fetch_hint("svhn"),
+        sizes=(73257, 26032),
     ),
     Source(
         "train_32x32.mat, test_32x32.mat",

@@ -17,7 +17,7 @@ from orchestrator.spec.grid import Group
 from orchestrator.spec.keys import SHORTHANDS, group_id, resolve_run, short_name
 from orchestrator.spec.plan import ExperimentSpec, Trial, trial_resources
 from orchestrator.spec.problems import SpecError
-from orchestrator.spec.schema import load_spec, spec_json_schema, validate
+from orchestrator.spec.schema import load_spec, name_problem, spec_json_schema, validate
 from orchestrator.spec.sections import (
     MIN_MODELS_AUDIT,
     MIN_MODELS_LIRA,
@@ -46,6 +46,7 @@ __all__ = [
     "Trial",
     "group_id",
     "load_spec",
+    "name_problem",
     "resolve_run",
     "short_name",
     "spec_json_schema",

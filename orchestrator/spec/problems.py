@@ -5,12 +5,25 @@ from __future__ import annotations
 
 from typing import Any
 
+MAX_PROBLEM_CHARS = 1000  # a problem quoting a huge value is cut here
+MAX_PROBLEMS = 100
+
+
+def clip(text: str, limit: int = MAX_PROBLEM_CHARS) -> str:
+    """`text`, cut to `limit` characters with a note of how much was left out."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text) - limit} more characters)"
+
 
 class SpecError(ValueError):
-    """A spec that cannot run. `problems` holds every problem found, each naming its key path."""
+    """A spec that cannot run. `problems` holds every problem found, each naming its key path; each
+    is cut to MAX_PROBLEM_CHARS and at most MAX_PROBLEMS are kept, so a hostile spec cannot make the
+    report itself huge."""
 
     def __init__(self, problems: list[str]) -> None:
-        self.problems = list(problems)
+        problems = [clip(p) for p in problems]
+        if len(problems) > MAX_PROBLEMS:
+            problems = problems[:MAX_PROBLEMS] + [f"... and {len(problems) - MAX_PROBLEMS} more problems"]
+        self.problems = problems
         super().__init__("\n".join(self.problems))
 
 

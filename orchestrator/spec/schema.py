@@ -28,11 +28,10 @@ not validated.
 from __future__ import annotations
 
 import copy
+import math
 import re
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from demem import data as datalib
 from demem.checks import is_int
@@ -43,7 +42,8 @@ from orchestrator.metrics import SEARCH_METRICS
 from orchestrator.spec.grid import SEED_POOLS, Group, check_grid, check_points, check_seeds, expand
 from orchestrator.spec.keys import PER_TRIAL, SHORTHANDS
 from orchestrator.spec.plan import ExperimentSpec
-from orchestrator.spec.problems import SpecError, mapping
+from orchestrator.spec.problems import SpecError, clip, mapping
+from orchestrator.spec.reader import read_spec
 from orchestrator.spec.sections import (
     AuditSpec,
     FailureSpec,
@@ -55,31 +55,39 @@ from orchestrator.spec.sections import (
 )
 from orchestrator.spec.space import ALGORITHMS, DISTRIBUTIONS, MODES, SCHEDULERS, SearchSpec, check_search
 
+MAX_GROUPS = 1000
+MAX_SEEDS = 100
+MAX_TRIALS = 100_000
 TOP_KEYS = ("audit", "base", "failure", "grid", "max_concurrent", "name", "points", "resources", "search", "seeds")
-_NAME_RE = re.compile(r"[A-Za-z0-9_.-]+")
+# An experiment name is one path component under --storage: no separators, no "." or "..", no
+# leading dot or dash (hidden files, options), bounded length.
+NAME_PATTERN = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}"
+_NAME_RE = re.compile(NAME_PATTERN)
+
+
+def name_problem(name: Any, what: str = "name") -> str | None:
+    """Why `name` cannot name an experiment directory, or None."""
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+        shown = clip(repr(name), 80)
+        return (
+            f"{what}: must be one path component of letters, digits, '_', '.', '-' (not starting with '.' or '-', "
+            f"at most 100 characters), got {shown}"
+        )
+    return None
 
 
 def load_spec(
     path: str | Path, *, check_data: bool = True, available: dict[str, float] | None = None
 ) -> ExperimentSpec:
-    """Read a YAML spec (yaml.safe_load) and validate it; see `validate`.
+    """Read a YAML spec (bounded and alias-free: `orchestrator.spec.reader`) and validate it; see
+    `validate`.
 
     Raises:
-        SpecError: an unreadable file, a YAML syntax error (naming file and line), or every problem
-            `validate` finds.
+        SpecError: an unreadable, oversized, binary or non-UTF-8 file, a YAML syntax error or a
+            refused construct (naming file and line), or every problem `validate` finds.
     """
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise SpecError([f"{path}: cannot read the spec: {e.strerror or e}"]) from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
-        problem = getattr(e, "problem", None) or str(e)
-        raise SpecError([f"{where}: YAML syntax error: {problem}"]) from None
+    raw = read_spec(path)
     if raw is None:
         raise SpecError([f"{path}: the spec is empty"])
     return validate(raw, check_data=check_data, available=available)
@@ -118,8 +126,20 @@ def validate(raw: dict, *, check_data: bool = True, available: dict[str, float] 
         problems.append("max_concurrent: must be an integer >= 1 or null")
     failure = check_failure(raw.get("failure"), problems)
 
-    groups, group_problems = expand(base, grid, audit.models, points, seed_pool)
+    n_points = len(points) if points is not None else math.prod(len(v) for v in grid.values())
+    if n_points > MAX_GROUPS:
+        problems.append(
+            f"{'points' if points is not None else 'grid'}: {n_points} groups; at most {MAX_GROUPS} per experiment"
+        )
+        groups, group_problems = [], []
+    else:
+        groups, group_problems = expand(base, grid, audit.models, points, seed_pool)
     problems += group_problems
+    if len(seeds) > MAX_SEEDS:
+        problems.append(f"seeds: {len(seeds)} seeds; at most {MAX_SEEDS}")
+    n_trials = len(groups) * len(seeds) * (audit.models or 0)
+    if n_trials > MAX_TRIALS:
+        problems.append(f"spec: {n_trials} trials (groups x seeds x audit.models); at most {MAX_TRIALS}")
     raw_grid = raw.get("grid")
     has_grid = isinstance(raw_grid, dict) and any(k != "seed" for k in raw_grid)
     if has_grid and points is not None:
@@ -155,8 +175,9 @@ def _check_name(name: Any, problems: list[str]) -> str:
     if name is None:
         problems.append("name: required")
         return ""
-    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
-        problems.append("name: must match [A-Za-z0-9_.-]+")
+    why = name_problem(name)
+    if why is not None:
+        problems.append(why)
         return str(name)
     return name
 
@@ -265,7 +286,7 @@ def spec_json_schema() -> dict[str, Any]:
         "type": "object",
         "required": ["name", "audit"],
         "properties": {
-            "name": {"type": "string", "pattern": "^[A-Za-z0-9_.-]+$"},
+            "name": {"type": "string", "pattern": f"^{NAME_PATTERN}$"},
             "base": _nullable(base),
             "grid": _nullable(
                 {"type": "object", "propertyNames": key_path, "additionalProperties": {"type": "array", "minItems": 1}}

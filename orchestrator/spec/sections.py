@@ -21,6 +21,11 @@ MIN_MODELS_LIRA = 4
 MIN_MODELS_LIRA_PER_SAMPLE_VARIANCE = 6
 
 
+# Bounds on what one spec may ask for, checked before anything is written (LiRA's paper used 256
+# models per group; a million would only fill the disk).
+MAX_MODELS = 1024
+
+
 @dataclass(frozen=True)
 class AuditSpec:
     """`audit`: how each (group, seed) is audited.
@@ -92,6 +97,8 @@ def check_audit(audit: Any, given: bool, problems: list[str]) -> AuditSpec:
         problems.append("audit.models: required")
     elif not (is_int(models) and models >= 2):
         problems.append("audit.models: must be an integer >= 2")
+    elif models > MAX_MODELS:
+        problems.append(f"audit.models: at most {MAX_MODELS} models per group, got {models}")
     else:
         out["models"] = models
         lira = [a for a in asked if a in LIRA_ATTACKS]

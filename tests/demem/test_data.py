@@ -433,13 +433,17 @@ def test_locate_follows_the_search_order(name, tmp_path, monkeypatch):
     for d in (root, env, home):
         d.mkdir()
     monkeypatch.setenv("HOME", str(home))
-    assert data.locate(name, root) is None
+    assert data.locate(name) is None
     _WRITERS[name](home / ".cache" / "demem" / "data" / name)  # the download cache, lowest priority
-    assert data.locate(name, root) == home / ".cache" / "demem" / "data" / name
+    assert data.locate(name) == home / ".cache" / "demem" / "data" / name
+    # an explicit root is the only place looked: no other copy silently stands in for it
+    assert data.locate(name, root) is None
+    with pytest.raises(DatasetNotFoundError, match=str(root)):
+        load_splits(name, root=root)
     _WRITERS[name](env)  # $DEMEM_DATA itself
     monkeypatch.setenv("DEMEM_DATA", str(env))
     assert data.locate(name) == env
-    _WRITERS[name](root / name)  # root/<name> wins over everything
+    _WRITERS[name](root / name)  # root/<name>
     found = data.locate(name, root)
     assert found == root / name
     # ...and it is the copy load_splits reads: the loader finds files there.
@@ -473,7 +477,8 @@ def test_locate_fashion_default_and_unknown_name(tmp_path):
     every = set(DATASETS.names())
     assert all(data.files._files_present(n, tmp_path) is False for n in every)  # every dataset has a cheap check
     if (FASHION_DIR / "train-images-idx3-ubyte.gz").is_file():
-        assert data.locate("fashion-mnist", tmp_path) == FASHION_DIR
+        assert data.locate("fashion-mnist") == FASHION_DIR
+        assert data.locate("fashion-mnist", tmp_path) is None  # an explicit root: only there
     with pytest.raises(ValueError, match="unknown dataset 'imagenet'; known: cifar10"):
         data.locate("imagenet")
 

@@ -82,8 +82,10 @@ DP_METHODS = [n for n in METHODS if METHODS.get(n).dp]
 # (id, spec, exact problem line or regex it must produce)
 BAD = [
     ("name-missing", patched(("name", DELETE)), "name: required"),
-    ("name-chars", patched(("name", "my exp!")), "name: must match [A-Za-z0-9_.-]+"),
-    ("name-type", patched(("name", 12)), "name: must match [A-Za-z0-9_.-]+"),
+    *(
+        (f"name-{i}", patched(("name", bad)), re.compile(r"name: must be one path component .*, got .*"))
+        for i, bad in enumerate(["my exp!", 12, ".", "..", "../x", "a/b", "-x", ".hidden", "x" * 101, ""])
+    ),
     (
         "top-unknown",
         patched(("foo", 1)),
