@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import platform
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -160,7 +161,7 @@ def load_group(directory: str | Path, *, seed: int | None = None, allow_partial:
         raise GroupError(f"{directory}: no model directories (no {CONFIG} found below it)")
     runs = []
     for cfg_path in configs:
-        cfg = json.loads(cfg_path.read_text())
+        cfg = read_json_file(cfg_path)
         if "run" not in cfg:
             continue  # some other config.json
         if seed is not None and cfg["run"]["seed"] != seed:
@@ -211,7 +212,7 @@ def load_group(directory: str | Path, *, seed: int | None = None, allow_partial:
                 f"{d}: keep row does not match the group's keep mask for model_index {c['run']['model_index']}"
             )
         keeps.append(keep)
-    metrics = [json.loads((d / METRICS).read_text()) if (d / METRICS).exists() else {} for d, _ in runs]
+    metrics = [read_json_file(d / METRICS) if (d / METRICS).exists() else {} for d, _ in runs]
     return GroupData(
         dirs=[d for d, _ in runs],
         model_index=np.array(idx),
@@ -225,16 +226,34 @@ def load_group(directory: str | Path, *, seed: int | None = None, allow_partial:
     )
 
 
+def read_json_file(path: str | Path) -> Any:
+    """A JSON file of a run directory. Raises GroupError naming the file when it is not UTF-8 JSON."""
+    try:
+        return json.loads(Path(path).read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise GroupError(f"{path}: corrupt (not JSON: {e}); retrain that model or restore the file") from None
+
+
 def read_metrics(out: str | Path) -> dict[str, Any] | None:
-    """The metrics of a finished run directory, or None if it has not finished."""
+    """The metrics of a finished run directory, or None if it has not finished (or its metrics.json
+    is unreadable: a run that did not finish writing is trained again)."""
     path = Path(out) / METRICS
     if not path.exists():
         return None
-    metrics = json.loads(path.read_text())
-    return metrics if metrics.get("status") == "done" else None
+    try:
+        metrics = read_json_file(path)
+    except GroupError:
+        return None
+    return metrics if isinstance(metrics, dict) and metrics.get("status") == "done" else None
 
 
 def read_samples(out: str | Path) -> dict[str, np.ndarray]:
-    """The per-sample statistics (samples.npz) of a finished run directory, as arrays."""
-    with np.load(Path(out) / SAMPLES) as z:
-        return {k: z[k] for k in z.files}
+    """The per-sample statistics (samples.npz) of a finished run directory, as arrays (numpy's
+    loader without pickles: a crafted file runs no code). Raises GroupError naming the file when
+    it is truncated or not an npz archive."""
+    path = Path(out) / SAMPLES
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise GroupError(f"{path}: truncated or corrupt ({type(e).__name__}: {e}); retrain that model") from None

@@ -154,6 +154,9 @@ def cmd_train(a: argparse.Namespace) -> int:
         print(f"demem train: {e}", file=sys.stderr)
         return 2
     out = Path(a.out)
+    if out.exists() and not out.is_dir():
+        print(f"demem train: --out {out} is a file; name a directory", file=sys.stderr)
+        return 2
     if not a.resume and ((out / "metrics.json").exists() or (out / "checkpoint.pt").exists()):
         print(
             f"demem train: {out} already holds a run; pass --resume to continue it or choose another --out",
@@ -243,6 +246,10 @@ def cmd_audit(a: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"demem audit: {e}", file=sys.stderr)
         return 2
+    for where in (a.out, a.directory):
+        if where is not None and Path(where).exists() and not Path(where).is_dir():
+            print(f"demem audit: {where} is a file; name a directory", file=sys.stderr)
+            return 2
     log = sys.stderr if a.json else sys.stdout
     t0 = time.perf_counter()
     try:
@@ -302,7 +309,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None, parser: argparse.ArgumentParser | None = None) -> int:
     args = (parser or build_parser()).parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except BrokenPipeError:  # `demem validate spec | head`: the reader left; not an error of ours
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit flush stays quiet
+        return 0
 
 
 if __name__ == "__main__":

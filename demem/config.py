@@ -120,7 +120,7 @@ def fits(kind: Any, value: Any) -> bool:
 
 def describe(kind: Any) -> str:
     """'an integer', 'a number', 'a list of numbers', ... for error messages."""
-    names = {type(None): "null", bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+    names = {type(None): "null", bool: "true or false", int: "an integer", float: "a finite number", str: "a string"}
     if typing.get_origin(kind) is tuple:
         (elem, *_) = typing.get_args(kind) or (Any,)
         return f"a list of {names.get(elem, 'values').removeprefix('an ').removeprefix('a ')}s"

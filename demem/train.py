@@ -189,6 +189,9 @@ class RunConfig:
     def from_dict(cls, data: dict[str, Any]) -> RunConfig:
         """Validate `data` and fill dataset-dependent defaults (epochs, attack eps, step sizes)."""
         raw = data or {}
+        wrong = cfglib.type_problems(cls, raw)  # 2.5 epochs, lr inf, weight_decay nan, "1e-2"
+        if wrong:
+            raise ValueError("; ".join(wrong))
         run = cfglib.build(cls, raw)  # unknown keys and bad values fail here
         info = dataset_info(run.data.dataset)
         defaults = DATASET_DEFAULTS[info.name]

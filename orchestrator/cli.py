@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from demem.cli import build_parser as build_core_parser
 from demem.cli import main as core_main
-from orchestrator.metrics import HEADLINE_ATTACK, LEAKAGE_METRICS
+from orchestrator.metrics import FEW_SHADOWS, FEW_SHADOWS_ATTACK, HEADLINE_ATTACK, LEAKAGE_METRICS
 
 
 def _print_problems(path: str, e) -> int:
@@ -215,7 +215,10 @@ def build_parser() -> argparse.ArgumentParser:
         "counts resolve, else AUC; the reason is printed)",
     )
     sm.add_argument(
-        "--attack", default=None, help=f"the audit attack whose leakage is used (default: {HEADLINE_ATTACK} where run)"
+        "--attack",
+        default=None,
+        help=f"the audit attack whose leakage is used (default: {FEW_SHADOWS_ATTACK} where it ran and a target "
+        f"has fewer than {FEW_SHADOWS} reference models, else {HEADLINE_ATTACK}; the reason is printed)",
     )
     sm.add_argument("--out", default=None, help="output directory (default: EXPERIMENT/summary)")
     sm.set_defaults(func=cmd_summarize)

@@ -28,8 +28,16 @@ from demem.artifacts import SCHEMA_VERSION
 from demem.io import write_parquet
 from demem.stats import seed_level
 from orchestrator.fmt import fmt_ci
-from orchestrator.layout import AUDITS, LOWFPR, MEMBINS, ROC, RUNS, SAMPLES, ExperimentDir, read_json
-from orchestrator.metrics import HEADLINE_ATTACK, NATURAL_ACC, ROBUST_ACC, ROBUST_ACC_AA
+from orchestrator.layout import AUDITS, LOWFPR, MEMBINS, ROC, RUNS, SAMPLES, ExperimentDir, read_json, read_records
+from orchestrator.metrics import (
+    FALLBACK_ATTACKS,
+    FEW_SHADOWS,
+    FEW_SHADOWS_ATTACK,
+    HEADLINE_ATTACK,
+    NATURAL_ACC,
+    ROBUST_ACC,
+    ROBUST_ACC_AA,
+)
 from orchestrator.spec import ExperimentSpec
 
 
@@ -47,7 +55,7 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def runs_frame(spec: ExperimentSpec, exp: ExperimentDir) -> pd.DataFrame:
-    state = read_json(exp.trials, {}) or {}
+    state = read_records(exp.trials)
     labels = {g.group_id: g.label for g in spec.groups()}
     rows = []
     for t in spec.trials():
@@ -171,7 +179,29 @@ def collect(spec: ExperimentSpec, exp: ExperimentDir) -> list[Path]:
     ]
 
 
-def group_table(exp: ExperimentDir, attack: str = HEADLINE_ATTACK) -> str:
+def choose_attack(audits: pd.DataFrame) -> tuple[str, str]:
+    """The attack whose leakage headlines the outputs, and why (one phrase): RMIA (online) where it
+    ran and targets have fewer than FEW_SHADOWS reference models, else LiRA (online, fixed
+    variance), else the first fallback that ran."""
+    if audits.empty:
+        return HEADLINE_ATTACK, "no audit ran"
+    have = set(audits["attack"])
+    shadows = int(audits["n_shadow"].max()) if "n_shadow" in audits else FEW_SHADOWS
+    if shadows < FEW_SHADOWS and FEW_SHADOWS_ATTACK in have:
+        return FEW_SHADOWS_ATTACK, (
+            f"{shadows} reference models per target (< {FEW_SHADOWS}): RMIA keeps its power with few reference "
+            "models, LiRA's online test does not"
+        )
+    for name in (HEADLINE_ATTACK, *FALLBACK_ATTACKS):
+        if name in have:
+            return (
+                name,
+                f"{shadows} reference models per target" if name == HEADLINE_ATTACK else "the LiRA variant that ran",
+            )
+    return sorted(have)[0], "the first attack that ran"
+
+
+def group_table(exp: ExperimentDir, attack: str | None = None) -> str:
     """Per group: natural and robust accuracy and the attack's ROC AUC, each averaged within a seed
     (over the models / audited targets) and then across seeds, with the 95% t interval across seeds
     (n = seeds; none with one seed)."""
@@ -181,8 +211,8 @@ def group_table(exp: ExperimentDir, attack: str = HEADLINE_ATTACK) -> str:
         return "no finished runs"
     done = runs[runs["status"] == "done"]
     failed = runs[runs["status"] == "failed"].groupby("group_id").size()
-    chosen = attack
-    if not audits.empty and attack not in set(audits["attack"]):
+    chosen = attack or choose_attack(audits)[0]
+    if not audits.empty and chosen not in set(audits["attack"]):
         chosen = sorted(set(audits["attack"]))[0]
     mine = audits[audits["attack"] == chosen] if not audits.empty else audits
     w = 22
@@ -224,7 +254,7 @@ def failed_groups(runs: pd.DataFrame) -> list[tuple[str, str]]:
     return out
 
 
-def write_hparams(spec: ExperimentSpec, exp: ExperimentDir, attack: str = HEADLINE_ATTACK) -> Path:
+def write_hparams(spec: ExperimentSpec, exp: ExperimentDir, attack: str | None = None) -> Path:
     """One TensorBoard HParams entry per group: its grid values against its mean natural and robust
     accuracy and its LiRA AUC / TPR@0.1%FPR, so the HParams tab compares groups side by side.
     (Tune's own logger already writes every trial's per-epoch curves under tune/.)"""
@@ -233,6 +263,7 @@ def write_hparams(spec: ExperimentSpec, exp: ExperimentDir, attack: str = HEADLI
     runs = pd.read_parquet(exp.table(RUNS))
     audits = pd.read_parquet(exp.table(AUDITS))
     root = exp.tensorboard_groups
+    attack = attack or choose_attack(audits)[0]
     for g in spec.groups():
         done = runs[(runs["group_id"] == g.group_id) & (runs["status"] == "done")] if not runs.empty else runs
         if done.empty:

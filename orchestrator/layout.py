@@ -145,3 +145,15 @@ def read_json(path: Path, default: Any = None) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: corrupt JSON ({e.msg} at line {e.lineno}); restore or remove it") from None
+
+
+def read_records(path: Path) -> dict[str, dict[str, Any]]:
+    """trials.json / search_trials.json: {run or trial id: record}; {} when absent.
+
+    Raises:
+        ValueError: naming the file, when it is corrupt or not a mapping of records.
+    """
+    records = read_json(path, {}) or {}
+    if not isinstance(records, dict) or not all(isinstance(r, dict) and "status" in r for r in records.values()):
+        raise ValueError(f"{path}: corrupt (not a mapping of trial records); restore or remove it")
+    return records

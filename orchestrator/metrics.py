@@ -29,10 +29,14 @@ LEAKAGE_LABELS = {
 }
 LEAKAGE_METRICS = tuple(LEAKAGE_LABELS)
 
-# The attack the group table, TensorBoard's HParams and the summary show: LiRA with a global variance
-# is the steadier of the online variants with the handful of shadow models a group has. Where it did
-# not run, the first of the fallbacks that did.
+# The attack the group table, TensorBoard's HParams and the summary show, chosen by the number of
+# reference (shadow) models a target has (`orchestrator.collect.choose_attack`): LiRA with a global
+# variance is the steadier LiRA with a handful of shadows and the usual headline with many; with fewer
+# than FEW_SHADOWS, RMIA (online), which its authors designed to keep its power with few reference
+# models, where it ran. Where neither ran, the first of the fallbacks that did.
 HEADLINE_ATTACK = "lira_online_fixed"
+FEW_SHADOWS_ATTACK = "rmia_online"
+FEW_SHADOWS = 16
 FALLBACK_ATTACKS = ("lira_online", "lira_offline_fixed", "lira_offline")
 
 # The result key a grid trial reports a deterministic failure under (instead of raising, so that Tune

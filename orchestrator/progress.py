@@ -20,7 +20,7 @@ import ray
 from demem.io import write_json
 from orchestrator.audit import audit_group
 from orchestrator.fmt import fmt_value
-from orchestrator.layout import ExperimentDir, read_json
+from orchestrator.layout import ExperimentDir, read_records
 from orchestrator.metrics import FAILED, NATURAL_ACC, ROBUST_ACC, SEARCH_METRICS
 from orchestrator.spec import ExperimentSpec, load_spec, short_name
 
@@ -41,7 +41,7 @@ class GridProgress:
         self.spec, self.exp, self.echo = spec, exp, echo
         self.trials = {t.trial_key: t for t in spec.trials()}
         self.labels = {g.group_id: g.label for g in spec.groups()}
-        self.state: dict[str, dict[str, Any]] = read_json(exp.trials, {}) or {}
+        self.state: dict[str, dict[str, Any]] = read_records(exp.trials)
         self.t0 = time.time()
         self.pending: dict[tuple[str, int], Any] = {}
         self.audited: set[tuple[str, int]] = {k for k in self._keys() if exp.audit_result(*k).exists()}
@@ -83,7 +83,7 @@ class GridProgress:
             "finished_at": time.time(),
         }
         write_json(self.exp.trials, self.state)
-        done = sum(1 for s in self.state.values() if s["status"] in ("done", "failed"))
+        done = sum(1 for k, s in self.state.items() if k in self.trials and s["status"] in ("done", "failed"))
         if status == "done" and result:
             what = (
                 f"natural {result.get(NATURAL_ACC, float('nan')):.3f}  "
@@ -139,7 +139,7 @@ class SearchProgress:
 
     def __init__(self, spec: ExperimentSpec, exp: ExperimentDir, echo: Printer) -> None:
         self.spec, self.exp, self.echo = spec, exp, echo
-        self.records: dict[str, dict[str, Any]] = read_json(exp.search_trials, {}) or {}
+        self.records: dict[str, dict[str, Any]] = read_records(exp.search_trials)
         self.t0 = time.time()
         self.epochs = spec.search.max_epochs(spec.base)
 

@@ -10,6 +10,7 @@ A spec with `search:` runs `orchestrator.search.run_search` instead.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -21,7 +22,7 @@ from demem import __version__
 from demem.artifacts import CONFIG, read_metrics
 from demem.io import write_json, write_text
 from orchestrator.collect import collect, group_table, write_hparams
-from orchestrator.layout import ExperimentDir, read_json
+from orchestrator.layout import ExperimentDir, read_records
 from orchestrator.lock import ExperimentLock
 from orchestrator.progress import GridProgress, Printer, start_progress
 from orchestrator.search import run_search
@@ -146,9 +147,7 @@ def resume_experiment(
         raise FileNotFoundError(f"{exp.root} is not an experiment directory (no spec.yaml)")
     spec = load_spec(exp.spec)
     with ExperimentLock(exp.lock):
-        state = read_json(exp.search_trials if spec.search is not None else exp.trials, {}) or {}
-        if not isinstance(state, dict):
-            raise ValueError(f"{exp.trials}: corrupt (not a mapping of trial records); restore or remove it")
+        state = read_records(exp.search_trials if spec.search is not None else exp.trials)
         start_ray(address, echo)
         if spec.search is not None:
             return _resume_search(spec, exp, state, echo, train, retry_failed)
@@ -160,6 +159,9 @@ def resume_experiment(
                 kept[run_id] = rec
         if again:
             write_json(exp.trials, kept)
+            # a (group, seed) audited without the failed models is audited again once they finish
+            for key in {(state[r]["group_id"], state[r]["seed"]) for r in again if "group_id" in state[r]}:
+                shutil.rmtree(exp.audit_dir(*key), ignore_errors=True)
             echo(f"running {len(again)} failed trial(s) again")
         progress = start_progress(spec, exp, echo)
         left = [
@@ -191,7 +193,7 @@ def _resume_search(spec, exp, records, echo, train, retry_failed) -> ExperimentD
 
 def failed_trials(spec: ExperimentSpec, exp: ExperimentDir) -> int:
     """How many trials of the experiment are recorded as failed."""
-    state = read_json(exp.search_trials if spec.search is not None else exp.trials, {}) or {}
+    state = read_records(exp.search_trials if spec.search is not None else exp.trials)
     return sum(1 for r in state.values() if r.get("status") == "failed")
 
 
@@ -222,7 +224,7 @@ def finish(spec: ExperimentSpec, exp: ExperimentDir, progress: GridProgress, ech
 def progress_summary(spec: ExperimentSpec, exp: ExperimentDir) -> str:
     """'N done, N failed, N running, N pending' from the experiment's files."""
     if spec.search is not None:
-        records = read_json(exp.search_trials, {}) or {}
+        records = read_records(exp.search_trials)
         done = sum(r["status"] == "done" for r in records.values())
         early = sum(r["status"] == "done" and not r["completed"] for r in records.values())
         failed = sum(r["status"] == "failed" for r in records.values())
@@ -233,7 +235,7 @@ def progress_summary(spec: ExperimentSpec, exp: ExperimentDir) -> str:
             f"{max(0, started - done - failed)} running or interrupted, "
             f"{max(0, n - started)} not started of {n} search trials"
         )
-    state = read_json(exp.trials, {}) or {}
+    state = read_records(exp.trials)
     counts = {"done": 0, "failed": 0, "running": 0, "pending": 0}
     for t in spec.trials():
         s = state.get(t.trial_key, {}).get("status")
@@ -257,12 +259,20 @@ def progress_summary(spec: ExperimentSpec, exp: ExperimentDir) -> str:
 def status(root: str | Path, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     exp = ExperimentDir(Path(root))
-    if not exp.spec.exists():
+    if not exp.spec.is_file():
         print(f"demem status: {exp.root} is not an experiment directory (no spec.yaml)", file=sys.stderr)
-        return 2
-    spec = load_spec(exp.spec, check_data=False)
-    print(f"{spec.name}: {progress_summary(spec, exp)}", file=out)
-    state = read_json(exp.search_trials if spec.search is not None else exp.trials, {}) or {}
+        return EXIT_BAD_INPUT
+    try:
+        spec = load_spec(exp.spec, check_data=False)
+        summary = progress_summary(spec, exp)
+        state = read_records(exp.search_trials if spec.search is not None else exp.trials)
+    except SpecError as e:
+        print(f"demem status: {exp.spec}: " + "; ".join(e.problems), file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except ValueError as e:
+        print(f"demem status: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(f"{spec.name}: {summary}", file=out)
     for run_id, s in sorted(state.items()):
         if s["status"] == "failed":
             last = (s.get("error") or "").strip().splitlines()

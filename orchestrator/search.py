@@ -25,7 +25,7 @@ import pandas as pd
 from demem.io import write_parquet
 from demem.pareto import pareto_fronts, pareto_order
 from orchestrator.fmt import fmt_value
-from orchestrator.layout import ExperimentDir, read_json
+from orchestrator.layout import ExperimentDir, read_records
 from orchestrator.metrics import SEARCH_METRICS
 from orchestrator.spec import ExperimentSpec, short_name
 
@@ -49,7 +49,7 @@ def search_frame(spec: ExperimentSpec, exp: ExperimentDir) -> pd.DataFrame:
     """One row per finished search trial: status, sampled settings (`param.<path>`), objectives,
     `pareto_front` (0 = non-dominated among completed trials, -1 = not ranked) and `pareto_rank`
     (1 = best: front, then crowding distance)."""
-    records = read_json(exp.search_trials, {}) or {}
+    records = read_records(exp.search_trials)
     rows = []
     for trial_id, r in sorted(records.items(), key=lambda kv: kv[1].get("finished_at", 0)):
         row = {

@@ -59,13 +59,11 @@ from demem.stats import (
     welch_diff,
 )
 from orchestrator import plots
-from orchestrator.collect import collect, failed_groups
+from orchestrator.collect import choose_attack, collect, failed_groups
 from orchestrator.fmt import fmt_ci, seeds_unit
 from orchestrator.layout import AUDITS, LOWFPR, MEMBINS, ROC, RUNS, SPEC, ExperimentDir
 from orchestrator.metrics import (
     ACCURACY_METRICS,
-    FALLBACK_ATTACKS,
-    HEADLINE_ATTACK,
     LEAKAGE_LABELS,
     LEAKAGE_METRICS,
     NATURAL_ACC,
@@ -123,7 +121,10 @@ def summarize_groups(tables: Tables, *, leakage: str = AUTO, attack: str | None 
         )
     done = runs[runs["status"] == "done"]
     audits = tables.audits
-    attack = attack or _default_attack(audits)
+    if attack is None:
+        attack, attack_why = choose_attack(audits)
+    else:
+        attack_why = "chosen with --attack"
     if not audits.empty and attack not in set(audits["attack"]):
         have = ", ".join(sorted(set(audits["attack"])))
         raise ValueError(f"attack {attack!r} was not run; this experiment has: {have}")
@@ -180,20 +181,11 @@ def summarize_groups(tables: Tables, *, leakage: str = AUTO, attack: str | None 
     df = pd.DataFrame(rows)
     df["leakage_metric"] = leakage
     df["leakage_why"] = why
+    df["attack_why"] = attack_why
     _add_baselines(df, done, mine, leakage)
     _add_ranking(df)
     _add_separability(df, done, mine, leakage)
     return df.sort_values(["rank", "group_label"], na_position="last").reset_index(drop=True)
-
-
-def _default_attack(audits: pd.DataFrame) -> str:
-    if audits.empty:
-        return HEADLINE_ATTACK
-    have = set(audits["attack"])
-    for name in (HEADLINE_ATTACK, *FALLBACK_ATTACKS):
-        if name in have:
-            return name
-    return sorted(have)[0]
 
 
 _EMPTY_AUDITS = pd.DataFrame({"seed": [], "target": [], **{m: [] for m in LEAKAGE_METRICS}})
@@ -485,7 +477,7 @@ def ranking_markdown(df: pd.DataFrame, failed: list[tuple[str, str]] = ()) -> st
         lines.append("")
         lines += failures
     lines.append("")
-    lines.append(f"Leakage metric: {df['leakage_why'].iloc[0]}.")
+    lines.append(f"Leakage metric: {df['leakage_why'].iloc[0]}. Attack: {attack} ({df['attack_why'].iloc[0]}).")
     lines.append("")
     lines.append(power_text(df))
     if n_seeds < 2:
@@ -566,6 +558,7 @@ def top_text(df: pd.DataFrame, k: int = 5, failed: list[tuple[str, str]] = ()) -
         lines.append(f"  {rank:>2} {int(r['front']):>5}  {label:<{width}} {cells}")
     lines += [f"  {line}" for line in failures_text(df, failed)]
     lines.append(f"  leakage metric: {df['leakage_why'].iloc[0]}")
+    lines.append(f"  attack: {df['attack'].iloc[0]} ({df['attack_why'].iloc[0]})")
     lines.append("  " + power_text(df))
     flagged = df[~df["separable"]]
     if len(flagged):
@@ -593,6 +586,8 @@ def summarize(
     """Aggregate, rank, plot and report. Returns {name: path} of everything written."""
     if leakage != AUTO and leakage not in LEAKAGE_METRICS:  # before any reading
         raise ValueError(f"unknown leakage metric {leakage!r}; known: {AUTO}, {', '.join(LEAKAGE_METRICS)}")
+    if out is not None and Path(out).exists() and not Path(out).is_dir():
+        raise ValueError(f"--out {out} is a file; name a directory")
     root = Path(root)
     tables = load_tables(root)
     df = summarize_groups(tables, leakage=leakage, attack=attack)

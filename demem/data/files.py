@@ -147,8 +147,8 @@ def locate(name: str, root: str | Path | None = None) -> Path | None:
     """The directory `load_splits(name, root=root)` would read from, without reading or downloading.
 
     Follows the same search order as `load_splits` (``root`` alone when given; else ``$DEMEM_DATA``,
-    the Debian package for Fashion-MNIST, the download cache). Only file names are checked, so files that are present but
-    malformed are found here and rejected later by the loader.
+    the Debian package for Fashion-MNIST, the download cache). Only file names are checked, so files
+    that are present but malformed are found here and rejected later by the loader.
 
     Returns:
         The first candidate directory that holds the dataset's files, or None if none does.

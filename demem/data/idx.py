@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gzip
+import math
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +28,17 @@ def _read_idx(path: Path, magic: int) -> np.ndarray:
     Returns:
         uint8 array, (N, rows, cols) for images or (N,) for labels.
     """
+    try:
+        return _read_idx_unchecked(path, magic)
+    except (EOFError, OSError, zlib.error) as e:  # a truncated or corrupt gzip stream, an unreadable file
+        raise ValueError(f"{path}: truncated or corrupt ({type(e).__name__}: {e})") from None
+
+
+# The largest IDX payload read (full MNIST images are 47 MB): a crafted header cannot make us allocate more.
+MAX_IDX_BYTES = 1 << 31
+
+
+def _read_idx_unchecked(path: Path, magic: int) -> np.ndarray:
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rb") as f:
         header = f.read(4)
@@ -37,6 +50,8 @@ def _read_idx(path: Path, magic: int) -> np.ndarray:
         if len(dims_raw) != 4 * ndim:
             raise ValueError(f"{path}: truncated IDX header")
         dims = tuple(int(d) for d in np.frombuffer(dims_raw, dtype=">u4"))
+        if math.prod(dims) > MAX_IDX_BYTES:
+            raise ValueError(f"{path}: header says {dims}, more than {MAX_IDX_BYTES} bytes; not a dataset file")
         out = np.empty(dims, dtype=np.uint8)
         # readinto fills the array in place, so a 47 MB image file is never held twice in memory.
         view = memoryview(out.reshape(-1))

@@ -13,7 +13,10 @@ from demem.data.sources import DatasetInfo, Source, Split, generic_fetch_hint, r
 def _read_svhn_mat(path: Path) -> Split:
     import scipy.io  # imported here: only SVHN needs scipy, and it is slow to import
 
-    mat = scipy.io.loadmat(str(path))
+    try:
+        mat = scipy.io.loadmat(str(path))  # MATLAB arrays only: no code runs from the file
+    except Exception as e:  # noqa: BLE001 - scipy raises many kinds for a truncated or foreign file
+        raise ValueError(f"{path}: not a readable SVHN .mat file ({type(e).__name__}: {e})") from None
     if "X" not in mat or "y" not in mat:
         raise ValueError(f"{path}: expected variables 'X' and 'y'")
     x, y = mat["X"], mat["y"]

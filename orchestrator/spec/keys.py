@@ -82,7 +82,7 @@ def resolve_run(base: dict, overrides: dict[str, Any], n_models: int, *, seed: i
 
     Raises:
         ValueError: the config is invalid (`RunConfig.from_dict`'s message, or a setting of the wrong
-            type, e.g. "train.lr must be a number, got '1e-2'").
+            type, e.g. "train.lr must be a finite number, got '1e-2'").
     """
     tree = copy.deepcopy(base)
     for path, value in overrides.items():

@@ -11,48 +11,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
-TINY = ROOT / "search_spaces" / "tiny.yaml"
-
-
-@pytest.fixture(scope="session")
-def ray_session(tmp_path_factory):
-    """One private local Ray instance for the whole test session (127.0.0.1 only)."""
-    os.environ["RAY_AUTH_MODE"] = "disabled"
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    tmp = tempfile.mkdtemp(prefix="dm-ray-")  # short: Ray's socket paths must stay under 107 bytes
-    os.environ["RAY_TMPDIR"] = tmp
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False, _temp_dir=str(tmp))
-    yield ray
-    ray.shutdown()
-    shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _spec(tmp_path: Path, **changes) -> Path:
-    raw = yaml.safe_load(TINY.read_text())
-    raw.update(changes)
-    path = tmp_path / "spec.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
-
-
-@pytest.fixture(scope="session")
-def tiny_experiment(ray_session, tmp_path_factory):
-    from orchestrator.run import run_experiment
-
-    storage = tmp_path_factory.mktemp("results")
-    lines: list[str] = []
-    exp = run_experiment(TINY, storage=storage, echo=lines.append)
-    return exp, lines
+from .conftest import ROOT, TINY
+from .conftest import tiny_spec as _spec
 
 
 def test_tiny_experiment_writes_parquet_and_tensorboard(tiny_experiment):
@@ -176,6 +142,8 @@ def test_interrupted_experiment_resumes_to_the_same_rows(tiny_experiment, tmp_pa
         start_new_session=True,
     )
     assert out.returncode == 0, out.stderr[-3000:]
+    # a new private instance, whatever the killed driver left running
+    assert "Ray: a private local instance (127.0.0.1, no auth)" in out.stdout
     resumed = pd.read_parquet(exp_root / "runs.parquet").sort_values("run_id").reset_index(drop=True)
     reference = pd.read_parquet(tiny_experiment[0].root / "runs.parquet").sort_values("run_id").reset_index(drop=True)
     assert resumed["run_id"].tolist() == reference["run_id"].tolist()

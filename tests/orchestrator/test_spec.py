@@ -112,7 +112,7 @@ BAD = [
     (
         "base-lr-yaml-text",
         patched(("base.train.lr", "1e-2")),
-        "base: train.lr must be a number, got '1e-2' (YAML reads numbers like 1e-2 as text: write 1.0e-2)",
+        "base: train.lr must be a finite number, got '1e-2' (YAML reads numbers like 1e-2 as text: write 1.0e-2)",
     ),
     (
         "base-epochs-float",

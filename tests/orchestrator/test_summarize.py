@@ -434,3 +434,24 @@ def test_group_table_gives_seed_level_intervals(experiment, tmp_path):
     one = _variant(experiment, tmp_path, lambda name, df: df[df["seed"] == 0] if "seed" in df else df)
     single = group_table(ExperimentDir(one))
     assert "one seed: one training draw, no interval" in single and "±" not in single
+
+
+@pytest.mark.parametrize(
+    "attacks, shadows, expected",
+    [
+        (("lira_online_fixed", "rmia_online", "loss"), 3, "rmia_online"),
+        (("lira_online_fixed", "rmia_online", "loss"), 15, "rmia_online"),
+        (("lira_online_fixed", "rmia_online", "loss"), 16, "lira_online_fixed"),
+        (("lira_online_fixed", "loss"), 3, "lira_online_fixed"),
+        (("lira_offline", "loss"), 63, "lira_offline"),
+        (("loss",), 63, "loss"),
+    ],
+)
+def test_the_headline_attack_follows_the_number_of_reference_models(attacks, shadows, expected):
+    from orchestrator.collect import choose_attack
+
+    audits = pd.DataFrame({"attack": list(attacks), "n_shadow": shadows})
+    chosen, why = choose_attack(audits)
+    assert chosen == expected
+    if expected == "rmia_online":
+        assert f"{shadows} reference models per target" in why

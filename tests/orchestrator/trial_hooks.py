@@ -39,3 +39,24 @@ def gated(config: dict[str, Any], *, allow: list[str], gate: str) -> None:
     Path(gate, config["run_id"]).touch()
     while True:
         time.sleep(1)
+
+
+def refusing(config: dict[str, Any], *, lam: float) -> None:
+    """Train, except that every model of the group with DeMem lambda `lam` meets a deterministic
+    failure (what a refused setting raises); each attempt leaves a file, so a test can count them."""
+    out = Path(config["artifacts"])
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f".attempt-{len(list(out.glob('.attempt-*')))}").touch()
+    if config["run"]["demem"]["lambda"] == lam:
+        import orchestrator.trainable as trainable
+
+        def refuse(cfg, base):
+            raise ValueError(f"injected deterministic failure (lambda {lam})")
+
+        trainable._train_model, real = refuse, trainable._train_model
+        try:
+            train_model(config)
+        finally:
+            trainable._train_model = real
+        return
+    train_model(config)
