@@ -87,6 +87,11 @@ def runs_frame(spec: ExperimentSpec, exp: ExperimentDir) -> pd.DataFrame:
                 "device": metrics.get("device"),
                 "status": status,
                 "error": err.splitlines()[-1] if (err and status != "done") else None,
+                "node_id": st.get("node_id"),
+                "host": st.get("host"),
+                "gpu_ids": st.get("gpu_ids"),
+                "started_at": st.get("started_at"),
+                "finished_at": st.get("finished_at"),
             }
         )
     return pd.DataFrame(rows)

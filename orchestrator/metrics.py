@@ -42,3 +42,6 @@ FALLBACK_ATTACKS = ("lira_online", "lira_offline_fixed", "lira_offline")
 # The result key a grid trial reports a deterministic failure under (instead of raising, so that Tune
 # does not retry what would fail the same way again).
 FAILED = "failed"
+
+# Where a grid trial ran, as its results report it and trials.json / runs.parquet record it.
+WHERE_KEYS = ("node_id", "host", "gpu_ids", "started_at")

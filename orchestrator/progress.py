@@ -21,7 +21,7 @@ from demem.io import write_json
 from orchestrator.audit import audit_group
 from orchestrator.fmt import fmt_value
 from orchestrator.layout import ExperimentDir, read_records
-from orchestrator.metrics import FAILED, NATURAL_ACC, ROBUST_ACC, SEARCH_METRICS
+from orchestrator.metrics import FAILED, NATURAL_ACC, ROBUST_ACC, SEARCH_METRICS, WHERE_KEYS
 from orchestrator.spec import ExperimentSpec, load_spec, short_name
 
 Printer = Callable[[str], None]
@@ -81,6 +81,7 @@ class GridProgress:
             "seed": t.seed,
             "model_index": t.model_index,
             "finished_at": time.time(),
+            **{k: (result or {}).get(k) for k in WHERE_KEYS},
         }
         write_json(self.exp.trials, self.state)
         done = sum(1 for k, s in self.state.items() if k in self.trials and s["status"] in ("done", "failed"))

@@ -19,10 +19,12 @@ Trial config of a search trial (`search_model`, built by `orchestrator.tuner`):
 
 from __future__ import annotations
 
+import socket
 import time
 from pathlib import Path
 from typing import Any
 
+import ray
 import torch
 from ray import tune
 
@@ -50,36 +52,58 @@ def _pool(run: RunConfig) -> Pool:
 DETERMINISTIC = (ValueError, FloatingPointError, DatasetNotFoundError)
 
 
+def where() -> dict[str, Any]:
+    """Where this trial runs: Ray node id, host name, the GPU ids Ray assigned it, start time."""
+    ctx = ray.get_runtime_context()
+    gpus = ",".join(str(g) for g in ray.get_gpu_ids())
+    return {"node_id": ctx.get_node_id(), "host": socket.gethostname(), "gpu_ids": gpus}
+
+
+_WARNED_NO_CUDA = False
+
+
+def _device() -> torch.device:
+    """CUDA when torch sees it; otherwise the CPU, saying so (once per worker) when Ray assigned this
+    trial a GPU that torch cannot use (a node declared with GPUs it lacks, or a CPU-only torch)."""
+    global _WARNED_NO_CUDA
+    gpus = ray.get_gpu_ids()
+    if gpus and not torch.cuda.is_available() and not _WARNED_NO_CUDA:
+        print(f"Ray assigned GPU(s) {gpus} to this trial, but torch sees no CUDA device here: training on the CPU")
+        _WARNED_NO_CUDA = True
+    return resolve_device("auto")
+
+
 def train_model(config: dict[str, Any]) -> None:
     """Train, checkpoint every epoch, evaluate, write the run directory, report final metrics."""
     base = {"group_id": config["group_id"], "run_id": config["run_id"]}
+    started = {"started_at": time.time(), **where()}  # in the final result only: not a curve
     try:
-        _train_model(config, base)
+        _train_model(config, base, started)
     except DETERMINISTIC as e:
-        tune.report({**base, FAILED: f"{type(e).__name__}: {e}", "done": True})
+        tune.report({**base, **started, FAILED: f"{type(e).__name__}: {e}", "done": True})
 
 
-def _train_model(config: dict[str, Any], base: dict[str, Any]) -> None:
+def _train_model(config: dict[str, Any], base: dict[str, Any], started: dict[str, Any]) -> None:
     # One trial per `cpus` cores: more torch threads than that makes trials fight over cores.
     torch.set_num_threads(max(1, int(config.get("cpus", 1))))
     run = RunConfig.from_dict(config["run"])  # fail before touching data or a GPU
     out = Path(config["artifacts"])
     done = artifacts.read_metrics(out)
     if done is not None:  # finished before an interruption: report it again, do not retrain
-        tune.report({**base, **_final(done), "done": True})
+        tune.report({**base, **started, **_final(done), "done": True})
         return
     state = _start(run, out)
     t0 = time.perf_counter()
     for metrics in epochs(state):
         _report_epoch(state, out, {**base, **metrics, "done": False})
     final = _finish(state, out, t0)
-    tune.report({**base, **_final(final), "epoch": state.epoch, "done": True})
+    tune.report({**base, **started, **_final(final), "epoch": state.epoch, "done": True})
 
 
 def _start(run: RunConfig, out: Path):
     """A TrainState for `run`, continued from the run directory's checkpoint when there is a
     readable one (an unreadable one is reported and training starts over); config.json written."""
-    device = resolve_device("auto")
+    device = _device()
     state = prepare(run, device, pool=_pool(run))
     if (out / CHECKPOINT).exists():
         try:

@@ -132,7 +132,8 @@ class ExperimentSpec:
         lines.append(f"seeds (the unit of replication): {seed_list}; {pools}")
         at_once = "as many as fit" if self.max_concurrent is None else f"at most {self.max_concurrent}"
         lines.append(
-            f"per trial: {fmt_num(self.resources.cpu)} CPU, {fmt_num(self.resources.gpu)} GPU; "
+            f"per trial: {fmt_num(self.resources.cpu)} CPU, {fmt_num(self.resources.gpu)} GPU"
+            f"{_sharing(self.resources.gpu)}; "
             f"{at_once} at once; max_retries: {self.max_retries}"
         )
         targets = "every model" if self.audit.targets is None else f"the first {self.audit.targets} models"
@@ -157,6 +158,11 @@ class ExperimentSpec:
                 f"confirmation audit per group: {m} models, attacks: {', '.join(self.audit.attacks)}",
             ]
         return "\n".join(lines)
+
+
+def _sharing(gpu: float) -> str:
+    """' (4 trials share a GPU)' for a fraction that packs several trials onto one GPU."""
+    return f" ({int(1 / gpu + 1e-9)} trials share a GPU)" if 0 < gpu < 1 and int(1 / gpu + 1e-9) >= 2 else ""
 
 
 def trial_resources(spec: ExperimentSpec) -> dict[str, float]:

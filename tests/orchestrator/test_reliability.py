@@ -252,7 +252,7 @@ class _NoTuner:
 def test_resources_beyond_the_cluster_are_refused_before_any_write(ray_session, tmp_path, capsys):
     spec = tiny_spec(tmp_path, resources={"cpu": 64, "gpu": 0})
     storage = tmp_path / "results"
-    _refused(capsys, ["run", str(spec), "--storage", str(storage)], "resources.cpu")
+    _refused(capsys, ["run", str(spec), "--storage", str(storage)], "a trial needs 64 CPU but the largest node has")
     assert not storage.exists()
 
 
@@ -359,7 +359,9 @@ def test_resume_runs_failed_trials_again_and_reaudits(ray_session, tmp_path):
 
     from .trial_hooks import failing
 
-    spec = tiny_spec(tmp_path, grid={"demem.lambda": [0.0]}, failure={"max_retries": 0})
+    spec = tiny_spec(
+        tmp_path, grid={"demem.lambda": [0.0]}, failure={"max_retries": 0}, audit={"models": 6, "attacks": ["loss"]}
+    )
     exp = run_experiment(
         spec, storage=tmp_path / "results", echo=lambda _: None, train=functools.partial(failing, fail={2: "always"})
     )
@@ -369,9 +371,9 @@ def test_resume_runs_failed_trials_again_and_reaudits(ray_session, tmp_path):
     resume_experiment(exp.root, echo=lines.append)
     assert any("running 1 failed trial(s) again" in line for line in lines)
     runs = pd.read_parquet(exp.root / "runs.parquet")
-    assert (runs["status"] == "done").all() and len(runs) == 4
+    assert (runs["status"] == "done").all() and len(runs) == 6
     audit = json.loads(exp.audit_result(gid, 0).read_text())
-    assert audit["partial"] is False and audit["n_models"] == 4
+    assert audit["partial"] is False and audit["n_models"] == 6
 
 
 @pytest.mark.parametrize("address", [None, "10.0.0.5:6379"])

@@ -574,7 +574,13 @@ def test_plan_mentions_groups_trials_epochs_and_resources():
     for g in spec.groups():
         assert g.label in plan and g.group_id in plan
     assert "training: 64 epochs in all (32 trials x 2 epochs)" in plan
-    assert "per trial: 1 CPU, 0 GPU" in plan
+    assert "per trial: 1 CPU, 0 GPU;" in plan
+    for gpu, text in (
+        (0.25, "0.25 GPU (4 trials share a GPU)"),
+        (0.3, "0.3 GPU (3 trials share a GPU)"),
+        (1, "1 GPU;"),
+    ):
+        assert text in validate(patched(("resources", {"cpu": 1, "gpu": gpu})), check_data=False).plan()
     assert "lira_online_fixed, loss" in plan
 
 
@@ -652,18 +658,16 @@ def test_audit_model_minimums_match_the_audit_code(m):
 def test_quickstart_spec():
     spec = load_spec(ROOT / "search_spaces" / "quickstart.yaml")
     groups = spec.groups()
-    # 2 methods x (undefended, DeMem tau 0, DeMem tau 0.5): lambda=0 with tau 0.5 is the undefended run
-    assert len(groups) == 6 and spec.audit.models == 8 and len(spec.trials()) == 48
-    assert {g.run["method"]["name"] for g in groups} == {"pgd_at", "trades"}
-    assert {(g.run["demem"]["lambda"], g.run["demem"]["risk_threshold"]) for g in groups} == {
-        (0.0, 0.0),
-        (0.4, 0.0),
-        (0.4, 0.5),
-    }
+    # PGD-AT undefended vs DeMem lambda 0.4; 6 seeds, each its own pool and keep masks; 4 models
+    assert len(groups) == 2 and spec.audit.models == 4 and len(spec.trials()) == 48
+    assert {g.run["method"]["name"] for g in groups} == {"pgd_at"}
+    assert [g.run["demem"]["lambda"] for g in groups] == [0.0, 0.4]
+    assert spec.seeds == (0, 1, 2, 3, 4, 5) and spec.seed_pool == "per-seed"
+    assert len({t.run["data"]["pool_seed"] for t in spec.trials()}) == 6
     run = groups[0].run
     assert run["data"]["dataset"] == "fashion-mnist" and run["train"]["arch"] == "small-cnn"
     assert run["eval"]["attack"]["steps"] == 10 and run["eval"]["queries"] == 2
-    assert set(spec.audit.attacks) == set(LIRA_ATTACKS) | {"rmia_online", "rmia_offline", "loss"}
+    assert set(spec.audit.attacks) == {"lira_online_fixed", "lira_offline_fixed", "rmia_online", "rmia_offline", "loss"}
     assert spec.resources.cpu == 1
 
 
@@ -687,8 +691,7 @@ def test_missing_dataset_names_the_places_and_the_fetch_command(tmp_path, monkey
     raw = patched(("base.data", {"dataset": "cifar10", "root": str(empty), "pool_size": 64}))
     with pytest.raises(SpecError) as err:
         validate(raw)
-    cache = home / ".cache" / "demem" / "data"
-    looked = ", ".join(str(p) for p in (empty / "cifar10", empty, cache / "cifar10", cache))
+    looked = ", ".join(str(p) for p in (empty / "cifar10", empty))  # an explicit root: only there
     line = (
         f"data.dataset: cifar10 is not present locally (looked in: {looked}); "
         "fetch it with: demem train --dataset cifar10 --download --data-root DIR"
@@ -714,9 +717,10 @@ def test_shipped_specs_are_plain_yaml():
 
 
 def test_grid_points_with_the_same_run_are_one_group():
-    # lambda = 0 is the undefended method whatever the threshold: the quickstart's 2 x 2 x 2 grid
-    # has 6 distinct runs, not 8.
-    spec = load_spec(Path(__file__).resolve().parents[2] / "search_spaces" / "quickstart.yaml")
+    # lambda = 0 is the undefended method whatever the threshold: a 2 x 2 x 2 grid has 6 distinct
+    # runs, not 8.
+    raw = patched(("grid", {"method": ["pgd_at", "trades"], "lambda": [0.0, 0.4], "threshold": [0.0, 0.5]}))
+    spec = validate(raw, check_data=False)
     groups = spec.groups()
     assert len(groups) == 6 and len({g.group_id for g in groups}) == 6
     undefended = [g for g in groups if g.params["demem.lambda"] == 0]

@@ -50,7 +50,7 @@ def refusing(config: dict[str, Any], *, lam: float) -> None:
     if config["run"]["demem"]["lambda"] == lam:
         import orchestrator.trainable as trainable
 
-        def refuse(cfg, base):
+        def refuse(cfg, base, started):
             raise ValueError(f"injected deterministic failure (lambda {lam})")
 
         trainable._train_model, real = refuse, trainable._train_model
