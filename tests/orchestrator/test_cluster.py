@@ -87,3 +87,20 @@ def test_a_quarter_gpu_packs_four_trials_per_declared_gpu(tmp_path):
     assert (runs["node_id"] == gpu_node).all()  # only that node has a GPU to share
     assert (runs["gpu_ids"] == "0").all() and (runs["device"] == "cpu").all()  # declared GPU, CPU torch
     assert 2 <= _max_overlap(runs) <= 4  # packed, and never more than four on the one GPU
+
+
+def test_a_gpu_torch_cannot_see_is_reported_once_and_the_cpu_used(monkeypatch, capsys):
+    import ray
+    import torch
+
+    import orchestrator.trainable as trainable
+
+    monkeypatch.setattr(trainable, "_WARNED_NO_CUDA", False)
+    monkeypatch.setattr(ray, "get_gpu_ids", lambda: ["0"])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert trainable._device().type == "cpu" and trainable._device().type == "cpu"
+    out = capsys.readouterr().out
+    assert out.count("Ray assigned GPU(s) ['0'] to this trial, but torch sees no CUDA device here") == 1
+    monkeypatch.setattr(ray, "get_gpu_ids", lambda: [])
+    monkeypatch.setattr(trainable, "_WARNED_NO_CUDA", False)
+    assert trainable._device().type == "cpu" and capsys.readouterr().out == ""  # no GPU asked: nothing to say
