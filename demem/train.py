@@ -13,6 +13,7 @@ scheduler's whole state.
 
 from __future__ import annotations
 
+import io
 import math
 import time
 from collections.abc import Iterator
@@ -328,8 +329,10 @@ class TrainState:
     def save(self, directory: str | Path) -> Path:
         """Write `checkpoint.pt` into `directory` atomically (temp file + rename)."""
         path = Path(directory) / CHECKPOINT
+        buf = io.BytesIO()  # serialised in memory first: a full disk then fails as OSError(ENOSPC) on
+        torch.save(self.state_dict(), buf)  # the write, not as an opaque error of torch's zip writer
         with atomic_path(path) as tmp:
-            torch.save(self.state_dict(), tmp)
+            tmp.write_bytes(buf.getbuffer())
         return path
 
     def load(self, directory: str | Path) -> None:

@@ -70,7 +70,7 @@ def _drive(command: str, what: str, work) -> int:
     """Run a driver command (`work()` returns the experiment) and turn its outcome into an exit code
     (orchestrator.run.EXIT_*), with a one-line message instead of a traceback for what we expect."""
     from orchestrator.lock import ExperimentBusy
-    from orchestrator.run import EXIT_BUSY, EXIT_DISK_FULL, EXIT_TRIALS_FAILED, failed_trials
+    from orchestrator.run import EXIT_BUSY, EXIT_DISK_FULL, EXIT_TRIALS_FAILED, RayStartError, failed_trials
     from orchestrator.spec import SpecError, load_spec
 
     try:
@@ -88,7 +88,7 @@ def _drive(command: str, what: str, work) -> int:
                 file=sys.stderr,
             )
             return EXIT_DISK_FULL
-        if isinstance(e, (FileExistsError, FileNotFoundError, ValueError)):
+        if isinstance(e, (FileExistsError, FileNotFoundError, ValueError, RayStartError)):
             print(f"demem {command}: {e}", file=sys.stderr)
             return 2
         raise

@@ -9,6 +9,7 @@ A spec with `search:` runs `orchestrator.search.run_search` instead.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import sys
@@ -37,6 +38,10 @@ EXIT_BUSY = 4  # another driver holds the experiment
 EXIT_DISK_FULL = 5  # the results disk filled up; free space and `demem resume`
 
 
+class RayStartError(RuntimeError):
+    """Ray could not be started or joined (nothing of the experiment was written)."""
+
+
 def _env_for_local_ray() -> None:
     # Token auth is for remote clusters; on a private 127.0.0.1 instance it only gets in the way.
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -44,6 +49,9 @@ def _env_for_local_ray() -> None:
 
 
 def _env_for_tune() -> None:
+    # A failed trial's traceback goes to trials.json (and `demem status`, the FAILED progress line);
+    # Tune would print it again to stderr at ERROR level for every attempt.
+    logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     # Tune warns when small trials report every few seconds; that is by design here.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -60,13 +68,17 @@ def start_ray(address: str | None = None, echo: Printer | None = None) -> dict[s
     else:
         address = address or os.environ.get("RAY_ADDRESS")
         kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": "WARNING", "log_to_driver": False}
-        if address and address != "local":
-            ray.init(address=address, **kwargs)
-            where = f"the cluster at {address}"
-        else:
-            _env_for_local_ray()
-            ray.init(address="local", **kwargs)
-            where = "a private local instance (127.0.0.1, no auth)"
+        try:
+            if address and address != "local":
+                where = f"the cluster at {address}"
+                ray.init(address=address, **kwargs)
+            else:
+                _env_for_local_ray()
+                where = "a private local instance (127.0.0.1, no auth)"
+                ray.init(address="local", **kwargs)
+        except Exception as e:  # noqa: BLE001 - Ray raises many kinds; the message is what matters
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise RayStartError(f"could not start or join Ray ({where}): {first}") from e
     largest: dict[str, float] = {"CPU": 0.0, "GPU": 0.0}
     alive = [n for n in ray.nodes() if n.get("Alive")]
     for node in alive:

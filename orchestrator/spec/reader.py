@@ -9,6 +9,7 @@ most MAX_DEPTH levels, at most MAX_NODES values, no key given twice in a mapping
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,8 @@ from orchestrator.spec.problems import SpecError
 
 MAX_SPEC_BYTES = 256 * 1024  # the largest shipped spec is ~3 KB; a generated grid fits easily
 MAX_DEPTH = 32
-MAX_NODES = 50_000
+MAX_NODES = 20_000
+_BRACKETS = re.compile(r"[\[\]{}]")
 
 
 class _Refused(Exception):
@@ -94,8 +96,23 @@ def read_spec(path: str | Path) -> Any:
     return parse_spec_text(text, str(path))
 
 
+def _prescan(text: str, where: str) -> None:
+    """Refuse what is too big or too deep before the (pure-Python) parser spends time on it: every
+    value takes a line or a comma, and flow collections nest by brackets. (A bracket inside a quoted
+    string counts too; a spec with 32 of them in a row is not a real spec.)"""
+    if text.count(",") + text.count("\n") > MAX_NODES:
+        raise SpecError([f"{where}: more than {MAX_NODES} values; a spec is a handful of settings"])
+    depth = 0
+    for m in _BRACKETS.finditer(text):
+        depth += 1 if m.group() in "[{" else -1
+        if depth > MAX_DEPTH:
+            line = text.count("\n", 0, m.start()) + 1
+            raise SpecError([f"{where}:{line}: nested more than {MAX_DEPTH} levels deep"])
+
+
 def parse_spec_text(text: str, where: str = "spec") -> Any:
     """Parse spec text with the bounds above; SpecError naming `where` and the line."""
+    _prescan(text, where)
     loader = _SpecLoader(text)
     try:
         return loader.get_single_data()

@@ -12,6 +12,7 @@ import pickle
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -310,29 +311,34 @@ def test_a_full_disk_ends_cleanly_and_resume_finishes(ray_session, tmp_path, cap
 
 @pytest.mark.slow
 def test_a_real_full_filesystem_then_resume(tmp_path):
-    """Storage on a 2 MB tmpfs (root only): the run ends with exit code 5 and a message; after the
-    filesystem grows, `demem resume` finishes the experiment without any manual repair."""
+    """Storage on an 8 MB tmpfs (root only) nearly filled by another file: the run ends with a
+    message and exit code 5 (or 3 when only trials failed); once that file is deleted, `demem
+    resume` finishes the experiment without any manual repair."""
     mnt = tmp_path / "mnt"
     mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], check=False).returncode:
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)], check=False).returncode:
         pytest.skip("cannot mount a tmpfs here (needs root)")
     try:
+        filler = mnt / "filler"
+        filler.write_bytes(b"\0" * (8 * 2**20 - 600 * 2**10))  # leaves ~600 KB: less than one checkpoint
         env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-        env.update(RAY_TMPDIR=str(tmp_path / "ray"), PYTHONPATH=str(ROOT))
+        ray_tmp = tempfile.mkdtemp(prefix="dm-ray-")  # short: Ray's socket paths must stay under 107 bytes
+        env.update(RAY_TMPDIR=ray_tmp, PYTHONPATH=str(ROOT))
         cli = [sys.executable, "-m", "orchestrator.cli"]
+        storage = mnt / "results"
         first = subprocess.run(
-            [*cli, "run", str(TINY), "--storage", str(mnt)], env=env, capture_output=True, text=True, timeout=900
+            [*cli, "run", str(TINY), "--storage", str(storage)], env=env, capture_output=True, text=True, timeout=900
         )
         assert first.returncode in (EXIT_DISK_FULL, EXIT_TRIALS_FAILED), first.stderr[-3000:]
-        assert "Traceback" not in first.stderr
-        subprocess.run(["mount", "-o", "remount,size=500m", str(mnt)], check=True)
+        assert "demem run:" in first.stderr and "Traceback" not in first.stderr, first.stderr[-3000:]
+        filler.unlink()
         second = subprocess.run(
-            [*cli, "resume", str(mnt / "tiny")], env=env, capture_output=True, text=True, timeout=900
+            [*cli, "resume", str(storage / "tiny")], env=env, capture_output=True, text=True, timeout=900
         )
         assert second.returncode == 0, second.stderr[-3000:]
-        runs = pd.read_parquet(mnt / "tiny" / "runs.parquet")
+        runs = pd.read_parquet(storage / "tiny" / "runs.parquet")
         assert len(runs) == 8 and (runs["status"] == "done").all()
-        assert len(pd.read_parquet(mnt / "tiny" / "audits.parquet")) == 16
+        assert len(pd.read_parquet(storage / "tiny" / "audits.parquet")) == 16
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
 
@@ -398,3 +404,18 @@ def test_auth_is_off_only_for_the_private_local_instance(address, monkeypatch):
     else:
         assert calls == [(address, None)] and f"the cluster at {address}" in said[0]
     assert "1 node(s), 8 CPUs, 1 GPUs" in said[0]
+
+
+def test_ray_that_cannot_start_is_a_message(tmp_path, capsys, monkeypatch):
+    import ray
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+
+    def refuse(**kw):
+        raise OSError("AF_UNIX path length cannot exceed 107 bytes: /very/long/path")
+
+    monkeypatch.setattr(ray, "init", refuse)
+    storage = tmp_path / "results"
+    err = _refused(capsys, ["run", str(TINY), "--storage", str(storage)], "could not start or join Ray")
+    assert "AF_UNIX path length" in err and not storage.exists()
