@@ -46,6 +46,33 @@ def cmd_validate(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_calibrate(a: argparse.Namespace) -> int:
+    from demem.calibrate import calibrate, cost_key, device_name, store
+    from demem.device import resolve_device
+    from orchestrator.spec import SpecError, load_spec
+
+    try:
+        spec = load_spec(a.spec, check_data=False)  # synthetic data: the dataset need not be here
+        device = resolve_device(a.device)
+    except SpecError as e:
+        return _print_problems(a.spec, e)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"demem calibrate: {e}", file=sys.stderr)
+        return 2
+    kinds = {cost_key(g.run): g for g in spec.groups()}
+    name = device_name(device)
+    for i, (key, group) in enumerate(kinds.items(), 1):
+        timing = calibrate(group.run, device, batches=a.batches)
+        path = store(name, key, timing)
+        print(
+            f"[{i}/{len(kinds)}] {group.label}: {timing['train_s_per_sample'] * 1e3:.3g} ms per training sample "
+            f"per epoch, {timing['eval_s_per_sample'] * 1e3:.3g} ms per evaluated sample on {name}"
+        )
+    print(f"timings cached in {path}")
+    print(spec.cost_text())
+    return 0
+
+
 def cmd_schema(a: argparse.Namespace) -> int:
     from orchestrator.spec import spec_json_schema
 
@@ -176,6 +203,13 @@ def build_parser() -> argparse.ArgumentParser:
         "from its across-seed spread",
     )
     v.set_defaults(func=cmd_validate)
+    ca = sub.add_parser(
+        "calibrate", help="time one epoch per kind of group of a spec on this device; the plan then states its cost"
+    )
+    ca.add_argument("spec")
+    ca.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1, ...")
+    ca.add_argument("--batches", type=int, default=3, help="batches per timed epoch (default 3)")
+    ca.set_defaults(func=cmd_calibrate)
     sc = sub.add_parser("schema", help="print the JSON Schema of an experiment spec (for editors checking YAML)")
     sc.set_defaults(func=cmd_schema)
     r = sub.add_parser("run", help="run an experiment spec on Ray Tune (local Ray by default)")

@@ -100,6 +100,15 @@ class ExperimentSpec:
                     )
         return tuple(out)
 
+    def cost_text(self) -> str:
+        """The estimated device time of the experiment's training and held-out evaluation, from
+        `demem calibrate` timings cached for this machine's devices (audits, a few seconds of numpy
+        per group, are not counted); or how to get one."""
+        lines = _cost_lines(self.groups(), len(self.seeds) * self.audit.models, self.resources.gpu)
+        if not lines:
+            return "cost: not calibrated here; `demem calibrate SPEC` times one epoch per kind of group on this device"
+        return "\n".join(lines)
+
     def plan(self) -> str:
         """A human-readable summary: groups, trials, training epochs, per-trial resources, audit."""
         groups, m, seeds = self.groups(), self.audit.models, self.seeds
@@ -123,6 +132,7 @@ class ExperimentSpec:
             else f"{per_group} trials per group x {'/'.join(str(e) for e in epochs)} epochs"
         )
         lines.append(f"training: {total} epochs in all ({how})")
+        lines.append(self.cost_text())
         seed_list = ", ".join(str(s) for s in seeds)
         pools = (
             "each seed draws its own pool and keep masks (pool_seed = base + seed)"
@@ -158,6 +168,19 @@ class ExperimentSpec:
                 f"confirmation audit per group: {m} models, attacks: {', '.join(self.audit.attacks)}",
             ]
         return "\n".join(lines)
+
+
+def _cost_lines(groups: list[Group], runs_per_group: int, gpu: float) -> list[str]:
+    from demem.calibrate import cost_key, estimate_seconds, fmt_hours, load_cache
+
+    out = []
+    for device, entries in load_cache().items():
+        if not isinstance(entries, dict) or not all(cost_key(g.run) in entries for g in groups):
+            continue
+        seconds = runs_per_group * sum(estimate_seconds(g.run, entries[cost_key(g.run)]) for g in groups)
+        share = f", {fmt_hours(seconds * gpu)} of whole GPUs at {gpu:g} GPU per trial" if 0 < gpu < 1 else ""
+        out.append(f"cost: about {fmt_hours(seconds)} of {device} time to train and evaluate every model{share}")
+    return out
 
 
 def _sharing(gpu: float) -> str:
