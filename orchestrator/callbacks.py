@@ -1,13 +1,72 @@
-"""The driver-side Tune callback. It holds only the experiment directory, so the copy that Tune
-pickles with its state and hands back on `Tuner.restore` is still valid: all bookkeeping lives in
-the experiment's `orchestrator.progress` object, found (or rebuilt from the experiment's files) per
-driver process."""
+"""The driver-side Tune callbacks.
+
+`ExperimentCallback` holds only the experiment directory: all bookkeeping lives in the experiment's
+`orchestrator.progress` object, found (or rebuilt from the experiment's files) per driver process.
+
+`ReadableTensorBoard` is Tune's TensorBoard logger with what a researcher reads: each trial's run is
+named by its group, seed and model (the directory name comes from `trial_dirname`), its curves are
+the training metrics and final accuracies only (Tune's bookkeeping, `done`, `time_this_iter_s`, ...,
+stays out), and its HParams entry has the grid values, seed and model as hyperparameters and the
+final natural / robust accuracy as metrics.
+"""
 
 from __future__ import annotations
 
-from ray import tune
+import re
+from typing import Any
 
+from ray import tune
+from ray.tune.logger import TBXLoggerCallback
+from ray.tune.result import TRAINING_ITERATION
+
+from orchestrator.metrics import NATURAL_ACC, ROBUST_ACC, ROBUST_ACC_AA
 from orchestrator.progress import progress_for
+
+# The curves of a grid trial: per-epoch training metrics, then the final held-out accuracies.
+CURVES = (
+    "train_loss",
+    "train_acc",
+    "penalty",
+    "high_risk",
+    "lr",
+    "epsilon",
+    "samples_per_s",
+    NATURAL_ACC,
+    ROBUST_ACC,
+    ROBUST_ACC_AA,
+)
+
+
+def trial_dirname(trial) -> str:
+    """'lambda=0.4,threshold=0.5_s0_m003': the run's name in TensorBoard and its directory under tune/."""
+    t = trial.config.get("trial", {})
+    if "label" not in t:
+        return trial.trial_id  # a search trial: Tune's id
+    label = re.sub(r"[^A-Za-z0-9_.=,+-]", "_", t["label"].replace(" ", ","))[:100]
+    return f"{label}_s{t['seed']}_m{t['model_index']:03d}"
+
+
+def trial_hparams(trial) -> dict[str, Any]:
+    """The grid values (shorthand names), seed and model of a grid trial, as HParams columns."""
+    t = trial.config.get("trial", {})
+    if "label" not in t:
+        return {k.replace("/", "."): v for k, v in (trial.config.get("params") or {}).items()}
+    out = {"group": t["label"], **t.get("params", {}), "seed": t["seed"], "model": t["model_index"]}
+    return {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in out.items()}
+
+
+class ReadableTensorBoard(TBXLoggerCallback):
+    def log_trial_result(self, iteration: int, trial, result: dict) -> None:
+        kept = {k: v for k, v in result.items() if k in CURVES}
+        kept[TRAINING_ITERATION] = result[TRAINING_ITERATION]
+        super().log_trial_result(iteration, trial, kept)
+
+    def _try_log_hparams(self, trial, result: dict) -> None:
+        from tensorboardX.summary import hparams
+
+        metrics = {k: v for k, v in result.items() if k.rsplit("/", 1)[-1] in (NATURAL_ACC, ROBUST_ACC, ROBUST_ACC_AA)}
+        for summary in hparams(hparam_dict=trial_hparams(trial), metric_dict=metrics):
+            self._trial_writer[trial].file_writer.add_summary(summary)
 
 
 class ExperimentCallback(tune.Callback):
@@ -22,7 +81,3 @@ class ExperimentCallback(tune.Callback):
 
     def on_step_end(self, iteration, trials, **info):
         progress_for(self.root).poll()
-
-
-# The names earlier versions pickled into Tune's state: an experiment they interrupted still resumes.
-DriverCallback = SearchCallback = ExperimentCallback

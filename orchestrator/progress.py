@@ -3,8 +3,8 @@ search_trials.json), one line per finished trial, and (grid) the audit of each (
 as its models are done.
 
 There is one `Progress` per experiment and driver process, found with `progress_for(root)`: the Tune
-callbacks hold only the experiment directory (Tune pickles them with its state and hands them back
-on `Tuner.restore`), and look their progress up here, rebuilt from the experiment's files when this
+callbacks hold only the experiment directory (Tune pickles them into its own state, which demem
+never reads back) and look their progress up here, rebuilt from the experiment's files when this
 process has none.
 """
 

@@ -18,9 +18,9 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from orchestrator.callbacks import ExperimentCallback
+from orchestrator.callbacks import ExperimentCallback, ReadableTensorBoard, trial_dirname
 from orchestrator.layout import ExperimentDir
-from orchestrator.spec import ExperimentSpec, Trial, trial_resources
+from orchestrator.spec import ExperimentSpec, Trial, short_name, trial_resources
 from orchestrator.spec.space import SEARCH_N_MODELS
 from orchestrator.trainable import search_model, train_model
 
@@ -30,7 +30,7 @@ INTERIM_SAMPLES = 256
 
 
 def _grid_trainable(train: TrainFn) -> TrainFn:
-    def _trainable(config: dict[str, Any]) -> None:  # the name Tune stores and checks on restore
+    def _trainable(config: dict[str, Any]) -> None:  # the name Tune gives the trainable
         train(config["trial"])
 
     return _trainable
@@ -57,12 +57,22 @@ def trial_config(spec: ExperimentSpec, exp: ExperimentDir, trial: Trial) -> dict
         "experiment": spec.name,
         "group_id": trial.group_id,
         "run_id": trial.trial_key,
+        "label": spec_labels(spec)[trial.group_id],
+        "params": {short_name(k): v for k, v in spec_params(spec)[trial.group_id].items()},
         "seed": trial.seed,
         "model_index": trial.model_index,
         "run": trial.run,
         "cpus": spec.resources.cpu,
         "artifacts": str(exp.run_dir(trial.group_id, trial.trial_key).resolve()),
     }
+
+
+def spec_labels(spec: ExperimentSpec) -> dict[str, str]:
+    return {g.group_id: g.label for g in spec.groups()}
+
+
+def spec_params(spec: ExperimentSpec) -> dict[str, dict]:
+    return {g.group_id: g.params for g in spec.groups()}
 
 
 def _domain(dist: dict[str, list]):
@@ -137,7 +147,12 @@ def build_tuner(
         space = {"trial": tune.grid_search([trial_config(spec, exp, t) for t in chosen])}
         # Reusing worker processes saves the torch import and dataset parse of every trial; trials
         # keep no state between them (each builds its own model, optimizer and generators).
-        config = tune.TuneConfig(max_concurrent_trials=max_concurrent or spec.max_concurrent, reuse_actors=True)
+        config = tune.TuneConfig(
+            max_concurrent_trials=max_concurrent or spec.max_concurrent,
+            reuse_actors=True,
+            trial_dirname_creator=trial_dirname,
+            trial_name_creator=trial_dirname,
+        )
     return tune.Tuner(
         _trainable(spec, train),
         param_space=space,
@@ -147,7 +162,7 @@ def build_tuner(
             storage_path=str(exp.tune.resolve()),
             failure_config=tune.FailureConfig(max_failures=spec.max_retries),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            callbacks=[ExperimentCallback(str(exp.root.resolve()))],
+            callbacks=[ExperimentCallback(str(exp.root.resolve())), ReadableTensorBoard()],
             verbose=0,
         ),
     )

@@ -240,3 +240,26 @@ def test_summarize_reads_a_real_experiment(tiny_experiment, tmp_path):
     # 4 models on a 512-sample pool: 256 non-members per target, too few to rank by TPR at 1% FPR
     assert lines[0].startswith("ranking (ROC AUC of lira_online_fixed")
     assert "Leakage metric: ROC AUC: each target has only 256 non-members" in (tmp_path / "ranking.md").read_text()
+
+
+def test_tensorboard_is_readable(tiny_experiment):
+    """Runs named by group, seed and model; curves are training metrics and accuracies only (no
+    Tune bookkeeping); the HParams entry has the grid value, seed and model, and the accuracies."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    exp, _ = tiny_experiment
+    (session,) = list(exp.tune.glob("run-*"))
+    runs = sorted(p.name for p in session.iterdir() if p.is_dir())
+    assert runs == sorted(f"lambda={lam}_s0_m{m:03d}" for lam in ("0", "0.4") for m in range(4))
+    acc = EventAccumulator(str(session / "lambda=0.4_s0_m002"))
+    acc.Reload()
+    tags = {t.removeprefix("ray/tune/") for t in acc.Tags()["scalars"]}
+    assert {"train_loss", "train_acc", "natural_acc", "robust_acc_pgd"} <= tags
+    assert not tags & {"done", "time_this_iter_s", "should_checkpoint", "iterations_since_restore", "epoch"}
+    content = acc.PluginTagToContent("hparams")
+    info = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
+    hp = {k: (v.string_value or v.number_value) for k, v in info.hparams.items()}
+    assert hp == {"group": "lambda=0.4", "lambda": 0.4, "seed": 0, "model": 2}
+    exp_info = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
+    assert {m.name.tag.removeprefix("ray/tune/") for m in exp_info.metric_infos} == {"natural_acc", "robust_acc_pgd"}
