@@ -19,6 +19,7 @@ from ray import tune
 from ray.tune.logger import TBXLoggerCallback
 from ray.tune.result import TRAINING_ITERATION
 
+from orchestrator.collect import HPARAM_METRICS, group_hparams
 from orchestrator.metrics import NATURAL_ACC, ROBUST_ACC, ROBUST_ACC_AA
 from orchestrator.progress import progress_for
 
@@ -47,12 +48,12 @@ def trial_dirname(trial) -> str:
 
 
 def trial_hparams(trial) -> dict[str, Any]:
-    """The grid values (shorthand names), seed and model of a grid trial, as HParams columns."""
+    """A grid trial's HParams columns: its group's (`collect.group_hparams`) plus seed and model."""
     t = trial.config.get("trial", {})
-    if "label" not in t:
-        return {k.replace("/", "."): v for k, v in (trial.config.get("params") or {}).items()}
-    out = {"group": t["label"], **t.get("params", {}), "seed": t["seed"], "model": t["model_index"]}
-    return {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in out.items()}
+    if "label" not in t:  # a search trial: its sampled settings
+        params = trial.config.get("params") or {}
+        return {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in params.items()}
+    return {**group_hparams(t["label"], t["run"], t.get("params", {})), "seed": t["seed"], "model": t["model_index"]}
 
 
 class ReadableTensorBoard(TBXLoggerCallback):
@@ -64,9 +65,15 @@ class ReadableTensorBoard(TBXLoggerCallback):
     def _try_log_hparams(self, trial, result: dict) -> None:
         from tensorboardX.summary import hparams
 
-        metrics = {k: v for k, v in result.items() if k.rsplit("/", 1)[-1] in (NATURAL_ACC, ROBUST_ACC, ROBUST_ACC_AA)}
+        writer = self._trial_writer[trial]
+        metrics = {}
+        for key, tag in HPARAM_METRICS.items():  # the group entries' metric names, so one table holds both
+            value = result.get(f"ray/tune/{key}")
+            if value is not None:
+                metrics[tag] = value
+                writer.add_scalar(tag, value)
         for summary in hparams(hparam_dict=trial_hparams(trial), metric_dict=metrics):
-            self._trial_writer[trial].file_writer.add_summary(summary)
+            writer.file_writer.add_summary(summary)
 
 
 class ExperimentCallback(tune.Callback):

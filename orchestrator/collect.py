@@ -38,7 +38,7 @@ from orchestrator.metrics import (
     ROBUST_ACC,
     ROBUST_ACC_AA,
 )
-from orchestrator.spec import ExperimentSpec
+from orchestrator.spec import ExperimentSpec, short_name
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -259,10 +259,28 @@ def failed_groups(runs: pd.DataFrame) -> list[tuple[str, str]]:
     return out
 
 
+# HParams metric tags shared by the per-trial entries (orchestrator.callbacks) and the per-group ones.
+HPARAM_METRICS = {NATURAL_ACC: "hparam/natural_acc", ROBUST_ACC: "hparam/robust_acc"}
+
+
+def group_hparams(label: str, run: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    """HParams columns of a group (and of each of its trials, which add seed and model): its label,
+    method, dataset, DeMem lambda and threshold, and its grid values under their shorthand names."""
+    out = {
+        "group": label,
+        "method": run["method"]["name"],
+        "dataset": run["data"]["dataset"],
+        "lambda": float(run["demem"]["lambda"]),
+        "threshold": float(run["demem"]["risk_threshold"]),
+        **{short_name(k): v for k, v in params.items()},
+    }
+    return {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in out.items()}
+
+
 def write_hparams(spec: ExperimentSpec, exp: ExperimentDir, attack: str | None = None) -> Path:
     """One TensorBoard HParams entry per group: its grid values against its mean natural and robust
-    accuracy and its LiRA AUC / TPR@0.1%FPR, so the HParams tab compares groups side by side.
-    (Tune's own logger already writes every trial's per-epoch curves under tune/.)"""
+    accuracy and the headline attack's AUC / TPR@0.1%FPR, so the HParams tab compares groups side by
+    side, with the same columns as the per-trial entries under tune/."""
     from torch.utils.tensorboard import SummaryWriter
 
     runs = pd.read_parquet(exp.table(RUNS))
@@ -274,23 +292,14 @@ def write_hparams(spec: ExperimentSpec, exp: ExperimentDir, attack: str | None =
         if done.empty:
             continue
         metrics = {
-            "hparam/natural_acc": float(done[NATURAL_ACC].mean()),
-            "hparam/robust_acc": float(done[ROBUST_ACC].mean()),
+            HPARAM_METRICS[NATURAL_ACC]: float(done[NATURAL_ACC].mean()),
+            HPARAM_METRICS[ROBUST_ACC]: float(done[ROBUST_ACC].mean()),
         }
         if not audits.empty:
             mine = audits[(audits["group_id"] == g.group_id) & (audits["attack"] == attack)]
             if not mine.empty:
-                metrics["hparam/lira_auc"] = float(mine["auc"].mean())
-                metrics["hparam/lira_tpr_at_0_1pct"] = float(mine["tpr_at_0_1pct"].mean())
-        hparams = {
-            "group": g.label,
-            "group_id": g.group_id,
-            "method": g.run["method"]["name"],
-            "dataset": g.run["data"]["dataset"],
-            "demem_lambda": float(g.run["demem"]["lambda"]),
-            "demem_threshold": float(g.run["demem"]["risk_threshold"]),
-            **{k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in g.params.items()},
-        }
+                metrics["hparam/leakage_auc"] = float(mine["auc"].mean())
+                metrics["hparam/leakage_tpr_at_0_1pct"] = float(mine["tpr_at_0_1pct"].mean())
         with SummaryWriter(log_dir=str(root / g.group_id)) as w:
-            w.add_hparams(hparams, metrics, run_name=".")
+            w.add_hparams(group_hparams(g.label, g.run, g.params), metrics, run_name=".")
     return root

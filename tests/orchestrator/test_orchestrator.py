@@ -260,6 +260,21 @@ def test_tensorboard_is_readable(tiny_experiment):
     content = acc.PluginTagToContent("hparams")
     info = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
     hp = {k: (v.string_value or v.number_value) for k, v in info.hparams.items()}
-    assert hp == {"group": "lambda=0.4", "lambda": 0.4, "seed": 0, "model": 2}
+    assert hp == {
+        "group": "lambda=0.4",
+        "method": "pgd_at",
+        "dataset": "fashion-mnist",
+        "lambda": 0.4,
+        "threshold": 0.0,
+        "seed": 0,
+        "model": 2,
+    }
     exp_info = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
-    assert {m.name.tag.removeprefix("ray/tune/") for m in exp_info.metric_infos} == {"natural_acc", "robust_acc_pgd"}
+    assert {m.name.tag for m in exp_info.metric_infos} == {"hparam/natural_acc", "hparam/robust_acc"}
+    # the per-group entries use the same columns and metric names, so one table holds both
+    group = EventAccumulator(str(next((exp.root / "tensorboard-groups").iterdir())))
+    group.Reload()
+    g_content = group.PluginTagToContent("hparams")
+    g_info = plugin_data_pb2.HParamsPluginData.FromString(g_content["_hparams_/session_start_info"])
+    assert set(g_info.session_start_info.hparams) == set(hp) - {"seed", "model"}
+    assert {"hparam/natural_acc", "hparam/robust_acc"} <= set(group.Tags()["scalars"])
