@@ -3,7 +3,10 @@
 On CUDA, images are converted from uint8 on the device, laid out channels_last like the model, the
 forward and backward passes run under bf16 autocast, and cuDNN autotunes its kernels for the fixed
 shapes of a run (only while `fast_path` is active: nothing is left set for the rest of the process).
-On the CPU each of these is a no-op: CPU bf16 would be slower and less exact.
+On the CPU each of these is a no-op: CPU bf16 would be slower and less exact. `CPU_FAST_PATH = True`
+runs the CUDA path's precision and layout (bf16 autocast, channels_last) on the CPU, where both
+exist: that is how the tests check, without a GPU, that the fast path does not change results
+beyond noise.
 """
 
 from __future__ import annotations
@@ -13,6 +16,12 @@ from collections.abc import Iterator
 
 import torch
 from torch import nn
+
+CPU_FAST_PATH = False  # tests: bf16 autocast and channels_last on the CPU too
+
+
+def _fast(device: torch.device) -> bool:
+    return device.type == "cuda" or (CPU_FAST_PATH and device.type == "cpu")
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -29,9 +38,9 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA; nothing elsewhere."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+    """bf16 autocast on CUDA (and on the CPU with CPU_FAST_PATH); nothing elsewhere."""
+    if _fast(device):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
@@ -59,7 +68,7 @@ def fast_path(device: torch.device) -> Iterator[None]:
 
 def layout(x: torch.Tensor) -> torch.Tensor:
     """(B, C, H, W) images in the model's memory layout: channels_last on CUDA."""
-    return x.contiguous(memory_format=torch.channels_last) if x.device.type == "cuda" else x
+    return x.contiguous(memory_format=torch.channels_last) if _fast(x.device) else x
 
 
 def to_float(images: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -70,4 +79,4 @@ def to_float(images: torch.Tensor, device: torch.device) -> torch.Tensor:
 def place_model(model: nn.Module, device: torch.device) -> nn.Module:
     """Move `model` to `device`, channels_last on CUDA to match `layout`."""
     model = model.to(device)
-    return model.to(memory_format=torch.channels_last) if device.type == "cuda" else model
+    return model.to(memory_format=torch.channels_last) if _fast(device) else model
