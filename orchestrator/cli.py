@@ -36,7 +36,7 @@ def cmd_validate(a: argparse.Namespace) -> int:
     print(f"{a.spec}: valid")
     print(spec.plan())
     if a.power_from:
-        from orchestrator.summarize import planned_power
+        from orchestrator.report import planned_power
 
         try:
             print(f"from {a.power_from}: {planned_power(a.power_from, len(spec.seeds))}")

@@ -28,6 +28,8 @@ LEAKAGE_LABELS = {
     "balanced_acc": "balanced accuracy",
 }
 LEAKAGE_METRICS = tuple(LEAKAGE_LABELS)
+# The FPR levels whose TPR is also pooled over the targets of a seed (lowfpr.parquet, ranking.md).
+POOLED_LEVELS = ("tpr_at_1pct", "tpr_at_0_1pct")
 
 # The attack the group table, TensorBoard's HParams and the summary show, chosen by the number of
 # reference (shadow) models a target has (`orchestrator.collect.choose_attack`): LiRA with a global

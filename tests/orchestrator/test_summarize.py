@@ -17,7 +17,8 @@ from scipy import stats
 from demem.stats import t_interval as ci95
 from demem.stats import welch_diff
 from orchestrator.fmt import fmt_ci
-from orchestrator.summarize import load_tables, power_text, summarize, summarize_groups
+from orchestrator.report import power_text
+from orchestrator.summarize import load_tables, summarize, summarize_groups
 
 # --- statistics --------------------------------------------------------------------------------
 
