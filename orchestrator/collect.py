@@ -241,7 +241,31 @@ def group_table(exp: ExperimentDir, attack: str | None = None) -> str:
         "mean over the models (accuracy) or audited targets (AUC) of each seed, then across seeds; "
         + ("± = 95% t interval across seeds." if n_max >= 2 else "one seed: one training draw, no interval.")
     )
+    lines += _paired_lines(exp, chosen)
     return "\n".join(lines)
+
+
+def _paired_lines(exp: ExperimentDir, attack: str) -> list[str]:
+    """Each group against its undefended baseline, paired per (seed, model) / (seed, target), with the
+    95% t interval across seeds (orchestrator.summarize)."""
+    from orchestrator.report import delta_text
+    from orchestrator.summarize import load_tables, summarize_groups
+
+    try:
+        tables = load_tables(exp.root)
+        df = summarize_groups(tables, leakage="auc", attack=attack if not tables.audits.empty else None)
+    except (ValueError, FileNotFoundError):
+        return []
+    rows = df[df["baseline_id"].notna() & ~df["is_baseline"] & df["robust_cost_mean"].notna()]
+    if rows.empty:
+        return []
+    out = ["", "group - baseline, paired per seed and model / target (95% t interval across seeds):"]
+    for _, r in rows.iterrows():
+        out.append(
+            f"  {r['group_label']} vs {r['baseline_label']}: robust {delta_text(r, 'robust_cost', -1)}  "
+            f"natural {delta_text(r, 'natural_cost', -1)}  AUC {delta_text(r, 'leakage_reduction', -1)}"
+        )
+    return out
 
 
 def failed_groups(runs: pd.DataFrame) -> list[tuple[str, str]]:

@@ -107,8 +107,8 @@ def ranking_markdown(df: pd.DataFrame, failed: list[tuple[str, str]] = ()) -> st
             *([_ci_of(r, ROBUST_ACC_AA)] if has_aa else []),
             _ci_of(r, NATURAL_ACC),
             *([_ci_of(r, "epsilon")] if has_eps else []),
-            _delta(r, "leakage_reduction", -1),
-            _delta(r, "robust_cost", -1),
+            delta_text(r, "leakage_reduction", -1),
+            delta_text(r, "robust_cost", -1),
             *(_pooled_of(r, k) for k in POOLED_LEVELS),
             r["not_separable_from"] or "—",
         ]
@@ -155,7 +155,7 @@ def ranking_markdown(df: pd.DataFrame, failed: list[tuple[str, str]] = ()) -> st
     return "\n".join(lines)
 
 
-def _delta(r: pd.Series, col: str, sign: int) -> str:
+def delta_text(r: pd.Series, col: str, sign: int) -> str:
     """A delta column as group - baseline (the stored value is baseline - group)."""
     mean = r[f"{col}_mean"]
     if not np.isfinite(mean):

@@ -431,6 +431,11 @@ def test_group_table_gives_seed_level_intervals(experiment, tmp_path):
     row = next(line for line in text.splitlines() if line.startswith(_label("dm_a")[:40]))
     assert f"{per_seed.mean():.4f} ± {(hi - lo) / 2:.4f}" in row and " 3 " in row
     assert "± = 95% t interval across seeds" in text
+    # ...and each group's paired difference from its baseline, as the summary computes it
+    r = summarize_groups(load_tables(experiment), leakage="auc").set_index("group_id").loc["dm_a"]
+    paired = f"robust {-r['robust_cost_mean']:+.3f} [{-r['robust_cost_hi']:+.3f}, {-r['robust_cost_lo']:+.3f}]"
+    line = next(x for x in text.splitlines() if x.strip().startswith(f"{_label('dm_a')} vs {_label('base')}"))
+    assert paired in line and "AUC " in line
     # with one seed there is no interval, and the table says so
     one = _variant(experiment, tmp_path, lambda name, df: df[df["seed"] == 0] if "seed" in df else df)
     single = group_table(ExperimentDir(one))
