@@ -20,7 +20,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from orchestrator.callbacks import ExperimentCallback, ReadableTensorBoard, trial_dirname
 from orchestrator.layout import ExperimentDir
-from orchestrator.spec import ExperimentSpec, Trial, short_name, trial_resources
+from orchestrator.spec import ExperimentSpec, Group, Trial, trial_resources
 from orchestrator.spec.space import SEARCH_N_MODELS
 from orchestrator.trainable import search_model, train_model
 
@@ -51,28 +51,21 @@ def _trainable(spec: ExperimentSpec, train: TrainFn | None):
     return tune.with_resources(fn, trial_resources(spec))
 
 
-def trial_config(spec: ExperimentSpec, exp: ExperimentDir, trial: Trial) -> dict[str, Any]:
-    """What a grid trial gets (see orchestrator.trainable.train_model)."""
+def trial_config(spec: ExperimentSpec, exp: ExperimentDir, trial: Trial, group: Group) -> dict[str, Any]:
+    """What a grid trial of `group` gets (see orchestrator.trainable.train_model); its label and grid
+    values name its TensorBoard run and HParams columns (orchestrator.callbacks)."""
     return {
         "experiment": spec.name,
         "group_id": trial.group_id,
         "run_id": trial.trial_key,
-        "label": spec_labels(spec)[trial.group_id],
-        "params": {short_name(k): v for k, v in spec_params(spec)[trial.group_id].items()},
+        "label": group.label,
+        "params": group.params,
         "seed": trial.seed,
         "model_index": trial.model_index,
         "run": trial.run,
         "cpus": spec.resources.cpu,
         "artifacts": str(exp.run_dir(trial.group_id, trial.trial_key).resolve()),
     }
-
-
-def spec_labels(spec: ExperimentSpec) -> dict[str, str]:
-    return {g.group_id: g.label for g in spec.groups()}
-
-
-def spec_params(spec: ExperimentSpec) -> dict[str, dict]:
-    return {g.group_id: g.params for g in spec.groups()}
 
 
 def _domain(dist: dict[str, list]):
@@ -144,7 +137,8 @@ def build_tuner(
         space, config = _search_config(spec, exp, max_concurrent, search_samples, search_seed_offset)
     else:
         chosen = spec.trials() if trials is None else trials
-        space = {"trial": tune.grid_search([trial_config(spec, exp, t) for t in chosen])}
+        groups = {g.group_id: g for g in spec.groups()}
+        space = {"trial": tune.grid_search([trial_config(spec, exp, t, groups[t.group_id]) for t in chosen])}
         # Reusing worker processes saves the torch import and dataset parse of every trial; trials
         # keep no state between them (each builds its own model, optimizer and generators).
         config = tune.TuneConfig(
