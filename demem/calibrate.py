@@ -72,6 +72,7 @@ def calibrate(run_dict: dict[str, Any], device: torch.device | str = "auto", bat
     """Time one warm-up and one measured epoch of `batches` batches, and the evaluation of as many
     held-out samples, for the run (a resolved RunConfig dict). Returns {"train_s_per_sample",
     "eval_s_per_sample"}."""
+    from demem.dp import per_sample_hooks_off
     from demem.evaluate import evaluate_heldout
     from demem.train import RunConfig, prepare, train_epoch
 
@@ -92,7 +93,8 @@ def calibrate(run_dict: dict[str, Any], device: torch.device | str = "auto", bat
     train = (time.perf_counter() - t0) / (batch * batches)
     held = int((~state.keep).sum())
     t0 = time.perf_counter()
-    evaluate_heldout(state.model, state.pool, state.keep, run.eval, device=device, seed=0)
+    with per_sample_hooks_off(state.train_model if state.dp is not None else None):  # as finish_run
+        evaluate_heldout(state.model, state.pool, state.keep, run.eval, device=device, seed=0)
     _sync(device)
     return {"train_s_per_sample": train, "eval_s_per_sample": (time.perf_counter() - t0) / held}
 

@@ -29,6 +29,17 @@ def test_calibrate_times_a_real_epoch_without_data(isolated_data_env):
     assert set(timing) == {"train_s_per_sample", "eval_s_per_sample"}
 
 
+def test_calibrate_times_a_dp_model(isolated_data_env):
+    # The held-out attack backpropagates to the input: Opacus's per-sample hooks must be off for it,
+    # as when a DP run finishes (they raised IndexError here once).
+    from demem.calibrate import calibrate
+
+    run = tiny_run(method={"name": "dp_sgd"}, dp={"noise_multiplier": 1.0, "max_grad_norm": 1.0},
+                   train={"batch_size": 16, "norm": "group"}).to_dict()
+    timing = calibrate(run, "cpu", batches=2)
+    assert all(math.isfinite(v) and v > 0 for v in timing.values())
+
+
 def test_estimate_is_epochs_times_the_training_half_plus_the_evaluated_half():
     run = tiny_run(data={"pool_size": 1000}, train={"epochs": 7}).to_dict()
     t = {"train_s_per_sample": 0.002, "eval_s_per_sample": 0.01}
