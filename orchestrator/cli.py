@@ -97,8 +97,10 @@ def _drive(command: str, what: str, work) -> int:
     """Run a driver command (`work()` returns the experiment) and turn its outcome into an exit code
     (orchestrator.run.EXIT_*), with a one-line message instead of a traceback for what we expect."""
     from orchestrator.lock import ExperimentBusy
+    from orchestrator.probe import StorageNotShared
     from orchestrator.run import EXIT_BUSY, EXIT_DISK_FULL, EXIT_TRIALS_FAILED, RayStartError, failed_trials
     from orchestrator.spec import SpecError, load_spec
+    from orchestrator.storage import StorageError
 
     try:
         exp = work()
@@ -115,7 +117,9 @@ def _drive(command: str, what: str, work) -> int:
                 file=sys.stderr,
             )
             return EXIT_DISK_FULL
-        if isinstance(e, (FileExistsError, FileNotFoundError, ValueError, RayStartError)):
+        if isinstance(
+            e, (FileExistsError, FileNotFoundError, ValueError, RayStartError, StorageError, StorageNotShared)
+        ):
             print(f"demem {command}: {e}", file=sys.stderr)
             return 2
         raise
@@ -123,7 +127,7 @@ def _drive(command: str, what: str, work) -> int:
     if n:
         print(
             f"demem {command}: {n} trial(s) failed after their retries; their groups are reported with the "
-            f"failures (see `demem status {exp.root}`)",
+            f"failures (see `demem status {exp.where}`)",
             file=sys.stderr,
         )
         return EXIT_TRIALS_FAILED
@@ -215,7 +219,12 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run an experiment spec on Ray Tune (local Ray by default)")
     r.add_argument("spec")
     r.add_argument("--name", default=None, help="experiment name (default: the spec's name)")
-    r.add_argument("--storage", default="results", help="directory holding experiments (default: results)")
+    r.add_argument(
+        "--storage",
+        default="results",
+        help="where experiments live: a directory (shared by every node on a cluster) or s3://bucket/prefix, "
+        "gs://bucket/prefix (default: results)",
+    )
     r.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS or a local Ray)")
     r.add_argument(
         "--max-concurrent", type=int, default=None, help="trials running at once (default: as resources allow)"

@@ -18,8 +18,10 @@
         search/<trial_id>/       each search trial's run directory
         search_trials.json, search.parquet, confirm.yaml
 
-Artifacts go to a plain directory next to Tune's storage, so they must be on a filesystem every
-worker can write (local disk for the embedded default, a shared mount on a cluster).
+On a directory, artifacts go next to Tune's storage, so they must be on a filesystem every worker
+can write (local disk for the embedded default, a shared mount on a cluster: `orchestrator.probe`
+checks it). On object storage (s3://, gs://) `root` is this machine's mirror of the experiment and
+`remote` its URI (orchestrator.storage).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from demem.privacy.audit import AUDIT_JSON, SAMPLES_TABLE
+from orchestrator.storage import TUNE, Remote, is_uri, parent_uri, redact, staging_dir
 
 RUNS, AUDITS, SAMPLES = "runs.parquet", "audits.parquet", "samples.parquet"
 ROC, MEMBINS, LOWFPR = "roc.parquet", "membins.parquet", "lowfpr.parquet"
@@ -40,6 +43,29 @@ SPEC = "spec.yaml"
 @dataclass(frozen=True)
 class ExperimentDir:
     root: Path
+    remote: str | None = None  # the experiment's URI on object storage; `root` is then its local mirror
+
+    @classmethod
+    def at(cls, where: str | Path) -> ExperimentDir:
+        """The experiment at a directory or an s3:// / gs:// URI."""
+        if is_uri(where):
+            return cls(staging_dir(str(where)), remote=str(where))
+        return cls(Path(where))
+
+    @property
+    def store(self) -> Remote | None:
+        """The object storage holding the experiment, or None for a directory."""
+        return Remote(self.remote) if self.remote else None
+
+    @property
+    def where(self) -> str:
+        """The experiment's place as a user names it: its URI or its directory."""
+        return redact(self.remote) if self.remote else str(self.root)
+
+    @property
+    def storage(self) -> str | Path:
+        """What holds the experiment (a `--storage` value)."""
+        return parent_uri(self.remote) if self.remote else self.root.parent
 
     @property
     def spec(self) -> Path:
@@ -52,11 +78,14 @@ class ExperimentDir:
     @property
     def tune(self) -> Path:
         """Ray Tune's storage: one `run-<k>` experiment per driver session (run, then each resume)."""
-        return self.root / "tune"
+        return self.root / TUNE
 
     def next_tune_session(self) -> str:
         """The name of the next driver session's Tune experiment under `tune/`: run-1, run-2, ..."""
-        taken = {p.name for p in self.tune.glob("run-*")} if self.tune.is_dir() else set()
+        if self.store is not None:
+            taken = self.store.names(TUNE)
+        else:
+            taken = {p.name for p in self.tune.glob("run-*")} if self.tune.is_dir() else set()
         k = 1
         while f"run-{k}" in taken:
             k += 1
@@ -127,6 +156,20 @@ class ExperimentDir:
     @property
     def confirm_spec(self) -> Path:
         return self.root / "confirm.yaml"
+
+
+def open_experiment(where: str | Path, *, pull: bool = True) -> ExperimentDir:
+    """An existing experiment at a directory or a URI; from a URI, its files (but Tune's logs and the
+    checkpoints, which trials fetch themselves) are first copied into this machine's mirror."""
+    exp = ExperimentDir.at(where)
+    if exp.store is not None and pull:
+        exp.store.check()
+        if not exp.store.exists(SPEC):
+            raise FileNotFoundError(f"{exp.where} is not an experiment (no spec.yaml there)")
+        from demem.train import CHECKPOINT
+
+        exp.store.pull(skip_names=(CHECKPOINT,))
+    return exp
 
 
 def read_json(path: Path, default: Any = None) -> Any:

@@ -83,7 +83,7 @@ class GridProgress:
             "finished_at": time.time(),
             **{k: (result or {}).get(k) for k in WHERE_KEYS},
         }
-        write_json(self.exp.trials, self.state)
+        self.save()
         done = sum(1 for k, s in self.state.items() if k in self.trials and s["status"] in ("done", "failed"))
         if status == "done" and result:
             what = (
@@ -97,6 +97,12 @@ class GridProgress:
             f"{self.labels[t.group_id]} seed {t.seed} model {t.model_index}: {what}"
         )
         self.maybe_audit((t.group_id, t.seed))
+
+    def save(self) -> None:
+        """trials.json, written atomically (and pushed, on object storage)."""
+        write_json(self.exp.trials, self.state)
+        if self.exp.store is not None:
+            self.exp.store.push(self.exp.trials.name)
 
     def _eta(self, done: int) -> str:
         if done == 0:
@@ -113,13 +119,15 @@ class GridProgress:
         partial = "failed" in states
         if in_process:
             try:
-                audit_group(str(self.exp.root), key[0], key[1], self.spec.audit, partial)
+                audit_group(str(self.exp.root), key[0], key[1], self.spec.audit, partial, self.exp.remote)
                 self.audited.add(key)
             except ValueError as e:
                 self.echo(f"audit of {self.labels[key[0]]} seed {key[1]} failed: {e}")
             return
         task = ray.remote(num_cpus=0)(audit_group)  # short numpy work; never waits behind training trials
-        self.pending[key] = task.remote(str(self.exp.root.resolve()), key[0], key[1], self.spec.audit, partial)
+        self.pending[key] = task.remote(
+            str(self.exp.root.resolve()), key[0], key[1], self.spec.audit, partial, self.exp.remote
+        )
 
     def poll(self, wait: bool = False) -> None:
         for key, ref in list(self.pending.items()):

@@ -22,12 +22,15 @@ import ray
 from demem import __version__
 from demem.artifacts import CONFIG, read_metrics
 from demem.io import write_json, write_text
+from demem.train import CHECKPOINT
 from orchestrator.collect import collect, group_table, write_hparams
-from orchestrator.layout import ExperimentDir, read_records
+from orchestrator.layout import SPEC, ExperimentDir, open_experiment, read_records
 from orchestrator.lock import ExperimentLock
+from orchestrator.probe import check_shared
 from orchestrator.progress import GridProgress, Printer, start_progress
 from orchestrator.search import run_search
 from orchestrator.spec import ExperimentSpec, SpecError, load_spec, name_problem
+from orchestrator.storage import TUNE, StorageError, is_uri, join_uri
 from orchestrator.tuner import TrainFn, build_tuner
 
 # Exit codes of `demem run` / `demem resume` (README, "Safety").
@@ -109,24 +112,27 @@ def run_experiment(
     spec = load_spec(spec_path)  # every problem is reported before Ray starts
     if name is not None and (why := name_problem(name, "--name")) is not None:
         raise SpecError([why])
-    exp = ExperimentDir(Path(storage) / (name or spec.name))
-    if exp.spec.exists():
-        raise FileExistsError(
-            f"{exp.root} already holds an experiment; continue it with `demem resume {exp.root}` "
-            "or choose another --name"
-        )
+    if spec.search is not None and is_uri(storage):
+        raise ValueError("a search experiment needs a directory as --storage (object storage holds grid experiments)")
+    exp = _new_experiment(storage, name or spec.name)
     echo(spec.plan())
     largest = start_ray(address, echo)
     load_spec(spec_path, available=largest, check_data=False)  # can any node run a trial? (before any write)
+    if exp.store is None:
+        check_shared(exp.root.parent)  # every node must see the directory (once per run; a no-op on one node)
     exp.root.mkdir(parents=True, exist_ok=True)
     with ExperimentLock(exp.lock):
         if exp.spec.exists():  # another driver got here first
-            raise FileExistsError(f"{exp.root} was started by another driver meanwhile; see `demem status {exp.root}`")
+            raise FileExistsError(
+                f"{exp.where} was started by another driver meanwhile; see `demem status {exp.where}`"
+            )
         copy_spec(spec_path, exp)
         write_json(
             exp.meta,
             {"demem_version": __version__, "started": time.time(), "name": spec.name, "python": sys.version.split()[0]},
         )
+        if exp.store is not None:
+            exp.store.push()  # spec.yaml and meta.json: the bucket now holds the experiment
         progress = start_progress(spec, exp, echo)
         if spec.search is not None:
             run_search(spec, exp, build_tuner(spec, exp, max_concurrent, train), echo=echo)
@@ -134,6 +140,32 @@ def run_experiment(
         build_tuner(spec, exp, max_concurrent, train).fit()
         finish(spec, exp, progress, echo)
     return exp
+
+
+def _new_experiment(storage: str | Path, name: str) -> ExperimentDir:
+    """The not yet existing experiment `name` under `storage` (a directory or an s3:// / gs:// URI)."""
+    if is_uri(storage):
+        exp = ExperimentDir.at(join_uri(str(storage), name))
+        exp.store.check()  # bucket and credentials, before Ray starts
+        taken = exp.store.exists(SPEC)
+        if not taken and exp.root.exists():
+            shutil.rmtree(exp.root)  # a stale mirror of an experiment the bucket no longer holds
+    else:
+        exp = ExperimentDir(Path(storage) / name)
+        taken = exp.spec.exists()
+    if taken:
+        raise FileExistsError(
+            f"{exp.where} already holds an experiment; continue it with `demem resume {exp.where}` "
+            "or choose another --name"
+        )
+    return exp
+
+
+def push_results(exp: ExperimentDir) -> None:
+    """On object storage: everything the driver wrote (audits, tables, HParams, summary); run
+    directories are pushed by their trials."""
+    if exp.store is not None:
+        exp.store.push(skip_top=(TUNE, "artifacts"))
 
 
 def copy_spec(spec_path: str | Path, exp: ExperimentDir) -> None:
@@ -154,7 +186,7 @@ def resume_experiment(
     state is not read. Finished models are not retrained, audited groups are not re-audited, and the
     Parquet files are rebuilt without duplicates. Failed trials are run again, except deterministic
     failures (a config the trial refused, a non-finite loss) unless `retry_failed`."""
-    exp = ExperimentDir(Path(root))
+    exp = open_experiment(root)
     if not exp.spec.is_file():
         raise FileNotFoundError(f"{exp.root} is not an experiment directory (no spec.yaml)")
     spec = load_spec(exp.spec)
@@ -171,9 +203,13 @@ def resume_experiment(
                 kept[run_id] = rec
         if again:
             write_json(exp.trials, kept)
+            if exp.store is not None:
+                exp.store.push(exp.trials.name)
             # a (group, seed) audited without the failed models is audited again once they finish
             for key in {(state[r]["group_id"], state[r]["seed"]) for r in again if "group_id" in state[r]}:
                 shutil.rmtree(exp.audit_dir(*key), ignore_errors=True)
+                if exp.store is not None:
+                    exp.store.delete(exp.audit_result(*key).relative_to(exp.root).as_posix())
             echo(f"running {len(again)} failed trial(s) again")
         progress = start_progress(spec, exp, echo)
         left = [
@@ -212,6 +248,10 @@ def failed_trials(spec: ExperimentSpec, exp: ExperimentDir) -> int:
 def finish(spec: ExperimentSpec, exp: ExperimentDir, progress: GridProgress, echo: Printer) -> None:
     """Wait for running audits, audit what is left, collect the Parquet files, print the group table."""
     progress.poll(wait=True)
+    if exp.store is not None:  # what trials and audit tasks on other nodes wrote
+        exp.store.pull("artifacts", skip_names=(CHECKPOINT,))
+        exp.store.pull("audits")
+        progress.audited |= {k for k in progress._keys() if exp.audit_result(*k).exists()}
     for run_id, trial in progress.trials.items():  # runs finished by an earlier, interrupted driver
         if run_id not in progress.state and read_metrics(exp.run_dir(trial.group_id, run_id)) is not None:
             progress.state[run_id] = {
@@ -221,16 +261,17 @@ def finish(spec: ExperimentSpec, exp: ExperimentDir, progress: GridProgress, ech
                 "seed": trial.seed,
                 "model_index": trial.model_index,
             }
-    write_json(exp.trials, progress.state)
+    progress.save()
     for key in sorted({(t.group_id, t.seed) for t in progress.trials.values()}):
         progress.maybe_audit(key, in_process=True)
     paths = collect(spec, exp)
     write_hparams(spec, exp)
+    push_results(exp)
     echo("")
     echo(group_table(exp))
     echo("")
     echo("results: " + ", ".join(str(p) for p in paths))
-    echo(f"TensorBoard: tensorboard --logdir {exp.root}")
+    echo(f"TensorBoard: tensorboard --logdir {join_uri(exp.where, TUNE) if exp.remote else exp.root}")
 
 
 def progress_summary(spec: ExperimentSpec, exp: ExperimentDir) -> str:
@@ -270,7 +311,11 @@ def progress_summary(spec: ExperimentSpec, exp: ExperimentDir) -> str:
 
 def status(root: str | Path, out: TextIO | None = None) -> int:
     out = out or sys.stdout
-    exp = ExperimentDir(Path(root))
+    try:
+        exp = open_experiment(root)
+    except (StorageError, FileNotFoundError) as e:
+        print(f"demem status: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     if not exp.spec.is_file():
         print(f"demem status: {exp.root} is not an experiment directory (no spec.yaml)", file=sys.stderr)
         return EXIT_BAD_INPUT

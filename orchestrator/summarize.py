@@ -56,7 +56,7 @@ from demem.stats import (
 )
 from orchestrator import plots
 from orchestrator.collect import choose_attack, collect, failed_groups
-from orchestrator.layout import AUDITS, LOWFPR, MEMBINS, ROC, RUNS, SPEC, ExperimentDir
+from orchestrator.layout import AUDITS, LOWFPR, MEMBINS, ROC, RUNS, SPEC, ExperimentDir, open_experiment
 from orchestrator.metrics import (
     ACCURACY_METRICS,
     LEAKAGE_LABELS,
@@ -365,7 +365,8 @@ def summarize(
         raise ValueError(f"unknown leakage metric {leakage!r}; known: {AUTO}, {', '.join(LEAKAGE_METRICS)}")
     if out is not None and Path(out).exists() and not Path(out).is_dir():
         raise ValueError(f"--out {out} is a file; name a directory")
-    root = Path(root)
+    exp = open_experiment(root)  # an s3:// or gs:// experiment is copied here first
+    root = exp.root
     tables = load_tables(root)
     df = summarize_groups(tables, leakage=leakage, attack=attack)
     out = Path(out) if out is not None else ExperimentDir(root).summary
@@ -382,6 +383,9 @@ def summarize(
     paths["report.html"] = write_report(out / "report.html", root, df, md, {n: paths[n] for n in figures})
     if tensorboard:
         plots.to_tensorboard(figures, ExperimentDir(root).tensorboard_summary)
+    if exp.store is not None and out == exp.summary:
+        exp.store.push(exp.summary.name)
+        exp.store.push(exp.tensorboard_groups.relative_to(exp.root).as_posix())
     echo(top_text(df, failed=failed))
     echo("")
     echo(f"summary: {out}/ (ranking.md, ranking.csv, summary.parquet, {', '.join(figures)}, report.html)")

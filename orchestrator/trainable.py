@@ -9,9 +9,14 @@ code), and a trial that finds one there continues from it. A Tune retry after a 
 `demem resume` by a later driver both continue the same way, without reading Tune's pickled state.
 The checkpoint is removed once the run's metrics are written.
 
+On object storage (orchestrator.storage) the run directory is a local mirror: the trial pulls it
+before it starts (a checkpoint pushed from another node), pushes the checkpoint after every epoch and
+the finished run directory at the end.
+
 Trial config of a grid trial (`train_model`, built by `orchestrator.tuner.trial_config`):
     experiment, group_id, run_id: names; run: the RunConfig dict of this model;
-    artifacts: the run directory to write; cpus: threads for torch.
+    artifacts: the run directory to write; cpus: threads for torch;
+    remote, rel: the experiment's URI and the run directory below it (object storage; else None).
 
 Trial config of a search trial (`search_model`, built by `orchestrator.tuner`):
     params: {key path: sampled value}; fixed: {base, seed, n_models, cpus, root, interim_samples}.
@@ -36,6 +41,7 @@ from demem.train import CHECKPOINT, DataConfig, RunConfig, epochs, load_pool, pr
 from orchestrator.layout import ExperimentDir
 from orchestrator.metrics import FAILED, FINAL_KEYS, NATURAL_ACC, ROBUST_ACC, SEARCH_ROBUST_ACC
 from orchestrator.spec import resolve_run  # Ray-free; resolves exactly as validation did
+from orchestrator.storage import Remote
 
 _POOL: dict[DataConfig, Pool] = {}  # the last pool this worker loaded (Tune reuses worker processes)
 
@@ -87,7 +93,9 @@ def _train_model(config: dict[str, Any], base: dict[str, Any], started: dict[str
     # One trial per `cpus` cores: more torch threads than that makes trials fight over cores.
     torch.set_num_threads(max(1, int(config.get("cpus", 1))))
     run = RunConfig.from_dict(config["run"])  # fail before touching data or a GPU
-    out = Path(config["artifacts"])
+    sync = _Sync(config.get("remote"), config.get("rel"))
+    out = sync.out if sync.remote else Path(config["artifacts"])
+    sync.pull()
     done = artifacts.read_metrics(out)
     if done is not None:  # finished before an interruption: report it again, do not retrain
         tune.report({**base, **started, **_final(done), "done": True})
@@ -95,8 +103,8 @@ def _train_model(config: dict[str, Any], base: dict[str, Any], started: dict[str
     state = _start(run, out)
     t0 = time.perf_counter()
     for metrics in epochs(state):
-        _report_epoch(state, out, {**base, **metrics, "done": False})
-    final = _finish(state, out, t0)
+        _report_epoch(state, out, {**base, **metrics, "done": False}, sync)
+    final = _finish(state, out, t0, sync)
     tune.report({**base, **started, **_final(final), "epoch": state.epoch, "done": True})
 
 
@@ -116,14 +124,46 @@ def _start(run: RunConfig, out: Path):
     return state
 
 
-def _report_epoch(state, out: Path, result: dict[str, Any]) -> None:
+class _Sync:
+    """A run directory's copy on object storage (`remote` is None for a plain directory: no-ops)."""
+
+    def __init__(self, remote: str | None, rel: str | None) -> None:
+        self.remote = Remote(remote) if remote else None
+        self.rel = rel or ""
+        self.out = self.remote.local / self.rel if self.remote else None
+
+    def pull(self) -> None:
+        if self.remote is not None:
+            self.remote.pull(self.rel)
+
+    def push(self, name: str | None = None) -> None:
+        """One file of the run directory; or all but the checkpoint, metrics.json (= finished) last."""
+        if self.remote is None:
+            return
+        if name is None:
+            self.remote.push(self.rel, skip_names=(CHECKPOINT, artifacts.METRICS))
+            name = artifacts.METRICS
+        self.remote.push(f"{self.rel}/{name}")
+
+    def drop(self, name: str) -> None:
+        if self.remote is not None:
+            self.remote.delete(f"{self.rel}/{name}")
+
+
+_LOCAL = _Sync(None, None)
+
+
+def _report_epoch(state, out: Path, result: dict[str, Any], sync: _Sync = _LOCAL) -> None:
     state.save(out)
+    sync.push(CHECKPOINT)
     tune.report(result)
 
 
-def _finish(state, out: Path, t0: float) -> dict[str, Any]:
+def _finish(state, out: Path, t0: float, sync: _Sync = _LOCAL) -> dict[str, Any]:
     final = artifacts.finish_run(state, out, train_seconds=time.perf_counter() - t0)
+    sync.push()
     (out / CHECKPOINT).unlink(missing_ok=True)
+    sync.drop(CHECKPOINT)
     return final
 
 

@@ -22,6 +22,7 @@ from orchestrator.callbacks import ExperimentCallback, ReadableTensorBoard, tria
 from orchestrator.layout import ExperimentDir
 from orchestrator.spec import ExperimentSpec, Group, Trial, trial_resources
 from orchestrator.spec.space import SEARCH_N_MODELS
+from orchestrator.storage import TUNE
 from orchestrator.trainable import search_model, train_model
 
 TrainFn = Callable[[dict[str, Any]], None]
@@ -65,6 +66,8 @@ def trial_config(spec: ExperimentSpec, exp: ExperimentDir, trial: Trial, group: 
         "run": trial.run,
         "cpus": spec.resources.cpu,
         "artifacts": str(exp.run_dir(trial.group_id, trial.trial_key).resolve()),
+        "remote": exp.remote,
+        "rel": exp.run_dir(trial.group_id, trial.trial_key).relative_to(exp.root).as_posix(),
     }
 
 
@@ -147,13 +150,18 @@ def build_tuner(
             trial_dirname_creator=trial_dirname,
             trial_name_creator=trial_dirname,
         )
+    if exp.store is not None:  # Tune writes its logs to the bucket itself, through the same filesystem
+        filesystem, path = exp.store.filesystem()
+        storage = {"storage_path": f"{path}/{TUNE}", "storage_filesystem": filesystem}
+    else:
+        storage = {"storage_path": str(exp.tune.resolve())}
     return tune.Tuner(
         _trainable(spec, train),
         param_space=space,
         tune_config=config,
         run_config=tune.RunConfig(
             name=exp.next_tune_session(),
-            storage_path=str(exp.tune.resolve()),
+            **storage,
             failure_config=tune.FailureConfig(max_failures=spec.max_retries),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             callbacks=[ExperimentCallback(str(exp.root.resolve())), ReadableTensorBoard()],

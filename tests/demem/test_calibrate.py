@@ -34,8 +34,11 @@ def test_calibrate_times_a_dp_model(isolated_data_env):
     # as when a DP run finishes (they raised IndexError here once).
     from demem.calibrate import calibrate
 
-    run = tiny_run(method={"name": "dp_sgd"}, dp={"noise_multiplier": 1.0, "max_grad_norm": 1.0},
-                   train={"batch_size": 16, "norm": "group"}).to_dict()
+    run = tiny_run(
+        method={"name": "dp_sgd"},
+        dp={"noise_multiplier": 1.0, "max_grad_norm": 1.0},
+        train={"batch_size": 16, "norm": "group"},
+    ).to_dict()
     timing = calibrate(run, "cpu", batches=2)
     assert all(math.isfinite(v) and v > 0 for v in timing.values())
 

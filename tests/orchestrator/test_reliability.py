@@ -419,3 +419,42 @@ def test_ray_that_cannot_start_is_a_message(tmp_path, capsys, monkeypatch):
     storage = tmp_path / "results"
     err = _refused(capsys, ["run", str(TINY), "--storage", str(storage)], "could not start or join Ray")
     assert "AF_UNIX path length" in err and not storage.exists()
+
+
+def test_an_audit_task_lost_with_its_node_is_run_again_once(ray_session, tiny_experiment, tmp_path, monkeypatch):
+    """An audit task whose worker dies (its node removed) fails its ref; the driver says so and
+    audits that (group, seed) once more, in-process, when the experiment finishes. (Ray's default
+    scheduler keeps these zero-CPU tasks on the driver's node, so a lost worker node rarely holds one.)"""
+    import ray
+
+    import orchestrator.progress as progress_mod
+    from orchestrator.layout import ExperimentDir
+    from orchestrator.progress import GridProgress
+    from orchestrator.run import finish
+    from orchestrator.spec import load_spec
+
+    exp = ExperimentDir(tmp_path / "tiny")
+    shutil.copytree(tiny_experiment[0].root, exp.root)
+    spec = load_spec(exp.spec, check_data=False)
+    key = (spec.groups()[0].group_id, 0)
+    before = json.loads(exp.audit_result(*key).read_text())
+    shutil.rmtree(exp.audit_dir(*key))
+    lines: list[str] = []
+    progress = GridProgress(spec, exp, lines.append)
+    assert key not in progress.audited
+
+    @ray.remote(max_retries=0)
+    def dies_with_its_node():
+        os._exit(1)
+
+    progress.pending[key] = dies_with_its_node.remote()
+    calls = []
+    real = progress_mod.audit_group
+    monkeypatch.setattr(progress_mod, "audit_group", lambda *a, **k: calls.append(a[1:3]) or real(*a, **k))
+    finish(spec, exp, progress, lines.append)
+    assert calls == [key]  # run again exactly once, and no other group re-audited
+    assert sum("audit of" in line and "failed" in line for line in lines) == 1
+    after = json.loads(exp.audit_result(*key).read_text())
+    assert after["n_models"] == before["n_models"] and after["partial"] is False
+    audits = pd.read_parquet(exp.table("audits.parquet"))
+    assert audits.groupby(["group_id", "seed", "attack"]).size().nunique() == 1  # no group short or doubled
