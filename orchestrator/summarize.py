@@ -155,6 +155,7 @@ def summarize_groups(tables: Tables, *, leakage: str = AUTO, attack: str | None 
             "pool_size": first["config.data.pool_size"],
             "n_seeds": int(g["seed"].nunique()),
             "pool_key": first["pool_key"],
+            "setting": _setting(g),
             "pool_design": "per-seed" if (g.groupby("seed")["config.data.pool_seed"].first().nunique() > 1) else "same",
             "n_models": int(len(g)),
             "n_failed": int(((runs["group_id"] == gid) & (runs["status"] == "failed")).sum()),
@@ -240,12 +241,38 @@ def _put(row: dict[str, Any], name: str, ci: dict[str, float]) -> None:
     row[f"{name}_within_sd"], row[f"{name}_units"] = ci["within_sd"], ci["units"]
 
 
-_MATCH = ("dataset", "arch", "undefended_method", "epochs", "pool_key")
+_MATCH = ("undefended_method", "pool_key", "setting")
+
+# What a defence changes, so a defended group and its baseline may differ in it: DeMem's and DP's own
+# settings, the method's name (matched through its undefended method), the norm layers DP needs;
+# and what differs per run or is matched through the pool key.
+_DEFENCE_PREFIXES = ("config.demem.", "config.dp.")
+_NOT_SETTING = {
+    "config.method.name",
+    "config.train.norm",
+    "config.seed",
+    "config.model_index",
+    "config.data.pool_seed",
+    "config.data.root",
+    "config.data.download",
+}
+
+
+def _setting(g: pd.DataFrame) -> str:
+    """Every other config value of a group's runs (arch, epochs, optimiser, attack, AWP, TRADES beta,
+    evaluation, ...): a baseline must match its defended group in all of them."""
+    cols = sorted(
+        c
+        for c in g.columns
+        if c.startswith("config.") and c not in _NOT_SETTING and not c.startswith(_DEFENCE_PREFIXES)
+    )
+    return "|".join(f"{c}={g[c].iloc[0]!r}" for c in cols)
 
 
 def _add_baselines(df: pd.DataFrame, runs: pd.DataFrame, audits: pd.DataFrame, leakage: str) -> None:
-    """The matching undefended baseline of each group (same dataset, arch, undefended method, epochs,
-    pool and keep masks per seed; lambda 0; no DP) and the paired deltas against it:
+    """The matching undefended baseline of each group (the same undefended method, the same pool and
+    keep masks per seed, every other setting but the defence's own the same; lambda 0; no DP) and the
+    paired deltas against it:
     leakage_reduction = baseline - group (positive: less leakage), robust_cost / natural_cost =
     baseline - group (positive: the defence costs accuracy). Each is the difference per (seed, model)
     or (seed, target), matched on the model index (the same keep row), averaged within each seed,

@@ -3,6 +3,7 @@ file, on a small experiment whose Parquet files the test writes itself."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import re
@@ -178,6 +179,34 @@ def experiment(tmp_path_factory) -> Path:
     for name, rows in (("runs", runs), ("audits", audits), ("roc", roc), ("membins", bins), ("lowfpr", low)):
         pd.DataFrame(rows).to_parquet(root / f"{name}.parquet")
     return root
+
+
+def test_a_baseline_matches_every_setting_but_the_defence(experiment):
+    """PGD-AT + AWP with and without DeMem beside plain PGD-AT: the AWP DeMem group is compared with
+    AWP at lambda 0 (not with plain PGD-AT, whose config differs in awp_gamma), and AWP at lambda 0
+    is a baseline of its own."""
+    tables = load_tables(experiment)
+    runs = tables.runs.assign(**{"config.method.awp_gamma": 0.0})
+    audits = tables.audits
+    extra_runs, extra_audits = [], []
+    for gid, new in (("base", "awp"), ("dm_a", "awp_dm")):
+        r = runs[runs["group_id"] == gid].assign(group_id=new, **{"config.method.awp_gamma": 0.01})
+        extra_runs.append(r.assign(robust_acc_pgd=r["robust_acc_pgd"] + 0.1))  # AWP: more robust
+        extra_audits.append(audits[audits["group_id"] == gid].assign(group_id=new))
+    low = tables.lowfpr
+    extra_low = [low[low["group_id"] == g].assign(group_id=n) for g, n in (("base", "awp"), ("dm_a", "awp_dm"))]
+    tables = dataclasses.replace(
+        tables,
+        runs=pd.concat([runs, *extra_runs], ignore_index=True),
+        audits=pd.concat([audits, *extra_audits], ignore_index=True),
+        lowfpr=pd.concat([low, *extra_low], ignore_index=True),
+    )
+    df = summarize_groups(tables).set_index("group_id")
+    assert df.loc["awp", "is_baseline"] and df.loc["awp", "baseline_id"] == "awp"
+    assert df.loc["awp_dm", "baseline_id"] == "awp" and df.loc["dm_a", "baseline_id"] == "base"
+    # paired against AWP, the robust cost is DeMem's alone (~0.01), not AWP's gain (-0.09 against PGD-AT)
+    assert df.loc["awp_dm", "robust_cost_mean"] == pytest.approx(df.loc["dm_a", "robust_cost_mean"], abs=1e-9)
+    assert df.loc["dp", "baseline_id"] == "base"  # DP's own settings and method name are the defence
 
 
 def test_groups_baselines_and_deltas(experiment):
