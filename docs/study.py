@@ -103,6 +103,32 @@ class Study:
         m = g[["seed", "tpr"]].merge(r[["seed", "tpr"]], on="seed", suffixes=("_g", "_r"))
         return t_interval((m["tpr_g"] - m["tpr_r"]).to_numpy(dtype=float))
 
+    def per_seed(self, label: tuple, ref: tuple, what: str, attack: str | None = None) -> pd.Series:
+        """ref - label per seed (a cost or a reduction: positive = lower in `label`), paired as above."""
+        if attack is None:
+            a, b = self._runs(label), self._runs(ref)
+        else:
+            a, b = self._targets(label, attack), self._targets(ref, attack)
+        m = b[["seed", "unit", what]].merge(a[["seed", "unit", what]], on=["seed", "unit"], suffixes=("_r", "_g"))
+        return (m[f"{what}_r"] - m[f"{what}_g"]).groupby(m["seed"]).mean()
+
+    def equal_leakage(self, point: tuple, curve: list[tuple], ref: tuple, attack: str) -> dict[str, float]:
+        """Robust cost of the tau = 0 curve (`curve`: lambda 0 = `ref`, then DeMem at growing lambda),
+        interpolated at the leakage reduction `point` reaches, minus `point`'s own robust cost; per
+        seed, then a t interval across seeds. Positive: `point` keeps more robust accuracy than tau = 0
+        does for the same leakage reduction."""
+        leak = {k: self.per_seed(k, ref, "auc", attack) for k in [point, *curve]}
+        cost = {k: self.per_seed(k, ref, ROBUST_ACC) for k in [point, *curve]}
+        gains = []
+        for seed in leak[point].index:
+            xs = np.array([0.0] + [leak[k][seed] for k in curve])
+            ys = np.array([0.0] + [cost[k][seed] for k in curve])
+            order = np.argsort(xs)
+            x = leak[point][seed]
+            inside = xs.min() <= x <= xs.max()
+            gains.append(np.interp(x, xs[order], ys[order]) - cost[point][seed] if inside else np.nan)
+        return t_interval(np.array(gains, dtype=float))
+
     def levels(self, label: tuple) -> list[str]:
         runs = self._runs(label)
         cells = [level(seed_level(runs, NATURAL_ACC)), level(seed_level(runs, ROBUST_ACC))]
@@ -190,6 +216,23 @@ def report(root: str | Path) -> str:
     for title, pairs in contrasts.items():
         rows = [[f"{name(g)} - {name(r)}", *s.contrast_row(g, r)] for g, r in pairs if s.has(g) and s.has(r)]
         out += ["", f"### {title}", "", table(DELTA_HEADER, rows)]
+    curve = [demem(PGD_AT, lam) for lam in (0.2, 0.4, 0.6)]
+    points = [demem(PGD_AT, 0.4, t) for t in (0.5, 0.9)]
+    if all(s.has(k) for k in [PGD_AT, *curve, *points]):
+        rows = [
+            [name(p), *(fmt(s.equal_leakage(p, curve, PGD_AT, attack)) for attack in ATTACKS.values())] for p in points
+        ]
+        out += [
+            "",
+            "### Threshold at equal leakage reduction",
+            "",
+            "Robust accuracy kept (points) against tau = 0 at the same AUC reduction: the tau = 0 curve's robust "
+            "cost (lambda 0, 0.2, 0.4, 0.6, interpolated per seed at the point's AUC reduction) minus the "
+            "point's own; positive = the threshold keeps more robust accuracy. n/a in a seed whose point lies "
+            "outside the curve's range.",
+            "",
+            table(["point", *(f"{a} (AUC)" for a in ATTACKS)], rows),
+        ]
     if s.has(DP) and s.has(STANDARD):
         out += [
             "",

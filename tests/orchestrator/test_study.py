@@ -38,7 +38,14 @@ def test_the_shrunken_study_runs_and_every_claim_is_analysed(ray_session, tmp_pa
 
     study = _analysis()
     text = study.report(exp.root)
-    for title in ("Claim 1", "Claim 2: DP-SGD", "Claim 3", "Threshold", "Claim 2 by memorization"):
+    for title in (
+        "Claim 1",
+        "Claim 2: DP-SGD",
+        "Claim 3",
+        "Threshold",
+        "Threshold at equal",
+        "Claim 2 by memorization",
+    ):
         assert f"### {title}" in text
     s = study.Study(exp.root)
     keys = [study.STANDARD, study.PGD_AT, study.TRADES, study.AWP, study.DP]
@@ -50,6 +57,10 @@ def test_the_shrunken_study_runs_and_every_claim_is_analysed(ray_session, tmp_pa
     # a paired difference has an interval across the 2 seeds (or n/a where a metric is undefined)
     d = s.acc(study.PGD_AT, study.STANDARD, "robust_acc_pgd")
     assert d["n"] == 2 and d["lo"] <= d["mean"] <= d["hi"]
-    rows = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith(("| group", "| mem"))]
-    assert len(rows) == 12 + 3 + 1 + 5 + 4 + 4  # every group, every contrast, every memorization bin
+    rows = [
+        line
+        for line in text.splitlines()
+        if line.startswith("| ") and not line.startswith(("| group", "| mem", "| point"))
+    ]
+    assert len(rows) == 12 + 3 + 1 + 5 + 4 + 2 + 4  # every group, contrast, threshold point, memorization bin
     assert all("n/a" not in line and "nan" not in line for line in rows[:12])  # every group has its levels
