@@ -50,7 +50,14 @@ def _err(df: pd.DataFrame, col: str) -> np.ndarray:
     return np.nan_to_num(np.stack([mean - lo, hi - mean]), nan=0.0)
 
 
+def _by_family(df: pd.DataFrame) -> pd.DataFrame:
+    """Colour and group by the method family (`family`: the method, "+ AWP" when AWP is on), so PGD-AT
+    with and without AWP are told apart; frames without the column keep the method."""
+    return df.assign(method=df["family"]) if "family" in df.columns else df
+
+
 def pareto_plot(df: pd.DataFrame) -> Figure:
+    df = _by_family(df)
     leak = df["leakage_metric"].iloc[0]
     colors = _colors(df["method"])
     fig = Figure(figsize=(8, 6), dpi=DPI)
@@ -150,6 +157,7 @@ def roc_plot(df: pd.DataFrame, roc: pd.DataFrame) -> Figure:
 def membins_plot(df: pd.DataFrame, membins: pd.DataFrame) -> Figure:
     """Per memorization bin (non-empty bins only): held-out accuracy and LiRA TPR at 1% FPR for the
     baselines, the DP groups and the best-ranked DeMem group per baseline."""
+    df = _by_family(df)
     fig = Figure(figsize=(12, 5), dpi=DPI)
     ax1, ax2 = fig.subplots(1, 2)
     colors = _colors(df["method"])
@@ -182,6 +190,7 @@ def membins_plot(df: pd.DataFrame, membins: pd.DataFrame) -> Figure:
 
 
 def threshold_sweep_plot(df: pd.DataFrame) -> Figure:
+    df = _by_family(df)
     leak = df["leakage_metric"].iloc[0]
     fig = Figure(figsize=(12, 5), dpi=DPI)
     ax1, ax2 = fig.subplots(1, 2)

@@ -145,6 +145,7 @@ def summarize_groups(tables: Tables, *, leakage: str = AUTO, attack: str | None 
             "arch": first["config.train.arch"],
             "method": method,
             "undefended_method": _undefended(method),
+            "family": method + (" + AWP" if float(first.get("config.method.awp_gamma") or 0) > 0 else ""),
             "lambda": float(first["config.demem.lambda"]),
             "threshold": float(first["config.demem.risk_threshold"]),
             "risk": first["config.demem.risk"],

@@ -17,6 +17,7 @@ from scipy import stats
 
 from demem.stats import t_interval as ci95
 from demem.stats import welch_diff
+from orchestrator import plots
 from orchestrator.fmt import fmt_ci
 from orchestrator.report import power_text
 from orchestrator.summarize import load_tables, summarize, summarize_groups
@@ -207,6 +208,11 @@ def test_a_baseline_matches_every_setting_but_the_defence(experiment):
     # paired against AWP, the robust cost is DeMem's alone (~0.01), not AWP's gain (-0.09 against PGD-AT)
     assert df.loc["awp_dm", "robust_cost_mean"] == pytest.approx(df.loc["dm_a", "robust_cost_mean"], abs=1e-9)
     assert df.loc["dp", "baseline_id"] == "base"  # DP's own settings and method name are the defence
+    # the plots colour and group by family, so AWP is not drawn as plain PGD-AT
+    assert df.loc["awp_dm", "family"] == "pgd_at + AWP" and df.loc["dm_a", "family"] == "pgd_at"
+    fig = plots.pareto_plot(df.reset_index())
+    labels = fig.axes[0].get_legend_handles_labels()[1]
+    assert "pgd_at + AWP (undefended)" in labels and "pgd_at (undefended)" in labels
 
 
 def test_groups_baselines_and_deltas(experiment):
