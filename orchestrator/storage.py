@@ -76,11 +76,11 @@ def staging_dir(uri: str) -> Path:
 
 
 def _safe_rel(rel: str) -> str | None:
-    """`rel` when it is a plain relative path (no '..', no absolute part, no empty component)."""
-    parts = PurePosixPath(rel).parts
-    if not parts or rel.startswith("/") or any(p in ("", ".", "..") or "\\" in p or "\0" in p for p in parts):
+    """`rel` when it is a plain relative path: no '..', '.' or empty component, not absolute."""
+    parts = rel.split("/")
+    if any(p in ("", ".", "..") or "\\" in p or "\0" in p for p in parts):
         return None
-    return "/".join(parts)
+    return rel
 
 
 @dataclass(frozen=True)

@@ -95,6 +95,14 @@ def test_push_pull_round_trip_and_hostile_object_names(s3, staging, tmp_path):
     assert not (remote.local.parent / "escape").exists()
 
 
+@pytest.mark.parametrize("name", ["../x", "a/../../x", "/etc/passwd", "a//b", "a/./b", "a\\b", "a/\x00"])
+def test_an_object_name_that_is_not_a_plain_relative_path_is_refused(name):
+    from orchestrator.storage import _safe_rel
+
+    assert _safe_rel(name) is None
+    assert _safe_rel("artifacts/g1/r1/metrics.json") == "artifacts/g1/r1/metrics.json"
+
+
 def test_a_grid_experiment_on_s3_runs_resumes_and_summarizes(ray_session, s3, staging, tmp_path, tiny_experiment):
     from orchestrator.run import resume_experiment, run_experiment, status
     from orchestrator.summarize import summarize
