@@ -29,6 +29,6 @@ def audit_group(
     out = exp.audit_dir(group_id, seed)
     write_audit(out, result, per_sample)
     if exp.store is not None:
-        exp.store.push(out.relative_to(exp.root).as_posix(), skip_names=(AUDIT_JSON,))
-        exp.store.push(exp.audit_result(group_id, seed).relative_to(exp.root).as_posix())  # audit.json = done
+        exp.store.push(exp.rel(out), skip_names=(AUDIT_JSON,))
+        exp.store.push(exp.rel(exp.audit_result(group_id, seed)))  # audit.json = done
     return {"group_id": group_id, "seed": seed}

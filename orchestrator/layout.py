@@ -28,11 +28,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from demem.privacy.audit import AUDIT_JSON, SAMPLES_TABLE
-from orchestrator.storage import TUNE, Remote, is_uri, parent_uri, redact, staging_dir
+from orchestrator.storage import TUNE, Remote, is_uri, redact, staging_dir
 
 RUNS, AUDITS, SAMPLES = "runs.parquet", "audits.parquet", "samples.parquet"
 ROC, MEMBINS, LOWFPR = "roc.parquet", "membins.parquet", "lowfpr.parquet"
@@ -52,20 +53,19 @@ class ExperimentDir:
             return cls(staging_dir(str(where)), remote=str(where))
         return cls(Path(where))
 
-    @property
+    @cached_property
     def store(self) -> Remote | None:
         """The object storage holding the experiment, or None for a directory."""
         return Remote(self.remote) if self.remote else None
+
+    def rel(self, path: Path) -> str:
+        """`path` (below the experiment) relative to it, as the storage names it."""
+        return Path(path).relative_to(self.root).as_posix()
 
     @property
     def where(self) -> str:
         """The experiment's place as a user names it: its URI or its directory."""
         return redact(self.remote) if self.remote else str(self.root)
-
-    @property
-    def storage(self) -> str | Path:
-        """What holds the experiment (a `--storage` value)."""
-        return parent_uri(self.remote) if self.remote else self.root.parent
 
     @property
     def spec(self) -> Path:
@@ -158,11 +158,11 @@ class ExperimentDir:
         return self.root / "confirm.yaml"
 
 
-def open_experiment(where: str | Path, *, pull: bool = True) -> ExperimentDir:
+def open_experiment(where: str | Path) -> ExperimentDir:
     """An existing experiment at a directory or a URI; from a URI, its files (but Tune's logs and the
     checkpoints, which trials fetch themselves) are first copied into this machine's mirror."""
     exp = ExperimentDir.at(where)
-    if exp.store is not None and pull:
+    if exp.store is not None:
         exp.store.check()
         if not exp.store.exists(SPEC):
             raise FileNotFoundError(f"{exp.where} is not an experiment (no spec.yaml there)")

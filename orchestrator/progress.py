@@ -44,7 +44,8 @@ class GridProgress:
         self.state: dict[str, dict[str, Any]] = read_records(exp.trials)
         self.t0 = time.time()
         self.pending: dict[tuple[str, int], Any] = {}
-        self.audited: set[tuple[str, int]] = {k for k in self._keys() if exp.audit_result(*k).exists()}
+        self.audited: set[tuple[str, int]] = set()
+        self.rescan_audits()
 
     # --- Tune callback hooks -----------------------------------------------------------------------
     def trial_complete(self, trial) -> None:
@@ -97,6 +98,11 @@ class GridProgress:
             f"{self.labels[t.group_id]} seed {t.seed} model {t.model_index}: {what}"
         )
         self.maybe_audit((t.group_id, t.seed))
+
+    def rescan_audits(self) -> None:
+        """Count as audited every (group, seed) whose audit.json is there (written by this driver,
+        an earlier one, or, on object storage, pulled from the bucket)."""
+        self.audited |= {k for k in self._keys() if self.exp.audit_result(*k).exists()}
 
     def save(self) -> None:
         """trials.json, written atomically (and pushed, on object storage)."""

@@ -209,7 +209,7 @@ def resume_experiment(
             for key in {(state[r]["group_id"], state[r]["seed"]) for r in again if "group_id" in state[r]}:
                 shutil.rmtree(exp.audit_dir(*key), ignore_errors=True)
                 if exp.store is not None:
-                    exp.store.delete(exp.audit_result(*key).relative_to(exp.root).as_posix())
+                    exp.store.delete(exp.rel(exp.audit_result(*key)))
             echo(f"running {len(again)} failed trial(s) again")
         progress = start_progress(spec, exp, echo)
         left = [
@@ -251,7 +251,7 @@ def finish(spec: ExperimentSpec, exp: ExperimentDir, progress: GridProgress, ech
     if exp.store is not None:  # what trials and audit tasks on other nodes wrote
         exp.store.pull("artifacts", skip_names=(CHECKPOINT,))
         exp.store.pull("audits")
-        progress.audited |= {k for k in progress._keys() if exp.audit_result(*k).exists()}
+        progress.rescan_audits()
     for run_id, trial in progress.trials.items():  # runs finished by an earlier, interrupted driver
         if run_id not in progress.state and read_metrics(exp.run_dir(trial.group_id, run_id)) is not None:
             progress.state[run_id] = {

@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path, PurePosixPath
 
 from demem.io import atomic_path
@@ -56,11 +57,6 @@ def redact(uri: str) -> str:
     if "@" in host:
         host = "***@" + host.rsplit("@", 1)[1]
     return f"{scheme}{sep}{host}{slash}{tail}"
-
-
-def parent_uri(uri: str) -> str:
-    path, sep, query = uri.partition("?")
-    return f"{path.rstrip('/').rsplit('/', 1)[0]}{sep}{query}"
 
 
 def name_of(uri: str) -> str:
@@ -96,8 +92,9 @@ class Remote:
                 f"{redact(self.uri)}: storage must be a directory or an s3:// or gs:// URI, not {scheme}://"
             )
 
-    def filesystem(self):
-        """(pyarrow FileSystem, the experiment's path on it, without scheme)."""
+    @cached_property
+    def _fs(self):
+        """(pyarrow FileSystem, the experiment's path on it): made once per Remote, not per file."""
         from pyarrow import fs
 
         try:
@@ -105,6 +102,10 @@ class Remote:
         except (OSError, ValueError) as e:
             raise StorageError(f"{redact(self.uri)}: {_first_line(e)}") from e
         return filesystem, path.rstrip("/")
+
+    def filesystem(self):
+        """(pyarrow FileSystem, the experiment's path on it, without scheme)."""
+        return self._fs
 
     @property
     def local(self) -> Path:

@@ -413,7 +413,7 @@ def summarize(
         plots.to_tensorboard(figures, ExperimentDir(root).tensorboard_summary)
     if exp.store is not None and out == exp.summary:
         exp.store.push(exp.summary.name)
-        exp.store.push(exp.tensorboard_groups.relative_to(exp.root).as_posix())
+        exp.store.push(exp.rel(exp.tensorboard_groups))
     echo(top_text(df, failed=failed))
     echo("")
     echo(f"summary: {out}/ (ranking.md, ranking.csv, summary.parquet, {', '.join(figures)}, report.html)")

@@ -67,7 +67,7 @@ def trial_config(spec: ExperimentSpec, exp: ExperimentDir, trial: Trial, group: 
         "cpus": spec.resources.cpu,
         "artifacts": str(exp.run_dir(trial.group_id, trial.trial_key).resolve()),
         "remote": exp.remote,
-        "rel": exp.run_dir(trial.group_id, trial.trial_key).relative_to(exp.root).as_posix(),
+        "rel": exp.rel(exp.run_dir(trial.group_id, trial.trial_key)),
     }
 
 
