@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -154,8 +155,9 @@ def cmd_train(a: argparse.Namespace) -> int:
         print(f"demem train: {e}", file=sys.stderr)
         return 2
     out = Path(a.out)
-    if out.exists() and not out.is_dir():
-        print(f"demem train: --out {out} is a file; name a directory", file=sys.stderr)
+    why = _out_problem(out)
+    if why is not None:
+        print(f"demem train: {why}", file=sys.stderr)
         return 2
     if not a.resume and ((out / "metrics.json").exists() or (out / "checkpoint.pt").exists()):
         print(
@@ -174,7 +176,11 @@ def cmd_train(a: argparse.Namespace) -> int:
     except (DatasetNotFoundError, FileNotFoundError, ValueError) as e:
         print(f"demem train: {e}", file=sys.stderr)
         return 2
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # what _out_problem cannot foresee (a dangling link, a race, a full disk)
+        print(f"demem train: --out {out}: cannot create it ({e.strerror or e})", file=sys.stderr)
+        return 2
     if a.resume and (out / CHECKPOINT).exists():
         try:
             state.load(out)
@@ -222,6 +228,22 @@ def cmd_train(a: argparse.Namespace) -> int:
     if a.json:
         print(json.dumps({k: v for k, v in metrics.items() if k != "history"}, sort_keys=True))
     return 0
+
+
+def _out_problem(out: Path) -> str | None:
+    """Why `out` cannot be (or become) the run directory, or None; checked before any work."""
+    if out.exists():
+        if not out.is_dir():
+            return f"--out {out} is a file; name a directory"
+        return None if os.access(out, os.W_OK | os.X_OK) else f"--out {out}: the directory is not writable"
+    for parent in out.parents:  # mkdir(parents=True) starts below the nearest existing ancestor
+        if parent.exists():
+            if not parent.is_dir():
+                return f"--out {out}: {parent} is a file, not a directory"
+            if not os.access(parent, os.W_OK | os.X_OK):
+                return f"--out {out}: cannot create it in {parent} (not writable)"
+            return None
+    return None
 
 
 def _epochs(state, out: Path):
@@ -312,8 +334,6 @@ def main(argv: Sequence[str] | None = None, parser: argparse.ArgumentParser | No
     try:
         return args.func(args)
     except BrokenPipeError:  # `demem validate spec | head`: the reader left; not an error of ours
-        import os
-
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit flush stays quiet
         return 0
 

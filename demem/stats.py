@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
-from scipy import stats
+from scipy import integrate, optimize, stats
 
 NAN = float("nan")
 
@@ -120,28 +120,89 @@ def excludes_zero(ci: dict[str, float]) -> bool:
     return bool(np.isfinite(ci["lo"]) and np.isfinite(ci["hi"]) and (ci["lo"] > 0 or ci["hi"] < 0))
 
 
+def _chi_pdf(u: float, df: int) -> float:
+    """Density of the chi distribution (the square root of a chi-square) with `df` degrees of freedom."""
+    if u <= 0.0:  # 0 at the origin, but for df = 1 (the half-normal) it is sqrt(2 / pi) there
+        return math.sqrt(2 / math.pi) if df == 1 and u == 0.0 else 0.0
+    return math.exp((df - 1) * math.log(u) - u * u / 2 - (df / 2 - 1) * math.log(2.0) - math.lgamma(df / 2))
+
+
+def _norm_cdf(x: float) -> float:
+    # erfc keeps the far tails accurate, where 1 - erf would cancel to 0.
+    return 0.5 * math.erfc(-x / math.sqrt(2.0))
+
+
+def t_test_power(ncp: float, df: int, alpha: float = 0.05) -> float:
+    """Power of the two-sided one-sample t test with `df` degrees of freedom at non-centrality `ncp`.
+
+    T = (Z + ncp) / (U / sqrt(df)) with Z standard normal and U chi(df), so
+    P(|T| > c) = E_U[Phi(ncp - c U / sqrt(df)) + Phi(-ncp - c U / sqrt(df))], c = t_{1 - alpha/2, df}.
+    The expectation is integrated over U numerically. This is the non-central t distribution itself,
+    but unlike scipy's `nct` (which returns NaN for non-centralities above about 7.5, at every df) it is
+    defined for every df >= 1 and every ncp.
+
+    Args:
+        ncp: the non-centrality, true mean difference / (sd / sqrt(n)); its sign does not matter.
+        df: degrees of freedom, n - 1; at least 1.
+        alpha: two-sided significance level.
+
+    Returns:
+        The power in [alpha, 1]; NaN when df < 1 or ncp is not finite.
+    """
+    if df < 1 or not math.isfinite(ncp):
+        return NAN
+    crit = float(stats.t.ppf(1 - alpha / 2, df))
+    scale = crit / math.sqrt(df)
+
+    def integrand(u: float) -> float:
+        # given the sample sd (U), the test rejects when Z lands beyond either critical value
+        return (_norm_cdf(ncp - scale * u) + _norm_cdf(-ncp - scale * u)) * _chi_pdf(u, df)
+
+    # U, the norm of a standard normal vector, has Gaussian tails about its mean (which lies within 1
+    # of sqrt(df)): P(|U - E U| > t) <= 2 exp(-t^2 / 2). A window of sqrt(df) +- 13 so drops less than
+    # 1e-30 of the mass, and keeps the narrow peak of a large df inside the range quad samples.
+    mode = math.sqrt(df - 1)
+    lo, hi = max(0.0, math.sqrt(df) - 13.0), math.sqrt(df) + 13.0
+    points = [mode] if lo < mode < hi else None
+    value, _ = integrate.quad(integrand, lo, hi, points=points, epsabs=1e-12, epsrel=1e-10, limit=200)
+    return float(min(1.0, max(0.0, value)))
+
+
 def paired_power(delta: float, sd: float, n: int, alpha: float = 0.05) -> float:
     """Power of the two-sided paired t test across n seeds to detect a true mean difference `delta`
-    when the per-seed differences have standard deviation `sd` (non-central t, exact)."""
-    if n < 2 or not (np.isfinite(sd) and sd > 0):
+    when the per-seed differences have standard deviation `sd` (non-central t, exact; `t_test_power`).
+
+    NaN when the power cannot be stated: fewer than 2 seeds, or `sd` / `delta` not finite, or sd <= 0.
+    """
+    if n < 2 or not (np.isfinite(sd) and sd > 0 and np.isfinite(delta)):
         return NAN
-    df = n - 1
-    crit = stats.t.ppf(1 - alpha / 2, df)
-    nc = abs(delta) * math.sqrt(n) / sd
-    return float(stats.nct.sf(crit, df, nc) + stats.nct.cdf(-crit, df, nc))
+    return t_test_power(abs(delta) * math.sqrt(n) / sd, n - 1, alpha)
 
 
 def detectable_difference(sd: float, n: int, power: float = 0.8, alpha: float = 0.05) -> float:
-    """The smallest true difference the paired test across n seeds detects with `power`; NaN with
-    fewer than 2 seeds or no spread."""
-    if n < 2 or not (np.isfinite(sd) and sd > 0):
-        return NAN
-    from scipy.optimize import brentq
+    """The smallest true difference the paired test across n seeds detects with `power`.
 
+    Returns:
+        The difference, in the units of `sd`; NaN when it cannot be stated: fewer than 2 seeds, no
+        finite positive spread, a `power` outside (alpha, 1), or no bracket of the root found.
+    """
+    if n < 2 or not (np.isfinite(sd) and sd > 0) or not (alpha < power < 1):
+        return NAN
+
+    def gap(d: float) -> float:
+        return paired_power(d, sd, n, alpha) - power
+
+    # gap(0) = alpha - power < 0 and the power rises to 1, so doubling finds a sign change; the cap
+    # keeps a power function that never gets there (it would be a bug) from looping for ever.
     hi = sd
-    while paired_power(hi, sd, n, alpha) < power:
+    for _ in range(64):
+        g = gap(hi)
+        if not math.isfinite(g):
+            return NAN
+        if g >= 0:
+            return float(optimize.brentq(gap, 0.0, hi, xtol=1e-12 * sd))
         hi *= 2
-    return float(brentq(lambda d: paired_power(d, sd, n, alpha) - power, 0.0, hi, xtol=1e-12 * sd))
+    return NAN
 
 
 def seeds_needed(delta: float, sd: float, power: float = 0.8, alpha: float = 0.05, max_n: int = 10_000) -> int | None:

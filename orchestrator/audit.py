@@ -26,7 +26,7 @@ def audit_group(
     group = load_group(exp.artifacts / group_id, seed=seed, allow_partial=partial)
     result, per_sample = run_audit(group, audit.config())
     result["partial"] = partial
-    out = exp.audit_dir(group_id, seed)
+    out = exp.inside(exp.audit_dir(group_id, seed))
     write_audit(out, result, per_sample)
     if exp.store is not None:
         exp.store.push(exp.rel(out), skip_names=(AUDIT_JSON,))

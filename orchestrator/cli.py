@@ -30,7 +30,7 @@ def cmd_validate(a: argparse.Namespace) -> int:
         spec = load_spec(a.spec, check_data=not a.no_data_check)
     except SpecError as e:
         return _print_problems(a.spec, e)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, ValueError) as e:  # as `demem run` refuses what escapes the problem list
         print(f"demem validate: {e}", file=sys.stderr)
         return 2
     print(f"{a.spec}: valid")
@@ -98,7 +98,15 @@ def _drive(command: str, what: str, work) -> int:
     (orchestrator.run.EXIT_*), with a one-line message instead of a traceback for what we expect."""
     from orchestrator.lock import ExperimentBusy
     from orchestrator.probe import StorageNotShared
-    from orchestrator.run import EXIT_BUSY, EXIT_DISK_FULL, EXIT_TRIALS_FAILED, RayStartError, failed_trials
+    from orchestrator.run import (
+        EXIT_BUSY,
+        EXIT_DISK_FULL,
+        EXIT_TRIALS_FAILED,
+        RayStartError,
+        disk_full_trials,
+        failed_trials,
+        unaudited_groups,
+    )
     from orchestrator.spec import SpecError, load_spec
     from orchestrator.storage import StorageError
 
@@ -123,15 +131,30 @@ def _drive(command: str, what: str, work) -> int:
             print(f"demem {command}: {e}", file=sys.stderr)
             return 2
         raise
-    n = failed_trials(load_spec(exp.spec, check_data=False), exp)
+    spec = load_spec(exp.spec, check_data=False)
+    if disk_full_trials(spec, exp):
+        print(
+            f"demem {command}: the disk holding the results filled up during the trials ({disk_full_trials(spec, exp)} "
+            f"failed with 'No space left on device'). Finished models and audits are kept; free space, then "
+            f"`demem resume {exp.where}` continues.",
+            file=sys.stderr,
+        )
+        return EXIT_DISK_FULL
+    n, unaudited = failed_trials(spec, exp), unaudited_groups(spec, exp)
     if n:
         print(
             f"demem {command}: {n} trial(s) failed after their retries; their groups are reported with the "
             f"failures (see `demem status {exp.where}`)",
             file=sys.stderr,
         )
-        return EXIT_TRIALS_FAILED
-    return 0
+    if unaudited:
+        shown = ", ".join(unaudited[:5]) + (f" and {len(unaudited) - 5} more" if len(unaudited) > 5 else "")
+        print(
+            f"demem {command}: the audit of {len(unaudited)} group(s) failed ({shown}): the reason is printed above; "
+            f"fix it, then `demem resume {exp.where}` audits them",
+            file=sys.stderr,
+        )
+    return EXIT_TRIALS_FAILED if n or unaudited else 0
 
 
 def cmd_run(a: argparse.Namespace) -> int:
@@ -198,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = next(act for act in p._actions if isinstance(act, argparse._SubParsersAction))
     v = sub.add_parser("validate", help="check an experiment spec (YAML) and print its plan")
     v.add_argument("spec")
-    v.add_argument("--no-data-check", action="store_true", help="do not check that datasets are present here")
+    v.add_argument("--no-data-check", action="store_true", help="do not check (read) the datasets here")
     v.add_argument(
         "--power-from",
         metavar="EXPERIMENT",

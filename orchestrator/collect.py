@@ -28,7 +28,7 @@ from demem.artifacts import SCHEMA_VERSION
 from demem.io import write_parquet
 from demem.stats import seed_level
 from orchestrator.fmt import fmt_ci
-from orchestrator.layout import AUDITS, LOWFPR, MEMBINS, ROC, RUNS, SAMPLES, ExperimentDir, read_json, read_records
+from orchestrator.layout import AUDITS, LOWFPR, MEMBINS, ROC, RUNS, SAMPLES, ExperimentDir, read_json, trial_records
 from orchestrator.metrics import (
     FALLBACK_ATTACKS,
     FEW_SHADOWS,
@@ -55,7 +55,7 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def runs_frame(spec: ExperimentSpec, exp: ExperimentDir) -> pd.DataFrame:
-    state = read_records(exp.trials)
+    state = trial_records(spec, exp)
     labels = {g.group_id: g.label for g in spec.groups()}
     rows = []
     for t in spec.trials():

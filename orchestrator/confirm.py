@@ -58,6 +58,7 @@ def confirm(
 ) -> ExperimentDir:
     """Run the confirmation experiment next to the search (results/<name>-confirm by default)."""
     exp = ExperimentDir(Path(root))
+    exp.check_tree()  # confirm.yaml is written into it
     raw = confirm_spec(exp, top, name=name, baseline=baseline)
     spec_path = exp.confirm_spec
     write_text(spec_path, yaml.safe_dump(raw, sort_keys=False))

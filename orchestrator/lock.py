@@ -13,12 +13,18 @@ import fcntl
 import json
 import os
 import socket
+import stat
 import time
 from pathlib import Path
 
 
 class ExperimentBusy(RuntimeError):
     """Another live driver holds the experiment."""
+
+
+class UnsafeLock(ValueError):
+    """The lock's path is a symbolic link, not a plain file, or a file with other hard links: a
+    results directory from elsewhere could point it at a file of ours, which we would truncate."""
 
 
 class ExperimentLock:
@@ -36,7 +42,22 @@ class ExperimentLock:
         self.release()
 
     def acquire(self) -> None:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)  # the umask decides who may read it
+        # Never through a link (O_NOFOLLOW), and only a plain file of its own: we truncate it below.
+        try:
+            fd = os.open(
+                self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o666
+            )  # umask applies
+        except OSError:
+            if os.path.islink(self.path) or os.path.isdir(self.path):
+                raise UnsafeLock(
+                    f"{self.path} is not a plain file (a symbolic link or a directory); remove it"
+                ) from None
+            raise
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+            os.close(fd)
+            what = "not a plain file" if not stat.S_ISREG(st.st_mode) else "a file with other hard links"
+            raise UnsafeLock(f"{self.path} is {what}; remove it")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -20,7 +20,7 @@ import ray
 from demem.io import write_json
 from orchestrator.audit import audit_group
 from orchestrator.fmt import fmt_value
-from orchestrator.layout import ExperimentDir, read_records
+from orchestrator.layout import ExperimentDir, read_records, trial_records
 from orchestrator.metrics import FAILED, NATURAL_ACC, ROBUST_ACC, SEARCH_METRICS, WHERE_KEYS
 from orchestrator.spec import ExperimentSpec, load_spec, short_name
 
@@ -34,6 +34,15 @@ def error_text(trial) -> str:
     return ""
 
 
+def task_error(e: BaseException) -> str:
+    """One line for a failed Ray task: its own exception's message, not Ray's wrapping stack trace."""
+    cause = getattr(e, "cause", None)  # ray.exceptions.RayTaskError carries what the task raised
+    if isinstance(cause, BaseException):
+        e = cause
+    lines = [line for line in str(e).strip().splitlines() if line.strip()]
+    return lines[0][:500] if lines else type(e).__name__
+
+
 class GridProgress:
     """Trial states, audits, one line per finished trial of a grid experiment."""
 
@@ -41,7 +50,7 @@ class GridProgress:
         self.spec, self.exp, self.echo = spec, exp, echo
         self.trials = {t.trial_key: t for t in spec.trials()}
         self.labels = {g.group_id: g.label for g in spec.groups()}
-        self.state: dict[str, dict[str, Any]] = read_records(exp.trials)
+        self.state: dict[str, dict[str, Any]] = trial_records(spec, exp)
         self.t0 = time.time()
         self.pending: dict[tuple[str, int], Any] = {}
         self.audited: set[tuple[str, int]] = set()
@@ -146,7 +155,7 @@ class GridProgress:
                 self.audited.add(key)
                 self.echo(f"audited {self.labels[key[0]]} seed {key[1]} ({len(self.audited)} groups audited)")
             except Exception as e:  # noqa: BLE001 - report and carry on; finish() retries in-process
-                self.echo(f"audit of {self.labels[key[0]]} seed {key[1]} failed: {e}")
+                self.echo(f"audit of {self.labels[key[0]]} seed {key[1]} failed: {task_error(e)}")
 
 
 class SearchProgress:

@@ -186,12 +186,16 @@ def power_text(df: pd.DataFrame, n_planned: int | None = None) -> str:
     spread = f"median across-seed sd of the paired deltas {sd:.3f}"
     if n_planned is not None:
         spread += f", from {n_had} seeds of that experiment"
-    text = (
-        f"Power ({leak}): with {n} seeds the paired design detects a leakage difference of about {mdd:.3f} "
-        f"(80% power, 5% two-sided; {spread})."
-        if n >= 2
-        else f"Power ({leak}): {n} seed gives no interval; the spread to plan from is {sd:.3f} ({spread})."
-    )
+    if n < 2:
+        text = f"Power ({leak}): {n} seed gives no interval; the spread to plan from is {sd:.3f} ({spread})."
+    elif not np.isfinite(mdd):
+        # e.g. paired deltas identical in every seed (sd 0): a t test has no spread to scale by
+        text = f"Power ({leak}): with {n} seeds the detectable leakage difference cannot be stated ({spread})."
+    else:
+        text = (
+            f"Power ({leak}): with {n} seeds the paired design detects a leakage difference of about {mdd:.3f} "
+            f"(80% power, 5% two-sided; {spread})."
+        )
     closest = deltas.loc[deltas["leakage_reduction_mean"].abs().idxmin()]
     need = seeds_needed(closest["leakage_reduction_mean"], closest["leakage_reduction_std"])
     if need is not None:

@@ -9,6 +9,7 @@ A spec with `search:` runs `orchestrator.search.run_search` instead.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import shutil
@@ -24,7 +25,8 @@ from demem.artifacts import CONFIG, read_metrics
 from demem.io import write_json, write_text
 from demem.train import CHECKPOINT
 from orchestrator.collect import collect, group_table, write_hparams
-from orchestrator.layout import SPEC, ExperimentDir, open_experiment, read_records
+from orchestrator.layout import SPEC, ExperimentDir, open_experiment, trial_records
+from orchestrator.leftovers import forget_private_instance, record_private_instance, stop_leftovers
 from orchestrator.lock import ExperimentLock
 from orchestrator.probe import check_shared
 from orchestrator.progress import GridProgress, Printer, start_progress
@@ -35,8 +37,8 @@ from orchestrator.tuner import TrainFn, build_tuner
 
 # Exit codes of `demem run` / `demem resume` (README, "Safety").
 EXIT_OK = 0  # every trial finished and every group was audited
-EXIT_BAD_INPUT = 2  # the spec, a name or a file was refused before any work; or a corrupt record
-EXIT_TRIALS_FAILED = 3  # the experiment ran, but some trials failed after their retries
+EXIT_BAD_INPUT = 2  # the spec, a name, a file, a record or a link was refused before any work
+EXIT_TRIALS_FAILED = 3  # the experiment ran, but some trials failed after their retries, or a group's audit failed
 EXIT_BUSY = 4  # another driver holds the experiment
 EXIT_DISK_FULL = 5  # the results disk filled up; free space and `demem resume`
 
@@ -78,7 +80,10 @@ def start_ray(address: str | None = None, echo: Printer | None = None) -> dict[s
             else:
                 _env_for_local_ray()
                 where = "a private local instance (127.0.0.1, no auth)"
+                stop_leftovers(echo or print)  # of an earlier driver's private instance that was killed
                 ray.init(address="local", **kwargs)
+                record_private_instance()  # so the next driver can stop what a kill of this one leaves
+                atexit.register(_stop_private_ray)
         except Exception as e:  # noqa: BLE001 - Ray raises many kinds; the message is what matters
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise RayStartError(f"could not start or join Ray ({where}): {first}") from e
@@ -92,6 +97,12 @@ def start_ray(address: str | None = None, echo: Printer | None = None) -> dict[s
         total = ray.cluster_resources()
         echo(f"Ray: {where}; {len(alive)} node(s), {total.get('CPU', 0):g} CPUs, {total.get('GPU', 0):g} GPUs")
     return largest
+
+
+def _stop_private_ray() -> None:
+    # Runs before Ray's own exit handler (newest first), so the record goes only after a clean shutdown.
+    ray.shutdown()
+    forget_private_instance()
 
 
 def run_experiment(
@@ -115,6 +126,7 @@ def run_experiment(
     if spec.search is not None and is_uri(storage):
         raise ValueError("a search experiment needs a directory as --storage (object storage holds grid experiments)")
     exp = _new_experiment(storage, name or spec.name)
+    exp.check_tree()  # a directory left there (no spec.yaml yet) must not lead outside either
     echo(spec.plan())
     largest = start_ray(address, echo)
     load_spec(spec_path, available=largest, check_data=False)  # can any node run a trial? (before any write)
@@ -189,9 +201,11 @@ def resume_experiment(
     exp = open_experiment(root)
     if not exp.spec.is_file():
         raise FileNotFoundError(f"{exp.root} is not an experiment directory (no spec.yaml)")
+    exp.check_tree()  # before the lock file is opened: nothing in it may lead outside
     spec = load_spec(exp.spec)
+    trial_records(spec, exp)  # every record checked before Ray starts
     with ExperimentLock(exp.lock):
-        state = read_records(exp.search_trials if spec.search is not None else exp.trials)
+        state = trial_records(spec, exp)
         start_ray(address, echo)
         if spec.search is not None:
             return _resume_search(spec, exp, state, echo, train, retry_failed)
@@ -205,9 +219,11 @@ def resume_experiment(
             write_json(exp.trials, kept)
             if exp.store is not None:
                 exp.store.push(exp.trials.name)
-            # a (group, seed) audited without the failed models is audited again once they finish
-            for key in {(state[r]["group_id"], state[r]["seed"]) for r in again if "group_id" in state[r]}:
-                shutil.rmtree(exp.audit_dir(*key), ignore_errors=True)
+            # a (group, seed) audited without the failed models is audited again once they finish;
+            # which one is the spec's say (the record's fields were checked against it)
+            trials = spec.trials_by_key
+            for key in sorted({(trials[r].group_id, trials[r].seed) for r in again}):
+                exp.remove(exp.audit_dir(*key))
                 if exp.store is not None:
                     exp.store.delete(exp.rel(exp.audit_result(*key)))
             echo(f"running {len(again)} failed trial(s) again")
@@ -241,8 +257,37 @@ def _resume_search(spec, exp, records, echo, train, retry_failed) -> ExperimentD
 
 def failed_trials(spec: ExperimentSpec, exp: ExperimentDir) -> int:
     """How many trials of the experiment are recorded as failed."""
-    state = read_records(exp.search_trials if spec.search is not None else exp.trials)
+    state = trial_records(spec, exp)
     return sum(1 for r in state.values() if r.get("status") == "failed")
+
+
+def disk_full_trials(spec: ExperimentSpec, exp: ExperimentDir) -> int:
+    """How many of the failed trials failed because the results disk was full (ENOSPC in their error)."""
+    state = trial_records(spec, exp)
+    return sum(1 for r in state.values() if r.get("status") == "failed" and _says_disk_full(r.get("error") or ""))
+
+
+def _says_disk_full(error: str) -> bool:
+    return "No space left on device" in error or "[Errno 28]" in error
+
+
+def unaudited_groups(spec: ExperimentSpec, exp: ExperimentDir) -> list[str]:
+    """'label seed s' of every (group, seed) whose models are all finished, some of them done, but
+    that has no audit: its audit failed (a corrupt samples.npz, say). Empty for a search."""
+    if spec.search is not None:
+        return []
+    state = trial_records(spec, exp)
+    members: dict[tuple[str, int], list[str]] = {}
+    for t in spec.trials():
+        members.setdefault((t.group_id, t.seed), []).append(state.get(t.trial_key, {}).get("status", "pending"))
+    labels = {g.group_id: g.label for g in spec.groups()}
+    return [
+        f"{labels[gid]} seed {seed}"
+        for (gid, seed), states in members.items()
+        if "done" in states
+        and all(s in ("done", "failed") for s in states)
+        and not exp.audit_result(gid, seed).exists()
+    ]
 
 
 def finish(spec: ExperimentSpec, exp: ExperimentDir, progress: GridProgress, echo: Printer) -> None:
@@ -277,7 +322,7 @@ def finish(spec: ExperimentSpec, exp: ExperimentDir, progress: GridProgress, ech
 def progress_summary(spec: ExperimentSpec, exp: ExperimentDir) -> str:
     """'N done, N failed, N running, N pending' from the experiment's files."""
     if spec.search is not None:
-        records = read_records(exp.search_trials)
+        records = trial_records(spec, exp)
         done = sum(r["status"] == "done" for r in records.values())
         early = sum(r["status"] == "done" and not r["completed"] for r in records.values())
         failed = sum(r["status"] == "failed" for r in records.values())
@@ -288,7 +333,7 @@ def progress_summary(spec: ExperimentSpec, exp: ExperimentDir) -> str:
             f"{max(0, started - done - failed)} running or interrupted, "
             f"{max(0, n - started)} not started of {n} search trials"
         )
-    state = read_records(exp.trials)
+    state = trial_records(spec, exp)
     counts = {"done": 0, "failed": 0, "running": 0, "pending": 0}
     for t in spec.trials():
         s = state.get(t.trial_key, {}).get("status")
@@ -320,9 +365,10 @@ def status(root: str | Path, out: TextIO | None = None) -> int:
         print(f"demem status: {exp.root} is not an experiment directory (no spec.yaml)", file=sys.stderr)
         return EXIT_BAD_INPUT
     try:
+        exp.check_tree()  # only reads, but says what resume would refuse (and a FIFO would hang it)
         spec = load_spec(exp.spec, check_data=False)
         summary = progress_summary(spec, exp)
-        state = read_records(exp.search_trials if spec.search is not None else exp.trials)
+        state = trial_records(spec, exp)
     except SpecError as e:
         print(f"demem status: {exp.spec}: " + "; ".join(e.problems), file=sys.stderr)
         return EXIT_BAD_INPUT

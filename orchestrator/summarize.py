@@ -394,6 +394,7 @@ def summarize(
     if out is not None and Path(out).exists() and not Path(out).is_dir():
         raise ValueError(f"--out {out} is a file; name a directory")
     exp = open_experiment(root)  # an s3:// or gs:// experiment is copied here first
+    exp.check_tree()  # summary/ and tensorboard-groups/ are written into it
     root = exp.root
     tables = load_tables(root)
     df = summarize_groups(tables, leakage=leakage, attack=attack)

@@ -15,7 +15,8 @@ the finished run directory at the end.
 
 Trial config of a grid trial (`train_model`, built by `orchestrator.tuner.trial_config`):
     experiment, group_id, run_id: names; run: the RunConfig dict of this model;
-    artifacts: the run directory to write; cpus: threads for torch;
+    artifacts: the run directory to write; root: the experiment directory (resolved), which the
+    run directory must stay below; cpus: threads for torch;
     remote, rel: the experiment's URI and the run directory below it (object storage; else None).
 
 Trial config of a search trial (`search_model`, built by `orchestrator.tuner`):
@@ -95,6 +96,8 @@ def _train_model(config: dict[str, Any], base: dict[str, Any], started: dict[str
     run = RunConfig.from_dict(config["run"])  # fail before touching data or a GPU
     sync = _Sync(config.get("remote"), config.get("rel"))
     out = sync.out if sync.remote else Path(config["artifacts"])
+    if not sync.remote and config.get("root"):  # the driver checked; a link put there since is not followed either
+        ExperimentDir(Path(config["root"])).inside(out)
     sync.pull()
     done = artifacts.read_metrics(out)
     if done is not None:  # finished before an interruption: report it again, do not retrain

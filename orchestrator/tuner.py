@@ -65,7 +65,8 @@ def trial_config(spec: ExperimentSpec, exp: ExperimentDir, trial: Trial, group: 
         "model_index": trial.model_index,
         "run": trial.run,
         "cpus": spec.resources.cpu,
-        "artifacts": str(exp.run_dir(trial.group_id, trial.trial_key).resolve()),
+        "artifacts": str(exp.inside(exp.run_dir(trial.group_id, trial.trial_key)).resolve()),
+        "root": str(exp.root.resolve()),
         "remote": exp.remote,
         "rel": exp.rel(exp.run_dir(trial.group_id, trial.trial_key)),
     }

@@ -18,7 +18,7 @@ Where the data comes from, in order (first hit wins):
    cache) and the files are read from there.
 
 If nothing is found, `DatasetNotFoundError` names every directory tried and the command that fetches
-the data.
+the data. A file that is found but malformed (or crafted) is a `DataFileError` (a ValueError) naming it.
 
 The files are read directly with numpy (IDX for (Fashion-)MNIST, the official pickles for CIFAR,
 MATLAB files for SVHN) in the layouts torchvision writes, rather than through torchvision's dataset
@@ -40,6 +40,7 @@ from demem.data.sources import (
     DATASETS,
     DEBIAN_FASHION_MNIST,
     SPLITS,
+    DataFileError,
     DatasetInfo,
     DatasetNotFoundError,
     Split,
@@ -50,6 +51,7 @@ __all__ = [
     "DATASETS",
     "DEBIAN_FASHION_MNIST",
     "SPLITS",
+    "DataFileError",
     "DatasetInfo",
     "DatasetNotFoundError",
     "Pool",

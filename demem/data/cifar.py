@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from demem.data.sources import DatasetInfo, Source, Split, generic_fetch_hint, register_source
+from demem.data.sources import DataFileError, DatasetInfo, Source, Split, generic_fetch_hint, register_source
 
 # The only globals a CIFAR batch file needs: numpy's array reconstruction and the bytes helper that
 # protocol-2 pickles use. Anything else (os.system, builtins.eval, ...) is refused before it is called,
@@ -40,14 +40,28 @@ def _read_cifar_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarra
         images: (N, 3, 32, 32) uint8. Each data row is 1024 R, then 1024 G, then 1024 B values, each
             plane a row-major 32x32 image, so a plain reshape gives channel-major images.
         labels: (N,) int64.
+
+    Raises:
+        DataFileError: naming `path`, for anything that is not a CIFAR batch (a crafted pickle included).
     """
+    try:
+        return _read_cifar_batch_unchecked(path, label_key)
+    except DataFileError:
+        raise
+    except OSError as e:
+        raise DataFileError(f"{path}: cannot read it ({type(e).__name__}: {e.strerror or e})") from None
+    except Exception as e:  # noqa: BLE001 - a foreign pickle can fail in many ways; none may escape as a traceback
+        raise DataFileError(f"{path}: not a CIFAR batch file ({type(e).__name__}: {e})") from None
+
+
+def _read_cifar_batch_unchecked(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
     # The official files are pickles; they are read with an unpickler that admits only the plain
     # containers and numpy arrays the format uses (`_CifarUnpickler`).
     with open(path, "rb") as f:
         try:
             batch = _CifarUnpickler(f, encoding="bytes").load()
         except pickle.UnpicklingError as e:
-            raise pickle.UnpicklingError(f"{path}: not a CIFAR batch file: {e}") from e
+            raise DataFileError(f"{path}: not a CIFAR batch file: {e}") from None
     keys = set(batch) if isinstance(batch, dict) else set()
 
     def field(key: str):
@@ -56,17 +70,17 @@ def _read_cifar_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarra
         for k in (key.encode(), key):
             if k in keys:
                 return batch[k]
-        raise ValueError(
+        raise DataFileError(
             f"{path}: not a CIFAR batch (a dict with key {key!r}); got {type(batch).__name__} "
-            f"with keys {sorted(map(str, keys))}"
+            f"with keys {sorted(str(k)[:40] for k in keys)[:20]}"
         )
 
     data = np.asarray(field("data"))
     labels = np.asarray(field(label_key), dtype=np.int64).reshape(-1)
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
-        raise ValueError(f"{path}: data must be (N, 3072) uint8, got {data.shape} {data.dtype}")
+        raise DataFileError(f"{path}: data must be (N, 3072) uint8, got {data.shape} {data.dtype}")
     if data.shape[0] != labels.shape[0]:
-        raise ValueError(f"{path}: {data.shape[0]} images but {labels.shape[0]} labels")
+        raise DataFileError(f"{path}: {data.shape[0]} images but {labels.shape[0]} labels")
     return data.reshape(-1, 3, 32, 32), labels
 
 

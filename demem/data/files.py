@@ -10,6 +10,7 @@ from demem.data.sources import (
     DATASETS,
     DEBIAN_FASHION_MNIST,
     SOURCES,
+    DataFileError,
     DatasetInfo,
     DatasetNotFoundError,
     Split,
@@ -61,15 +62,15 @@ def _download(name: str, target: Path) -> None:
 def _validate(info: DatasetInfo, split: Split, split_name: str, where: Path) -> None:
     expected = (info.channels, info.image_size, info.image_size)
     if tuple(split.images.shape[1:]) != expected:
-        raise ValueError(
+        raise DataFileError(
             f"{info.name} {split_name} split in {where}: images are {tuple(split.images.shape[1:])}, "
             f"expected (C, H, W) = {expected}"
         )
     if split.n == 0:
-        raise ValueError(f"{info.name} {split_name} split in {where} is empty")
+        raise DataFileError(f"{info.name} {split_name} split in {where} is empty")
     lo, hi = int(split.labels.min()), int(split.labels.max())
     if lo < 0 or hi >= info.num_classes:
-        raise ValueError(
+        raise DataFileError(
             f"{info.name} {split_name} split in {where}: labels span [{lo}, {hi}], expected [0, {info.num_classes - 1}]"
         )
 
@@ -87,7 +88,8 @@ def load_splits(name: str, *, root: str | Path | None = None, download: bool = F
         (train, test), each with images (N, C, H, W) uint8 and labels (N,) int64.
 
     Raises:
-        ValueError: unknown name, or files that are present but malformed.
+        ValueError: unknown name; DataFileError (a ValueError) naming the file, for files that are
+            present but malformed.
         DatasetNotFoundError: no copy found (and ``download`` is False).
     """
     loader = DATASETS.get(name)

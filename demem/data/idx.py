@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from demem.data.sources import DatasetInfo, Source, Split, generic_fetch_hint, register_source
+from demem.data.sources import DataFileError, DatasetInfo, Source, Split, generic_fetch_hint, register_source
 
 _IDX_IMAGES_MAGIC = 2051  # 0x00000803: unsigned bytes, 3 dimensions
 _IDX_LABELS_MAGIC = 2049  # 0x00000801: unsigned bytes, 1 dimension
@@ -31,7 +31,7 @@ def _read_idx(path: Path, magic: int) -> np.ndarray:
     try:
         return _read_idx_unchecked(path, magic)
     except (EOFError, OSError, zlib.error) as e:  # a truncated or corrupt gzip stream, an unreadable file
-        raise ValueError(f"{path}: truncated or corrupt ({type(e).__name__}: {e})") from None
+        raise DataFileError(f"{path}: truncated or corrupt ({type(e).__name__}: {e})") from None
 
 
 # The largest IDX payload read (full MNIST images are 47 MB): a crafted header cannot make us allocate more.
@@ -44,14 +44,14 @@ def _read_idx_unchecked(path: Path, magic: int) -> np.ndarray:
         header = f.read(4)
         got = int.from_bytes(header, "big") if len(header) == 4 else None
         if got != magic:
-            raise ValueError(f"{path}: not an IDX file of the expected kind (magic {got}, expected {magic})")
+            raise DataFileError(f"{path}: not an IDX file of the expected kind (magic {got}, expected {magic})")
         ndim = magic & 0xFF
         dims_raw = f.read(4 * ndim)
         if len(dims_raw) != 4 * ndim:
-            raise ValueError(f"{path}: truncated IDX header")
+            raise DataFileError(f"{path}: truncated IDX header")
         dims = tuple(int(d) for d in np.frombuffer(dims_raw, dtype=">u4"))
         if math.prod(dims) > MAX_IDX_BYTES:
-            raise ValueError(f"{path}: header says {dims}, more than {MAX_IDX_BYTES} bytes; not a dataset file")
+            raise DataFileError(f"{path}: header says {dims}, more than {MAX_IDX_BYTES} bytes; not a dataset file")
         out = np.empty(dims, dtype=np.uint8)
         # readinto fills the array in place, so a 47 MB image file is never held twice in memory.
         view = memoryview(out.reshape(-1))
@@ -62,9 +62,9 @@ def _read_idx_unchecked(path: Path, magic: int) -> np.ndarray:
                 break
             filled += got_bytes
         if filled != out.size:
-            raise ValueError(f"{path}: header says {dims} = {out.size} bytes of data, but the file holds {filled}")
+            raise DataFileError(f"{path}: header says {dims} = {out.size} bytes of data, but the file holds {filled}")
         if f.read(1):
-            raise ValueError(f"{path}: header says {dims} = {out.size} bytes of data, but the file holds more")
+            raise DataFileError(f"{path}: header says {dims} = {out.size} bytes of data, but the file holds more")
     return out
 
 
@@ -93,7 +93,7 @@ def _load_idx_dataset(directory: Path, torchvision_folder: str) -> tuple[Split, 
         images = _read_idx(files[f"{split}_images"], _IDX_IMAGES_MAGIC)
         labels = _read_idx(files[f"{split}_labels"], _IDX_LABELS_MAGIC)
         if images.shape[0] != labels.shape[0]:
-            raise ValueError(
+            raise DataFileError(
                 f"{files[f'{split}_images']} holds {images.shape[0]} images but "
                 f"{files[f'{split}_labels']} holds {labels.shape[0]} labels"
             )

@@ -67,6 +67,11 @@ class DatasetNotFoundError(FileNotFoundError):
     """No copy of a dataset was found; the message lists the paths tried and how to fetch it."""
 
 
+class DataFileError(ValueError):
+    """A dataset file that is there but is not what its reader expects (truncated, foreign, crafted).
+    The message names the file. A ValueError, so every command's refusal path reports it in one line."""
+
+
 @dataclass(frozen=True)
 class Split:
     """One split of a dataset as loaded from disk.

@@ -81,6 +81,11 @@ class ExperimentSpec:
         return list(self._trials)
 
     @functools.cached_property
+    def trials_by_key(self) -> dict[str, Trial]:
+        """Every trial by its run id (`trial_key`)."""
+        return {t.trial_key: t for t in self._trials}
+
+    @functools.cached_property
     def _trials(self) -> tuple[Trial, ...]:
         out = []
         for group in self.groups():

@@ -3,8 +3,10 @@
 A spec is YAML a user hands us, so reading it must be cheap whatever it holds. Before parsing: at
 most MAX_SPEC_BYTES, UTF-8 text, no NUL bytes. While parsing (yaml.SafeLoader, which never builds
 objects from tags): no aliases (`*name`, so no self-reference and no "billion laughs"), nesting at
-most MAX_DEPTH levels, at most MAX_NODES values, no key given twice in a mapping. Each refusal is a
-`SpecError` naming the file (and the line where there is one), raised in well under a second.
+most MAX_DEPTH levels, at most MAX_NODES values, no key given twice in a mapping, no integer of more
+than MAX_INT_CHARS characters, no value PyYAML resolves but cannot build (a date `2001-13-45`). Each
+refusal is a `SpecError` naming the file (and the line where there is one), raised in well under a
+second.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from orchestrator.spec.problems import SpecError
 MAX_SPEC_BYTES = 256 * 1024  # the largest shipped spec is ~3 KB; a generated grid fits easily
 MAX_DEPTH = 32
 MAX_NODES = 20_000
+MAX_INT_CHARS = 1000  # far above any real setting (10**100 is 101), far below Python's 4300-digit limit
 _BRACKETS = re.compile(r"[\[\]{}]")
 
 
@@ -71,8 +74,24 @@ class _SpecLoader(yaml.SafeLoader):
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
 
+    def construct_object(self, node, deep=False):  # noqa: ANN001
+        try:
+            return super().construct_object(node, deep=deep)
+        except (ValueError, OverflowError) as e:  # a scalar of a resolved type that does not build
+            raise _Refused(f"cannot read this value: {e}", node.start_mark) from None
+
+    def construct_yaml_int(self, node):  # noqa: ANN001
+        # Python refuses to convert a decimal string of more than 4300 digits (a ValueError deep in
+        # the parser); refuse long integers here, with the line, before any conversion is tried.
+        if len(node.value) > MAX_INT_CHARS:
+            raise _Refused(
+                f"an integer written with {len(node.value)} characters; at most {MAX_INT_CHARS}", node.start_mark
+            )
+        return super().construct_yaml_int(node)
+
 
 _SpecLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _SpecLoader.construct_mapping)
+_SpecLoader.add_constructor("tag:yaml.org,2002:int", _SpecLoader.construct_yaml_int)
 
 
 def read_spec(path: str | Path) -> Any:
@@ -124,6 +143,8 @@ def parse_spec_text(text: str, where: str = "spec") -> Any:
         raise SpecError([f"{_at(where, mark)}: YAML syntax error: {problem}"]) from None
     except RecursionError:  # not reached with MAX_DEPTH, kept so no input can end in a traceback
         raise SpecError([f"{where}: nested too deeply"]) from None
+    except (ValueError, OverflowError) as e:  # not reached (construct_object names the line); kept as above
+        raise SpecError([f"{where}: cannot read a value: {e}"]) from None
     finally:
         loader.dispose()
 

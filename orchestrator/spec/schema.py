@@ -21,8 +21,7 @@ The format (every key but `name` and `audit.models` may be left out):
     points: null                     # explicit groups instead of a grid: [{lambda: 0.4}, {}] ({} = base)
     search: null                     # a search instead of a grid (never both): see space.SearchSpec
 
-Top-level keys starting with "_" are reserved for tools: they are kept in `ExperimentSpec.raw` and
-not validated.
+Any other key, at any level (one starting with "_" too), is refused, naming the keys allowed there.
 """
 
 from __future__ import annotations
@@ -98,7 +97,8 @@ def validate(raw: dict, *, check_data: bool = True, available: dict[str, float] 
 
     Args:
         raw: the spec as loaded from YAML.
-        check_data: also require every group's dataset to be present locally (or data.download).
+        check_data: also require every group's dataset to be present locally (or data.download), and
+            read it with the trials' readers (a malformed or crafted file is a problem naming it).
         available: the resources of the largest node, Ray-style ({"CPU": 2, "GPU": 0}); when given, a
             trial must fit on it.
 
@@ -108,11 +108,7 @@ def validate(raw: dict, *, check_data: bool = True, available: dict[str, float] 
     if not isinstance(raw, dict):
         raise SpecError([f"spec: must be a mapping of settings, got {type(raw).__name__}"])
     problems: list[str] = []
-    problems += [
-        f"{k}: unknown key; allowed: {', '.join(TOP_KEYS)}"
-        for k in raw
-        if k not in TOP_KEYS and not (isinstance(k, str) and k.startswith("_"))
-    ]
+    problems += [f"{k}: unknown key; allowed: {', '.join(TOP_KEYS)}" for k in raw if k not in TOP_KEYS]
 
     name = _check_name(raw.get("name"), problems)
     base = _check_base(raw.get("base"), problems)
@@ -192,7 +188,8 @@ def _check_base(base: Any, problems: list[str]) -> dict:
 
 
 def _check_data(groups: list[Group], search: SearchSpec | None, base: dict, problems: list[str]) -> None:
-    """Every dataset a trial will read must be on this machine, unless its group may download it."""
+    """Every dataset a trial will read must be on this machine, unless its group may download it, and
+    must read as the trials will read it."""
     wanted: list[tuple[str, str | None]] = []
     for g in groups:
         d = g.run["data"]
@@ -201,19 +198,31 @@ def _check_data(groups: list[Group], search: SearchSpec | None, base: dict, prob
     if search is not None:
         choices = search.space.get("data.dataset", {}).get("choice", [])
         data = base.get("data") if isinstance(base.get("data"), dict) else {}
-        if not data.get("download"):
-            wanted += [(name, data.get("root")) for name in choices if name in datalib.DATASETS]
+        root = data.get("root")
+        if not data.get("download") and (root is None or isinstance(root, str)):  # a bad root is reported
+            wanted += [(name, root) for name in choices if name in datalib.DATASETS]
     reported: set[str] = set()
+    read: set[tuple[str, str | None]] = set()
     for name, root in wanted:
-        if name in reported or datalib.locate(name, root) is not None:
+        if name in reported or (name, root) in read:
             continue
-        reported.add(name)
-        # The same directories load_splits searches, in its order.
-        looked = ", ".join(str(p) for p in datalib.candidate_dirs(name, root))
-        problems.append(
-            f"data.dataset: {name} is not present locally (looked in: {looked}); "
-            f"fetch it with: {datalib.dataset_info(name).fetch_hint}"
-        )
+        if datalib.locate(name, root) is None:
+            reported.add(name)
+            # The same directories load_splits searches, in its order.
+            looked = ", ".join(str(p) for p in datalib.candidate_dirs(name, root))
+            problems.append(
+                f"data.dataset: {name} is not present locally (looked in: {looked}); "
+                f"fetch it with: {datalib.dataset_info(name).fetch_hint}"
+            )
+            continue
+        read.add((name, root))
+        # Present: read it through the trials' own readers (once per copy; a second or so for the
+        # largest dataset), so a truncated, foreign or crafted file is refused here, naming the file,
+        # rather than failing every trial that reads it.
+        try:
+            datalib.load_splits(name, root=root)
+        except (ValueError, OSError) as e:
+            problems.append(f"data.dataset: {name}: {e}")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -301,6 +310,5 @@ def spec_json_schema() -> dict[str, Any]:
             "failure": _nullable(failure),
             "search": _nullable(search),
         },
-        "patternProperties": {"^_": {}},  # reserved for tools
         "additionalProperties": False,
     }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 import subprocess
 import sys
 
@@ -93,6 +94,43 @@ def test_bad_arguments_fail_before_any_data_is_loaded(tmp_path, capsys, monkeypa
     assert main(["train", "--out", str(tmp_path / "x"), *args]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize(
+    "out, message",
+    [
+        ("f/sub", "--out {t}/f/sub: {t}/f is a file, not a directory"),
+        ("f/a/b", "--out {t}/f/a/b: {t}/f is a file, not a directory"),
+        ("f", "--out {t}/f is a file; name a directory"),
+    ],
+)
+def test_out_under_or_at_a_file_fails_before_any_data_is_loaded(tmp_path, capsys, monkeypatch, out, message):
+    def no_data(*a, **k):
+        raise AssertionError("data loaded before --out was checked")
+
+    monkeypatch.setattr(demem.data.pool, "load_splits", no_data)
+    monkeypatch.setattr(demem.train, "make_pool", no_data)
+    (tmp_path / "f").write_text("a regular file\n")
+    assert main(["train", "--out", str(tmp_path / out), *FAST]) == 2
+    assert capsys.readouterr().err.splitlines() == [f"demem train: {message.format(t=tmp_path)}"]
+    assert (tmp_path / "f").read_text() == "a regular file\n"
+
+
+def test_a_crafted_cifar_batch_is_refused_in_one_line(tmp_path, capsys):
+    from ..demem.test_data import RunsAShellCommand, write_cifar10
+
+    write_cifar10(tmp_path / "c")
+    batch = tmp_path / "c" / "cifar-10-batches-py" / "data_batch_1"
+    marker = tmp_path / "pwned"
+    batch.write_bytes(pickle.dumps({b"data": RunsAShellCommand(marker), b"labels": [0]}, protocol=2))
+    args = ["train", "--dataset", "cifar10", "--data-root", str(tmp_path / "c"), "--out", str(tmp_path / "x")]
+    assert main([*args, "--epochs", "1", "--pool-size", "24"]) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines() == [
+        f"demem train: {batch}: not a CIFAR batch file: refusing posix.system: a CIFAR batch holds only numpy "
+        "arrays, lists and dicts"
+    ]
+    assert "Traceback" not in err and not marker.exists() and not (tmp_path / "x").exists()
 
 
 def test_missing_dataset_names_the_fetch_command(tmp_path, capsys, monkeypatch):

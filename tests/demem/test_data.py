@@ -16,6 +16,7 @@ import torch
 from demem import data
 from demem.data import (
     DATASETS,
+    DataFileError,
     DatasetNotFoundError,
     Pool,
     dataset_info,
@@ -469,7 +470,7 @@ def test_locate_does_not_read_the_files(tmp_path):
     for f in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
         (base / f).write_bytes(b"not a pickle")
     assert data.locate("cifar10", tmp_path) == tmp_path
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(DataFileError, match="data_batch_1: not a CIFAR batch file"):
         load_splits("cifar10", root=tmp_path)
 
 
@@ -483,7 +484,7 @@ def test_locate_fashion_default_and_unknown_name(tmp_path):
         data.locate("imagenet")
 
 
-class _RunsAShellCommand:
+class RunsAShellCommand:
     """Unpickling this would call os.system: what a hostile batch file in a data directory does."""
 
     def __init__(self, marker: Path):
@@ -501,7 +502,41 @@ def test_a_crafted_cifar_batch_runs_nothing(tmp_path):
     marker = tmp_path / "pwned"
     for f in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
         with open(base / f, "wb") as fh:
-            pickle.dump({b"data": _RunsAShellCommand(marker), b"labels": [0]}, fh, protocol=2)
-    with pytest.raises(pickle.UnpicklingError, match=r"data_batch_1: not a CIFAR batch file: refusing posix\.system"):
+            pickle.dump({b"data": RunsAShellCommand(marker), b"labels": [0]}, fh, protocol=2)
+    with pytest.raises(DataFileError, match=r"data_batch_1: not a CIFAR batch file: refusing posix\.system"):
         load_splits("cifar10", root=tmp_path)
     assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    "content, why",
+    [
+        (pickle.dumps({b"data": "x", b"labels": [0]}, protocol=2)[:-3], r"\(EOFError|\(UnpicklingError|: pickle"),
+        (b"", r"\(EOFError"),
+        (b"GIF89a not a pickle", r"not a CIFAR batch file"),
+        (pickle.dumps({b"data": np.zeros((1, 3072), np.uint8), b"labels": [10**30]}, protocol=2), r"\(OverflowError"),
+        (pickle.dumps({b"data": np.zeros((1, 3072), np.uint8), b"labels": [{}]}, protocol=2), r"\(TypeError"),
+        (pickle.dumps({b"data": np.zeros((1, 3072), np.uint8), b"labels": [0, 1]}, protocol=2), "1 images but 2"),
+    ],
+    ids=["truncated", "empty", "foreign", "label-overflow", "label-type", "count"],
+)
+def test_a_malformed_cifar_batch_is_a_data_file_error_naming_it(content, why, tmp_path):
+    # Whatever goes wrong inside one batch, the error is a DataFileError (a ValueError, so every
+    # command's refusal path prints it in one line) that names the file; never a raw pickle error.
+    write_cifar10(tmp_path)
+    bad = tmp_path / "cifar-10-batches-py" / "data_batch_2"
+    bad.write_bytes(content)
+    with pytest.raises(DataFileError, match=why) as err:
+        load_splits("cifar10", root=tmp_path)
+    assert isinstance(err.value, ValueError) and str(err.value).startswith(f"{bad}: ")
+
+
+def test_malformed_idx_and_svhn_files_are_data_file_errors(tmp_path):
+    write_mnist(tmp_path / "m")
+    (tmp_path / "m" / "train-labels-idx1-ubyte.gz").write_bytes(gzip.compress(b"\x00\x00\x08\x01"))
+    with pytest.raises(DataFileError, match="train-labels-idx1-ubyte.gz: truncated IDX header"):
+        load_splits("mnist", root=tmp_path / "m")
+    write_svhn(tmp_path / "s")
+    scipy.io.savemat(str(tmp_path / "s" / "test_32x32.mat"), {"X": np.zeros((32, 32, 3, 2), np.uint8), "y": [["a"]]})
+    with pytest.raises(DataFileError, match="test_32x32.mat: "):
+        load_splits("svhn", root=tmp_path / "s")

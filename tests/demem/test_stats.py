@@ -106,3 +106,58 @@ def test_power_matches_simulated_paired_t_tests():
     need = seeds_needed(0.01, sd)
     assert paired_power(0.01, sd, need) >= 0.8 > paired_power(0.01, sd, need - 1)
     assert seeds_needed(0.01, float("nan")) is None and math.isnan(detectable_difference(sd, 1))
+
+
+# --- power at every number of seeds -----------------------------------------------------------
+# scipy's non-central t returns NaN above a non-centrality of about 7.5 (at every df), which is where
+# 2 seeds reach 80% power; the power is integrated over the sample sd instead and checked here.
+
+
+@pytest.mark.parametrize("df", range(3, 21))
+def test_power_equals_scipy_nct_where_nct_is_finite(df):
+    from demem.stats import t_test_power
+
+    crit = st.t.ppf(0.975, df)
+    for ncp in (0.0, 0.3, 1.0, 2.0, 3.5, 5.0, 7.0):
+        ref = st.nct.sf(crit, df, ncp) + st.nct.cdf(-crit, df, ncp)
+        assert np.isfinite(ref)
+        assert t_test_power(ncp, df) == pytest.approx(ref, abs=1e-10)
+        assert t_test_power(-ncp, df) == pytest.approx(ref, abs=1e-10)  # two-sided: the sign is irrelevant
+
+
+@pytest.mark.parametrize("n", [2, 3])
+@pytest.mark.parametrize("ncp", [0.0, 2.0, 8.0, 16.0, 30.0])
+def test_power_at_one_and_two_df_matches_simulated_t_tests(n, ncp):
+    # 200k simulated experiments of n paired differences, tested with scipy's t test
+    from demem.stats import paired_power
+
+    sd, draws = 0.02, 200_000
+    delta = ncp * sd / math.sqrt(n)
+    d = np.random.default_rng(100 * n + int(ncp)).normal(delta, sd, size=(draws, n))
+    hit = (st.ttest_1samp(d, 0.0, axis=1).pvalue < 0.05).mean()
+    power = paired_power(delta, sd, n)
+    se = math.sqrt(power * (1 - power) / draws)
+    assert abs(hit - power) <= 3 * se + 1e-9, (hit, power, se)
+    if ncp == 0.0:
+        assert power == pytest.approx(0.05, abs=1e-10)  # no effect: the power is the test's size
+
+
+def test_detectable_difference_with_two_seeds():
+    from demem.stats import detectable_difference, paired_power, seeds_needed
+
+    sd = 0.0017
+    mdd = detectable_difference(sd, 2)
+    assert np.isfinite(mdd) and mdd > 0
+    assert paired_power(mdd, sd, 2) == pytest.approx(0.8, abs=1e-8)
+    assert mdd > detectable_difference(sd, 3) > detectable_difference(sd, 6)  # more seeds detect less
+    assert seeds_needed(mdd * 1.01, sd) == 2 and seeds_needed(mdd * 0.99, sd) == 3
+
+
+def test_power_that_cannot_be_stated_is_nan():
+    from demem.stats import detectable_difference, paired_power
+
+    for sd, n in ((0.0, 5), (float("nan"), 5), (-1.0, 5), (0.02, 1), (float("inf"), 5)):
+        assert math.isnan(paired_power(0.01, sd, n)) and math.isnan(detectable_difference(sd, n))
+    assert math.isnan(paired_power(float("nan"), 0.02, 5))
+    assert math.isnan(detectable_difference(0.02, 5, power=1.0))  # never reached
+    assert math.isnan(detectable_difference(0.02, 5, power=0.01))  # below the test's size

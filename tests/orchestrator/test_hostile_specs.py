@@ -104,6 +104,12 @@ CASES = [
     ("name-long-value", _with(name="x" * 5000), "name: must be one path component"),
     ("root-not-dir", _base(data__root="/nonexistent/demem-data"), "data.dataset: fashion-mnist is not present"),
     ("many-unknown", _with(**{f"k{i}": i for i in range(300)}), "... and 200 more problems"),
+    ("int-5000-digits", GOOD + "max_concurrent: " + "9" * 5000 + "\n", "an integer written with 5000 characters"),
+    ("int-hex-huge", GOOD + "max_concurrent: 0x" + "f" * 50_000 + "\n", "an integer written with 50002 characters"),
+    ("key-int-5000-digits", GOOD + "? " + "9" * 5000 + "\n: 1\n", "an integer written with 5000 characters"),
+    ("bad-date", GOOD.replace("name: t", "name: 2001-13-45"), "cannot read this value: month must be in 1..12"),
+    ("underscore-top", GOOD + "_test_fail: 5\n", "_test_fail: unknown key; allowed: audit, base,"),
+    ("underscore-audit", GOOD.replace("attacks: [loss]}", "attacks: [loss], _x: 1}"), "audit._x: unknown key"),
     ("huge-value-in-message", _base(method__name="m" * 100_000), "more characters)"),
 ]
 

@@ -4,6 +4,7 @@ trials, the shipped search spaces, and the local-data check. No Ray."""
 from __future__ import annotations
 
 import copy
+import pickle
 import re
 import subprocess
 import sys
@@ -90,6 +91,30 @@ BAD = [
         "top-unknown",
         patched(("foo", 1)),
         "foo: unknown key; allowed: audit, base, failure, grid, max_concurrent, name, points, resources, search, seeds",
+    ),
+    (
+        "top-underscore",  # no key is exempt: "_" keys once let a test hook ride in a user's spec
+        patched(("_test_fail", 5)),
+        "_test_fail: unknown key; allowed: audit, base, failure, grid, max_concurrent, name, points, resources, "
+        "search, seeds",
+    ),
+    *(
+        (f"underscore-{where}", patched((f"{where}._x", 1)), f"{where}._x: unknown key; allowed: {allowed}")
+        for where, allowed in (
+            ("audit", "attacks, models, queries, targets"),
+            ("resources", "cpu, gpu"),
+            ("failure", "max_retries"),
+        )
+    ),
+    (
+        "underscore-base",
+        patched(("base._x", 1)),
+        "base: unknown key '_x'; allowed: attack, data, demem, dp, eval, method, model_index, n_models, seed, train",
+    ),
+    (
+        "underscore-base-train",
+        patched(("base.train._x", 1)),
+        re.compile(r"base: unknown key 'train\._x'; allowed: .*"),
     ),
     ("base-type", patched(("base", [1])), "base: must be a mapping or null"),
     (
@@ -604,11 +629,10 @@ def test_seeds_per_seed_pool_gives_each_seed_its_own_keep_masks():
         validate({**with_search(), "seeds": {"train": [0], "pool": "per-seed"}}, check_data=False)
 
 
-def test_grid_seed_means_seeds_and_underscore_keys_pass_through():
-    raw = patched(("seeds", DELETE), ("grid.seed", [3, 4]), ("_test_fail", [{"model_index": 1}]))
+def test_grid_seed_means_seeds():
+    raw = patched(("seeds", DELETE), ("grid.seed", [3, 4]))
     spec = validate(raw, check_data=False)
     assert spec.seeds == (3, 4) and "seed" not in spec.grid
-    assert spec.raw["_test_fail"] == [{"model_index": 1}]
     assert isinstance(spec, ExperimentSpec)
 
 
@@ -706,6 +730,55 @@ def test_missing_dataset_names_the_places_and_the_fetch_command(tmp_path, monkey
     assert [p.split(" is not")[0] for p in err.value.problems] == ["data.dataset: cifar10", "data.dataset: svhn"]
 
 
+def test_the_data_check_reads_the_files_as_the_trials_do(tmp_path, capsys):
+    # Present is not enough: a batch replaced by a crafted pickle is refused at validate time, naming
+    # the file, through the restricted unpickler (nothing runs), by `demem validate` and every load_spec.
+    from orchestrator.cli import main
+
+    from ..demem.test_data import RunsAShellCommand, write_cifar10
+
+    write_cifar10(tmp_path / "c")
+    raw = patched(("base.data", {"dataset": "cifar10", "root": str(tmp_path / "c"), "pool_size": 24}))
+    assert len(validate(raw).groups()) == 4  # a real copy passes
+    batch = tmp_path / "c" / "cifar-10-batches-py" / "data_batch_3"
+    marker = tmp_path / "pwned"
+    batch.write_bytes(pickle.dumps({b"data": RunsAShellCommand(marker), b"labels": [0]}, protocol=2))
+    with pytest.raises(SpecError) as err:
+        validate(raw)
+    assert err.value.problems == [
+        f"data.dataset: cifar10: {batch}: not a CIFAR batch file: refusing posix.system: a CIFAR batch holds "
+        "only numpy arrays, lists and dicts"
+    ]  # four groups, one copy: read and reported once
+    assert validate(raw, check_data=False)  # --no-data-check does not read
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(raw))
+    capsys.readouterr()
+    assert main(["validate", str(spec)]) == 2
+    err = capsys.readouterr().err
+    assert f"{batch}: not a CIFAR batch file" in err and "Traceback" not in err
+    batch.write_bytes(b"\x80\x02}q\x00(")  # truncated: EOFError inside the unpickler
+    with pytest.raises(SpecError, match=r"data_batch_3: not a CIFAR batch file \(EOFError"):
+        validate(raw)
+    assert not marker.exists()
+
+
+def test_an_integer_too_long_for_python_is_a_problem_for_run_and_validate(tmp_path):
+    # Python will not convert a string of more than 4300 digits; run and validate both read through
+    # load_spec, which reports it like any other problem (with its line), not as a traceback.
+    path = tmp_path / "spec.yaml"
+    path.write_text("name: t\naudit: {models: 4}\nmax_concurrent: " + "9" * 5000 + "\n")
+    with pytest.raises(SpecError) as err:
+        load_spec(path, check_data=False)
+    assert err.value.problems == [f"{path}:3: an integer written with 5000 characters; at most 1000"]
+    path.write_text("name: t\naudit: {models: 4}\nmax_concurrent: 0x" + "f" * 4000 + "\n")  # hex too
+    with pytest.raises(SpecError, match="an integer written with 4002 characters"):
+        load_spec(path, check_data=False)
+    path.write_text("name: 2001-13-45\naudit: {models: 4}\n")  # a date PyYAML resolves but cannot build
+    with pytest.raises(SpecError) as err:
+        load_spec(path, check_data=False)
+    assert err.value.problems == [f"{path}:1: cannot read this value: month must be in 1..12"]
+
+
 def test_spec_module_does_not_import_ray():
     code = "import sys, orchestrator.spec; assert 'ray' not in sys.modules, 'ray imported'"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
@@ -761,5 +834,5 @@ def test_json_schema_accepts_the_shipped_specs_and_rejects_unknown_keys(capsys):
             node = node[part]
         node[key] = 1
         assert list(check.iter_errors(bad)), key
-    assert not list(check.iter_errors({**raw, "_tool": {"anything": 1}}))  # "_" keys are for tools
+    assert list(check.iter_errors({**raw, "_tool": {"anything": 1}}))  # no key is exempt, "_" ones included
     assert list(check.iter_errors({**raw, "audit": {**raw["audit"], "models": "8"}}))  # a wrong type

@@ -76,11 +76,15 @@ def _label(gid):
 
 @pytest.fixture(scope="module")
 def experiment(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("exp")
+    return _write_experiment(tmp_path_factory.mktemp("exp"), SEEDS)
+
+
+def _write_experiment(root: Path, seeds: tuple[int, ...]) -> Path:
+    """The fixture experiment's Parquet files under `root`, with `seeds` as its training draws."""
     rng = np.random.default_rng(0)
     runs, audits, roc, bins, low = [], [], [], [], []
-    draw = {seed: rng.normal(0, 0.004, size=3) for seed in SEEDS}  # what a seed moves in every group
-    for (gid, (method, lam, thr, nat, rob, tpr, auc)), seed in itertools.product(GROUPS.items(), SEEDS):
+    draw = {seed: rng.normal(0, 0.004, size=3) for seed in seeds}  # what a seed moves in every group
+    for (gid, (method, lam, thr, nat, rob, tpr, auc)), seed in itertools.product(GROUPS.items(), seeds):
         dp = method.startswith("dp_")
         d_nat, d_rob, d_tpr = draw[seed]
         for m in range(M):
@@ -345,6 +349,29 @@ def test_power_is_stated_from_the_across_seed_spread(experiment):
     assert "would need about" in text
     one_seed = df.assign(n_seeds=1)
     assert "one seed" in power_text(one_seed)
+
+
+@pytest.mark.parametrize("seeds", [(0, 1), (0, 1, 2), tuple(range(6))])
+def test_summarize_states_power_at_every_number_of_seeds(tmp_path, seeds):
+    """2 seeds (1 degree of freedom) need a non-centrality where scipy's nct returns NaN: the summary
+    still runs and ranking.md states the detectable difference."""
+    from demem.stats import detectable_difference
+
+    lines: list[str] = []
+    paths = summarize(_write_experiment(tmp_path, seeds), out=tmp_path / "out", echo=lines.append, tensorboard=False)
+    df = pd.read_parquet(paths["summary.parquet"])
+    sd = df.loc[df["leakage_reduction_n"] >= 2, "leakage_reduction_std"].median()
+    mdd = detectable_difference(sd, len(seeds))
+    assert np.isfinite(mdd) and mdd > 0
+    stated = f"with {len(seeds)} seeds the paired design detects a leakage difference of about {mdd:.3f}"
+    power = next(line for line in paths["ranking.md"].read_text().splitlines() if line.startswith("Power ("))
+    assert stated in power and stated in lines[0]
+
+
+def test_power_that_cannot_be_stated_is_said_so(experiment):
+    df = summarize_groups(load_tables(experiment)).assign(leakage_reduction_std=0.0)  # no spread across seeds
+    text = power_text(df)
+    assert "detectable leakage difference cannot be stated" in text and "nan" not in text
 
 
 def test_validate_plans_power_from_a_previous_experiment(experiment, tmp_path, capsys):

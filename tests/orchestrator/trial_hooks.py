@@ -60,3 +60,13 @@ def refusing(config: dict[str, Any], *, lam: float) -> None:
             trainable._train_model = real
         return
     train_model(config)
+
+
+def filling(config: dict[str, Any], *, models: list[int]) -> None:
+    """Train, except that the models in `models` find the results disk full (what a trial's
+    checkpoint write raises then)."""
+    import errno
+
+    if config["model_index"] in models:
+        raise OSError(errno.ENOSPC, "No space left on device", str(Path(config["artifacts"]) / "checkpoint.pt"))
+    train_model(config)
