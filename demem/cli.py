@@ -75,7 +75,7 @@ _TRAIN_FLAGS: dict[str, list[tuple[str, tuple[str, ...], dict[str, Any], str]]] 
             "--train-attack-start",
             ("attack.start",),
             {"choices": ATTACK_STARTS},
-            "random start of the training attack (the method's authors': gaussian for trades / mart)",
+            "random start of the training attack (default: where the method's authors start)",
         ),
     ],
     "DeMem": [
@@ -114,12 +114,24 @@ def _resolved_default(path: str) -> Any:
     return value
 
 
+def _starts_by_method() -> str:
+    """'gaussian: mart, trades; uniform: pgd_at, ...': each method's own training-attack start."""
+    from demem.methods import METHODS
+
+    by: dict[str, list[str]] = {}
+    for name in sorted(METHODS):
+        by.setdefault(METHODS.get(name).start, []).append(name)
+    return "; ".join(f"{start}: {', '.join(names)}" for start, names in sorted(by.items()))
+
+
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     for title, flags in _TRAIN_FLAGS.items():
         g = p.add_argument_group(title)
         for flag, paths, options, text in flags:
             shown = "off" if options.get("action") else _resolved_default(paths[0])
             shown = f"{shown:g}" if isinstance(shown, float) else shown
+            if paths[0] == "attack.start":  # the method's own: one default would mislead
+                shown = _starts_by_method()
             g.add_argument(flag, dest=_dest(flag), default=argparse.SUPPRESS, help=f"{text} [{shown}]", **options)
     g = p.add_argument_group("output")
     g.add_argument("--out", required=True, help="directory for config, checkpoint, statistics and metrics")

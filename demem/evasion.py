@@ -39,9 +39,12 @@ class AttackConfig:
             the reference code's 1/255 for PGD-20 at eps 8/255.
         loss: "ce" (cross-entropy) or "cw" (Carlini-Wagner margin, max_{j != y} z_j - z_y).
         random_start: start from a random point near x (PGD) rather than from x itself.
-        start: where that random point is drawn: "uniform" in the eps-ball (Madry et al.; PGD-AT,
-            FGSM-RS and evaluation) or "gaussian", x + 0.001 * N(0, I) (the TRADES and MART authors'
-            code). None: the training method's own choice (`Method.start`); "uniform" elsewhere.
+        start: where that random point is drawn: "uniform" in the eps-ball, then clipped into the
+            [0, 1] box (Madry et al. and torchattacks; PGD-AT, FGSM-RS and evaluation), or
+            "gaussian", x + 0.001 * N(0, I) used as it is, neither clipped into the box nor projected
+            (the TRADES and MART authors' code takes its first gradient there; the first step's
+            projection brings it back). None: the training method's own choice (`Method.start`);
+            "uniform" elsewhere.
         keep_best: evaluation mode: a sample that any iterate misclassified is returned at that
             iterate, so more steps can never make the model look more robust on the same start.
             Training wants the last iterate (False).
@@ -140,13 +143,24 @@ def random_init(x: torch.Tensor, eps: float, norm: str, generator: torch.Generat
 
 
 def initial_delta(x: torch.Tensor, cfg: AttackConfig, generator: torch.Generator | None = None) -> torch.Tensor:
-    """The perturbation an attack starts from, inside the eps-ball (the box is applied by the caller)."""
+    """The perturbation an attack starts from: uniform inside the eps-ball, or 0.001 N(0, I) as the
+    TRADES and MART authors draw it (not projected). Where the start is clipped into the box is
+    `start_point`'s business."""
     if not cfg.random_start:
         return torch.zeros_like(x)
     if (cfg.start or "uniform") == "uniform":
         return random_init(x, cfg.eps, cfg.norm, generator)
-    noise = torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=generator)
-    return project(GAUSSIAN_START_STD * noise, cfg.eps, cfg.norm)
+    return GAUSSIAN_START_STD * torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=generator)
+
+
+def start_point(x: torch.Tensor, delta: torch.Tensor, cfg: AttackConfig) -> torch.Tensor:
+    """The first iterate x + delta: clipped into [0, 1] for a uniform start (Madry et al.,
+    torchattacks), as it is for the Gaussian start (the TRADES and MART authors' loops take their
+    first gradient at the unclipped x + 0.001 N(0, I); half of a Fashion-MNIST image is exactly 0, so
+    clipping it changes the first step's direction for those pixels)."""
+    if cfg.random_start and cfg.start == "gaussian":
+        return x + delta
+    return (x + delta).clamp(0, 1)
 
 
 def _ascent_direction(grad: torch.Tensor, norm: str) -> torch.Tensor:
@@ -183,7 +197,7 @@ def ascend(
     """
     x = x.detach()
     delta = initial_delta(x, cfg, generator) if start is None else start.detach()
-    x_adv = (x + delta).clamp(0, 1)
+    x_adv = start_point(x, delta, cfg)
     with eval_mode(model):
         for _ in range(cfg.steps):
             x_adv.requires_grad_(True)

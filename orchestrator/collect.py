@@ -120,7 +120,9 @@ def audits_frame(spec: ExperimentSpec, exp: ExperimentDir) -> tuple[pd.DataFrame
                             "attack": attack,
                             "variant": res["variant"],
                             "family": res["family"],
-                            "n_shadow": res.get("n_shadows", result["n_models"] - 1),
+                            # reference models the attack used: one key for every attack (audits
+                            # before it was one wrote LiRA's as n_shadows)
+                            "n_shadow": res.get("n_references", res.get("n_shadows")),
                             "partial": result.get("partial", False),
                             **{
                                 k: row.get(k)

@@ -65,9 +65,14 @@ def parse_attacks(text: str) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _lira_min_shadows(variant: str) -> int:
-    # A per-sample variance needs two values on each side; a fixed (global) variance only a mean.
-    return 1 if variant.endswith("fixed") else 2
+# Shadows of each needed kind (IN and OUT; OUT only offline) every sample must have for LiRA, in
+# every variant: the per-sample variance needs two values, and the fixed variance is the median of
+# the per-sample ones (Carlini et al.'s code: median over samples of the shadows' per-sample std), so
+# with one shadow a side every std is 0 and the "fixed" variance is the floor: scores of ~1e13.
+LIRA_MIN_SHADOWS = 2
+# The group size that gives them: the target and its complementary partner are left out, so each
+# sample has (M - 2) / 2 shadows of a kind.
+LIRA_MIN_MODELS = 2 * LIRA_MIN_SHADOWS + 2
 
 
 def run_audit(group: GroupData, cfg: AuditConfig) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -116,15 +121,18 @@ def run_audit(group: GroupData, cfg: AuditConfig) -> tuple[dict[str, Any], dict[
                     keep,
                     variant=variant,
                     targets=targets,
-                    min_shadows=_lira_min_shadows(variant),
+                    min_shadows=LIRA_MIN_SHADOWS,
                     exclude=partners,
                 )
-            except ValueError as e:  # too few shadows for this variant: say so, keep the others
-                results[name] = {"variant": variant, "skipped": str(e)}
+            except ValueError as e:  # too few shadows: say so (and how many models would do), keep the others
+                results[name] = {
+                    "variant": variant,
+                    "skipped": f"{e} (LiRA needs a group of at least {LIRA_MIN_MODELS} models)",
+                }
                 continue
             if lira_for_risk is None or variant == "online":
                 lira_for_risk = scores
-            n_shadows = m - 1 - int((partners >= 0).all())
+            n_references = m - 1 - int((partners >= 0).all())
             results[name] = _summarise(
                 scores,
                 keep,
@@ -133,8 +141,8 @@ def run_audit(group: GroupData, cfg: AuditConfig) -> tuple[dict[str, Any], dict[
                     "variant": variant,
                     "family": "lira",
                     "queries": k,
-                    "n_shadows": n_shadows,
-                    "shadows": "leave target and partner out",
+                    "n_references": n_references,
+                    "references": "leave target and partner out",
                 },
             )
         elif name in RMIA_ATTACKS:
@@ -218,7 +226,13 @@ def _threshold_attack(kind: str, group: GroupData, targets: np.ndarray) -> dict[
     sig = {"loss": "loss", "confidence": "phi", "entropy": "entropy", "modified_entropy": "mentropy"}[kind]
     arr = group.signals[sig][:, :, 0].astype(np.float64)
     scores = np.stack([mia.threshold_score(kind, **{sig: arr[i]}) for i in range(group.n_models)])
-    out = _summarise(scores[targets], group.keep, targets, {"variant": "global_threshold", "family": "threshold"})
+    info = {
+        "variant": "global_threshold",
+        "family": "threshold",
+        "n_references": 1,
+        "references": "the next model of the group learns the per-class thresholds; the global ROC uses none",
+    }
+    out = _summarise(scores[targets], group.keep, targets, info)
     num_classes = int(group.labels.max()) + 1
     bal = []
     for row, t in zip(out["per_target"], targets):

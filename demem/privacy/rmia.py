@@ -6,10 +6,15 @@ the true label. Its likelihood relative to the reference models (the group's oth
 
     ratio(x) = Pr(x | t) / Pr(x),   Pr(x) = mean of Pr(x | r) over the references r
 
-and x is compared pairwise with population samples z (here: the target's non-members in the pool,
-x itself left out):
+and x is compared pairwise with population samples z (here: Z, the target's non-members in the pool):
 
-    LR(x, z) = ratio(x) / ratio(z),     score(x) = fraction of z with LR(x, z) >= gamma.
+    LR(x, z) = ratio(x) / ratio(z),     score(x) = #{z in Z, z != x : LR(x, z) > gamma} / |Z|.
+
+That is the RMIA authors' own convention (ML Privacy Meter's `run_rmia`: a strict `> gamma`, and the
+count averaged over the whole population, of which x is never part): x never counts itself, and
+every x is divided by the same |Z|. An earlier convention here (`>= gamma`, a non-member divided by
+the |Z| - 1 others) tied by construction: the highest non-member of every target scored exactly 1,
+as did every member above all non-members, so TPR at zero false positives was 0 for every target.
 
 online   Pr(x) averages every reference, IN and OUT for x alike (with leave-pair-out each sample is
          IN for exactly half of them, as the paper's paired reference models give).
@@ -121,9 +126,9 @@ def rmia_scores(
         if population.sum() < 2:
             raise ValueError(f"rmia: target {int(t)} has fewer than 2 non-members to compare with")
         z = np.sort(ratio[population])
-        # #z with ratio(x) / ratio(z) >= gamma, i.e. ratio(z) <= ratio(x) / gamma.
-        wins = np.searchsorted(z, ratio / gamma, side="right").astype(np.float64)
-        # x is not its own population sample: a non-member x would count itself when gamma <= 1.
-        wins -= population & (ratio <= ratio / gamma)
-        scores[j] = wins / (z.size - population)
+        # #z with ratio(x) / ratio(z) > gamma, i.e. ratio(z) < ratio(x) / gamma.
+        wins = np.searchsorted(z, ratio / gamma, side="left").astype(np.float64)
+        # x is not its own population sample: a non-member x would count itself when gamma < 1.
+        wins -= population & (ratio < ratio / gamma)
+        scores[j] = wins / z.size
     return scores

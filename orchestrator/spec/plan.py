@@ -155,7 +155,7 @@ class ExperimentSpec:
         queries = "all recorded" if self.audit.queries is None else str(self.audit.queries)
         lines.append(
             f"audit per group and seed: {m} models, targets: {targets}, queries: {queries}, "
-            f"attacks: {', '.join(self.audit.attacks)}"
+            f"attacks: {', '.join(self.audit.attacks)}; {shadows_text(m)}"
         )
         if self.search is not None:
             s = self.search
@@ -173,6 +173,17 @@ class ExperimentSpec:
                 f"confirmation audit per group: {m} models, attacks: {', '.join(self.audit.attacks)}",
             ]
         return "\n".join(lines)
+
+
+def shadows_text(m: int) -> str:
+    """What each target is attacked with in a group of m models, and the smallest M LiRA needs."""
+    from orchestrator.spec.sections import MIN_MODELS_LIRA
+
+    per_kind = (m - 2) // 2
+    return (
+        f"each target is attacked with {m - 2} reference models ({per_kind} IN and {per_kind} OUT per "
+        f"sample; the target and its partner are left out); LiRA needs at least {MIN_MODELS_LIRA} models"
+    )
 
 
 def _cost_lines(groups: list[Group], runs_per_group: int, gpu: float) -> list[str]:

@@ -7,18 +7,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from demem.checks import is_int, is_number
-from demem.privacy.audit import ATTACK_SETS, LIRA_ATTACKS, MIA_ATTACKS, AuditConfig, parse_attacks
+from demem.privacy.audit import ATTACK_SETS, LIRA_ATTACKS, LIRA_MIN_MODELS, MIA_ATTACKS, AuditConfig, parse_attacks
 from orchestrator.fmt import fmt_num
 from orchestrator.spec.grid import Group
 from orchestrator.spec.problems import mapping, unknown_keys
 
-# Models a group needs for the audit, from the balanced keep mask (each sample in floor(M/2) or more
-# models and out of as many): run_audit wants every sample in >= 2 and out of >= 2 models (M >= 4);
-# LiRA attacks target t with the other M - 1 models, so a sample has floor(M/2) - 1 shadows of one
-# kind; the fixed-variance variants need 1 (M >= 4), the per-sample-variance ones 2 (M >= 6).
+# Models a group needs for the audit, from the balanced keep mask (each sample in M/2 models and out
+# of as many): run_audit wants every sample in >= 2 and out of >= 2 models (M >= 4). LiRA attacks a
+# target with the other models less its complementary partner, so a sample has (M - 2) / 2 shadows
+# of each kind; every variant needs 2 to estimate a variance (the fixed one is the median of the
+# per-sample ones), so M >= 6 (demem.privacy.audit.LIRA_MIN_MODELS). RMIA works from M = 4.
 MIN_MODELS_AUDIT = 4
-MIN_MODELS_LIRA = 4
-MIN_MODELS_LIRA_PER_SAMPLE_VARIANCE = 6
+MIN_MODELS_LIRA = LIRA_MIN_MODELS
 
 
 # Bounds on what one spec may ask for, checked before anything is written (LiRA's paper used 256
@@ -102,19 +102,18 @@ def check_audit(audit: Any, given: bool, problems: list[str]) -> AuditSpec:
     else:
         out["models"] = models
         lira = [a for a in asked if a in LIRA_ATTACKS]
-        per_sample_var = [a for a in lira if not a.endswith("_fixed")]
-        if lira and models < MIN_MODELS_LIRA:
-            problems.append(f"audit.models: LiRA needs at least {MIN_MODELS_LIRA} models per group, got {models}")
-        elif models < MIN_MODELS_AUDIT:
+        if models < MIN_MODELS_AUDIT:
             problems.append(
                 f"audit.models: the audit needs every sample in at least 2 models and out of at least "
                 f"2, so at least {MIN_MODELS_AUDIT} models per group, got {models}"
             )
-        elif per_sample_var and models < MIN_MODELS_LIRA_PER_SAMPLE_VARIANCE:
+        elif lira and models < MIN_MODELS_LIRA:
             problems.append(
-                f"audit.attacks: {', '.join(per_sample_var)} need at least "
-                f"{MIN_MODELS_LIRA_PER_SAMPLE_VARIANCE} models per group (2 IN and 2 OUT shadows per "
-                f"sample besides the target), got {models}; use the _fixed variants or more models"
+                f"audit.attacks: {', '.join(lira)} need at least {MIN_MODELS_LIRA} models per group, got "
+                f"{models}: each sample needs 2 IN and 2 OUT shadows besides the target and its partner to "
+                "estimate a variance (the fixed variants use the median of the per-sample ones); use "
+                "more models, or RMIA (rmia_online, rmia_offline), which works from "
+                f"{MIN_MODELS_AUDIT}"
             )
 
     targets = audit.get("targets")

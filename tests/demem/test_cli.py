@@ -200,3 +200,17 @@ def test_attack_start_and_awp_objective_flags():
     assert run.attack.start == "gaussian" and run.method.awp_objective == "total"
     default = RunConfig.from_dict(run_dict_from_args(build_parser().parse_args(["train", "--out", "x"])))
     assert default.attack.start == "uniform" and default.method.awp_objective == "method"
+
+
+def test_train_help_gives_each_methods_own_attack_start(capsys):
+    """The training attack starts where each method's authors start (TRADES, MART: Gaussian); the
+    help must not name one default for all."""
+    from demem.cli import main as core_main
+
+    with pytest.raises(SystemExit):
+        core_main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    start = text[text.index("--train-attack-start {uniform,gaussian} random start") :][:300]
+    gaussian = start[start.index("gaussian:") :].split(";")[0]
+    assert "trades" in gaussian and "mart" in gaussian and "pgd_at" not in gaussian
+    assert "[uniform]" not in start

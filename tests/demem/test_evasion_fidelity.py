@@ -1,5 +1,6 @@
-"""Attacks against independent references: saturated pixels must move, TRADES's inner attack is the
-paper's Algorithm 1, PGD is torchattacks's PGD, and each method starts where its authors start.
+"""Attacks against independent references: saturated pixels must move, TRADES's and MART's inner
+attacks are their authors' loops (yaodongyu/TRADES `trades.py`, YisenWang/MART `mart.py`: their
+start, their step order), PGD is torchattacks's PGD, and each method starts where its authors start.
 
 The bound test exists because a clamp inside the differentiated graph has zero gradient at and beyond
 [0, 1]: an attack written that way silently freezes every pixel at 0 or 1 (half of a Fashion-MNIST
@@ -118,25 +119,54 @@ def _kl(model, x, x_adv):
     return (log_p.exp() * (log_p - log_q)).sum(1)
 
 
-def _trades_algorithm_1(model, x, eps, alpha, steps, noise):
-    """TRADES (Zhang et al. 2019), Algorithm 1, as the paper states it: x' = x + 0.001 N(0, I); then
-    x' <- Proj_{B(x, eps) and [0, 1]}(x' + alpha sign(grad_{x'} KL(f(x) || f(x')))), where the gradient is
-    taken with respect to the (clipped) x' itself."""
-    x_adv = (x + 0.001 * noise).clamp(0, 1)
+def _authors_trades_attack(model, x, eps, alpha, steps, noise, kl="authors"):
+    """The L-inf attack of the TRADES authors' `trades_loss` (yaodongyu/TRADES, trades.py), step for
+    step: x_adv = x + 0.001 * randn, *not* clipped; then per step the gradient of the summed KL
+    (nn.KLDivLoss(reduction="sum") of log_softmax(f(x_adv)) against softmax(f(x))) with respect to
+    x_adv, a signed step, the eps-box around x as min/max, and the clamp into [0, 1].
+
+    kl="formula" computes the same summed KL as sum p (log p - log q) from log_softmax, our
+    arithmetic: near the start
+    the KL's gradients are ~1e-9, so their signs depend on the order of float operations, and only
+    the same arithmetic can be compared pixel for pixel."""
+    criterion_kl = nn.KLDivLoss(reduction="sum")
+    x_adv = x.detach() + 0.001 * noise
     for _ in range(steps):
-        x_adv = x_adv.detach().requires_grad_(True)
-        (grad,) = torch.autograd.grad(_kl(model, x.detach(), x_adv).sum(), x_adv)
-        x_adv = x_adv.detach() + alpha * grad.sign()
-        x_adv = torch.min(torch.max(x_adv, x - eps), x + eps).clamp(0, 1)
+        x_adv.requires_grad_()
+        with torch.enable_grad():
+            if kl == "authors":
+                loss_kl = criterion_kl(F.log_softmax(model(x_adv), dim=1), F.softmax(model(x), dim=1))
+            else:
+                loss_kl = _kl(model, x, x_adv).sum()
+        grad = torch.autograd.grad(loss_kl, [x_adv])[0]
+        x_adv = x_adv.detach() + alpha * torch.sign(grad.detach())
+        x_adv = torch.min(torch.max(x_adv, x - eps), x + eps)
+        x_adv = torch.clamp(x_adv, 0.0, 1.0)
+    return x_adv
+
+
+def _authors_mart_attack(model, x, y, eps, alpha, steps, noise):
+    """The L-inf attack of the MART authors' `mart_loss` (YisenWang/MART, mart.py): the same start and
+    step order as TRADES's, on the batch-mean cross-entropy."""
+    x_adv = x.detach() + 0.001 * noise
+    for _ in range(steps):
+        x_adv.requires_grad_()
+        with torch.enable_grad():
+            loss_ce = F.cross_entropy(model(x_adv), y)
+        grad = torch.autograd.grad(loss_ce, [x_adv])[0]
+        x_adv = x_adv.detach() + alpha * torch.sign(grad.detach())
+        x_adv = torch.min(torch.max(x_adv, x - eps), x + eps)
+        x_adv = torch.clamp(x_adv, 0.0, 1.0)
     return x_adv
 
 
 @pytest.mark.parametrize("steps", [3, 10])
-def test_trades_attack_is_algorithm_1(cnn_and_batch, steps):
+def test_trades_attack_is_its_authors(cnn_and_batch, steps):
     model, x, y = cnn_and_batch
     eps, alpha = 0.1, 0.1 / 4
     noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(5))
-    want = _trades_algorithm_1(model, x, eps, alpha, steps, noise)
+    want = _authors_trades_attack(model, x, eps, alpha, steps, noise, kl="formula")
+    authors = _authors_trades_attack(model, x, eps, alpha, steps, noise)
     got = generate(
         model,
         x,
@@ -146,29 +176,63 @@ def test_trades_attack_is_algorithm_1(cnn_and_batch, steps):
         generator=torch.Generator().manual_seed(5),
     )  # the same N(0, I) draw
     # At the start the KL gradients are tiny (1e-9 on a fresh network), so a sign is only
-    # reproducible by the same arithmetic: the reference uses the same KL formula and must agree to
-    # float tolerance on every pixel.
+    # reproducible by the same arithmetic: with the same KL formula the authors' loop must agree to
+    # float tolerance on every pixel; with their nn.KLDivLoss, on the KL the attack reaches (signs of
+    # ~1e-9 gradients flip with the arithmetic: 26% of pixels at 10 steps on the fresh network).
     assert torch.allclose(got, want, rtol=0, atol=1e-6), f"{int(((got - want).abs() > 1e-6).sum())} pixels differ"
+    with torch.no_grad():
+        assert _kl(model, x, got).sum().item() == pytest.approx(_kl(model, x, authors).sum().item(), rel=0.05)
 
 
 @pytest.mark.parametrize("steps", [3, 10])
-def test_trades_attack_is_as_strong_as_torchattacks_tpgd(cnn_and_batch, steps):
-    # torchattacks.TPGD is an independent implementation of the same attack (F.kl_div, delta-space
-    # projection). Its 0.001 N(0, I) start comes from the global RNG: the same draw as our generator
-    # for the same seed. Different float arithmetic flips the sign of near-zero gradients, so the two
-    # are compared on what matters: the KL reached and the pixels left at 0.
+def test_mart_attack_is_its_authors(cnn_and_batch, steps):
     model, x, y = cnn_and_batch
     eps, alpha = 0.1, 0.1 / 4
-    torch.manual_seed(11)
-    want = torchattacks.TPGD(model, eps=eps, alpha=alpha, steps=steps)(x, y)
+    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(6))
+    want = _authors_mart_attack(model, x, y, eps, alpha, steps, noise)
     got = generate(
         model,
         x,
         y,
-        method=MethodConfig(name="trades"),
+        method=MethodConfig(name="mart"),
         attack=AttackConfig(eps=eps, steps=steps, step_size=alpha),
-        generator=torch.Generator().manual_seed(11),
+        generator=torch.Generator().manual_seed(6),
     )
+    assert torch.allclose(got, want, rtol=0, atol=1e-6), f"{int(((got - want).abs() > 1e-6).sum())} pixels differ"
+
+
+@pytest.mark.parametrize("method", ["trades", "mart"])
+def test_the_clipped_start_is_not_the_authors(cnn_and_batch, method):
+    """What these references catch: the same loops started from the start clipped into [0, 1] (our
+    earlier default) end elsewhere on many pixels, because half of a Fashion-MNIST image is 0."""
+    model, x, y = cnn_and_batch
+    eps, alpha, steps = 0.1, 0.1 / 4, 3
+    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(7))
+    clipped = (x + 0.001 * noise).clamp(0, 1) - x
+    if method == "trades":
+        authors = _authors_trades_attack(model, x, eps, alpha, steps, noise)
+        from_clipped = _authors_trades_attack(model, x, eps, alpha, steps, clipped / 0.001)
+    else:
+        authors = _authors_mart_attack(model, x, y, eps, alpha, steps, noise)
+        from_clipped = _authors_mart_attack(model, x, y, eps, alpha, steps, clipped / 0.001)
+    differ = ((authors - from_clipped).abs() > 1e-6).float().mean().item()
+    assert differ > 0.05, differ
+
+
+@pytest.mark.parametrize("steps", [3, 10])
+def test_trades_attack_is_as_strong_as_torchattacks_tpgd(cnn_and_batch, steps):
+    # torchattacks.TPGD is an independent implementation of the same loop (nn.KLDivLoss, delta-space
+    # projection), but it clips its 0.001 N(0, I) start into [0, 1], unlike the TRADES authors. So our
+    # loop is given that clipped start explicitly. TPGD draws the noise from the global RNG; the same
+    # seed gives the same draw here. Different float arithmetic flips the sign of near-zero gradients,
+    # so the two are compared on what matters: the KL reached and the pixels left at 0.
+    model, x, y = cnn_and_batch
+    eps, alpha = 0.1, 0.1 / 4
+    torch.manual_seed(11)
+    want = torchattacks.TPGD(model, eps=eps, alpha=alpha, steps=steps)(x, y)
+    torch.manual_seed(11)
+    clipped = (x + 0.001 * torch.randn_like(x)).clamp(0, 1) - x
+    got = kl_attack(model, x, AttackConfig(eps=eps, steps=steps, step_size=alpha, start="gaussian"), start=clipped)
     with torch.no_grad():
         kl_got, kl_want = _kl(model, x, got).sum().item(), _kl(model, x, want).sum().item()
     assert kl_got == pytest.approx(kl_want, rel=0.02)
@@ -250,7 +314,7 @@ def test_trades_attack_ignores_bf16_autocast(cnn_and_batch):
     model, x, y = cnn_and_batch
     eps, alpha, steps = 0.1, 0.025, 3
     noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(3))
-    want = _trades_algorithm_1(model, x, eps, alpha, steps, noise)
+    want = _authors_trades_attack(model, x, eps, alpha, steps, noise, kl="formula")
     with torch.autocast("cpu", dtype=torch.bfloat16):
         got = generate(
             model,

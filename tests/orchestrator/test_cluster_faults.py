@@ -146,7 +146,7 @@ def test_a_worker_node_lost_mid_experiment(tmp_path):
     audits = pd.read_parquet(storage / "tiny" / "audits.parquet")
     per_key = audits.groupby(["group_id", "seed", "attack"])["target"].agg(["count", "nunique"])
     assert set(zip(audits["group_id"], audits["seed"])) == keys
-    assert set(audits["attack"]) == {"lira_online_fixed", "loss"}
+    assert set(audits["attack"]) == {"rmia_online", "loss"}
     assert (per_key["count"] == 4).all() and (per_key["nunique"] == 4).all()  # 4 targets, no duplicate
     assert len(per_key) == 2 * len(keys)
     audited = [line for line in out.stdout.splitlines() if line.startswith("audited ")]

@@ -32,7 +32,11 @@ def test_tiny_experiment_writes_parquet_and_tensorboard(tiny_experiment):
     assert runs["natural_acc"].mean() > 0.1  # above chance after one short epoch
     assert set(runs["config.demem.lambda"]) == {0.0, 0.4}
     # 2 groups x 4 targets x 2 attacks
-    assert len(audits) == 16 and set(audits["attack"]) == {"lira_online_fixed", "loss"}
+    assert len(audits) == 16 and set(audits["attack"]) == {"rmia_online", "loss"}
+    # reference models per target: M - 2 (target and partner left out) for RMIA, the one model that
+    # learns per-class thresholds for the loss attack
+    assert (audits.loc[audits["attack"] == "rmia_online", "n_shadow"] == 4 - 2).all()
+    assert (audits.loc[audits["attack"] == "loss", "n_shadow"] == 1).all()
     assert audits["auc"].between(0, 1).all()
     assert len(samples) == 2 * 512 and samples.groupby("group_id")["sample_id"].nunique().eq(512).all()
     assert list(exp.tune.rglob("events.out.tfevents*")), "no TensorBoard event files"
@@ -201,7 +205,7 @@ def test_search_then_confirm(ray_session, tmp_path):
     runs = pd.read_parquet(out.root / "runs.parquet")
     audits = pd.read_parquet(out.root / "audits.parquet")
     assert len(runs) == 2 * 4 and runs["group_id"].nunique() == 2
-    assert set(audits["attack"]) == {"lira_online_fixed", "loss"}
+    assert set(audits["attack"]) == {"rmia_online", "loss"}
     # the confirmation is an ordinary experiment: it summarises, with the base as the baseline
     from orchestrator.summarize import summarize
 
@@ -234,11 +238,11 @@ def test_summarize_reads_a_real_experiment(tiny_experiment, tmp_path):
     assert (df["natural_acc_units"] == 4).all() and (df["leakage_units"] == 4).all()
     assert df["natural_acc_lo"].isna().all() and not df["separable"].any()
     assert "With one seed there is no group-level interval" in (tmp_path / "ranking.md").read_text()
-    assert (df["attack"] == "lira_online_fixed").all()
+    assert (df["attack"] == "rmia_online").all()  # the headline with 2 reference models
     assert df["natural_acc_mean"].between(0, 1).all() and np.isfinite(df.loc[0.4, "robust_cost_mean"])
     assert paths["roc.png"].stat().st_size > 10_000 and "report.html" in paths
     # 4 models on a 512-sample pool: 256 non-members per target, too few to rank by TPR at 1% FPR
-    assert lines[0].startswith("ranking (ROC AUC of lira_online_fixed")
+    assert lines[0].startswith("ranking (ROC AUC of rmia_online")
     assert "Leakage metric: ROC AUC: each target has only 256 non-members" in (tmp_path / "ranking.md").read_text()
 
 

@@ -17,7 +17,7 @@ import yaml
 from demem.membership import keep_mask
 from demem.methods import METHODS
 from demem.privacy import mia
-from demem.privacy.audit import LIRA_ATTACKS, MIA_ATTACKS, _lira_min_shadows
+from demem.privacy.audit import LIRA_ATTACKS, LIRA_MIN_SHADOWS, MIA_ATTACKS
 from demem.train import RunConfig
 from orchestrator import spec as speclib
 from orchestrator.spec import (
@@ -46,7 +46,7 @@ def good() -> dict:
         "base": {"data": {"dataset": "fashion-mnist", "pool_size": 64}, "train": {"epochs": 2}},
         "grid": {"method": ["pgd_at", "trades"], "lambda": [0.0, 0.4]},
         "seeds": [0, 1],
-        "audit": {"models": 4, "attacks": ["lira_online_fixed", "loss"]},
+        "audit": {"models": 4, "attacks": ["rmia_online", "loss"]},
         "resources": {"cpu": 1, "gpu": 0},
     }
 
@@ -258,11 +258,19 @@ BAD = [
     ("audit-models-missing", patched(("audit.models", DELETE)), "audit.models: required"),
     ("audit-models-1", patched(("audit.models", 1)), "audit.models: must be an integer >= 2"),
     ("audit-models-float", patched(("audit.models", 4.0)), "audit.models: must be an integer >= 2"),
-    ("audit-lira-2", patched(("audit.models", 2)), "audit.models: LiRA needs at least 4 models per group, got 2"),
     (
-        "audit-lira-shorthand-3",
-        patched(("audit.models", 3), ("audit.attacks", ["lira"])),
-        "audit.models: LiRA needs at least 4 models per group, got 3",
+        "audit-lira-2",
+        patched(("audit.models", 2), ("audit.attacks", ["lira_online_fixed"])),
+        "audit.models: the audit needs every sample in at least 2 models and out of at least 2, so at least 4 models "
+        "per group, got 2",
+    ),
+    (
+        "audit-lira-shorthand-5",
+        patched(("audit.models", 5), ("audit.attacks", ["lira"])),
+        re.compile(
+            r"audit\.attacks: lira_online, lira_online_fixed, lira_offline, lira_offline_fixed need at least 6 "
+            r"models per group, got 5: .*"
+        ),
     ),
     (
         "audit-threshold-only-3",
@@ -271,10 +279,12 @@ BAD = [
         "per group, got 3",
     ),
     (
-        "audit-per-sample-variance",
-        patched(("audit.attacks", "lira,loss")),
-        "audit.attacks: lira_online, lira_offline need at least 6 models per group (2 IN and 2 OUT shadows per sample "
-        "besides the target), got 4; use the _fixed variants or more models",
+        "audit-fixed-variance-4",
+        patched(("audit.attacks", "lira_online_fixed,lira_offline_fixed,loss")),
+        "audit.attacks: lira_online_fixed, lira_offline_fixed need at least 6 models per group, got 4: each sample "
+        "needs 2 IN and 2 OUT shadows besides the target and its partner to estimate a variance (the fixed variants "
+        "use the median of the per-sample ones); use more models, or RMIA (rmia_online, rmia_offline), which works "
+        "from 4",
     ),
     (
         "audit-unknown-attack",
@@ -530,7 +540,7 @@ def test_groups_labels_and_params():
         assert g.run["data"]["pool_size"] == 64 and g.run["train"]["epochs"] == 2
         assert re.fullmatch(r"[0-9a-f]{12}", g.group_id)
     assert len({g.group_id for g in groups}) == 4
-    assert spec.audit == AuditSpec(models=4, targets=None, attacks=("lira_online_fixed", "loss"), queries=None)
+    assert spec.audit == AuditSpec(models=4, targets=None, attacks=("rmia_online", "loss"), queries=None)
     assert (spec.seeds, spec.max_concurrent, spec.max_retries, spec.search) == ((0, 1), None, 1, None)
     assert spec.raw == good()
     no_grid = validate(patched(("grid", DELETE)), check_data=False)
@@ -606,7 +616,9 @@ def test_plan_mentions_groups_trials_epochs_and_resources():
         (1, "1 GPU;"),
     ):
         assert text in validate(patched(("resources", {"cpu": 1, "gpu": gpu})), check_data=False).plan()
-    assert "lira_online_fixed, loss" in plan
+    assert "rmia_online, loss" in plan
+    assert "each target is attacked with 2 reference models (1 IN and 1 OUT per sample" in plan
+    assert "LiRA needs at least 6 models" in plan
 
 
 def test_seeds_per_seed_pool_gives_each_seed_its_own_keep_masks():
@@ -662,15 +674,16 @@ def test_audit_model_minimums_match_the_audit_code(m):
     signals = np.random.default_rng(0).normal(size=keep.shape)
     # run_audit refuses groups where some sample is in, or out of, fewer than 2 models.
     assert (keep.sum(0).min() >= 2 and (~keep).sum(0).min() >= 2) == (m >= speclib.MIN_MODELS_AUDIT)
+    # As run_audit attacks: each target's complementary partner left out too.
+    partners = [t ^ 1 if (t ^ 1) < m and np.array_equal(keep[t], ~keep[t ^ 1]) else -1 for t in range(m)]
     for attack in LIRA_ATTACKS:
         variant = attack.removeprefix("lira_")
         try:
-            mia.lira_scores(signals, keep, variant=variant, min_shadows=_lira_min_shadows(variant))
+            mia.lira_scores(signals, keep, variant=variant, min_shadows=LIRA_MIN_SHADOWS, exclude=partners)
             works = True
         except ValueError:
             works = False
-        need = speclib.MIN_MODELS_LIRA if variant.endswith("_fixed") else speclib.MIN_MODELS_LIRA_PER_SAMPLE_VARIANCE
-        assert works == (m >= need), (attack, m)
+        assert works == (m >= speclib.MIN_MODELS_LIRA), (attack, m)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -691,7 +704,7 @@ def test_quickstart_spec():
     run = groups[0].run
     assert run["data"]["dataset"] == "fashion-mnist" and run["train"]["arch"] == "small-cnn"
     assert run["eval"]["attack"]["steps"] == 10 and run["eval"]["queries"] == 2
-    assert set(spec.audit.attacks) == {"lira_online_fixed", "lira_offline_fixed", "rmia_online", "rmia_offline", "loss"}
+    assert set(spec.audit.attacks) == {"rmia_online", "rmia_offline", "loss"}  # LiRA needs 6 models
     assert spec.resources.cpu == 1
 
 
@@ -703,7 +716,7 @@ def test_tiny_spec():
     assert len(spec.trials()) == 8 and spec.audit.models == 4
     assert all(g.run["train"]["epochs"] == 1 and g.run["data"]["pool_size"] == 512 for g in groups)
     assert groups[0].run["eval"]["attack"]["steps"] == 3
-    assert spec.audit.attacks == ("lira_online_fixed", "loss") and spec.resources == ResourcesSpec(cpu=1.0, gpu=0.0)
+    assert spec.audit.attacks == ("rmia_online", "loss") and spec.resources == ResourcesSpec(cpu=1.0, gpu=0.0)
 
 
 def test_missing_dataset_names_the_places_and_the_fetch_command(tmp_path, monkeypatch):

@@ -195,3 +195,42 @@ def test_audit_table_drives_a_memorization_risk_run(audited, tmp_path, capsys):
     assert last["status"] == "done"
     history = json.loads((tmp_path / "run" / "metrics.json").read_text())["history"]
     assert 0.4 < history[0]["high_risk_frac"] < 0.6 and history[0]["penalty"] > 0
+
+
+def _first_models(group, m: int):
+    """The group's first m models (complementary pairs 2k, 2k+1 stay together)."""
+    return dataclasses.replace(
+        group,
+        dirs=group.dirs[:m],
+        model_index=group.model_index[:m],
+        signals={k: v[:m] for k, v in group.signals.items()},
+        keep=group.keep[:m],
+        metrics=group.metrics[:m],
+    )
+
+
+def test_lira_refuses_groups_that_cannot_estimate_a_variance(overfit_group):
+    """With 4 models, target and partner left out, each sample has 1 IN and 1 OUT shadow: every
+    per-sample std is 0, so the 'fixed' variance (their median) would be the 1e-6 floor and the
+    online-fixed scores ~1e13. Every LiRA variant is refused there, naming the group size that works;
+    RMIA and the threshold attacks still run. At 6 models LiRA's fixed variance is a real estimate."""
+    from demem.privacy.mia import STD_FLOOR, lira_scores
+
+    group = load_group(overfit_group)
+    attacks = ("lira_online_fixed", "lira_offline_fixed", "lira_online", "rmia_online", "loss")
+    result, _ = run_audit(_first_models(group, 4), AuditConfig(attacks=attacks))
+    for name in attacks[:3]:
+        assert "LiRA needs a group of at least 6 models" in result["attacks"][name]["skipped"], name
+    assert result["attacks"]["rmia_online"]["n_references"] == 2 and "skipped" not in result["attacks"]["loss"]
+    # what the refusal prevents, from first principles: one shadow a side has no spread
+    four = _first_models(group, 4)
+    degenerate = lira_scores(
+        four.signals["phi"], four.keep, variant="online_fixed", min_shadows=1, exclude=[1, 0, 3, 2]
+    )
+    assert np.abs(degenerate).max() > 1 / STD_FLOOR
+    six = _first_models(group, 6)
+    result, _ = run_audit(six, AuditConfig(attacks=("lira_online_fixed", "lira_offline_fixed")))
+    for name in ("lira_online_fixed", "lira_offline_fixed"):
+        assert "skipped" not in result["attacks"][name] and result["attacks"][name]["n_references"] == 4
+    scores = lira_scores(six.signals["phi"], six.keep, variant="online_fixed", exclude=[1, 0, 3, 2, 5, 4])
+    assert np.abs(scores).max() < 1e4

@@ -1,4 +1,6 @@
-"""RMIA against a slow reference written from the paper, on noise, and on overfit models."""
+"""RMIA against a slow reference written from the paper and its authors' code (ML Privacy Meter's
+`run_rmia`: strict `> gamma`, the count averaged over the population), on noise, on overfit models,
+and on the ties an earlier convention made by construction."""
 
 from __future__ import annotations
 
@@ -13,8 +15,10 @@ from demem.privacy.rmia import rmia_scores, true_label_probability
 
 def _reference(prob, keep, t, exclude, variant, gamma, a):
     """Zarifzadeh et al. 2024, one sample at a time: Pr(x) from the references (all of them online,
-    the OUT ones with the a-scaling offline), ratio(x) = Pr(x | t) / Pr(x), and the score of x the share
-    of population samples z (the target's non-members other than x) with ratio(x) / ratio(z) >= gamma."""
+    the OUT ones with the a-scaling offline), ratio(x) = Pr(x | t) / Pr(x), and the score of x the
+    number of population samples z (the target's non-members other than x) with
+    ratio(x) / ratio(z) > gamma, over the population's size |Z| (the authors' `np.average(ratios >
+    gamma)` over a population x is not part of)."""
     m, n = prob.shape
     refs = [r for r in range(m) if r not in (t, exclude)]
 
@@ -27,8 +31,8 @@ def _reference(prob, keep, t, exclude, variant, gamma, a):
     ratio = [prob[t, i] / pr(i) for i in range(n)]
     out = np.empty(n)
     for i in range(n):
-        zs = [j for j in range(n) if not keep[t, j] and j != i]
-        out[i] = sum(ratio[i] / ratio[j] >= gamma for j in zs) / len(zs)
+        population = [j for j in range(n) if not keep[t, j]]
+        out[i] = sum(ratio[i] / ratio[j] > gamma for j in population if j != i) / len(population)
     return out
 
 
@@ -89,3 +93,25 @@ def test_bad_arguments(kwargs, match):
         rmia_scores(np.full((4, 20), 0.5), keep, **kwargs)
     with pytest.raises(ValueError, match="in \\[0, 1\\]"):
         rmia_scores(np.full((4, 20), 1.5), keep)
+
+
+def test_top_scores_do_not_tie_by_construction():
+    """Members whose ratio beats every non-member's must score above every non-member, so TPR at the
+    lowest resolvable FPR (0 false positives) is their share, not 0 by construction. With the old
+    convention (>= gamma, a non-member divided by |Z| - 1) the highest non-member scored exactly 1
+    too, and tied with them."""
+    from demem.privacy.metrics import roc_curve
+
+    rng = np.random.default_rng(5)
+    m, n = 4, 400
+    keep = keep_mask(m, n, seed=3)
+    prob = np.clip(rng.beta(2, 2, size=(m, n)) + 0.25 * keep, 0.01, 1.0)
+    partners = np.array([1, 0, 3, 2])
+    scores = rmia_scores(prob, keep, exclude=partners)
+    for t in range(m):
+        members, others = scores[t][keep[t]], scores[t][~keep[t]]
+        assert others.max() < 1.0 and np.isclose(others.max(), (others.size - 1) / others.size)
+        above = int((members > others.max()).sum())
+        assert above > 0  # this construction has members beyond every non-member
+        fpr, tpr = roc_curve(scores[t], keep[t])[:2]
+        assert tpr[fpr == 0].max() == pytest.approx(above / members.size)
