@@ -37,8 +37,8 @@ import numpy as np
 from scipy import stats
 
 from demem.membership import keep_mask
-from demem.privacy.metrics import roc_auc
 from demem.privacy.mia import STD_FLOOR, lira_scores
+from demem.privacy.roc import roc_auc
 
 MIB = 2**20
 

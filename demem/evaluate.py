@@ -11,6 +11,7 @@ from torch import nn
 from demem.data import Pool
 from demem.device import fast_path, to_float
 from demem.evasion import AttackConfig, eval_mode, run_attack
+from demem.names import N_AUTOATTACK, N_HELDOUT, NATURAL_ACC, ROBUST_ACC, ROBUST_ACC_AA
 from demem.privacy.signals import chunks, pool_signals
 from demem.train import EvalConfig
 
@@ -60,20 +61,18 @@ def evaluate_heldout(
     gen = torch.Generator(device=device)
     gen.manual_seed(seed)
     out: dict[str, float | int | None] = {
-        "n_heldout": int(idx.numel()),
-        "natural_acc": accuracy(model, x, y, device=device, batch_size=cfg.batch_size),
-        "robust_acc_pgd": accuracy(
-            model, x, y, device=device, batch_size=cfg.batch_size, attack=cfg.attack, generator=gen
-        ),
-        "robust_acc_aa": None,
+        N_HELDOUT: int(idx.numel()),
+        NATURAL_ACC: accuracy(model, x, y, device=device, batch_size=cfg.batch_size),
+        ROBUST_ACC: accuracy(model, x, y, device=device, batch_size=cfg.batch_size, attack=cfg.attack, generator=gen),
+        ROBUST_ACC_AA: None,
     }
     if cfg.autoattack and autoattack:
         n = min(cfg.autoattack_samples, x.shape[0])
         aa = AttackConfig(name="autoattack", eps=cfg.attack.eps, norm=cfg.attack.norm)
-        out["robust_acc_aa"] = accuracy(
+        out[ROBUST_ACC_AA] = accuracy(
             model, x[:n], y[:n], device=device, batch_size=cfg.batch_size, attack=aa, generator=gen
         )
-        out["n_autoattack"] = n
+        out[N_AUTOATTACK] = n
     return out
 
 
@@ -97,8 +96,8 @@ def own_membership(stats: dict[str, np.ndarray], keep: np.ndarray, attack: str =
     Returns:
         {"mia_auc", "mia_tpr_at_1pct", "mia_tpr_at_0_1pct", "mia_balanced_acc"}.
     """
-    from demem.privacy.metrics import attack_metrics
     from demem.privacy.mia import _THRESHOLD_SIGNALS, threshold_score
+    from demem.privacy.roc import attack_metrics
 
     if attack not in _THRESHOLD_SIGNALS:
         raise ValueError(f"own_membership: unknown attack {attack!r}; known: {', '.join(_THRESHOLD_SIGNALS)}")

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from demem import __version__
+from demem import __version__, names
 from demem import config as cfglib
 from demem.augment import augment
 from demem.data import DATASETS, SPLITS, Pool, dataset_info, make_pool
@@ -454,18 +454,18 @@ def train_epoch(state: TrainState) -> dict[str, float]:
     used = max(sum(len(i) for i in batches), 1)
     s = totals.sum(0) / used
     metrics = {
-        "epoch": state.epoch,
-        "train_loss": float(s[0]),
-        "method_loss": float(s[1]),
-        "penalty": float(s[2]),
-        "train_acc": float(s[3]),
-        "high_risk_frac": float(s[4]),
-        "lr": lr,
-        "seconds": seconds,
-        "samples_per_s": used / seconds,
+        names.EPOCH: state.epoch,
+        names.TRAIN_LOSS: float(s[0]),
+        names.METHOD_LOSS: float(s[1]),
+        names.PENALTY: float(s[2]),
+        names.TRAIN_ACC: float(s[3]),
+        names.HIGH_RISK_FRAC: float(s[4]),
+        names.LR: lr,
+        names.SECONDS: seconds,
+        names.SAMPLES_PER_S: used / seconds,
     }
     if state.dp is not None:
-        metrics["epsilon"] = state.dp.epsilon()
+        metrics[names.EPSILON] = state.dp.epsilon()
     state.history.append(metrics)
     return metrics
 

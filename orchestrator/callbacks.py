@@ -20,22 +20,8 @@ from ray.tune.logger import TBXLoggerCallback
 from ray.tune.result import TRAINING_ITERATION
 
 from orchestrator.collect import HPARAM_METRICS, group_hparams
-from orchestrator.metrics import NATURAL_ACC, ROBUST_ACC, ROBUST_ACC_AA
+from orchestrator.columns import CURVES
 from orchestrator.progress import progress_for
-
-# The curves of a grid trial: per-epoch training metrics, then the final held-out accuracies.
-CURVES = (
-    "train_loss",
-    "train_acc",
-    "penalty",
-    "high_risk",
-    "lr",
-    "epsilon",
-    "samples_per_s",
-    NATURAL_ACC,
-    ROBUST_ACC,
-    ROBUST_ACC_AA,
-)
 
 
 def trial_dirname(trial) -> str:

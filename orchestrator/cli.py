@@ -1,4 +1,4 @@
-"""The full `demem` command: the single-run commands of `demem.cli` (train, audit) plus the experiment
+"""The `demem` console script: the Ray-free commands of `demem.commands` (train, audit) plus the experiment
 commands (validate, schema, run, resume, confirm, summarize, status). Ray is imported only by the
 commands that need it.
 """
@@ -11,9 +11,10 @@ import json
 import sys
 from collections.abc import Sequence
 
-from demem.cli import build_parser as build_core_parser
-from demem.cli import main as core_main
-from orchestrator.metrics import FEW_SHADOWS, FEW_SHADOWS_ATTACK, HEADLINE_ATTACK, LEAKAGE_METRICS
+from demem import __version__
+from demem.commands import add_commands
+from demem.commands import main as core_main
+from orchestrator.columns import FEW_SHADOWS, FEW_SHADOWS_ATTACK, HEADLINE_ATTACK, LEAKAGE_METRICS
 
 
 def _print_problems(path: str, e) -> int:
@@ -212,13 +213,15 @@ def cmd_status(a: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = build_core_parser()
-    p.description = (
-        "demem: adversarial training with DeMem and privacy audits. train / audit work on one "
+    p = argparse.ArgumentParser(
+        prog="demem",
+        description="demem: adversarial training with DeMem and privacy audits. train / audit work on one "
         "model or group without Ray; validate / run / resume / status / confirm run experiments on "
-        "Ray Tune; summarize ranks their results."
+        "Ray Tune; summarize ranks their results.",
     )
-    sub = next(act for act in p._actions if isinstance(act, argparse._SubParsersAction))
+    p.add_argument("--version", action="version", version=f"demem {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+    add_commands(sub)
     v = sub.add_parser("validate", help="check an experiment spec (YAML) and print its plan")
     v.add_argument("spec")
     v.add_argument("--no-data-check", action="store_true", help="do not check (read) the datasets here")

@@ -7,7 +7,7 @@
     membins.parquet  one row per (group, seed, memorization bin): held-out accuracy, LiRA TPR at 1% / 0.1% FPR
     lowfpr.parquet   one row per (group, seed, attack, FPR level): TPR pooled over the targets (each at its
                      own FPR), its exact binomial interval within the draw, and whether the level is
-                     resolvable with the targets' non-members (`demem.privacy.metrics.pooled_low_fpr`)
+                     resolvable with the targets' non-members (`demem.privacy.roc.pooled_low_fpr`)
 
 The files are rebuilt from the experiment's directories each time, keyed by run id / group id, so
 collecting twice, or after a resume, never duplicates rows. A `schema_version` column lets later code
@@ -27,9 +27,7 @@ from demem.artifacts import METRICS as METRICS_FILE
 from demem.artifacts import SCHEMA_VERSION
 from demem.io import write_parquet
 from demem.stats import seed_level
-from orchestrator.fmt import fmt_ci
-from orchestrator.layout import AUDITS, LOWFPR, MEMBINS, ROC, RUNS, SAMPLES, ExperimentDir, read_json, trial_records
-from orchestrator.metrics import (
+from orchestrator.columns import (
     FALLBACK_ATTACKS,
     FEW_SHADOWS,
     FEW_SHADOWS_ATTACK,
@@ -38,6 +36,8 @@ from orchestrator.metrics import (
     ROBUST_ACC,
     ROBUST_ACC_AA,
 )
+from orchestrator.fmt import fmt_ci
+from orchestrator.layout import AUDITS, LOWFPR, MEMBINS, ROC, RUNS, SAMPLES, ExperimentDir, read_json, trial_records
 from orchestrator.spec import ExperimentSpec, short_name
 
 

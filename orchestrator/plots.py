@@ -22,7 +22,7 @@ from matplotlib.figure import Figure
 
 from demem.io import atomic_path
 from demem.pareto import pareto_fronts
-from orchestrator.metrics import LEAKAGE_LABELS, ROBUST_ACC
+from orchestrator.columns import LEAKAGE_LABELS, ROBUST_ACC
 
 DPI = 120
 

@@ -18,10 +18,10 @@ from typing import Any
 import ray
 
 from demem.io import write_json
-from orchestrator.audit import audit_group
+from orchestrator.audit_task import audit_group
+from orchestrator.columns import FAILED, NATURAL_ACC, ROBUST_ACC, SEARCH_METRICS, WHERE_KEYS
 from orchestrator.fmt import fmt_value
 from orchestrator.layout import ExperimentDir, read_records, trial_records
-from orchestrator.metrics import FAILED, NATURAL_ACC, ROBUST_ACC, SEARCH_METRICS, WHERE_KEYS
 from orchestrator.spec import ExperimentSpec, load_spec, short_name
 
 Printer = Callable[[str], None]

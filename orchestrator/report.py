@@ -18,9 +18,9 @@ import pandas as pd
 
 from demem.io import write_text
 from demem.stats import detectable_difference, seeds_needed
+from orchestrator.columns import LEAKAGE_LABELS, NATURAL_ACC, POOLED_LEVELS, ROBUST_ACC, ROBUST_ACC_AA
 from orchestrator.fmt import fmt_ci, seeds_unit
 from orchestrator.layout import ExperimentDir
-from orchestrator.metrics import LEAKAGE_LABELS, NATURAL_ACC, POOLED_LEVELS, ROBUST_ACC, ROBUST_ACC_AA
 
 RANKING_COLUMNS = [
     "rank",

@@ -24,9 +24,9 @@ import pandas as pd
 
 from demem.io import write_parquet
 from demem.pareto import pareto_fronts, pareto_order
+from orchestrator.columns import SEARCH_METRICS
 from orchestrator.fmt import fmt_value
 from orchestrator.layout import ExperimentDir, read_records
-from orchestrator.metrics import SEARCH_METRICS
 from orchestrator.spec import ExperimentSpec, short_name
 
 PARAM = "param."  # column prefix of a sampled setting in search.parquet

@@ -56,8 +56,7 @@ from demem.stats import (
 )
 from orchestrator import plots
 from orchestrator.collect import choose_attack, collect, failed_groups
-from orchestrator.layout import AUDITS, LOWFPR, MEMBINS, ROC, RUNS, SPEC, ExperimentDir, open_experiment
-from orchestrator.metrics import (
+from orchestrator.columns import (
     ACCURACY_METRICS,
     LEAKAGE_LABELS,
     LEAKAGE_METRICS,
@@ -65,6 +64,7 @@ from orchestrator.metrics import (
     POOLED_LEVELS,
     ROBUST_ACC,
 )
+from orchestrator.layout import AUDITS, LOWFPR, MEMBINS, ROC, RUNS, SPEC, ExperimentDir, open_experiment
 from orchestrator.report import RANKING_COLUMNS, ranking_markdown, top_text, write_report
 from orchestrator.spec import load_spec
 

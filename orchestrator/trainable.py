@@ -39,8 +39,8 @@ from demem.data import DatasetNotFoundError, Pool
 from demem.device import resolve_device
 from demem.evaluate import evaluate_heldout, own_membership, sample_statistics
 from demem.train import CHECKPOINT, DataConfig, RunConfig, epochs, load_pool, prepare
+from orchestrator.columns import FAILED, FINAL_KEYS, NATURAL_ACC, ROBUST_ACC, SEARCH_ROBUST_ACC
 from orchestrator.layout import ExperimentDir
-from orchestrator.metrics import FAILED, FINAL_KEYS, NATURAL_ACC, ROBUST_ACC, SEARCH_ROBUST_ACC
 from orchestrator.spec import resolve_run  # Ray-free; resolves exactly as validation did
 from orchestrator.storage import Remote
 

@@ -16,9 +16,10 @@ import numpy as np
 
 from demem.artifacts import SCHEMA_VERSION, GroupData, group_key
 from demem.io import write_json, write_parquet
+from demem.names import HELDOUT_ACCURACIES
 from demem.privacy import mia, rmia
 from demem.privacy.memorization import bin_table, memorization, per_sample_risk
-from demem.privacy.metrics import attack_metrics, mean_std, pooled_low_fpr, roc_curve, roc_points
+from demem.privacy.roc import attack_metrics, mean_std, pooled_low_fpr, roc_curve, roc_points
 
 LIRA_ATTACKS = tuple(f"lira_{v}" for v in mia.LIRA_VARIANTS)
 RMIA_ATTACKS = tuple(f"rmia_{v}" for v in rmia.RMIA_VARIANTS)
@@ -182,10 +183,7 @@ def run_audit(group: GroupData, cfg: AuditConfig) -> tuple[dict[str, Any], dict[
             "n_out": counts_out,
             "heldout_acc": (correct * ~keep).sum(0) / counts_out,
         }
-    accs = {
-        key: [mt[key] for mt in group.metrics if mt.get(key) is not None]
-        for key in ("natural_acc", "robust_acc_pgd", "robust_acc_aa")
-    }
+    accs = {key: [mt[key] for mt in group.metrics if mt.get(key) is not None] for key in HELDOUT_ACCURACIES}
     result = {
         "schema_version": SCHEMA_VERSION,
         "group": group_key(group.run),

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from demem.privacy.metrics import roc_curve
+from demem.privacy.roc import roc_curve
 
 BIN_WIDTH = 0.05
 N_BINS = 21  # bin 0: mem <= 0; bin k: ((k-1) * 0.05, k * 0.05]; bin 20: (0.95, 1]

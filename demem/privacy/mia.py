@@ -31,7 +31,7 @@ from typing import NamedTuple
 import numpy as np
 from scipy.special import log_ndtr
 
-from demem.privacy.metrics import roc_curve
+from demem.privacy.roc import roc_curve
 
 __all__ = [
     "LIRA_VARIANTS",

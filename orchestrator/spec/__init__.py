@@ -12,7 +12,7 @@ group ids), `grid` (grid, points, seeds -> groups), `sections` (typed audit / re
 This package never imports Ray: `demem validate` runs it, and it has to be fast.
 """
 
-from orchestrator.metrics import SEARCH_METRICS as METRICS
+from orchestrator.columns import SEARCH_METRICS as METRICS
 from orchestrator.spec.grid import Group
 from orchestrator.spec.keys import SHORTHANDS, group_id, resolve_run, short_name
 from orchestrator.spec.plan import ExperimentSpec, Trial, trial_resources

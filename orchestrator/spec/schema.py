@@ -37,7 +37,7 @@ from demem.checks import is_int
 from demem.config import json_schema
 from demem.privacy.audit import ATTACK_SETS, MIA_ATTACKS
 from demem.train import RunConfig
-from orchestrator.metrics import SEARCH_METRICS
+from orchestrator.columns import SEARCH_METRICS
 from orchestrator.spec.grid import SEED_POOLS, Group, check_grid, check_points, check_seeds, expand
 from orchestrator.spec.keys import PER_TRIAL, SHORTHANDS
 from orchestrator.spec.plan import ExperimentSpec

@@ -18,8 +18,8 @@ from typing import Any
 
 from demem.checks import is_int, is_number
 from demem.config import describe, scalar_kinds
+from orchestrator.columns import SEARCH_METRICS as METRICS
 from orchestrator.fmt import fmt_value
-from orchestrator.metrics import SEARCH_METRICS as METRICS
 from orchestrator.spec.grid import claim_path
 from orchestrator.spec.keys import resolve_run, run_hint
 from orchestrator.spec.problems import unknown_keys

@@ -9,7 +9,7 @@ import pytest
 import torch
 from opacus.accountants import create_accountant
 
-from demem.cli import main
+from demem.commands import main
 from demem.dp import DPConfig, default_delta
 from demem.train import RunConfig, prepare, train_epoch
 

@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from orchestrator.metrics import NATURAL_ACC, ROBUST_ACC
+from orchestrator.columns import NATURAL_ACC, ROBUST_ACC
 
 from .conftest import ROOT, TINY, tiny_spec
 

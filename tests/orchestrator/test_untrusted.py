@@ -233,7 +233,7 @@ def test_a_failed_audit_exits_3_with_one_line(handed, capsys):
 
 def test_an_audit_task_failure_is_one_line(ray_session, handed):
     """What a Ray task raises reaches the progress line as its own message, without Ray's trace."""
-    from orchestrator.audit import audit_group
+    from orchestrator.audit_task import audit_group
     from orchestrator.progress import task_error
     from orchestrator.spec import load_spec
 

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from demem.artifacts import GroupError, load_group
-from demem.cli import main
+from demem.commands import main
 from demem.penalty import load_risk_table
 from demem.privacy.audit import AuditConfig, parse_attacks, run_audit
 

@@ -8,7 +8,6 @@ from scipy import stats
 from sklearn.metrics import balanced_accuracy_score
 
 from demem.membership import keep_mask
-from demem.privacy.metrics import roc_auc
 from demem.privacy.mia import (
     LIRA_VARIANTS,
     STD_FLOOR,
@@ -19,6 +18,7 @@ from demem.privacy.mia import (
     lira_scores,
     threshold_score,
 )
+from demem.privacy.roc import roc_auc
 
 ANALYTIC_AUC = stats.norm.cdf(1 / np.sqrt(2))  # P(X_in > X_out), X_in ~ N(1, 1), X_out ~ N(0, 1): ~0.7602
 

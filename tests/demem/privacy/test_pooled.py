@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from demem.privacy.metrics import clopper_pearson, pooled_low_fpr
+from demem.privacy.roc import clopper_pearson, pooled_low_fpr
 
 
 def _brute_tp(scores, members, level):

@@ -100,7 +100,7 @@ def test_top_scores_do_not_tie_by_construction():
     lowest resolvable FPR (0 false positives) is their share, not 0 by construction. With the old
     convention (>= gamma, a non-member divided by |Z| - 1) the highest non-member scored exactly 1
     too, and tied with them."""
-    from demem.privacy.metrics import roc_curve
+    from demem.privacy.roc import roc_curve
 
     rng = np.random.default_rng(5)
     m, n = 4, 400

@@ -12,7 +12,7 @@ import pytest
 
 import demem.data.pool
 import demem.train
-from demem.cli import main
+from demem.commands import main
 from demem.train import RunConfig
 
 FAST = [
@@ -174,12 +174,12 @@ def test_refuses_to_overwrite_and_resumes_after_interruption(tmp_path, capsys, m
 
 
 def test_console_script_help():
-    out = subprocess.run([sys.executable, "-m", "demem.cli", "train", "--help"], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "demem.commands", "train", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "--demem-threshold" in out.stdout
 
 
 def test_attack_start_and_awp_objective_flags():
-    from demem.cli import build_parser, run_dict_from_args
+    from demem.commands import build_parser, run_dict_from_args
 
     args = build_parser().parse_args(
         [
@@ -205,7 +205,7 @@ def test_attack_start_and_awp_objective_flags():
 def test_train_help_gives_each_methods_own_attack_start(capsys):
     """The training attack starts where each method's authors start (TRADES, MART: Gaussian); the
     help must not name one default for all."""
-    from demem.cli import main as core_main
+    from demem.commands import main as core_main
 
     with pytest.raises(SystemExit):
         core_main(["train", "--help"])

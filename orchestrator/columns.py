@@ -1,18 +1,29 @@
-"""The names of metrics and attacks the orchestrator reads and writes: one owner for each, so a
-column of runs.parquet, a search objective and a plot label never spell the same thing twice.
+"""The columns of the orchestrator's tables, its curves, search objectives and headline attacks.
 
+The keys a run writes are the library's (`demem.names`); this module builds on them, so a column of
+runs.parquet, a TensorBoard curve, a search objective and a plot label never spell a name twice.
 Ray-free and cheap to import (the spec validator uses it).
 """
 
 from __future__ import annotations
 
+from demem.names import (
+    EPOCH_CURVES,
+    EPOCHS_DONE,
+    EPSILON,
+    HELDOUT_ACCURACIES,
+    TRAIN_LOSS,
+)
+from demem.names import NATURAL_ACC as NATURAL_ACC  # re-exported: the orchestrator's modules import them here
+from demem.names import ROBUST_ACC as ROBUST_ACC
+from demem.names import ROBUST_ACC_AA as ROBUST_ACC_AA
+
 # Per-model accuracy columns of metrics.json / runs.parquet.
-NATURAL_ACC = "natural_acc"
-ROBUST_ACC = "robust_acc_pgd"  # robust accuracy under PGD (the eval attack)
-ROBUST_ACC_AA = "robust_acc_aa"  # under AutoAttack, where it ran
-ACCURACY_METRICS = (NATURAL_ACC, ROBUST_ACC, ROBUST_ACC_AA, "epsilon")
+ACCURACY_METRICS = (*HELDOUT_ACCURACIES, EPSILON)
 # What a finished grid trial reports to Tune besides its ids.
-FINAL_KEYS = (NATURAL_ACC, ROBUST_ACC, ROBUST_ACC_AA, "epsilon", "train_loss", "epochs_done")
+FINAL_KEYS = (*HELDOUT_ACCURACIES, EPSILON, TRAIN_LOSS, EPOCHS_DONE)
+# The TensorBoard curves of a grid trial: each epoch's training metrics, then the final accuracies.
+CURVES = (*EPOCH_CURVES, *HELDOUT_ACCURACIES)
 
 # Objectives a search may name. A search trial reports its robust accuracy under PGD as `robust_acc`
 # and its own-membership (loss-threshold) scores as mia_*.

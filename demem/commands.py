@@ -1,6 +1,7 @@
-"""The `demem` command line. `demem train` trains and evaluates one model of a group, no cluster needed.
+"""The Ray-free commands `demem train` (one model of a group) and `demem audit` (one group's models).
 
-Commands that need Ray (run, resume, status, ...) live in `orchestrator/` and are added there.
+The `demem` console script is `orchestrator.cli`, which adds these two to the experiment commands
+that need Ray (run, resume, status, ...); this module alone runs them as `python -m demem.commands`.
 """
 
 from __future__ import annotations
@@ -307,9 +308,15 @@ def cmd_audit(a: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The parser of the two Ray-free commands alone (`python -m demem.commands`)."""
     p = argparse.ArgumentParser(prog="demem", description=__doc__.splitlines()[0])
     p.add_argument("--version", action="version", version=f"demem {__version__}")
-    sub = p.add_subparsers(dest="command", required=True)
+    add_commands(p.add_subparsers(dest="command", required=True))
+    return p
+
+
+def add_commands(sub) -> None:
+    """Add `train` and `audit` to `sub`, the object `ArgumentParser.add_subparsers` returned."""
     t = sub.add_parser(
         "train", help="train and evaluate one model of a group", formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
@@ -338,7 +345,6 @@ def build_parser() -> argparse.ArgumentParser:
     au.add_argument("--out", default=None, help="where to write audit.json and samples.parquet (default: DIRECTORY)")
     au.add_argument("--json", action="store_true", help="print per-attack mean metrics as JSON on the last line")
     au.set_defaults(func=cmd_audit)
-    return p
 
 
 def main(argv: Sequence[str] | None = None, parser: argparse.ArgumentParser | None = None) -> int:

@@ -1,4 +1,4 @@
-"""Tests for demem.privacy.metrics: against scikit-learn, against hand-computed ROC curves, invariants."""
+"""Tests for demem.privacy.roc: against scikit-learn, against hand-computed ROC curves, invariants."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from demem.privacy.metrics import (
+from demem.privacy.roc import (
     FPR_LEVELS,
     attack_metrics,
     balanced_accuracy,
