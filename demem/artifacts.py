@@ -1,4 +1,5 @@
-"""What one trained model leaves on disk, written atomically, and how to read it back.
+"""What one trained model leaves on disk, written atomically, and how to read it back: the on-disk
+format only (the lifecycle that writes it is `demem.runner`).
 
 A run directory (the `--out` of `demem train`, or a trial's artifact directory) holds:
     config.json    the resolved RunConfig + provenance (package version, pool fingerprint, schema)
@@ -11,21 +12,23 @@ A group directory holds one run directory per model; `demem audit` reads it with
 
 from __future__ import annotations
 
+import io
 import json
 import platform
-import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
-from demem import __version__
-from demem.io import write_json, write_npy, write_npz
+from demem import __version__, names
+from demem.io import atomic_path, write_json, write_npy, write_npz
 
 SCHEMA_VERSION = 1
 CONFIG, KEEP, SAMPLES, METRICS = "config.json", "keep.npy", "samples.npz", "metrics.json"
+CHECKPOINT = "checkpoint.pt"
 
 
 def provenance(state) -> dict[str, Any]:
@@ -49,36 +52,73 @@ def start_run(state, out: Path) -> None:
     write_npy(out / KEEP, state.keep)
 
 
-def finish_run(state, out: Path, *, train_seconds: float | None = None) -> dict[str, Any]:
-    """Evaluate a trained state, write samples.npz and metrics.json, return the metrics."""
-    from demem.dp import per_sample_hooks_off
-    from demem.evaluate import evaluate_heldout, sample_statistics
+def write_checkpoint(state, out: str | Path) -> Path:
+    """Write the state's `checkpoint.pt` into `out` atomically (temp file + rename)."""
+    path = Path(out) / CHECKPOINT
+    buf = io.BytesIO()  # serialised in memory first: a full disk then fails as OSError(ENOSPC) on
+    torch.save(state.state_dict(), buf)  # the write, not as an opaque error of torch's zip writer
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(buf.getbuffer())
+    return path
 
+
+def read_checkpoint(state, out: str | Path) -> None:
+    """Continue `state` from `checkpoint.pt` in `out`. The file is read with `weights_only=True`
+    (tensors and plain containers only: a crafted file runs no code).
+
+    Raises:
+        ValueError: naming the file, when it is truncated, not a checkpoint, refused by the
+            restricted reader, or written by another run or pool. The state may then be partly
+            overwritten: build a fresh one with `demem.train.prepare`.
+    """
+    path = Path(out) / CHECKPOINT
+    try:
+        sd = torch.load(path, map_location=state.device, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - truncated, not a torch file, or refused by weights_only
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        raise ValueError(f"{path}: not a readable demem checkpoint ({type(e).__name__}: {first})") from None
+    if not isinstance(sd, dict) or sd.get("format") != 1:
+        raise ValueError(f"{path}: not a demem checkpoint (no format 1 record)")
+    try:
+        state.load_state_dict(sd)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+    except (KeyError, TypeError, RuntimeError) as e:
+        raise ValueError(f"{path}: the checkpoint does not fit this run ({type(e).__name__}: {e})") from None
+
+
+def finish_run(
+    state,
+    out: Path,
+    heldout: dict[str, Any],
+    stats: dict[str, np.ndarray],
+    *,
+    train_seconds: float | None = None,
+    eval_seconds: float | None = None,
+) -> dict[str, Any]:
+    """Write a trained state's samples.npz (`stats`, the per-sample signals) and metrics.json
+    (`heldout`, the held-out accuracies, plus the training record); return the metrics."""
     out = Path(out)
     run = state.run
-    t0 = time.perf_counter()
-    with per_sample_hooks_off(state.train_model if state.dp is not None else None):
-        ev = evaluate_heldout(state.model, state.pool, state.keep, run.eval, device=state.device, seed=run.seed)
-        stats = sample_statistics(state.model, state.pool, device=state.device, queries=run.eval.queries)
     write_npz(out / SAMPLES, keep=state.keep, **stats)
     last = state.history[-1] if state.history else {}
     metrics = {
         **provenance(state),
-        **ev,
-        "train_loss": last.get("train_loss"),
-        "train_acc": last.get("train_acc"),
-        "epochs_done": state.epoch,
-        "train_seconds": train_seconds,
-        "eval_seconds": time.perf_counter() - t0,
+        **heldout,
+        names.TRAIN_LOSS: last.get(names.TRAIN_LOSS),
+        names.TRAIN_ACC: last.get(names.TRAIN_ACC),
+        names.EPOCHS_DONE: state.epoch,
+        names.TRAIN_SECONDS: train_seconds,
+        names.EVAL_SECONDS: eval_seconds,
         "seed": run.seed,
         "model_index": run.model_index,
         "history": state.history,
-        "status": "done",
+        names.STATUS: names.DONE,
         "defence": run.defence,
     }
     if state.dp is not None:
         metrics.update(
-            epsilon=state.dp.epsilon(),
+            {names.EPSILON: state.dp.epsilon()},
             delta=state.dp.delta,
             noise_multiplier=state.dp.noise_multiplier,
             max_grad_norm=run.dp.max_grad_norm,
@@ -244,7 +284,7 @@ def read_metrics(out: str | Path) -> dict[str, Any] | None:
         metrics = read_json_file(path)
     except GroupError:
         return None
-    return metrics if isinstance(metrics, dict) and metrics.get("status") == "done" else None
+    return metrics if isinstance(metrics, dict) and metrics.get(names.STATUS) == names.DONE else None
 
 
 def read_samples(out: str | Path) -> dict[str, np.ndarray]:

@@ -93,7 +93,7 @@ def calibrate(run_dict: dict[str, Any], device: torch.device | str = "auto", bat
     train = (time.perf_counter() - t0) / (batch * batches)
     held = int((~state.keep).sum())
     t0 = time.perf_counter()
-    with per_sample_hooks_off(state.train_model if state.dp is not None else None):  # as finish_run
+    with per_sample_hooks_off(state.train_model if state.dp is not None else None):  # as demem.runner.evaluate_run
         evaluate_heldout(state.model, state.pool, state.keep, run.eval, device=device, seed=0)
     _sync(device)
     return {"train_s_per_sample": train, "eval_s_per_sample": (time.perf_counter() - t0) / held}

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from demem import __version__
+from demem.artifacts import CHECKPOINT, METRICS
 from demem.dp import ACCOUNTANTS
 from demem.evasion import LOSSES as ATTACK_LOSSES
 from demem.evasion import STARTS as ATTACK_STARTS
@@ -23,7 +24,7 @@ from demem.evasion import THREAT_NORMS
 from demem.methods import AWP_OBJECTIVES
 from demem.models import NORM_LAYERS
 from demem.penalty import RISKS, THRESHOLD_MODES
-from demem.privacy.audit import ATTACK_SETS, MIA_ATTACKS
+from demem.privacy.attacks import attack_names, attack_sets
 from demem.train import SCHEDULES, SPLITS
 
 # `demem train` flags: (flag, run-config keys it sets, argparse options, help). Defaults are not
@@ -31,7 +32,7 @@ from demem.train import SCHEDULES, SPLITS
 # the default that from_dict gives (for Fashion-MNIST and pgd_at where it depends on them).
 _TRAIN_FLAGS: dict[str, list[tuple[str, tuple[str, ...], dict[str, Any], str]]] = {
     "data": [
-        ("--dataset", ("data.dataset",), {}, "fashion-mnist, mnist, cifar10, cifar100, svhn"),
+        ("--dataset", ("data.dataset",), {}, "dataset"),
         ("--data-root", ("data.root",), {}, "directory holding the dataset files (else $DEMEM_DATA, ...)"),
         ("--download", ("data.download",), {"action": "store_true"}, "let torchvision download a missing dataset"),
         ("--pool-size", ("data.pool_size",), {"type": int}, "subsample the merged train+test pool to this size"),
@@ -54,12 +55,7 @@ _TRAIN_FLAGS: dict[str, list[tuple[str, tuple[str, ...], dict[str, Any], str]]] 
         ("--no-augment", ("train.augment",), {"action": "store_false"}, "train without random crops and flips"),
     ],
     "method": [
-        (
-            "--method",
-            ("method.name",),
-            {},
-            "standard, pgd_at, trades, mart, fgsm_rs; DP-SGD: dp_sgd, dp_pgd_at, dp_trades",
-        ),
+        ("--method", ("method.name",), {}, "training method"),
         ("--beta", ("method.beta",), {"type": float}, "TRADES / MART robustness weight (6 / 5)"),
         ("--awp-gamma", ("method.awp_gamma",), {"type": float}, "AWP size for pgd_at / trades (0 = off)"),
         (
@@ -125,10 +121,25 @@ def _starts_by_method() -> str:
     return "; ".join(f"{start}: {', '.join(names)}" for start, names in sorted(by.items()))
 
 
+def _registered(path: str) -> str:
+    """': a, b, c' for a flag whose values are a registry's names (read when the parser is built, so
+    every registered name is listed), else ''."""
+    from demem.data import DATASETS
+    from demem.methods import METHODS
+    from demem.models import MODELS
+
+    if path == "method.name":
+        dp = [n for n in METHODS.names() if METHODS.get(n).dp]
+        return f": {', '.join(n for n in METHODS.names() if n not in dp)}; DP-SGD: {', '.join(dp)}"
+    registry = {"data.dataset": DATASETS, "train.arch": MODELS}.get(path)
+    return f": {', '.join(registry.names())}" if registry is not None else ""
+
+
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     for title, flags in _TRAIN_FLAGS.items():
         g = p.add_argument_group(title)
         for flag, paths, options, text in flags:
+            text += _registered(paths[0])
             shown = "off" if options.get("action") else _resolved_default(paths[0])
             shown = f"{shown:g}" if isinstance(shown, float) else shown
             if paths[0] == "attack.start":  # the method's own: one default would mislead
@@ -172,72 +183,63 @@ def cmd_train(a: argparse.Namespace) -> int:
     if why is not None:
         print(f"demem train: {why}", file=sys.stderr)
         return 2
-    if not a.resume and ((out / "metrics.json").exists() or (out / "checkpoint.pt").exists()):
+    if not a.resume and ((out / METRICS).exists() or (out / CHECKPOINT).exists()):
         print(
             f"demem train: {out} already holds a run; pass --resume to continue it or choose another --out",
             file=sys.stderr,
         )
         return 2
 
-    from demem import artifacts
+    from demem import names
     from demem.data import DatasetNotFoundError
-    from demem.train import CHECKPOINT, prepare
+    from demem.runner import train_run
 
     log = sys.stderr if a.json else sys.stdout
+
+    def say(line: str) -> None:
+        print(line, file=log, flush=True)
+
+    def started(state) -> None:
+        say(
+            f"training {run.method.name} ({run.train.arch}) on {state.pool.info.name}: model "
+            f"{run.model_index}/{run.n_models}, {int(state.keep.sum())} of {state.pool.n} pool samples, "
+            f"{run.train.epochs} epochs, eps {run.attack.eps:.4g}, DeMem lambda {run.demem.lam:g} "
+            f"tau {run.demem.risk_threshold:g}, defence {run.defence}, device {device}"
+        )
+        if state.dp is not None:
+            say(
+                f"DP-SGD (Opacus): noise multiplier {state.dp.noise_multiplier:.4g}, clip {run.dp.max_grad_norm:g}, "
+                f"sample rate {state.dp.sample_rate:.4g}, delta {state.dp.delta:g}, accountant {run.dp.accountant}"
+            )
+
+    def epoch_done(state, m: dict[str, Any]) -> None:
+        say(
+            f"epoch {m[names.EPOCH]:>3}/{run.train.epochs}  loss {m[names.TRAIN_LOSS]:.4f}  "
+            f"penalty {m[names.PENALTY]:.4f}  train acc {m[names.TRAIN_ACC]:.3f}  lr {m[names.LR]:.4g}  "
+            + (f"epsilon {m[names.EPSILON]:.3f}  " if names.EPSILON in m else "")
+            + f"{m[names.SECONDS]:.1f}s ({m[names.SAMPLES_PER_S]:.0f} samples/s)"
+        )
+        if state.done:
+            say("evaluating on held-out samples ...")
+
     try:
-        state = prepare(run, device)
-    except (DatasetNotFoundError, FileNotFoundError, ValueError) as e:
+        metrics = train_run(run, out, device, resume=a.resume, on_start=started, on_epoch=epoch_done, log=say)
+    except (DatasetNotFoundError, FileNotFoundError, ValueError) as e:  # refused before any training
         print(f"demem train: {e}", file=sys.stderr)
         return 2
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:  # what _out_problem cannot foresee (a dangling link, a race, a full disk)
-        print(f"demem train: --out {out}: cannot create it ({e.strerror or e})", file=sys.stderr)
-        return 2
-    if a.resume and (out / CHECKPOINT).exists():
-        try:
-            state.load(out)
-        except ValueError as e:
-            print(f"demem train: {e}", file=sys.stderr)
-            return 2
-        print(f"resumed from {out / CHECKPOINT} at epoch {state.epoch}/{run.train.epochs}", file=log)
-    artifacts.start_run(state, out)
-    print(
-        f"training {run.method.name} ({run.train.arch}) on {state.pool.info.name}: model "
-        f"{run.model_index}/{run.n_models}, {int(state.keep.sum())} of {state.pool.n} pool samples, "
-        f"{run.train.epochs} epochs, eps {run.attack.eps:.4g}, DeMem lambda {run.demem.lam:g} "
-        f"tau {run.demem.risk_threshold:g}, defence {run.defence}, device {device}",
-        file=log,
-    )
-    if state.dp is not None:
-        print(
-            f"DP-SGD (Opacus): noise multiplier {state.dp.noise_multiplier:.4g}, clip {run.dp.max_grad_norm:g}, "
-            f"sample rate {state.dp.sample_rate:.4g}, delta {state.dp.delta:g}, accountant {run.dp.accountant}",
-            file=log,
-        )
-    t0 = time.perf_counter()
-    try:
-        for m in _epochs(state, out):
-            print(
-                f"epoch {m['epoch']:>3}/{run.train.epochs}  loss {m['train_loss']:.4f}  "
-                f"penalty {m['penalty']:.4f}  train acc {m['train_acc']:.3f}  lr {m['lr']:.4g}  "
-                + (f"epsilon {m['epsilon']:.3f}  " if "epsilon" in m else "")
-                + f"{m['seconds']:.1f}s ({m['samples_per_s']:.0f} samples/s)",
-                file=log,
-                flush=True,
-            )
     except FloatingPointError as e:
         print(f"demem train: {e}", file=sys.stderr)
         return 1
-    print("evaluating on held-out samples ...", file=log, flush=True)
-    metrics = artifacts.finish_run(state, out, train_seconds=time.perf_counter() - t0)
-    aa = f"  AutoAttack {metrics['robust_acc_aa']:.4f}" if metrics["robust_acc_aa"] is not None else ""
-    print(
-        f"held-out ({metrics['n_heldout']} samples): natural acc {metrics['natural_acc']:.4f}  "
-        f"PGD-{run.eval.attack.steps} acc {metrics['robust_acc_pgd']:.4f}{aa}",
-        file=log,
+    except OSError as e:  # what _out_problem cannot foresee (a dangling link, a race, a full disk)
+        print(f"demem train: --out {out}: {e.strerror or e}", file=sys.stderr)
+        return 1
+    aa = metrics[names.ROBUST_ACC_AA]
+    aa = f"  AutoAttack {aa:.4f}" if aa is not None else ""
+    say(
+        f"held-out ({metrics[names.N_HELDOUT]} samples): natural acc {metrics[names.NATURAL_ACC]:.4f}  "
+        f"PGD-{run.eval.attack.steps} acc {metrics[names.ROBUST_ACC]:.4f}{aa}"
     )
-    print(f"wrote {out}/{{config.json, checkpoint.pt, keep.npy, samples.npz, metrics.json}}", file=log)
+    say(f"wrote {out}/{{config.json, checkpoint.pt, keep.npy, samples.npz, metrics.json}}")
     if a.json:
         print(json.dumps({k: v for k, v in metrics.items() if k != "history"}, sort_keys=True))
     return 0
@@ -257,14 +259,6 @@ def _out_problem(out: Path) -> str | None:
                 return f"--out {out}: cannot create it in {parent} (not writable)"
             return None
     return None
-
-
-def _epochs(state, out: Path):
-    from demem.train import epochs
-
-    for m in epochs(state):
-        state.save(out)  # every epoch: an interrupted run resumes with --resume
-        yield m
 
 
 def cmd_audit(a: argparse.Namespace) -> int:
@@ -322,25 +316,25 @@ def add_commands(sub) -> None:
     )
     _add_train_args(t)
     t.set_defaults(func=cmd_train)
-    au = sub.add_parser(
-        "audit",
-        help="membership-inference audit of one group's trained models",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    au = sub.add_parser("audit", help="membership-inference audit of one group's trained models")
     au.add_argument("directory", help="directory holding the `demem train --out` directories of one group")
     au.add_argument(
         "--attacks",
         default="all",
-        help=f"comma-separated, from: {', '.join(MIA_ATTACKS)}; or {', '.join(ATTACK_SETS)} for several",
+        help=f"comma-separated, from: {', '.join(attack_names())}; or {', '.join(attack_sets())} for several "
+        "(default: all; the README's attack table says what each needs)",
     )
     au.add_argument("--targets", type=int, default=None, help="attack the first K models (default: all)")
     au.add_argument("--queries", type=int, default=None, help="use the first K augmented queries (default: all)")
-    au.add_argument("--seed", type=int, default=None, help="audit only the models of this seed")
+    au.add_argument(
+        "--seed", type=int, default=None, help="audit only the models of this seed (default: the one seed found)"
+    )
     au.add_argument("--allow-partial", action="store_true", help="audit even if some of the group's models are missing")
     au.add_argument(
         "--memorization-from",
         default=None,
-        help="per-sample table whose memorization defines the bins (e.g. the undefended group's)",
+        help="per-sample table whose memorization defines the bins (e.g. the undefended group's; "
+        "default: this group's own)",
     )
     au.add_argument("--out", default=None, help="where to write audit.json and samples.parquet (default: DIRECTORY)")
     au.add_argument("--json", action="store_true", help="print per-attack mean metrics as JSON on the last line")

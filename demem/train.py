@@ -3,7 +3,10 @@
     run = RunConfig.from_dict({...})      # every check happens here, before any data is loaded
     state = prepare(run, device)          # pool, keep row, model, optimizer, resident data
     for metrics in epochs(state):         # yields after each epoch; the caller reports/checkpoints
-        state.save(out_dir)
+        ...
+
+The lifecycle of a run directory around this loop (resume, checkpoints, evaluation, the files
+written) is `demem.runner.train_run`.
 
 The training data live on the device as uint8 and are augmented there in batches. On CUDA the
 forward/backward passes (attacks included) run under bf16 autocast with channels_last; on the CPU
@@ -13,12 +16,10 @@ scheduler's whole state.
 
 from __future__ import annotations
 
-import io
 import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,7 +33,6 @@ from demem.data import DATASETS, SPLITS, Pool, dataset_info, make_pool
 from demem.device import autocast, autotune, layout, place_model, to_float
 from demem.dp import DPConfig, DPRuntime, make_private, per_sample_hooks_off, quiet_hook_warnings
 from demem.evasion import AttackConfig
-from demem.io import atomic_path
 from demem.membership import keep_row
 from demem.methods import AWP, METHODS, MethodConfig, awp_loss, generate, objective
 from demem.models import MODELS, NORM_LAYERS, build_model
@@ -40,7 +40,6 @@ from demem.penalty import DeMemConfig, load_risk_table, scores_for
 from demem.privacy.signals import query_plan
 
 SCHEDULES = ("step", "cosine", "constant")
-CHECKPOINT = "checkpoint.pt"
 # Bounds that catch a typo (an extra zero or ten) before it becomes a job that never ends.
 MAX_EPOCHS = 10_000
 MAX_BATCH = 1 << 20
@@ -277,7 +276,8 @@ def load_pool(run: RunConfig) -> Pool:
 
 @dataclass
 class TrainState:
-    """Everything one training run holds; `save`/`load` make it resumable."""
+    """Everything one training run holds; `state_dict` / `load_state_dict` make it resumable
+    (`demem.artifacts.write_checkpoint` / `read_checkpoint` put it on disk)."""
 
     run: RunConfig
     device: torch.device
@@ -325,39 +325,6 @@ class TrainState:
         self.history = list(sd["history"])
         if self.dp is not None:
             self.dp.load_state_dict(sd["dp"])
-
-    def save(self, directory: str | Path) -> Path:
-        """Write `checkpoint.pt` into `directory` atomically (temp file + rename)."""
-        path = Path(directory) / CHECKPOINT
-        buf = io.BytesIO()  # serialised in memory first: a full disk then fails as OSError(ENOSPC) on
-        torch.save(self.state_dict(), buf)  # the write, not as an opaque error of torch's zip writer
-        with atomic_path(path) as tmp:
-            tmp.write_bytes(buf.getbuffer())
-        return path
-
-    def load(self, directory: str | Path) -> None:
-        """Resume from `checkpoint.pt` in `directory`. The file is read with `weights_only=True`
-        (tensors and plain containers only: a crafted file runs no code).
-
-        Raises:
-            ValueError: naming the file, when it is truncated, not a checkpoint, refused by the
-                restricted reader, or written by another run or pool. The state may then be partly
-                overwritten: build a fresh one with `prepare`.
-        """
-        path = Path(directory) / CHECKPOINT
-        try:
-            sd = torch.load(path, map_location=self.device, weights_only=True)
-        except Exception as e:  # noqa: BLE001 - truncated, not a torch file, or refused by weights_only
-            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
-            raise ValueError(f"{path}: not a readable demem checkpoint ({type(e).__name__}: {first})") from None
-        if not isinstance(sd, dict) or sd.get("format") != 1:
-            raise ValueError(f"{path}: not a demem checkpoint (no format 1 record)")
-        try:
-            self.load_state_dict(sd)
-        except ValueError as e:
-            raise ValueError(f"{path}: {e}") from None
-        except (KeyError, TypeError, RuntimeError) as e:
-            raise ValueError(f"{path}: the checkpoint does not fit this run ({type(e).__name__}: {e})") from None
 
 
 def prepare(run: RunConfig, device: torch.device | str = "cpu", pool: Pool | None = None) -> TrainState:

@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 
 from demem.stats import excludes_zero, paired_seed_delta, seed_level, t_interval
+from orchestrator.collect import load_tables
 from orchestrator.columns import NATURAL_ACC, ROBUST_ACC
-from orchestrator.summarize import load_tables
 
 ATTACKS = {"LiRA": "lira_online_fixed", "RMIA": "rmia_online"}
 # The study's groups by what they are (method, AWP on, lambda, threshold), as runs.parquet records them.

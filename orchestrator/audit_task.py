@@ -8,9 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from demem.artifacts import load_group
+from demem.artifacts import CHECKPOINT, load_group
 from demem.privacy.audit import AUDIT_JSON, run_audit, write_audit
-from demem.train import CHECKPOINT
 from orchestrator.layout import ExperimentDir
 from orchestrator.spec import AuditSpec
 

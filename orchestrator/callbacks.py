@@ -22,24 +22,25 @@ from ray.tune.result import TRAINING_ITERATION
 from orchestrator.collect import HPARAM_METRICS, group_hparams
 from orchestrator.columns import CURVES
 from orchestrator.progress import progress_for
+from orchestrator.trials import GridTrial, SearchTrial, trial_of
 
 
 def trial_dirname(trial) -> str:
     """'lambda=0.4,threshold=0.5_s0_m003': the run's name in TensorBoard and its directory under tune/."""
-    t = trial.config.get("trial", {})
-    if "label" not in t:
+    t = trial_of(trial.config)
+    if not isinstance(t, GridTrial):
         return trial.trial_id  # a search trial: Tune's id
-    label = re.sub(r"[^A-Za-z0-9_.=,+-]", "_", t["label"].replace(" ", ","))[:100]
-    return f"{label}_s{t['seed']}_m{t['model_index']:03d}"
+    label = re.sub(r"[^A-Za-z0-9_.=,+-]", "_", t.label.replace(" ", ","))[:100]
+    return f"{label}_s{t.seed}_m{t.model_index:03d}"
 
 
 def trial_hparams(trial) -> dict[str, Any]:
     """A grid trial's HParams columns: its group's (`collect.group_hparams`) plus seed and model."""
-    t = trial.config.get("trial", {})
-    if "label" not in t:  # a search trial: its sampled settings
-        params = trial.config.get("params") or {}
-        return {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in params.items()}
-    return {**group_hparams(t["label"], t["run"], t.get("params", {})), "seed": t["seed"], "model": t["model_index"]}
+    t = trial_of(trial.config)
+    if isinstance(t, SearchTrial):  # its sampled settings
+        return {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in t.params.items()}
+    run = t.run.to_dict()
+    return {**group_hparams(t.label, run, t.params), "seed": t.seed, "model": t.model_index}
 
 
 class ReadableTensorBoard(TBXLoggerCallback):
@@ -49,17 +50,15 @@ class ReadableTensorBoard(TBXLoggerCallback):
         super().log_trial_result(iteration, trial, kept)
 
     def _try_log_hparams(self, trial, result: dict) -> None:
+        """The trial's HParams entry, with no scalar of its own: TensorBoard reads each metric's value
+        from the last scalar with its tag in this run, so the accuracies come from the trial's own
+        final-accuracy curves. The metric names are the group entries' too (`collect.HPARAM_METRICS`),
+        so one table holds both; a group's leakage stays empty for a trial."""
         from tensorboardX.summary import hparams
 
-        writer = self._trial_writer[trial]
-        metrics = {}
-        for key, tag in HPARAM_METRICS.items():  # the group entries' metric names, so one table holds both
-            value = result.get(f"ray/tune/{key}")
-            if value is not None:
-                metrics[tag] = value
-                writer.add_scalar(tag, value)
-        for summary in hparams(hparam_dict=trial_hparams(trial), metric_dict=metrics):
-            writer.file_writer.add_summary(summary)
+        names = dict.fromkeys(HPARAM_METRICS.values())  # hparams() reads only the names
+        for summary in hparams(hparam_dict=trial_hparams(trial), metric_dict=names):
+            self._trial_writer[trial].file_writer.add_summary(summary)
 
 
 class ExperimentCallback(tune.Callback):

@@ -11,13 +11,13 @@
 
 The files are rebuilt from the experiment's directories each time, keyed by run id / group id, so
 collecting twice, or after a resume, never duplicates rows. A `schema_version` column lets later code
-read older results.
+read older results. `load_tables` reads them back.
 """
 
 from __future__ import annotations
 
 import json
-import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,6 @@ import pandas as pd
 from demem.artifacts import METRICS as METRICS_FILE
 from demem.artifacts import SCHEMA_VERSION
 from demem.io import write_parquet
-from demem.stats import seed_level
 from orchestrator.columns import (
     FALLBACK_ATTACKS,
     FEW_SHADOWS,
@@ -36,9 +35,19 @@ from orchestrator.columns import (
     ROBUST_ACC,
     ROBUST_ACC_AA,
 )
-from orchestrator.fmt import fmt_ci
-from orchestrator.layout import AUDITS, LOWFPR, MEMBINS, ROC, RUNS, SAMPLES, ExperimentDir, read_json, trial_records
-from orchestrator.spec import ExperimentSpec, short_name
+from orchestrator.layout import (
+    AUDITS,
+    LOWFPR,
+    MEMBINS,
+    ROC,
+    RUNS,
+    SAMPLES,
+    SPEC,
+    ExperimentDir,
+    read_json,
+    trial_records,
+)
+from orchestrator.spec import ExperimentSpec, load_spec, short_name
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -186,6 +195,28 @@ def collect(spec: ExperimentSpec, exp: ExperimentDir) -> list[Path]:
     ]
 
 
+@dataclass(frozen=True)
+class Tables:
+    """The experiment's Parquet files, read back (`load_tables`)."""
+
+    runs: pd.DataFrame
+    audits: pd.DataFrame
+    roc: pd.DataFrame
+    membins: pd.DataFrame
+    lowfpr: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+
+def load_tables(root: Path) -> Tables:
+    """The experiment's Parquet files; collects them first when an older experiment lacks some."""
+    exp = ExperimentDir(Path(root))
+    if not exp.table(RUNS).exists() and not exp.spec.exists():
+        raise FileNotFoundError(f"{exp.root} is not an experiment directory (no {RUNS}, no {SPEC})")
+    if not all(exp.table(f).exists() for f in (RUNS, AUDITS, ROC, MEMBINS, LOWFPR)):
+        collect(load_spec(exp.spec, check_data=False), exp)
+    read = {f: pd.read_parquet(exp.table(f)) for f in (RUNS, AUDITS, ROC, MEMBINS, LOWFPR)}
+    return Tables(read[RUNS], read[AUDITS], read[ROC], read[MEMBINS], read[LOWFPR])
+
+
 def choose_attack(audits: pd.DataFrame) -> tuple[str, str]:
     """The attack whose leakage headlines the outputs, and why (one phrase): RMIA (online) where it
     ran and targets have fewer than FEW_SHADOWS reference models, else LiRA (online, fixed
@@ -208,68 +239,6 @@ def choose_attack(audits: pd.DataFrame) -> tuple[str, str]:
     return sorted(have)[0], "the first attack that ran"
 
 
-def group_table(exp: ExperimentDir, attack: str | None = None) -> str:
-    """Per group: natural and robust accuracy and the attack's ROC AUC, each averaged within a seed
-    (over the models / audited targets) and then across seeds, with the 95% t interval across seeds
-    (n = seeds; none with one seed)."""
-    runs = pd.read_parquet(exp.table(RUNS))
-    audits = pd.read_parquet(exp.table(AUDITS))
-    if runs.empty:
-        return "no finished runs"
-    done = runs[runs["status"] == "done"]
-    failed = runs[runs["status"] == "failed"].groupby("group_id").size()
-    chosen = attack or choose_attack(audits)[0]
-    if not audits.empty and chosen not in set(audits["attack"]):
-        chosen = sorted(set(audits["attack"]))[0]
-    mine = audits[audits["attack"] == chosen] if not audits.empty else audits
-    w = 22
-    lines = [f"{'group':<40} {'seeds':>5} {'natural':>{w}} {'robust':>{w}} {'AUC (' + chosen + ')':>{w + 8}}"]
-    n_max = 0
-    for (gid, label), g in done.groupby(["group_id", "group_label"], sort=False):
-        cells = []
-        for frame, metric in (
-            (g, NATURAL_ACC),
-            (g, ROBUST_ACC),
-            (mine[mine["group_id"] == gid] if len(mine) else mine, "auc"),
-        ):
-            ci = seed_level(frame, metric) if len(frame) else {"mean": math.nan, "lo": math.nan, "hi": math.nan}
-            cells.append(fmt_ci(ci["mean"], ci["lo"], ci["hi"], digits=4))
-        n = int(g["seed"].nunique())
-        n_max = max(n_max, n)
-        fail = f"  {int(failed[gid])} failed" if gid in failed.index else ""
-        lines.append(f"{label[:40]:<40} {n:>5} {cells[0]:>{w}} {cells[1]:>{w}} {cells[2]:>{w + 8}}{fail}")
-    lines += [f"{label[:40]:<40} FAILED: {what}" for label, what in failed_groups(runs)]
-    lines.append(
-        "mean over the models (accuracy) or audited targets (AUC) of each seed, then across seeds; "
-        + ("± = 95% t interval across seeds." if n_max >= 2 else "one seed: one training draw, no interval.")
-    )
-    lines += _paired_lines(exp, chosen)
-    return "\n".join(lines)
-
-
-def _paired_lines(exp: ExperimentDir, attack: str) -> list[str]:
-    """Each group against its undefended baseline, paired per (seed, model) / (seed, target), with the
-    95% t interval across seeds (orchestrator.summarize)."""
-    from orchestrator.report import delta_text
-    from orchestrator.summarize import load_tables, summarize_groups
-
-    try:
-        tables = load_tables(exp.root)
-        df = summarize_groups(tables, leakage="auc", attack=attack if not tables.audits.empty else None)
-    except (ValueError, FileNotFoundError):
-        return []
-    rows = df[df["baseline_id"].notna() & ~df["is_baseline"] & df["robust_cost_mean"].notna()]
-    if rows.empty:
-        return []
-    out = ["", "group - baseline, paired per seed and model / target (95% t interval across seeds):"]
-    for _, r in rows.iterrows():
-        out.append(
-            f"  {r['group_label']} vs {r['baseline_label']}: robust {delta_text(r, 'robust_cost', -1)}  "
-            f"natural {delta_text(r, 'natural_cost', -1)}  AUC {delta_text(r, 'leakage_reduction', -1)}"
-        )
-    return out
-
-
 def failed_groups(runs: pd.DataFrame) -> list[tuple[str, str]]:
     """(group label, what failed) for every group none of whose models finished: such a group has no
     numbers, so every output names it here rather than leaving it out."""
@@ -285,8 +254,19 @@ def failed_groups(runs: pd.DataFrame) -> list[tuple[str, str]]:
     return out
 
 
-# HParams metric tags shared by the per-trial entries (orchestrator.callbacks) and the per-group ones.
-HPARAM_METRICS = {NATURAL_ACC: "hparam/natural_acc", ROBUST_ACC: "hparam/robust_acc"}
+# The HParams table's metrics, {column of runs / audits.parquet: TensorBoard tag}, shared by the
+# per-trial entries (orchestrator.callbacks) and the per-group ones (write_hparams). TensorBoard takes
+# a metric's value from the last scalar with its tag in the entry's own run. So the accuracies use the
+# tags Tune's logger gives each trial's final-accuracy curves (`ray/tune/<key>`): a trial's entry
+# needs no scalar of its own, and a group's mean is one more point in those two charts. A group's
+# leakage has no curve to borrow: its scalars sort under summary/, beside the summary's figures.
+HPARAM_METRICS = {
+    NATURAL_ACC: f"ray/tune/{NATURAL_ACC}",
+    ROBUST_ACC: f"ray/tune/{ROBUST_ACC}",
+    "auc": "summary/leakage_auc",
+    "tpr_at_1pct": "summary/leakage_tpr_at_1pct",
+    "tpr_at_0_1pct": "summary/leakage_tpr_at_0_1pct",
+}
 
 
 def group_hparams(label: str, run: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
@@ -304,28 +284,60 @@ def group_hparams(label: str, run: dict[str, Any], params: dict[str, Any]) -> di
 
 
 def write_hparams(spec: ExperimentSpec, exp: ExperimentDir, attack: str | None = None) -> Path:
-    """One TensorBoard HParams entry per group: its grid values against its mean natural and robust
-    accuracy and the headline attack's AUC / TPR@0.1%FPR, so the HParams tab compares groups side by
-    side, with the same columns as the per-trial entries under tune/."""
+    """One TensorBoard HParams entry per group, in tensorboard-groups/<group>: its grid values against
+    its mean natural and robust accuracy, the headline attack's AUC, and its TPR at the lowest FPR
+    level its targets' non-members resolve (`resolved_level`; none where no level is), so the HParams
+    tab compares groups side by side, with the same columns as the per-trial entries under tune/.
+
+    Each entry is a session record and one scalar per metric (`HPARAM_METRICS`), at the group's last
+    epoch. It writes no experiment record: TensorBoard takes the table's columns from one such record,
+    picked arbitrarily among the runs, so only the trials' (which have the seed and model) write one.
+    Earlier entries are replaced, so collecting again never stacks copies."""
     from torch.utils.tensorboard import SummaryWriter
+    from torch.utils.tensorboard.summary import hparams
 
     runs = pd.read_parquet(exp.table(RUNS))
     audits = pd.read_parquet(exp.table(AUDITS))
+    low = pd.read_parquet(exp.table(LOWFPR)) if exp.table(LOWFPR).exists() else pd.DataFrame()
     root = exp.tensorboard_groups
     attack = attack or choose_attack(audits)[0]
     for g in spec.groups():
         done = runs[(runs["group_id"] == g.group_id) & (runs["status"] == "done")] if not runs.empty else runs
         if done.empty:
             continue
-        metrics = {
-            HPARAM_METRICS[NATURAL_ACC]: float(done[NATURAL_ACC].mean()),
-            HPARAM_METRICS[ROBUST_ACC]: float(done[ROBUST_ACC].mean()),
-        }
-        if not audits.empty:
-            mine = audits[(audits["group_id"] == g.group_id) & (audits["attack"] == attack)]
-            if not mine.empty:
-                metrics["hparam/leakage_auc"] = float(mine["auc"].mean())
-                metrics["hparam/leakage_tpr_at_0_1pct"] = float(mine["tpr_at_0_1pct"].mean())
-        with SummaryWriter(log_dir=str(root / g.group_id)) as w:
-            w.add_hparams(group_hparams(g.label, g.run, g.params), metrics, run_name=".")
+        values = {NATURAL_ACC: float(done[NATURAL_ACC].mean()), ROBUST_ACC: float(done[ROBUST_ACC].mean())}
+        mine = audits[(audits["group_id"] == g.group_id) & (audits["attack"] == attack)] if len(audits) else audits
+        if not mine.empty:
+            values["auc"] = float(mine["auc"].mean())
+            level = resolved_level(low, g.group_id, attack)
+            if level is not None:
+                values[level] = float(mine[level].mean())
+        logdir = root / g.group_id
+        for old in logdir.glob("events.out.tfevents.*"):
+            old.unlink()
+        _, start, end = hparams(
+            group_hparams(g.label, g.run, g.params), {HPARAM_METRICS[k]: v for k, v in values.items()}
+        )
+        step = int(pd.to_numeric(done["epochs_done"], errors="coerce").max()) if "epochs_done" in done else 0
+        with SummaryWriter(log_dir=str(logdir)) as w:
+            w.file_writer.add_summary(start)
+            w.file_writer.add_summary(end)
+            for key, value in values.items():
+                w.add_scalar(HPARAM_METRICS[key], value, global_step=step)
     return root
+
+
+def resolved_level(lowfpr: pd.DataFrame, group_id: str, attack: str) -> str | None:
+    """The lowest FPR level (0.1%, then 1%) at which the attack's pooled TPR resolves in every audited
+    seed of the group (lowfpr.parquet's `resolvable`: each target has at least 1 / level non-members),
+    as its audits.parquet column; None where neither does (the report's "below resolution") or the
+    audits do not record it. A TPR at an unresolved level reads the TPR at zero false positives: a 0
+    there is no measurement."""
+    if lowfpr.empty:
+        return None
+    mine = lowfpr[(lowfpr["group_id"] == group_id) & (lowfpr["attack"] == attack)]
+    for key in ("tpr_at_0_1pct", "tpr_at_1pct"):
+        rows = mine[mine["level"] == key]
+        if len(rows) and bool(rows["resolvable"].all()):
+            return key
+    return None

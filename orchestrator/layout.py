@@ -257,7 +257,7 @@ def open_experiment(where: str | Path) -> ExperimentDir:
         exp.store.check()
         if not exp.store.exists(SPEC):
             raise FileNotFoundError(f"{exp.where} is not an experiment (no spec.yaml there)")
-        from demem.train import CHECKPOINT
+        from demem.artifacts import CHECKPOINT
 
         exp.store.pull(skip_names=(CHECKPOINT,))
     return exp

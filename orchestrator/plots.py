@@ -2,9 +2,10 @@
 
 Every function takes data, the per-group summary frame (`orchestrator.summarize.summarize_groups`)
 and, where it needs them, the experiment's roc / membins tables, and returns a Figure; `all_figures`
-builds the four. Figures are made with matplotlib's object-oriented API (`matplotlib.figure.Figure`),
-never pyplot: no backend is chosen and no global figure registry is touched, so importing this module
-changes nothing for the rest of the process.
+builds them, the threshold sweep only where the DeMem groups differ in their threshold. Figures are
+made with matplotlib's object-oriented API (`matplotlib.figure.Figure`), never pyplot: no backend is
+chosen and no global figure registry is touched, so importing this module changes nothing for the
+rest of the process.
 
 Marker language, the same in every plot: an undefended baseline is a grey square, a DP group a
 triangle, a DeMem group a circle; colour is the training method.
@@ -233,13 +234,22 @@ def threshold_sweep_plot(df: pd.DataFrame) -> Figure:
     return fig
 
 
+def sweeps_threshold(df: pd.DataFrame) -> bool:
+    """Whether the DeMem groups (lambda > 0, no DP) take two or more risk thresholds: with one, the
+    threshold sweep is a single point per lambda on an axis of nothing."""
+    demem = df[(df["lambda"] > 0) & ~df["dp"]]
+    return demem["threshold"].nunique() >= 2
+
+
 def all_figures(df: pd.DataFrame, roc: pd.DataFrame, membins: pd.DataFrame) -> dict[str, Figure]:
-    return {
+    figures = {
         "pareto.png": pareto_plot(df),
         "roc.png": roc_plot(df, roc),
         "membins.png": membins_plot(df, membins),
-        "threshold_sweep.png": threshold_sweep_plot(df),
     }
+    if sweeps_threshold(df):
+        figures["threshold_sweep.png"] = threshold_sweep_plot(df)
+    return figures
 
 
 def save(fig: Figure, path: Path) -> Path:

@@ -23,6 +23,7 @@ from orchestrator.columns import FAILED, NATURAL_ACC, ROBUST_ACC, SEARCH_METRICS
 from orchestrator.fmt import fmt_value
 from orchestrator.layout import ExperimentDir, read_records, trial_records
 from orchestrator.spec import ExperimentSpec, load_spec, short_name
+from orchestrator.trials import SearchTrial, trial_of
 
 Printer = Callable[[str], None]
 
@@ -58,14 +59,14 @@ class GridProgress:
 
     # --- Tune callback hooks -----------------------------------------------------------------------
     def trial_complete(self, trial) -> None:
-        run_id, result = trial.config["trial"]["run_id"], trial.last_result or {}
+        run_id, result = trial_of(trial.config).run_id, trial.last_result or {}
         if result.get(FAILED):  # a deterministic failure the trial reported instead of raising
             self.finished(run_id, "failed", error=str(result[FAILED]), deterministic=True)
         else:
             self.finished(run_id, "done", result)
 
     def trial_error(self, trial) -> None:
-        self.finished(trial.config["trial"]["run_id"], "failed", error=error_text(trial) or "trial failed")
+        self.finished(trial_of(trial.config).run_id, "failed", error=error_text(trial) or "trial failed")
 
     # --- bookkeeping -------------------------------------------------------------------------------
     def _keys(self) -> set[tuple[str, int]]:
@@ -103,7 +104,7 @@ class GridProgress:
         else:
             what = f"FAILED: {error.strip().splitlines()[-1] if error.strip() else 'error'}"
         self.echo(
-            f"[{done}/{len(self.trials)} trials, {len(self.audited)} groups audited, ETA {self._eta(done)}] "
+            f"[{done}/{len(self.trials)} trials, {self._audits_done()}, ETA {self._eta(done)}] "
             f"{self.labels[t.group_id]} seed {t.seed} model {t.model_index}: {what}"
         )
         self.maybe_audit((t.group_id, t.seed))
@@ -118,6 +119,10 @@ class GridProgress:
         write_json(self.exp.trials, self.state)
         if self.exp.store is not None:
             self.exp.store.push(self.exp.trials.name)
+
+    def _audits_done(self) -> str:
+        """'3 of 12 (group, seed) audits done': an audit covers one seed of one group."""
+        return f"{len(self.audited)} of {len(self._keys())} (group, seed) audits done"
 
     def _eta(self, done: int) -> str:
         if done == 0:
@@ -153,7 +158,7 @@ class GridProgress:
             try:
                 ray.get(ref)
                 self.audited.add(key)
-                self.echo(f"audited {self.labels[key[0]]} seed {key[1]} ({len(self.audited)} groups audited)")
+                self.echo(f"audited {self.labels[key[0]]} seed {key[1]} ({self._audits_done()})")
             except Exception as e:  # noqa: BLE001 - report and carry on; finish() retries in-process
                 self.echo(f"audit of {self.labels[key[0]]} seed {key[1]} failed: {task_error(e)}")
 
@@ -168,16 +173,16 @@ class SearchProgress:
         self.epochs = spec.search.max_epochs(spec.base)
 
     def trial_complete(self, trial) -> None:
-        result = trial.last_result or {}
+        result, params = trial.last_result or {}, SearchTrial.of(trial.config).params
         if result.get(FAILED):
-            self.finished(trial.trial_id, trial.config["params"], result, "failed", error=str(result[FAILED]))
+            self.finished(trial.trial_id, params, result, "failed", error=str(result[FAILED]))
             return
-        self.finished(trial.trial_id, trial.config["params"], result, "done")
+        self.finished(trial.trial_id, params, result, "done")
 
     def trial_error(self, trial) -> None:
         self.finished(
             trial.trial_id,
-            trial.config["params"],
+            SearchTrial.of(trial.config).params,
             trial.last_result,
             "failed",
             error=error_text(trial) or "trial failed",
@@ -197,8 +202,8 @@ class SearchProgress:
             "finished_at": time.time(),
             "epochs_done": int(result.get("epoch", 0) or 0),
             "completed": bool(result.get("final", False)),  # Tune's own "done" is True when stopped
-            **{k: result.get(k) for k in SEARCH_METRICS},
-        }  # every objective a search can name
+            **{k: (None if status == "failed" else result.get(k)) for k in SEARCH_METRICS},
+        }  # every objective a search can name (a failed trial reports them as NaN: none recorded)
         self.records[trial_id] = record
         write_json(self.exp.search_trials, self.records)
         n, total = len(self.records), self.spec.search.num_samples

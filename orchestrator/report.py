@@ -246,7 +246,7 @@ def write_report(path: Path, root: Path, df: pd.DataFrame, markdown: str, images
     table = _markdown_to_html(markdown)
     figs = "\n".join(
         f'<figure><img alt="{html.escape(name)}" src="data:image/png;base64,'
-        f'{base64.b64encode(p.read_bytes()).decode()}"><figcaption>{html.escape(_CAPTIONS.get(name, name))}'
+        f'{base64.b64encode(p.read_bytes()).decode()}"><figcaption>{html.escape(_caption(name, df))}'
         "</figcaption></figure>"
         for name, p in images.items()
     )
@@ -272,13 +272,17 @@ summarize.</p>
     return write_text(path, page)
 
 
-_CAPTIONS = {
-    "pareto.png": "Robust accuracy against leakage, one point per group with 95% intervals; the staircase joins "
-    "the groups no other group beats on both axes. Up and to the left is better.",
-    "roc.png": "LiRA ROC curves (pooled over targets), log-log; the dashed line is chance.",
-    "membins.png": "Who pays for privacy: held-out accuracy and attack TPR per memorization bin.",
-    "threshold_sweep.png": "Leakage and robust accuracy against the DeMem risk threshold, one line per lambda.",
-}
+def _caption(name: str, df: pd.DataFrame) -> str:
+    """The caption of a figure of the summary `df`; the ROC caption names the attack drawn (the
+    summary's, `plots.roc_plot`)."""
+    captions = {
+        "pareto.png": "Robust accuracy against leakage, one point per group with 95% intervals; the staircase "
+        "joins the groups no other group beats on both axes. Up and to the left is better.",
+        "roc.png": f"{df['attack'].iloc[0]} ROC curves (pooled over targets), log-log; the dashed line is chance.",
+        "membins.png": "Who pays for privacy: held-out accuracy and attack TPR per memorization bin.",
+        "threshold_sweep.png": "Leakage and robust accuracy against the DeMem risk threshold, one line per lambda.",
+    }
+    return captions.get(name, name)
 
 
 def _markdown_to_html(md: str) -> str:

@@ -21,10 +21,9 @@ from typing import Any, TextIO
 import ray
 
 from demem import __version__
-from demem.artifacts import CONFIG, read_metrics
+from demem.artifacts import CHECKPOINT, CONFIG, read_metrics
 from demem.io import write_json, write_text
-from demem.train import CHECKPOINT
-from orchestrator.collect import collect, group_table, write_hparams
+from orchestrator.collect import collect, write_hparams
 from orchestrator.layout import SPEC, ExperimentDir, open_experiment, trial_records
 from orchestrator.leftovers import forget_private_instance, record_private_instance, stop_leftovers
 from orchestrator.lock import ExperimentLock
@@ -33,6 +32,7 @@ from orchestrator.progress import GridProgress, Printer, start_progress
 from orchestrator.search import run_search
 from orchestrator.spec import ExperimentSpec, SpecError, load_spec, name_problem
 from orchestrator.storage import TUNE, StorageError, is_uri, join_uri
+from orchestrator.summarize import group_table
 from orchestrator.tuner import TrainFn, build_tuner
 
 # Exit codes of `demem run` / `demem resume` (README, "Safety").
@@ -350,7 +350,7 @@ def progress_summary(spec: ExperimentSpec, exp: ExperimentDir) -> str:
     return (
         f"{counts['done']} done, {counts['failed']} failed, {counts['running']} running or interrupted, "
         f"{counts['pending']} pending of {len(spec.trials())} trials; {audited} of "
-        f"{len(spec.groups()) * len(spec.seeds)} groups audited"
+        f"{len(spec.groups()) * len(spec.seeds)} (group, seed) audits done"
     )
 
 

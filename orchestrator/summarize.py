@@ -4,12 +4,14 @@ one-file HTML report.
 
     demem summarize results/quickstart [--leakage auto|auc|tpr_at_1pct|...] [--attack lira_online_fixed] [--out DIR]
 
-Reads the experiment's Parquet files (runs, audits, roc, membins; rebuilt from the experiment's
-directories when missing) and writes, to `<experiment>/summary/` by default:
+Reads the experiment's Parquet files (runs, audits, roc, membins, lowfpr: `collect.load_tables`,
+which rebuilds them from the experiment's directories when missing) and writes, to
+`<experiment>/summary/` by default:
     summary.parquet   one row per group: every aggregate, interval, delta, front and rank
     ranking.csv       the ranking, one row per group, numbers only
     ranking.md        the same as a Markdown table ("mean ± half-width (n)") to paste into a paper
-    pareto.png, roc.png, membins.png, threshold_sweep.png, report.html
+    pareto.png, roc.png, membins.png, report.html
+    threshold_sweep.png   only when the DeMem groups differ in their risk threshold
 
 Statistics (demem.stats). The training seed is the unit of replication: accuracies are averaged over
 a group's models within each seed, leakage over its audited targets within each seed, and the
@@ -32,13 +34,13 @@ seed-level interval of their difference excludes 0 (groups of different pools: W
 their seed means).
 
 The text outputs (ranking.md, the printed lines, report.html) are formatted by
-`orchestrator.report`. This module does not import Ray.
+`orchestrator.report`. The group table `demem run` prints at the end (`group_table`) lives here too,
+beside the paired deltas it ends with. This module does not import Ray.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
+import math
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +57,7 @@ from demem.stats import (
     welch_diff,
 )
 from orchestrator import plots
-from orchestrator.collect import choose_attack, collect, failed_groups
+from orchestrator.collect import Tables, choose_attack, failed_groups, load_tables
 from orchestrator.columns import (
     ACCURACY_METRICS,
     LEAKAGE_LABELS,
@@ -64,9 +66,9 @@ from orchestrator.columns import (
     POOLED_LEVELS,
     ROBUST_ACC,
 )
-from orchestrator.layout import AUDITS, LOWFPR, MEMBINS, ROC, RUNS, SPEC, ExperimentDir, open_experiment
-from orchestrator.report import RANKING_COLUMNS, ranking_markdown, top_text, write_report
-from orchestrator.spec import load_spec
+from orchestrator.fmt import fmt_ci
+from orchestrator.layout import AUDITS, RUNS, ExperimentDir, open_experiment
+from orchestrator.report import RANKING_COLUMNS, delta_text, ranking_markdown, top_text, write_report
 
 OBJECTIVES = (("leakage", False), (ROBUST_ACC, True), (NATURAL_ACC, True))
 AUTO = "auto"  # the default leakage metric: chosen by resolution (choose_leakage)
@@ -75,26 +77,6 @@ AUTO = "auto"  # the default leakage metric: chosen by resolution (choose_leakag
 # ---------------------------------------------------------------------------------------------------
 # Aggregation
 # ---------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Tables:
-    runs: pd.DataFrame
-    audits: pd.DataFrame
-    roc: pd.DataFrame
-    membins: pd.DataFrame
-    lowfpr: pd.DataFrame = dataclasses.field(default_factory=pd.DataFrame)
-
-
-def load_tables(root: Path) -> Tables:
-    """The experiment's Parquet files; collects them first when an older experiment lacks some."""
-    exp = ExperimentDir(Path(root))
-    if not exp.table(RUNS).exists() and not exp.spec.exists():
-        raise FileNotFoundError(f"{exp.root} is not an experiment directory (no {RUNS}, no {SPEC})")
-    if not all(exp.table(f).exists() for f in (RUNS, AUDITS, ROC, MEMBINS, LOWFPR)):
-        collect(load_spec(exp.spec, check_data=False), exp)
-    read = {f: pd.read_parquet(exp.table(f)) for f in (RUNS, AUDITS, ROC, MEMBINS, LOWFPR)}
-    return Tables(read[RUNS], read[AUDITS], read[ROC], read[MEMBINS], read[LOWFPR])
 
 
 def _undefended(method: str) -> str:
@@ -372,6 +354,70 @@ def _add_separability(df: pd.DataFrame, runs: pd.DataFrame, audits: pd.DataFrame
         close.append("; ".join(near))
     df["not_separable_from"] = close
     df["separable"] = [not c for c in close]
+
+
+# ---------------------------------------------------------------------------------------------------
+# The group table `demem run` prints at the end
+# ---------------------------------------------------------------------------------------------------
+
+
+def group_table(exp: ExperimentDir, attack: str | None = None) -> str:
+    """Per group: natural and robust accuracy and the attack's ROC AUC, each averaged within a seed
+    (over the models / audited targets) and then across seeds, with the 95% t interval across seeds
+    (n = seeds; none with one seed)."""
+    runs = pd.read_parquet(exp.table(RUNS))
+    audits = pd.read_parquet(exp.table(AUDITS))
+    if runs.empty:
+        return "no finished runs"
+    done = runs[runs["status"] == "done"]
+    failed = runs[runs["status"] == "failed"].groupby("group_id").size()
+    chosen = attack or choose_attack(audits)[0]
+    if not audits.empty and chosen not in set(audits["attack"]):
+        chosen = sorted(set(audits["attack"]))[0]
+    mine = audits[audits["attack"] == chosen] if not audits.empty else audits
+    w = 22
+    lines = [f"{'group':<40} {'seeds':>5} {'natural':>{w}} {'robust':>{w}} {'AUC (' + chosen + ')':>{w + 8}}"]
+    n_max = 0
+    for (gid, label), g in done.groupby(["group_id", "group_label"], sort=False):
+        cells = []
+        for frame, metric in (
+            (g, NATURAL_ACC),
+            (g, ROBUST_ACC),
+            (mine[mine["group_id"] == gid] if len(mine) else mine, "auc"),
+        ):
+            ci = seed_level(frame, metric) if len(frame) else {"mean": math.nan, "lo": math.nan, "hi": math.nan}
+            cells.append(fmt_ci(ci["mean"], ci["lo"], ci["hi"], digits=4))
+        n = int(g["seed"].nunique())
+        n_max = max(n_max, n)
+        fail = f"  {int(failed[gid])} failed" if gid in failed.index else ""
+        lines.append(f"{label[:40]:<40} {n:>5} {cells[0]:>{w}} {cells[1]:>{w}} {cells[2]:>{w + 8}}{fail}")
+    lines += [f"{label[:40]:<40} FAILED: {what}" for label, what in failed_groups(runs)]
+    lines.append(
+        "mean over the models (accuracy) or audited targets (AUC) of each seed, then across seeds; "
+        + ("± = 95% t interval across seeds." if n_max >= 2 else "one seed: one training draw, no interval.")
+    )
+    lines += _paired_lines(exp, chosen)
+    return "\n".join(lines)
+
+
+def _paired_lines(exp: ExperimentDir, attack: str) -> list[str]:
+    """Each group against its undefended baseline, paired per (seed, model) / (seed, target), with the
+    95% t interval across seeds (`summarize_groups`)."""
+    try:
+        tables = load_tables(exp.root)
+        df = summarize_groups(tables, leakage="auc", attack=attack if not tables.audits.empty else None)
+    except (ValueError, FileNotFoundError):
+        return []
+    rows = df[df["baseline_id"].notna() & ~df["is_baseline"] & df["robust_cost_mean"].notna()]
+    if rows.empty:
+        return []
+    out = ["", "group - baseline, paired per seed and model / target (95% t interval across seeds):"]
+    for _, r in rows.iterrows():
+        out.append(
+            f"  {r['group_label']} vs {r['baseline_label']}: robust {delta_text(r, 'robust_cost', -1)}  "
+            f"natural {delta_text(r, 'natural_cost', -1)}  AUC {delta_text(r, 'leakage_reduction', -1)}"
+        )
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -13,14 +13,10 @@ On object storage (orchestrator.storage) the run directory is a local mirror: th
 before it starts (a checkpoint pushed from another node), pushes the checkpoint after every epoch and
 the finished run directory at the end.
 
-Trial config of a grid trial (`train_model`, built by `orchestrator.tuner.trial_config`):
-    experiment, group_id, run_id: names; run: the RunConfig dict of this model;
-    artifacts: the run directory to write; root: the experiment directory (resolved), which the
-    run directory must stay below; cpus: threads for torch;
-    remote, rel: the experiment's URI and the run directory below it (object storage; else None).
-
-Trial config of a search trial (`search_model`, built by `orchestrator.tuner`):
-    params: {key path: sampled value}; fixed: {base, seed, n_models, cpus, root, interim_samples}.
+A grid trial is given a `GridTrial`, a search trial a `SearchTrial` (orchestrator.trials); the run
+directory's lifecycle is `demem.runner.train_run`, with this module's reporting (and the storage push)
+as its per-epoch hook. A checkpoint that cannot be read fails the trial with the file's name, without
+a retry (the one policy of `demem.runner`).
 """
 
 from __future__ import annotations
@@ -35,14 +31,18 @@ import torch
 from ray import tune
 
 from demem import artifacts
+from demem.artifacts import CHECKPOINT
 from demem.data import DatasetNotFoundError, Pool
 from demem.device import resolve_device
 from demem.evaluate import evaluate_heldout, own_membership, sample_statistics
-from demem.train import CHECKPOINT, DataConfig, RunConfig, epochs, load_pool, prepare
+from demem.names import EPOCHS_DONE
+from demem.runner import train_run
+from demem.train import DataConfig, RunConfig, load_pool
 from orchestrator.columns import FAILED, FINAL_KEYS, NATURAL_ACC, ROBUST_ACC, SEARCH_ROBUST_ACC
 from orchestrator.layout import ExperimentDir
 from orchestrator.spec import resolve_run  # Ray-free; resolves exactly as validation did
 from orchestrator.storage import Remote
+from orchestrator.trials import GridTrial, SearchTrial
 
 _POOL: dict[DataConfig, Pool] = {}  # the last pool this worker loaded (Tune reuses worker processes)
 
@@ -80,51 +80,35 @@ def _device() -> torch.device:
     return resolve_device("auto")
 
 
-def train_model(config: dict[str, Any]) -> None:
+def train_model(trial: GridTrial) -> None:
     """Train, checkpoint every epoch, evaluate, write the run directory, report final metrics."""
-    base = {"group_id": config["group_id"], "run_id": config["run_id"]}
+    base = {"group_id": trial.group_id, "run_id": trial.run_id}
     started = {"started_at": time.time(), **where()}  # in the final result only: not a curve
     try:
-        _train_model(config, base, started)
+        _train_model(trial, base, started)
     except DETERMINISTIC as e:
         tune.report({**base, **started, FAILED: f"{type(e).__name__}: {e}", "done": True})
 
 
-def _train_model(config: dict[str, Any], base: dict[str, Any], started: dict[str, Any]) -> None:
+def _train_model(trial: GridTrial, base: dict[str, Any], started: dict[str, Any]) -> None:
     # One trial per `cpus` cores: more torch threads than that makes trials fight over cores.
-    torch.set_num_threads(max(1, int(config.get("cpus", 1))))
-    run = RunConfig.from_dict(config["run"])  # fail before touching data or a GPU
-    sync = _Sync(config.get("remote"), config.get("rel"))
-    out = sync.out if sync.remote else Path(config["artifacts"])
-    if not sync.remote and config.get("root"):  # the driver checked; a link put there since is not followed either
-        ExperimentDir(Path(config["root"])).inside(out)
+    torch.set_num_threads(max(1, int(trial.cpus)))
+    sync = _Sync(trial.remote, trial.rel)
+    out = sync.out if sync.remote else Path(trial.artifacts)
+    if not sync.remote and trial.root:  # the driver checked; a link put there since is not followed either
+        ExperimentDir(Path(trial.root)).inside(out)
     sync.pull()
-    done = artifacts.read_metrics(out)
-    if done is not None:  # finished before an interruption: report it again, do not retrain
-        tune.report({**base, **started, **_final(done), "done": True})
-        return
-    state = _start(run, out)
-    t0 = time.perf_counter()
-    for metrics in epochs(state):
-        _report_epoch(state, out, {**base, **metrics, "done": False}, sync)
-    final = _finish(state, out, t0, sync)
-    tune.report({**base, **started, **_final(final), "epoch": state.epoch, "done": True})
 
+    def epoch_done(state, metrics: dict[str, Any]) -> None:
+        sync.push(CHECKPOINT)
+        tune.report({**base, **metrics, "done": False})
 
-def _start(run: RunConfig, out: Path):
-    """A TrainState for `run`, continued from the run directory's checkpoint when there is a
-    readable one (an unreadable one is reported and training starts over); config.json written."""
-    device = _device()
-    state = prepare(run, device, pool=_pool(run))
-    if (out / CHECKPOINT).exists():
-        try:
-            state.load(out)
-            print(f"continuing from {out / CHECKPOINT} at epoch {state.epoch}/{run.train.epochs}")
-        except ValueError as e:
-            print(f"training from the start: {e}")
-            state = prepare(run, device, pool=_pool(run))
-    artifacts.start_run(state, out)
-    return state
+    final = train_run(
+        trial.run, out, _device(), pool=_pool(trial.run), keep_checkpoint=False, on_epoch=epoch_done, log=print
+    )
+    sync.push()
+    sync.drop(CHECKPOINT)
+    tune.report({**base, **started, **_final(final), "epoch": final[EPOCHS_DONE], "done": True})
 
 
 class _Sync:
@@ -153,23 +137,6 @@ class _Sync:
             self.remote.delete(f"{self.rel}/{name}")
 
 
-_LOCAL = _Sync(None, None)
-
-
-def _report_epoch(state, out: Path, result: dict[str, Any], sync: _Sync = _LOCAL) -> None:
-    state.save(out)
-    sync.push(CHECKPOINT)
-    tune.report(result)
-
-
-def _finish(state, out: Path, t0: float, sync: _Sync = _LOCAL) -> dict[str, Any]:
-    final = artifacts.finish_run(state, out, train_seconds=time.perf_counter() - t0)
-    sync.push()
-    (out / CHECKPOINT).unlink(missing_ok=True)
-    sync.drop(CHECKPOINT)
-    return final
-
-
 def _final(metrics: dict[str, Any]) -> dict[str, Any]:
     return {k: metrics[k] for k in FINAL_KEYS if metrics.get(k) is not None}
 
@@ -179,27 +146,39 @@ def search_model(config: dict[str, Any]) -> None:
     every objective after every epoch (so a scheduler can stop it early and the searcher always has
     values): natural and robust accuracy on the first `interim_samples` held-out samples, and the
     loss-threshold attack on its own members vs non-members. The last epoch is scored on every
-    held-out sample, and the run directory is written like a grid trial's."""
-    fixed = config["fixed"]
-    torch.set_num_threads(max(1, int(fixed.get("cpus", 1))))
-    run = RunConfig.from_dict(resolve_run(fixed["base"], config["params"], fixed["n_models"], seed=fixed["seed"]))
+    held-out sample, and the run directory is written like a grid trial's.
+
+    A sampled setting the run config refuses (or a non-finite loss) is a deterministic failure: it is
+    reported, with NaN objectives (what the searcher records as a failed point), not raised, since
+    Tune would retry it in vain."""
+    trial = SearchTrial.of(config)
     trial_id = tune.get_context().get_trial_id()
-    out = ExperimentDir(Path(fixed["root"])).search_run_dir(trial_id)
-    state = _start(run, out)
-    t0 = time.perf_counter()
-    for metrics in epochs(state):
-        if state.done:
-            break  # the last epoch gets the full evaluation below
-        scores = _interim_scores(state, int(fixed.get("interim_samples", 256)))
-        _report_epoch(state, out, {**metrics, **scores, "trial_id": trial_id, "final": False})
-    final = _finish(state, out, t0)
+    try:
+        _search_model(trial, trial_id)
+    except DETERMINISTIC as e:
+        nan = {m: float("nan") for m in trial.setup.objectives}
+        tune.report({**nan, FAILED: f"{type(e).__name__}: {e}", "trial_id": trial_id, "final": True})
+
+
+def _search_model(trial: SearchTrial, trial_id: str) -> None:
+    setup = trial.setup
+    torch.set_num_threads(max(1, int(setup.cpus)))
+    run = RunConfig.from_dict(resolve_run(setup.base, trial.params, setup.n_models, seed=setup.seed))
+    out = ExperimentDir(Path(setup.root)).search_run_dir(trial_id)
+
+    def epoch_done(state, metrics: dict[str, Any]) -> None:
+        if not state.done:  # the last epoch gets the full evaluation below
+            scores = _interim_scores(state, setup.interim_samples)
+            tune.report({**metrics, **scores, "trial_id": trial_id, "final": False})
+
+    final = train_run(run, out, _device(), pool=_pool(run), keep_checkpoint=False, on_epoch=epoch_done, log=print)
     stats = artifacts.read_samples(out)
     scores = {
         NATURAL_ACC: final[NATURAL_ACC],
         SEARCH_ROBUST_ACC: final[ROBUST_ACC],
-        **own_membership(stats, state.keep),
+        **own_membership(stats, stats["keep"].astype(bool)),
     }
-    tune.report({**state.history[-1], **scores, "trial_id": trial_id, "final": True})
+    tune.report({**final["history"][-1], **scores, "trial_id": trial_id, "final": True})
 
 
 def _interim_scores(state, limit: int) -> dict[str, float]:

@@ -5,8 +5,9 @@ over what is left, from the experiment's own plain records (orchestrator.run.res
 resuming a results directory someone else could write runs none of their code.
 
 Grid: one trial per model (`spec.trials()`), each running `train` (orchestrator.trainable.train_model
-by default) on its trial config. Search: Optuna samples `search.space` (ASHA optionally stops trials
-early), each trial running `search_model`. Tests pass their own `train` to wrap the real one.
+by default) on its `GridTrial` (orchestrator.trials). Search: Optuna samples `search.space` (ASHA
+optionally stops trials early), each trial running `search_model` on its `SearchTrial`. Tests pass
+their own `train` to wrap the real one.
 """
 
 from __future__ import annotations
@@ -18,21 +19,23 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
+from demem.train import RunConfig
 from orchestrator.callbacks import ExperimentCallback, ReadableTensorBoard, trial_dirname
 from orchestrator.layout import ExperimentDir
 from orchestrator.spec import ExperimentSpec, Group, Trial, trial_resources
 from orchestrator.spec.space import SEARCH_N_MODELS
 from orchestrator.storage import TUNE
 from orchestrator.trainable import search_model, train_model
+from orchestrator.trials import GRID_KEY, PARAMS_KEY, SETUP_KEY, GridTrial, SearchSetup
 
 TrainFn = Callable[[dict[str, Any]], None]
 # Held-out samples scored after each epoch but the last (the last epoch is scored on all of them).
 INTERIM_SAMPLES = 256
 
 
-def _grid_trainable(train: TrainFn) -> TrainFn:
+def _grid_trainable(train: Callable[[GridTrial], None]) -> TrainFn:
     def _trainable(config: dict[str, Any]) -> None:  # the name Tune gives the trainable
-        train(config["trial"])
+        train(GridTrial.from_config(config[GRID_KEY]))
 
     return _trainable
 
@@ -52,24 +55,24 @@ def _trainable(spec: ExperimentSpec, train: TrainFn | None):
     return tune.with_resources(fn, trial_resources(spec))
 
 
-def trial_config(spec: ExperimentSpec, exp: ExperimentDir, trial: Trial, group: Group) -> dict[str, Any]:
+def grid_trial(spec: ExperimentSpec, exp: ExperimentDir, trial: Trial, group: Group) -> GridTrial:
     """What a grid trial of `group` gets (see orchestrator.trainable.train_model); its label and grid
     values name its TensorBoard run and HParams columns (orchestrator.callbacks)."""
-    return {
-        "experiment": spec.name,
-        "group_id": trial.group_id,
-        "run_id": trial.trial_key,
-        "label": group.label,
-        "params": group.params,
-        "seed": trial.seed,
-        "model_index": trial.model_index,
-        "run": trial.run,
-        "cpus": spec.resources.cpu,
-        "artifacts": str(exp.inside(exp.run_dir(trial.group_id, trial.trial_key)).resolve()),
-        "root": str(exp.root.resolve()),
-        "remote": exp.remote,
-        "rel": exp.rel(exp.run_dir(trial.group_id, trial.trial_key)),
-    }
+    return GridTrial(
+        experiment=spec.name,
+        group_id=trial.group_id,
+        run_id=trial.trial_key,
+        label=group.label,
+        params=group.params,
+        seed=trial.seed,
+        model_index=trial.model_index,
+        run=RunConfig.from_dict(trial.run),
+        cpus=spec.resources.cpu,
+        artifacts=str(exp.inside(exp.run_dir(trial.group_id, trial.trial_key)).resolve()),
+        root=str(exp.root.resolve()),
+        remote=exp.remote,
+        rel=exp.rel(exp.run_dir(trial.group_id, trial.trial_key)),
+    )
 
 
 def _domain(dist: dict[str, list]):
@@ -101,15 +104,16 @@ def _search_config(
             grace_period=max(1, epochs // 4),
             reduction_factor=2,
         )
-    fixed = {
-        "base": spec.base,
-        "seed": spec.seeds[0],
-        "n_models": SEARCH_N_MODELS,
-        "cpus": spec.resources.cpu,
-        "root": str(exp.root.resolve()),
-        "interim_samples": INTERIM_SAMPLES,
-    }
-    space = {"params": {path: _domain(dist) for path, dist in s.space.items()}, "fixed": fixed}
+    setup = SearchSetup(
+        base=spec.base,
+        seed=spec.seeds[0],
+        n_models=SEARCH_N_MODELS,
+        cpus=spec.resources.cpu,
+        root=str(exp.root.resolve()),
+        interim_samples=INTERIM_SAMPLES,
+        objectives=tuple(metrics),
+    )
+    space = {PARAMS_KEY: {path: _domain(dist) for path, dist in s.space.items()}, SETUP_KEY: setup.to_config()}
     config = tune.TuneConfig(
         search_alg=searcher,
         scheduler=scheduler,
@@ -142,7 +146,7 @@ def build_tuner(
     else:
         chosen = spec.trials() if trials is None else trials
         groups = {g.group_id: g for g in spec.groups()}
-        space = {"trial": tune.grid_search([trial_config(spec, exp, t, groups[t.group_id]) for t in chosen])}
+        space = {GRID_KEY: tune.grid_search([grid_trial(spec, exp, t, groups[t.group_id]).to_config() for t in chosen])}
         # Reusing worker processes saves the torch import and dataset parse of every trial; trials
         # keep no state between them (each builds its own model, optimizer and generators).
         config = tune.TuneConfig(

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from demem.train import RunConfig, prepare, train_epoch
+from demem.train import RunConfig
 
 # Debian's dataset-fashion-mnist: the embedded default dataset.
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -35,19 +35,16 @@ def tiny_run(**overrides) -> RunConfig:
 
 
 def train_group(directory, n_models: int, **overrides):
-    """Train every model of a group with the Python API and write `demem train`-style directories."""
-    from demem.artifacts import finish_run, start_run
+    """Train every model of a group with the lifecycle `demem train` uses (`demem.runner.train_run`),
+    into `demem train`-style directories."""
+    from demem.runner import train_run
+    from demem.train import load_pool
 
     pool = None
     for m in range(n_models):
         run = tiny_run(n_models=n_models, model_index=m, **overrides)
-        state = prepare(run, "cpu", pool=pool)
-        pool = state.pool
-        out = Path(directory) / f"model-{m:02d}"
-        start_run(state, out)
-        while not state.done:
-            train_epoch(state)
-        finish_run(state, out)
+        pool = pool or load_pool(run)
+        train_run(run, Path(directory) / f"model-{m:02d}", "cpu", pool=pool)
     return Path(directory)
 
 

@@ -17,15 +17,42 @@ import numpy as np
 from demem.artifacts import SCHEMA_VERSION, GroupData, group_key
 from demem.io import write_json, write_parquet
 from demem.names import HELDOUT_ACCURACIES
-from demem.privacy import mia, rmia
+from demem.privacy.attacks import (
+    LIRA_MIN_MODELS,
+    LIRA_MIN_SHADOWS,
+    MIA,
+    AttackRefused,
+    AttackSetup,
+    Scores,
+    attack_names,
+    attack_sets,
+)
 from demem.privacy.memorization import bin_table, memorization, per_sample_risk
 from demem.privacy.roc import attack_metrics, mean_std, pooled_low_fpr, roc_curve, roc_points
 
-LIRA_ATTACKS = tuple(f"lira_{v}" for v in mia.LIRA_VARIANTS)
-RMIA_ATTACKS = tuple(f"rmia_{v}" for v in rmia.RMIA_VARIANTS)
-MIA_ATTACKS = LIRA_ATTACKS + RMIA_ATTACKS + mia.THRESHOLD_ATTACKS
+__all__ = [
+    "ATTACK_SETS",
+    "LIRA_ATTACKS",
+    "LIRA_MIN_MODELS",
+    "LIRA_MIN_SHADOWS",
+    "MIA_ATTACKS",
+    "RMIA_ATTACKS",
+    "THRESHOLD_ATTACKS",
+    "AuditConfig",
+    "format_table",
+    "parse_attacks",
+    "run_audit",
+    "write_audit",
+]
+
+# The built-in attacks' names (demem.privacy.attacks), in the registry's order: every attack, each
+# family, the sets. The checks below ask the registry itself, so an attack registered later counts.
+MIA_ATTACKS = attack_names()
+LIRA_ATTACKS = attack_names("lira")
+RMIA_ATTACKS = attack_names("rmia")
+THRESHOLD_ATTACKS = attack_names("threshold")
 # Names that stand for several attacks in attack lists (CLI, specs).
-ATTACK_SETS = {"lira": LIRA_ATTACKS, "rmia": RMIA_ATTACKS, "threshold": mia.THRESHOLD_ATTACKS, "all": MIA_ATTACKS}
+ATTACK_SETS = attack_sets()
 AUDIT_JSON, SAMPLES_TABLE = "audit.json", "samples.parquet"
 
 
@@ -47,9 +74,9 @@ class AuditConfig:
     memorization_from: str | None = None
 
     def __post_init__(self) -> None:
-        bad = [a for a in self.attacks if a not in MIA_ATTACKS]
+        bad = [a for a in self.attacks if a not in MIA]  # the registry now, with any attack added since
         if bad or not self.attacks:
-            raise ValueError(f"unknown attack(s) {bad or '(none given)'}; known: {', '.join(MIA_ATTACKS)}")
+            raise ValueError(f"unknown attack(s) {bad or '(none given)'}; known: {', '.join(attack_names())}")
         if self.targets is not None and self.targets < 1:
             raise ValueError(f"targets must be >= 1, got {self.targets}")
         if self.queries is not None and self.queries < 1:
@@ -58,141 +85,48 @@ class AuditConfig:
 
 def parse_attacks(text: str) -> tuple[str, ...]:
     """Comma-separated attack names; "lira" / "rmia" stand for every variant of the attack,
-    "threshold" for every threshold attack, "all" for everything (`ATTACK_SETS`)."""
+    "threshold" for every threshold attack, "all" for everything (`attacks.attack_sets`)."""
     out: list[str] = []
     for part in (p.strip() for p in text.split(",") if p.strip()):
-        expanded = ATTACK_SETS.get(part, (part,))
+        expanded = attack_sets().get(part, (part,))
         out.extend(a for a in expanded if a not in out)
     return tuple(out)
 
 
-# Shadows of each needed kind (IN and OUT; OUT only offline) every sample must have for LiRA, in
-# every variant: the per-sample variance needs two values, and the fixed variance is the median of
-# the per-sample ones (Carlini et al.'s code: median over samples of the shadows' per-sample std), so
-# with one shadow a side every std is 0 and the "fixed" variance is the floor: scores of ~1e13.
-LIRA_MIN_SHADOWS = 2
-# The group size that gives them: the target and its complementary partner are left out, so each
-# sample has (M - 2) / 2 shadows of a kind.
-LIRA_MIN_MODELS = 2 * LIRA_MIN_SHADOWS + 2
-
-
 def run_audit(group: GroupData, cfg: AuditConfig) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """Run the audit.
+    """Run the audit: the shared setup, every asked attack from the registry, then memorization and
+    the per-sample table.
 
     Returns:
         (result, per_sample): `result` is the JSON-able audit (per attack: per-target metrics, their
-        mean ± std, pooled ROC points; memorization bins); `per_sample` holds (N,) arrays for the
-        per-sample table: sample_id, label, memorization, risk, phi_in_mean, phi_out_mean, n_in,
-        n_out, heldout_acc.
+        mean ± std, pooled ROC points, or why it was refused; memorization bins); `per_sample` holds
+        (N,) arrays for the per-sample table: sample_id, label, memorization, risk, phi_in_mean,
+        phi_out_mean, n_in, n_out, heldout_acc.
     """
-    m = group.n_models
-    keep = group.keep
-    counts_in, counts_out = keep.sum(0), (~keep).sum(0)
-    if counts_in.min() < 2 or counts_out.min() < 2:
-        raise ValueError(
-            f"every sample needs >= 2 IN and >= 2 OUT models; the smallest counts here are "
-            f"{int(counts_in.min())} IN / {int(counts_out.min())} OUT over {m} models (train more models)"
-        )
-    n_targets = m if cfg.targets is None else min(cfg.targets, m)
-    targets = np.arange(n_targets)
-    k_total = group.signals["phi"].shape[2]
-    k = k_total if cfg.queries is None else cfg.queries
-    if k > k_total:
-        raise ValueError(f"{k} queries asked for, but the models recorded only {k_total}")
-    phi = group.signals["phi"][:, :, :k]
-    correct = group.signals["correct"][:, :, 0]
-
-    # Leave each target's complementary partner out too (models 2k and 2k+1 train on complementary
-    # halves): every sample then has exactly (M - 2) / 2 IN and OUT shadows, with no bias from unequal
-    # counts (see demem.privacy.mia.lira_scores). Models without a partner in the group keep M - 1.
-    idx = {int(mi): j for j, mi in enumerate(group.model_index)}
-    partners = np.array([idx.get(int(group.model_index[t]) ^ 1, -1) for t in targets])
-    for j, p in enumerate(partners):
-        if p >= 0 and not np.array_equal(keep[targets[j]], ~keep[p]):
-            partners[j] = -1
+    setup = attack_setup(group, cfg)
     results: dict[str, Any] = {}
     lira_for_risk = None
-    prob = None  # p(y | x) per model and sample, for RMIA
     for name in cfg.attacks:
-        if name in LIRA_ATTACKS:
-            variant = name.removeprefix("lira_")
-            try:
-                scores = mia.lira_scores(
-                    phi,
-                    keep,
-                    variant=variant,
-                    targets=targets,
-                    min_shadows=LIRA_MIN_SHADOWS,
-                    exclude=partners,
-                )
-            except ValueError as e:  # too few shadows: say so (and how many models would do), keep the others
-                results[name] = {
-                    "variant": variant,
-                    "skipped": f"{e} (LiRA needs a group of at least {LIRA_MIN_MODELS} models)",
-                }
-                continue
-            if lira_for_risk is None or variant == "online":
-                lira_for_risk = scores
-            n_references = m - 1 - int((partners >= 0).all())
-            results[name] = _summarise(
-                scores,
-                keep,
-                targets,
-                {
-                    "variant": variant,
-                    "family": "lira",
-                    "queries": k,
-                    "n_references": n_references,
-                    "references": "leave target and partner out",
-                },
-            )
-        elif name in RMIA_ATTACKS:
-            variant = name.removeprefix("rmia_")
-            if prob is None:
-                prob = rmia.true_label_probability(group.signals["loss"][:, :, :k])
-            scores = rmia.rmia_scores(prob, keep, variant=variant, targets=targets, exclude=partners)
-            info = {
-                "variant": variant,
-                "family": "rmia",
-                "queries": k,
-                "n_references": m - 1 - int((partners >= 0).all()),
-                "references": "leave target and partner out",
-                "population": "the target's non-members",
-                "gamma": rmia.DEFAULT_GAMMA,
-            }
-            if variant == "offline":
-                info["a"] = rmia.DEFAULT_OFFLINE_A
-            results[name] = _summarise(scores, keep, targets, info)
-        else:
-            results[name] = _threshold_attack(name, group, targets)
-
-    mem = memorization(correct, keep)
-    bin_mem = mem if cfg.memorization_from is None else _reference_memorization(cfg.memorization_from, group.sample_ids)
-    bins = bin_table(bin_mem, correct, keep, lira_for_risk, targets)
-    risk = per_sample_risk(lira_for_risk, keep, targets) if lira_for_risk is not None else np.full(len(mem), np.nan)
-    q0 = phi[:, :, 0].astype(np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        per_sample = {
-            "sample_id": group.sample_ids,
-            "label": group.labels,
-            "memorization": mem,
-            "risk": risk,
-            "phi_in_mean": (q0 * keep).sum(0) / counts_in,
-            "phi_out_mean": (q0 * ~keep).sum(0) / counts_out,
-            "n_in": counts_in,
-            "n_out": counts_out,
-            "heldout_acc": (correct * ~keep).sum(0) / counts_out,
-        }
+        attack = MIA.get(name)
+        try:
+            scored = attack.score(setup)
+        except AttackRefused as e:  # cannot be estimated here: say why, keep the others
+            results[name] = {"variant": attack.variant, "skipped": str(e)}
+            continue
+        results[name] = _summarise(scored, group.keep, setup.targets)
+        if attack.family == "lira" and (lira_for_risk is None or name == "lira_online"):
+            lira_for_risk = scored.scores  # per-sample risk: online LiRA where it ran, else the first
+    per_sample, bins = _per_sample(group, setup, lira_for_risk, cfg.memorization_from)
     accs = {key: [mt[key] for mt in group.metrics if mt.get(key) is not None] for key in HELDOUT_ACCURACIES}
     result = {
         "schema_version": SCHEMA_VERSION,
         "group": group_key(group.run),
         "seed": group.run["seed"],
         "pool_fingerprint": group.pool_fingerprint,
-        "n_models": m,
+        "n_models": group.n_models,
         "n_samples": int(len(group.sample_ids)),
-        "targets": [int(group.model_index[t]) for t in targets],
-        "queries": k,
+        "targets": [int(group.model_index[t]) for t in setup.targets],
+        "queries": setup.queries,
         "attacks": results,
         "accuracy": {
             key: {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, "n": len(v)}
@@ -205,43 +139,80 @@ def run_audit(group: GroupData, cfg: AuditConfig) -> tuple[dict[str, Any], dict[
     return result, per_sample
 
 
-def _summarise(scores: np.ndarray, keep: np.ndarray, targets: np.ndarray, info: dict[str, Any]) -> dict[str, Any]:
+def attack_setup(group: GroupData, cfg: AuditConfig) -> AttackSetup:
+    """Check the group can be audited as asked and fix what every attack shares: the targets, their
+    partners and the queries.
+
+    Each target's complementary partner is left out of its references too (models 2k and 2k+1 train
+    on complementary halves): every sample then has exactly (M - 2) / 2 IN and OUT shadows, with no
+    bias from unequal counts (see demem.privacy.mia.lira_scores). Models without a partner in the
+    group keep M - 1."""
+    m, keep = group.n_models, group.keep
+    counts_in, counts_out = keep.sum(0), (~keep).sum(0)
+    if counts_in.min() < 2 or counts_out.min() < 2:
+        raise ValueError(
+            f"every sample needs >= 2 IN and >= 2 OUT models; the smallest counts here are "
+            f"{int(counts_in.min())} IN / {int(counts_out.min())} OUT over {m} models (train more models)"
+        )
+    targets = np.arange(m if cfg.targets is None else min(cfg.targets, m))
+    k_total = group.signals["phi"].shape[2]
+    k = k_total if cfg.queries is None else cfg.queries
+    if k > k_total:
+        raise ValueError(f"{k} queries asked for, but the models recorded only {k_total}")
+    idx = {int(mi): j for j, mi in enumerate(group.model_index)}
+    partners = np.array([idx.get(int(group.model_index[t]) ^ 1, -1) for t in targets])
+    for j, p in enumerate(partners):
+        if p >= 0 and not np.array_equal(keep[targets[j]], ~keep[p]):
+            partners[j] = -1
+    return AttackSetup(group, targets, partners, k)
+
+
+def _per_sample(
+    group: GroupData, setup: AttackSetup, lira_scores: np.ndarray | None, memorization_from: str | None
+) -> tuple[dict[str, np.ndarray], list[dict[str, Any]]]:
+    """The per-sample table and the memorization bins (bins from `memorization_from` where given)."""
+    keep, targets = group.keep, setup.targets
+    counts_in, counts_out = keep.sum(0), (~keep).sum(0)
+    correct = group.signals["correct"][:, :, 0]
+    mem = memorization(correct, keep)
+    bin_mem = mem if memorization_from is None else _reference_memorization(memorization_from, group.sample_ids)
+    bins = bin_table(bin_mem, correct, keep, lira_scores, targets)
+    risk = per_sample_risk(lira_scores, keep, targets) if lira_scores is not None else np.full(len(mem), np.nan)
+    q0 = group.signals["phi"][:, :, 0].astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_sample = {
+            "sample_id": group.sample_ids,
+            "label": group.labels,
+            "memorization": mem,
+            "risk": risk,
+            "phi_in_mean": (q0 * keep).sum(0) / counts_in,
+            "phi_out_mean": (q0 * ~keep).sum(0) / counts_out,
+            "n_in": counts_in,
+            "n_out": counts_out,
+            "heldout_acc": (correct * ~keep).sum(0) / counts_out,
+        }
+    return per_sample, bins
+
+
+def _summarise(scored: Scores, keep: np.ndarray, targets: np.ndarray) -> dict[str, Any]:
+    """Per-target metrics of an attack's scores, their mean ± std, pooled low-FPR points and ROC."""
+    scores = scored.scores
     rows = [{"target": int(t), **attack_metrics(s, keep[t])} for t, s in zip(targets, scores)]
+    mean = mean_std([{k: v for k, v in r.items() if k != "target"} for r in rows])
+    for key, values in scored.per_target.items():
+        for row, v in zip(rows, values):
+            row[key] = v
+        mean[f"{key}_mean"] = float(np.mean(values))
+        mean[f"{key}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
     pooled_fpr, pooled_tpr, _ = roc_curve(scores.ravel(), keep[targets].ravel())
     fpr, tpr = roc_points(pooled_fpr, pooled_tpr)
     return {
-        **info,
+        **scored.info,
         "per_target": rows,
-        "mean": mean_std([{k: v for k, v in r.items() if k != "target"} for r in rows]),
+        "mean": mean,
         "pooled": pooled_low_fpr(scores, keep[targets]),
         "roc": {"fpr": fpr.tolist(), "tpr": tpr.tolist()},
     }
-
-
-def _threshold_attack(kind: str, group: GroupData, targets: np.ndarray) -> dict[str, Any]:
-    """Global-threshold ROC of `kind` on each target, plus per-class thresholds learned on a shadow
-    model (the next model of the group) and applied to the target."""
-    sig = {"loss": "loss", "confidence": "phi", "entropy": "entropy", "modified_entropy": "mentropy"}[kind]
-    arr = group.signals[sig][:, :, 0].astype(np.float64)
-    scores = np.stack([mia.threshold_score(kind, **{sig: arr[i]}) for i in range(group.n_models)])
-    info = {
-        "variant": "global_threshold",
-        "family": "threshold",
-        "n_references": 1,
-        "references": "the next model of the group learns the per-class thresholds; the global ROC uses none",
-    }
-    out = _summarise(scores[targets], group.keep, targets, info)
-    num_classes = int(group.labels.max()) + 1
-    bal = []
-    for row, t in zip(out["per_target"], targets):
-        shadow = (t + 1) % group.n_models
-        thr = mia.class_thresholds(scores[shadow], group.keep[shadow], group.labels, num_classes)
-        pred = mia.apply_class_thresholds(scores[t], group.labels, thr)
-        row["balanced_acc_class_thresholds"] = mia.balanced_accuracy_of(pred, group.keep[t])
-        bal.append(row["balanced_acc_class_thresholds"])
-    out["mean"]["balanced_acc_class_thresholds_mean"] = float(np.mean(bal))
-    out["mean"]["balanced_acc_class_thresholds_std"] = float(np.std(bal, ddof=1)) if len(bal) > 1 else 0.0
-    return out
 
 
 def _reference_memorization(path: str, sample_ids: np.ndarray) -> np.ndarray:

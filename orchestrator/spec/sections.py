@@ -7,17 +7,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from demem.checks import is_int, is_number
-from demem.privacy.audit import ATTACK_SETS, LIRA_ATTACKS, LIRA_MIN_MODELS, MIA_ATTACKS, AuditConfig, parse_attacks
+from demem.privacy.attacks import AUDIT_MIN_MODELS, LIRA_MIN_MODELS, MIA, attack_names, attack_sets
+from demem.privacy.audit import MIA_ATTACKS, AuditConfig, parse_attacks
 from orchestrator.fmt import fmt_num
 from orchestrator.spec.grid import Group
 from orchestrator.spec.problems import mapping, unknown_keys
 
 # Models a group needs for the audit, from the balanced keep mask (each sample in M/2 models and out
-# of as many): run_audit wants every sample in >= 2 and out of >= 2 models (M >= 4). LiRA attacks a
-# target with the other models less its complementary partner, so a sample has (M - 2) / 2 shadows
-# of each kind; every variant needs 2 to estimate a variance (the fixed one is the median of the
-# per-sample ones), so M >= 6 (demem.privacy.audit.LIRA_MIN_MODELS). RMIA works from M = 4.
-MIN_MODELS_AUDIT = 4
+# of as many): run_audit wants every sample in >= 2 and out of >= 2 models (M >= 4). Each attack
+# states its own minimum in the registry (demem.privacy.attacks: LiRA's is 6, RMIA's and the
+# threshold attacks' the audit's 4); the spec refuses an attack list a group is too small for.
+MIN_MODELS_AUDIT = AUDIT_MIN_MODELS
 MIN_MODELS_LIRA = LIRA_MIN_MODELS
 
 
@@ -62,6 +62,26 @@ class FailureSpec:
     max_retries: int = 1
 
 
+def _too_small(asked: tuple[str, ...], models: int) -> list[str]:
+    """One problem per family of asked attacks that a group of `models` is too small for (each
+    attack's `min_models` in the registry), naming the attacks that would run at this size."""
+    short: dict[str, list[str]] = {}
+    for name in asked:
+        if MIA.get(name).min_models > models:
+            short.setdefault(MIA.get(name).family, []).append(name)
+    would = [n for n in MIA.registered() if MIA.get(n).min_models <= models]
+    out = []
+    for names in short.values():
+        need = max(MIA.get(n).min_models for n in names)
+        why = MIA.get(names[0]).needs
+        out.append(
+            f"audit.attacks: {', '.join(names)} need at least {need} models per group, got {models}"
+            + (f": {why}" if why else "")
+            + f"; use more models, or attacks that run on {models}: {', '.join(would)}"
+        )
+    return out
+
+
 def check_audit(audit: Any, given: bool, problems: list[str]) -> AuditSpec:
     """The audit section; with problems, a stand-in whose `models` is MIN_MODELS_AUDIT when unknown
     (so the groups can still be resolved and checked)."""
@@ -83,11 +103,11 @@ def check_audit(audit: Any, given: bool, problems: list[str]) -> AuditSpec:
             problems.append("audit.attacks: must be a non-empty list of attack names")
         else:
             expanded = parse_attacks(",".join(items))
-            bad = [a for a in expanded if a not in MIA_ATTACKS]
+            bad = [a for a in expanded if a not in MIA]
             if bad:
                 problems.append(
                     f"audit.attacks: unknown attack(s) {', '.join(map(repr, bad))}; known: "
-                    f"{', '.join(MIA_ATTACKS)}, and {', '.join(ATTACK_SETS)}"
+                    f"{', '.join(attack_names())}, and {', '.join(attack_sets())}"
                 )
             else:
                 out["attacks"] = asked = expanded
@@ -101,20 +121,13 @@ def check_audit(audit: Any, given: bool, problems: list[str]) -> AuditSpec:
         problems.append(f"audit.models: at most {MAX_MODELS} models per group, got {models}")
     else:
         out["models"] = models
-        lira = [a for a in asked if a in LIRA_ATTACKS]
         if models < MIN_MODELS_AUDIT:
             problems.append(
                 f"audit.models: the audit needs every sample in at least 2 models and out of at least "
                 f"2, so at least {MIN_MODELS_AUDIT} models per group, got {models}"
             )
-        elif lira and models < MIN_MODELS_LIRA:
-            problems.append(
-                f"audit.attacks: {', '.join(lira)} need at least {MIN_MODELS_LIRA} models per group, got "
-                f"{models}: each sample needs 2 IN and 2 OUT shadows besides the target and its partner to "
-                "estimate a variance (the fixed variants use the median of the per-sample ones); use "
-                "more models, or RMIA (rmia_online, rmia_offline), which works from "
-                f"{MIN_MODELS_AUDIT}"
-            )
+        else:
+            problems.extend(_too_small(asked, models))
 
     targets = audit.get("targets")
     if targets is not None:

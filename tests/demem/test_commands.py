@@ -166,7 +166,7 @@ def test_refuses_to_overwrite_and_resumes_after_interruption(tmp_path, capsys, m
     monkeypatch.setattr(demem.train, "train_epoch", real)
     assert not (cut / "metrics.json").exists() and (cut / "checkpoint.pt").exists()
     assert main(["train", "--out", str(cut), "--resume", *FAST]) == 0
-    assert "resumed from" in capsys.readouterr().out
+    assert "continuing from" in capsys.readouterr().out
     a = json.loads((straight / "metrics.json").read_text())
     b = json.loads((cut / "metrics.json").read_text())
     for key in ("natural_acc", "robust_acc_pgd", "train_loss"):

@@ -9,6 +9,7 @@ import pytest
 import torch
 from opacus.accountants import create_accountant
 
+from demem.artifacts import read_checkpoint, write_checkpoint
 from demem.commands import main
 from demem.dp import DPConfig, default_delta
 from demem.train import RunConfig, prepare, train_epoch
@@ -57,9 +58,9 @@ def test_resume_keeps_the_accountant_and_the_weights(tmp_path, pool):
         last = train_epoch(straight)
     first = prepare(run, "cpu", pool=pool)
     train_epoch(first)
-    first.save(tmp_path)
+    write_checkpoint(first, tmp_path)
     resumed = prepare(run, "cpu", pool=pool)
-    resumed.load(tmp_path)
+    read_checkpoint(resumed, tmp_path)
     assert resumed.dp.epsilon() == pytest.approx(first.dp.epsilon())
     while not resumed.done:
         again = train_epoch(resumed)
@@ -125,14 +126,10 @@ def test_dp_closes_the_loss_gap_of_an_overfit_model(overfit_group, tmp_path):
     on its own members vs non-members, scored with sklearn's roc_auc_score."""
     from sklearn.metrics import roc_auc_score
 
-    from demem.artifacts import finish_run, start_run
+    from demem.runner import train_run
 
     dp_cfg = {**OVERFIT, "method": {"name": "dp_sgd"}, "dp": {"noise_multiplier": 1.0, "max_grad_norm": 1.0}}
-    state = prepare(tiny_run(n_models=12, model_index=0, **dp_cfg), "cpu")
-    start_run(state, tmp_path / "dp")
-    while not state.done:
-        train_epoch(state)
-    finish_run(state, tmp_path / "dp")
+    train_run(tiny_run(n_models=12, model_index=0, **dp_cfg), tmp_path / "dp", "cpu")
     auc, gap = {}, {}
     for name, d in (("plain", overfit_group / "model-00"), ("dp", tmp_path / "dp")):
         with np.load(d / "samples.npz") as z:

@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from demem.artifacts import read_checkpoint, write_checkpoint
 from demem.augment import augment, shift
 from demem.config import to_dict
 from demem.evaluate import evaluate_heldout, sample_statistics
@@ -41,10 +42,10 @@ def test_resume_gives_the_same_weights(tmp_path, small_pool, method):
 
     first = prepare(run, "cpu", pool=small_pool)
     train_epoch(first)
-    first.save(tmp_path)
+    write_checkpoint(first, tmp_path)
     del first
     resumed = prepare(run, "cpu", pool=small_pool)
-    resumed.load(tmp_path)
+    read_checkpoint(resumed, tmp_path)
     assert resumed.epoch == 1
     while not resumed.done:
         train_epoch(resumed)
@@ -59,12 +60,12 @@ def test_resume_gives_the_same_weights(tmp_path, small_pool, method):
 def test_resume_refuses_a_checkpoint_of_another_config(tmp_path, small_pool):
     run = tiny_run(data={"pool_size": 400, "pool_seed": 1}, train={"epochs": 1})
     state = prepare(run, "cpu", pool=small_pool)
-    state.save(tmp_path)
+    write_checkpoint(state, tmp_path)
     other = prepare(
         tiny_run(data={"pool_size": 400, "pool_seed": 1}, train={"epochs": 1}, seed=5), "cpu", pool=small_pool
     )
     with pytest.raises(ValueError, match="different run config"):
-        other.load(tmp_path)
+        read_checkpoint(other, tmp_path)
 
 
 def test_non_finite_loss_names_epoch_and_batch(small_pool):

@@ -78,13 +78,13 @@ from orchestrator.trainable import train_model
 
 LOG, CKPT = sys.argv[3], "checkpoint.pt"
 
-def logged(config):
-    out = Path(config["artifacts"])
-    rec = {"run_id": config["run_id"], "node_id": ray.get_runtime_context().get_node_id(),
+def logged(trial):
+    out = Path(trial.artifacts)
+    rec = {"run_id": trial.run_id, "node_id": ray.get_runtime_context().get_node_id(),
            "checkpoint_present": (out / CKPT).exists(), "pid": os.getpid(), "artifacts": str(out)}
     with open(LOG, "a") as f:
         f.write(json.dumps(rec) + "\\n")
-    train_model(config)
+    train_model(trial)
 
 def remove_a_worker():
     workers = {n.node_id: n for n in cluster.worker_nodes}

@@ -159,7 +159,8 @@ def test_a_grid_experiment_on_s3_runs_resumes_and_summarizes(ray_session, s3, st
         buf = io.StringIO()
         assert status(exp.remote, out=buf) == 0
         assert (
-            "8 done, 0 failed, 0 running or interrupted, 0 pending of 8 trials; 2 of 2 groups audited" in buf.getvalue()
+            "8 done, 0 failed, 0 running or interrupted, 0 pending of 8 trials; 2 of 2 (group, seed) audits done"
+            in buf.getvalue()
         )
         shutil.rmtree(exp.root)
         with redirect_stdout(io.StringIO()):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -44,6 +45,9 @@ def test_tiny_experiment_writes_parquet_and_tensorboard(tiny_experiment):
     assert (exp.root / "spec.yaml").exists() and (exp.root / "meta.json").exists()
     text = "\n".join(lines)
     assert "[8/8 trials" in text and "natural" in text and "TensorBoard: tensorboard --logdir" in text
+    # the progress lines count (group, seed) audits, the unit an audit covers: 2 groups x 1 seed here
+    assert re.search(r"\[\d/8 trials, [0-2] of 2 \(group, seed\) audits done, ETA ", text)
+    assert re.search(r"^audited .+ seed 0 \([12] of 2 \(group, seed\) audits done\)$", text, re.MULTILINE)
 
 
 def test_status_and_idempotent_collect(tiny_experiment, capsys):
@@ -53,7 +57,8 @@ def test_status_and_idempotent_collect(tiny_experiment, capsys):
 
     exp, _ = tiny_experiment
     assert main(["status", str(exp.root)]) == 0
-    assert "8 done, 0 failed" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "8 done, 0 failed" in out and "; 2 of 2 (group, seed) audits done" in out
     before = pd.read_parquet(exp.root / "runs.parquet")
     collect(load_spec(exp.spec, check_data=False), exp)
     after = pd.read_parquet(exp.root / "runs.parquet")
@@ -246,11 +251,39 @@ def test_summarize_reads_a_real_experiment(tiny_experiment, tmp_path):
     assert "Leakage metric: ROC AUC: each target has only 256 non-members" in (tmp_path / "ranking.md").read_text()
 
 
+def _hparams_tab(logdir):
+    """What TensorBoard's HParams tab shows for `logdir`, from its own plugin's handlers (those the
+    web page calls): (hparam columns, metric columns, {session run: (hparams, {metric tag: value})})."""
+    from tensorboard import context
+    from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
+    from tensorboard.plugins import base_plugin
+    from tensorboard.plugins.hparams import api_pb2, backend_context, get_experiment, list_session_groups
+
+    mux = plugin_event_multiplexer.EventMultiplexer()
+    mux.AddRunsFromDirectory(str(logdir))
+    mux.Reload()
+    provider = data_provider.MultiplexerDataProvider(mux, str(logdir))
+    backend = backend_context.Context(base_plugin.TBContext(data_provider=provider, logdir=str(logdir)))
+    ctx = context.RequestContext()
+    experiment = get_experiment.Handler(ctx, backend, "", api_pb2.GetExperimentRequest()).run()
+    request = api_pb2.ListSessionGroupsRequest(
+        start_index=0, slice_size=1000, allowed_statuses=[api_pb2.STATUS_SUCCESS, api_pb2.STATUS_UNKNOWN]
+    )
+    table = {}
+    for group in list_session_groups.Handler(ctx, backend, "", request).run().session_groups:
+        hparams = {k: v.string_value or v.number_value for k, v in group.hparams.items()}
+        for session in group.sessions:
+            table[session.name] = (hparams, {m.name.tag: m.value for m in session.metric_values})
+    return [h.name for h in experiment.hparam_infos], [m.name.tag for m in experiment.metric_infos], table
+
+
 def test_tensorboard_is_readable(tiny_experiment):
     """Runs named by group, seed and model; curves are training metrics and accuracies only (no
     Tune bookkeeping); the HParams entry has the grid value, seed and model, and the accuracies."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.plugins.hparams import plugin_data_pb2
+
+    from orchestrator.collect import HPARAM_METRICS
 
     exp, _ = tiny_experiment
     (session,) = list(exp.tune.glob("run-*"))
@@ -258,6 +291,7 @@ def test_tensorboard_is_readable(tiny_experiment):
     assert runs == sorted(f"lambda={lam}_s0_m{m:03d}" for lam in ("0", "0.4") for m in range(4))
     acc = EventAccumulator(str(session / "lambda=0.4_s0_m002"))
     acc.Reload()
+    assert all(t.startswith("ray/tune/") for t in acc.Tags()["scalars"])  # no hparam/* scalars of its own
     tags = {t.removeprefix("ray/tune/") for t in acc.Tags()["scalars"]}
     assert {"train_loss", "train_acc", "natural_acc", "robust_acc_pgd"} <= tags
     assert not tags & {"done", "time_this_iter_s", "should_checkpoint", "iterations_since_restore", "epoch"}
@@ -274,11 +308,75 @@ def test_tensorboard_is_readable(tiny_experiment):
         "model": 2,
     }
     exp_info = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
-    assert {m.name.tag for m in exp_info.metric_infos} == {"hparam/natural_acc", "hparam/robust_acc"}
-    # the per-group entries use the same columns and metric names, so one table holds both
-    group = EventAccumulator(str(next((exp.root / "tensorboard-groups").iterdir())))
-    group.Reload()
-    g_content = group.PluginTagToContent("hparams")
-    g_info = plugin_data_pb2.HParamsPluginData.FromString(g_content["_hparams_/session_start_info"])
-    assert set(g_info.session_start_info.hparams) == set(hp) - {"seed", "model"}
-    assert {"hparam/natural_acc", "hparam/robust_acc"} <= set(group.Tags()["scalars"])
+    assert [m.name.tag for m in exp_info.metric_infos] == list(HPARAM_METRICS.values())
+    # the per-group entries: the same columns and metric names, so one table holds both, and no
+    # experiment record of their own (TensorBoard takes one record, picked arbitrarily; the trials'
+    # has seed and model)
+    groups = [d for d in (exp.root / "tensorboard-groups").iterdir() if d.name != "summary"]
+    assert len(groups) == 2
+    for group_dir in groups:
+        group = EventAccumulator(str(group_dir))
+        group.Reload()
+        g_content = group.PluginTagToContent("hparams")
+        assert "_hparams_/experiment" not in g_content
+        g_info = plugin_data_pb2.HParamsPluginData.FromString(g_content["_hparams_/session_start_info"])
+        assert set(g_info.session_start_info.hparams) == set(hp) - {"seed", "model"}
+        assert set(group.Tags()["scalars"]) <= set(HPARAM_METRICS.values())
+
+
+def test_tensorboard_hparams_tab_reads_the_curves(tiny_experiment):
+    """TensorBoard's HParams tab, as its plugin computes it: a trial's metrics are the last points of
+    its own final-accuracy curves (it writes no hparam/* scalars); a group's are its means, its
+    headline attack's AUC and TPR at the lowest resolved FPR level, one scalar each, no more."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from orchestrator.collect import HPARAM_METRICS
+
+    exp, _ = tiny_experiment
+    natural, robust = HPARAM_METRICS["natural_acc"], HPARAM_METRICS["robust_acc_pgd"]
+    hp_columns, metric_columns, table = _hparams_tab(exp.root)
+    assert {"group", "lambda", "seed", "model"} <= set(hp_columns)
+    assert metric_columns == list(HPARAM_METRICS.values())
+    trials = {name: row for name, row in table.items() if name.startswith("tune/")}
+    groups = {name: row for name, row in table.items() if name.startswith("tensorboard-groups/")}
+    assert len(trials) == 8 and len(groups) == 2 and len(table) == 10
+    for name, (_, values) in trials.items():
+        curves = EventAccumulator(str(exp.root / name))
+        curves.Reload()
+        assert values == {tag: curves.Scalars(tag)[-1].value for tag in (natural, robust)}
+    runs = pd.read_parquet(exp.root / "runs.parquet")
+    audits = pd.read_parquet(exp.root / "audits.parquet")
+    for name, (hparams, values) in groups.items():
+        gid = name.split("/", 1)[1]
+        assert "seed" not in hparams and hparams["lambda"] in (0.0, 0.4)
+        # 256 non-members per target: TPR at 1% FPR resolves, at 0.1% it does not (none logged)
+        assert set(values) == {natural, robust, HPARAM_METRICS["auc"], HPARAM_METRICS["tpr_at_1pct"]}
+        assert values[natural] == pytest.approx(runs.loc[runs["group_id"] == gid, "natural_acc"].mean(), abs=1e-6)
+        rmia = audits[(audits["group_id"] == gid) & (audits["attack"] == "rmia_online")]
+        assert values[HPARAM_METRICS["auc"]] == pytest.approx(rmia["auc"].mean(), abs=1e-6)
+        scalars = EventAccumulator(str(exp.root / name))
+        scalars.Reload()
+        assert set(scalars.Tags()["scalars"]) == set(values)  # one scalar per metric, nothing else
+
+
+def test_a_demem_trial_logs_every_curve_the_readme_lists(tiny_experiment):
+    """The README's TensorBoard paragraph names the curves; they are `columns.CURVES`, and a DeMem
+    trial's events hold every one that applies to it (epsilon is DP's, robust_acc_aa AutoAttack's)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from demem.names import EPSILON, ROBUST_ACC_AA
+    from orchestrator.columns import CURVES
+
+    readme = (ROOT / "README.md").read_text()
+    paragraph = readme[readme.index("**TensorBoard.**") :].split("\n\n")[0]
+    listed = paragraph[paragraph.index("with these curves") : paragraph.index("The HParams tab")]
+    named = re.findall(r"`([a-z_]+)`", listed)
+    assert tuple(named) == CURVES
+    exp, _ = tiny_experiment
+    (session,) = list(exp.tune.glob("run-*"))
+    acc = EventAccumulator(str(session / "lambda=0.4_s0_m001"))
+    acc.Reload()
+    tags = {t.removeprefix("ray/tune/") for t in acc.Tags()["scalars"]}
+    assert set(CURVES) - {EPSILON, ROBUST_ACC_AA} <= tags
+    high_risk = [e.value for e in acc.Scalars("ray/tune/high_risk_frac")]
+    assert high_risk and all(0 <= v <= 1 for v in high_risk)

@@ -288,6 +288,33 @@ def test_failed_groups_are_reported_everywhere_and_not_retried(ray_session, tmp_
     assert "FAILED: lambda=0.4" in paths["report.html"].read_text() and "FAILED: lambda=0.4" in out[0]
 
 
+def test_a_trial_with_an_unreadable_checkpoint_fails_once_naming_it(ray_session, tmp_path):
+    """The runner's one policy (demem.runner), through a Tune trial: the same refusal as `demem train
+    --resume`, as a deterministic failure (not retried), and the file left as it was."""
+    from orchestrator.run import run_experiment
+
+    from .trial_hooks import damaging
+
+    spec = tiny_spec(tmp_path, grid={"demem.lambda": [0.4]}, failure={"max_retries": 2})
+    train = functools.partial(damaging, models=[1], content="not a checkpoint")
+    lines: list[str] = []
+    code = _drive(
+        "run", str(spec), lambda: run_experiment(spec, storage=tmp_path / "results", echo=lines.append, train=train)
+    )
+    assert code == EXIT_TRIALS_FAILED
+    root = tmp_path / "results" / "tiny"
+    records = json.loads((root / "trials.json").read_text())
+    assert sorted(r["status"] for r in records.values()) == ["done", "done", "done", "failed"]
+    (failed,) = [r for r in records.values() if r["status"] == "failed"]
+    assert failed["deterministic"]
+    assert "checkpoint.pt" in failed["error"] and "not a readable demem checkpoint" in failed["error"]
+    (run_dir,) = [d for d in (root / "artifacts").glob("*/*") if (d / "checkpoint.pt").exists()]
+    assert (run_dir / "checkpoint.pt").read_text() == "not a checkpoint"  # kept for a person to look at
+    assert len(list(run_dir.glob(".attempt-*"))) == 1  # not retried
+    assert not (run_dir / "metrics.json").exists() and not (run_dir / "config.json").exists()
+    assert any("FAILED: ValueError" in line and "checkpoint.pt" in line for line in lines)
+
+
 def test_a_full_disk_ends_cleanly_and_resume_finishes(ray_session, tmp_path, capsys, monkeypatch):
     import errno
 

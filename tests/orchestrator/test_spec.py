@@ -283,8 +283,8 @@ BAD = [
         patched(("audit.attacks", "lira_online_fixed,lira_offline_fixed,loss")),
         "audit.attacks: lira_online_fixed, lira_offline_fixed need at least 6 models per group, got 4: each sample "
         "needs 2 IN and 2 OUT shadows besides the target and its partner to estimate a variance (the fixed variants "
-        "use the median of the per-sample ones); use more models, or RMIA (rmia_online, rmia_offline), which works "
-        "from 4",
+        "use the median of the per-sample ones); use more models, or attacks that run on 4: rmia_online, rmia_offline, "
+        "loss, confidence, entropy, modified_entropy",
     ),
     (
         "audit-unknown-attack",

@@ -18,9 +18,10 @@ from scipy import stats
 from demem.stats import t_interval as ci95
 from demem.stats import welch_diff
 from orchestrator import plots
+from orchestrator.collect import load_tables
 from orchestrator.fmt import fmt_ci
 from orchestrator.report import power_text
-from orchestrator.summarize import load_tables, summarize, summarize_groups
+from orchestrator.summarize import group_table, summarize, summarize_groups
 
 # --- statistics --------------------------------------------------------------------------------
 
@@ -482,7 +483,6 @@ def test_groups_on_other_pools_are_not_paired(experiment, tmp_path):
 
 
 def test_group_table_gives_seed_level_intervals(experiment, tmp_path):
-    from orchestrator.collect import group_table
     from orchestrator.layout import ExperimentDir
 
     text = group_table(ExperimentDir(experiment))
@@ -523,3 +523,91 @@ def test_the_headline_attack_follows_the_number_of_reference_models(attacks, sha
     assert chosen == expected
     if expected == "rmia_online":
         assert f"{shadows} reference models per target" in why
+
+
+# --- what a reader of the outputs sees --------------------------------------------------------
+
+
+def test_the_roc_caption_names_the_attack_drawn(experiment, tmp_path):
+    """The report's ROC caption names the summary's attack (the one `roc_plot` draws), not LiRA."""
+    paths = summarize(experiment, attack="loss", out=tmp_path, echo=lambda _: None, tensorboard=False)
+    html = paths["report.html"].read_text()
+    assert "<figcaption>loss ROC curves (pooled over targets)" in html and "LiRA ROC" not in html
+    paths = summarize(experiment, out=tmp_path, echo=lambda _: None, tensorboard=False)
+    assert "<figcaption>lira_online_fixed ROC curves" in paths["report.html"].read_text()
+
+
+def test_no_threshold_sweep_without_a_threshold_to_sweep(experiment, tmp_path):
+    """Every DeMem group at one risk threshold: no threshold-sweep figure (it would be one point per
+    lambda), and neither the report nor the printed paths list one."""
+
+    def edit(name, df):
+        if name == "runs":
+            df.loc[df["config.demem.lambda"] > 0, "config.demem.risk_threshold"] = 0.5
+        return df
+
+    root = _variant(experiment, tmp_path, edit)
+    lines: list[str] = []
+    paths = summarize(root, out=tmp_path / "out", echo=lines.append, tensorboard=False)
+    assert "threshold_sweep.png" not in paths and not (tmp_path / "out" / "threshold_sweep.png").exists()
+    html = paths["report.html"].read_text()
+    assert html.count("data:image/png;base64,") == 3 and "threshold" not in html.split("<h2>Plots</h2>")[1]
+    assert lines[-1].endswith(
+        "/ (ranking.md, ranking.csv, summary.parquet, pareto.png, roc.png, membins.png, report.html)"
+    )
+    df, tables = pd.read_parquet(paths["summary.parquet"]), load_tables(root)
+    assert not plots.sweeps_threshold(df)
+    assert set(plots.all_figures(df, tables.roc, tables.membins)) == {"pareto.png", "roc.png", "membins.png"}
+
+
+def _hparams_experiment(tmp_path: Path, resolvable: list[dict[str, bool]]):
+    """tiny.yaml's two groups with one seed of collected tables: 4 finished models and 4 audited
+    targets each (TPR at 0.1% FPR 0, as an unresolved level reads), and lowfpr rows whose
+    `resolvable` is, per group, {level: resolved}."""
+    from orchestrator.layout import ExperimentDir
+    from orchestrator.spec import load_spec
+
+    spec = load_spec(Path(__file__).resolve().parents[2] / "search_spaces" / "tiny.yaml", check_data=False)
+    ids = [g.group_id for g in spec.groups()]
+    runs, audits, low = [], [], []
+    for gid, levels in zip(ids, resolvable):
+        for m in range(4):
+            runs.append({"group_id": gid, "seed": 0, "model_index": m, "status": "done", "epochs_done": 1})
+            runs[-1].update(natural_acc=0.7, robust_acc_pgd=0.4)
+            audits.append({"group_id": gid, "seed": 0, "target": m, "attack": "rmia_online", "n_shadow": 2})
+            audits[-1].update(auc=0.6, tpr_at_1pct=0.05, tpr_at_0_1pct=0.0)
+        low += [
+            {"group_id": gid, "seed": 0, "attack": "rmia_online", "level": k, "resolvable": ok}
+            for k, ok in levels.items()
+        ]
+    for name, rows in (("runs", runs), ("audits", audits), ("lowfpr", low)):
+        pd.DataFrame(rows).to_parquet(tmp_path / f"{name}.parquet")
+    return spec, ExperimentDir(tmp_path), ids
+
+
+def test_tensorboard_group_entries_log_no_unresolved_tpr(tmp_path):
+    """A group whose targets have too few non-members for TPR at 0.1% FPR (the report's "below
+    resolution") logs no such TPR: the lowest resolved level instead (1%), or none."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from orchestrator.collect import HPARAM_METRICS, write_hparams
+
+    levels = [
+        {"tpr_at_1pct": True, "tpr_at_0_1pct": False},  # 1% resolved, 0.1% not
+        {"tpr_at_1pct": False, "tpr_at_0_1pct": False},  # neither
+    ]
+    spec, exp, ids = _hparams_experiment(tmp_path, levels)
+    for _ in range(2):  # writing again replaces the entries
+        write_hparams(spec, exp)
+    tags, files = {}, {}
+    for gid in ids:
+        acc = EventAccumulator(str(exp.tensorboard_groups / gid))
+        acc.Reload()
+        tags[gid] = set(acc.Tags()["scalars"])
+        assert "_hparams_/session_start_info" in acc.PluginTagToContent("hparams")
+        files[gid] = len(list((exp.tensorboard_groups / gid).glob("events.out.tfevents.*")))
+    assert not any("tpr_at_0_1pct" in t for t in tags[ids[0]] | tags[ids[1]])
+    always = {HPARAM_METRICS["natural_acc"], HPARAM_METRICS["robust_acc_pgd"], HPARAM_METRICS["auc"]}
+    assert tags[ids[0]] == always | {HPARAM_METRICS["tpr_at_1pct"]}
+    assert tags[ids[1]] == always
+    assert files == dict.fromkeys(ids, 1)

@@ -1,0 +1,267 @@
+"""Membership-inference attacks in a registry, like models, methods and datasets.
+
+Each attack is registered with what it needs and what it assumes, so that the audit, the spec's
+model-count checks and the command-line help read the same facts:
+
+    family        "lira", "rmia" or "threshold": the attack sets a spec or `--attacks` may name
+    references    "online" (reference models that trained on the sample and ones that did not),
+                  "offline" (only ones that did not) or "none" (the target's own signal)
+    min_models    the smallest group it can be estimated on (below it the audit refuses it)
+    signals       the per-sample signals it reads (demem.evaluate.sample_statistics)
+    queries       "all" recorded queries (augmented views), or only the "first" (the clean image)
+    threat_model  what the adversary sees of the target: "scores" (its output probabilities)
+
+An attack's `score` gets the audit's shared `AttackSetup` and returns `Scores`: one (targets, N)
+array, higher = more likely a member, and what to record beside the metrics. An attack that cannot be
+estimated on the group raises `AttackRefused`; the audit records the reason instead of a number.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+
+from demem.artifacts import GroupData
+from demem.privacy import mia, rmia
+from demem.registry import Registry
+
+# Every sample must be in at least 2 models of the group and out of at least 2 (the audit's own
+# floor: memorization and the per-sample tables need both), which a balanced keep mask gives from 4.
+AUDIT_MIN_MODELS = 4
+# Shadows of each needed kind (IN and OUT; OUT only offline) every sample must have for LiRA, in
+# every variant: the per-sample variance needs two values, and the fixed variance is the median of
+# the per-sample ones (Carlini et al.'s code: median over samples of the shadows' per-sample std), so
+# with one shadow a side every std is 0 and the "fixed" variance is the floor: scores of ~1e13.
+LIRA_MIN_SHADOWS = 2
+# The group size that gives them: the target and its complementary partner are left out, so each
+# sample has (M - 2) / 2 shadows of a kind.
+LIRA_MIN_MODELS = 2 * LIRA_MIN_SHADOWS + 2
+LEAVE_PAIR_OUT = "leave target and partner out"
+
+
+class AttackRefused(ValueError):
+    """The attack cannot be estimated on this group (the message says why and what would do)."""
+
+
+@dataclass
+class AttackSetup:
+    """What every attack of one audit shares.
+
+    Attributes:
+        group: the group's stacked per-sample signals.
+        targets: (T,) indices (into the group's models) of the targets.
+        partners: (T,) each target's complementary partner, left out of its references (-1: none).
+        queries: how many recorded queries the "all"-query attacks use.
+    """
+
+    group: GroupData
+    targets: np.ndarray
+    partners: np.ndarray
+    queries: int
+
+    @property
+    def keep(self) -> np.ndarray:
+        return self.group.keep
+
+    @property
+    def n_references(self) -> int:
+        """Reference models per target: the others less the partner (where every target has one)."""
+        return self.group.n_models - 1 - int((self.partners >= 0).all())
+
+    def signal(self, name: str, queries: str = "all") -> np.ndarray:
+        """(M, N, K) of the first `queries` recorded queries, or (M, N) of the first ("first")."""
+        sig = self.group.signals[name]
+        return sig[:, :, 0] if queries == "first" else sig[:, :, : self.queries]
+
+    @cached_property
+    def true_label_probability(self) -> np.ndarray:
+        """p(y | x) per model and sample, averaged over the queries (RMIA's signal; computed once)."""
+        return rmia.true_label_probability(self.signal("loss"))
+
+
+@dataclass(frozen=True)
+class Scores:
+    """What an attack returns.
+
+    Attributes:
+        scores: (T, N) membership scores of the targets, higher = more likely a member.
+        info: recorded beside the attack's metrics (variant, family, references, parameters).
+        per_target: extra per-target metrics {name: (T,) values}; their mean and std are recorded too.
+    """
+
+    scores: np.ndarray
+    info: dict[str, Any]
+    per_target: dict[str, list[float]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class MembershipAttack:
+    """One registered membership-inference attack (see the module docstring for the fields)."""
+
+    name: str
+    family: str
+    variant: str
+    references: str
+    min_models: int
+    signals: tuple[str, ...]
+    queries: str
+    threat_model: str
+    score: Callable[[AttackSetup], Scores]
+    needs: str = ""  # why `min_models`, for the refusal messages
+
+
+MIA: Registry[MembershipAttack] = Registry("membership attack")
+
+
+def register_attack(attack: MembershipAttack) -> MembershipAttack:
+    if attack.references not in ("online", "offline", "none") or attack.queries not in ("all", "first"):
+        raise ValueError(
+            f"membership attack {attack.name!r}: references {attack.references!r}, queries {attack.queries!r}"
+        )
+    return MIA.register(attack.name)(attack)
+
+
+def attack_names(family: str | None = None) -> tuple[str, ...]:
+    """Registered attacks in registration order (the audit's and the tables' order), of one family."""
+    return tuple(n for n in MIA.registered() if family is None or MIA.get(n).family == family)
+
+
+def attack_sets() -> dict[str, tuple[str, ...]]:
+    """Names that stand for several attacks in attack lists: each family, and "all"."""
+    families = dict.fromkeys(MIA.get(n).family for n in MIA.registered())
+    return {**{f: attack_names(f) for f in families}, "all": attack_names()}
+
+
+# ---------------------------------------------------------------------------------------------------
+# The built-in attacks
+# ---------------------------------------------------------------------------------------------------
+
+_LIRA_NEEDS = (
+    f"each sample needs {LIRA_MIN_SHADOWS} IN and {LIRA_MIN_SHADOWS} OUT shadows besides the target and its "
+    "partner to estimate a variance (the fixed variants use the median of the per-sample ones)"
+)
+
+
+def _lira(variant: str) -> Callable[[AttackSetup], Scores]:
+    def score(setup: AttackSetup) -> Scores:
+        try:
+            scores = mia.lira_scores(
+                setup.signal("phi"),
+                setup.keep,
+                variant=variant,
+                targets=setup.targets,
+                min_shadows=LIRA_MIN_SHADOWS,
+                exclude=setup.partners,
+            )
+        except ValueError as e:  # too few shadows: say so, and how many models would do
+            raise AttackRefused(f"{e} (LiRA needs a group of at least {LIRA_MIN_MODELS} models)") from None
+        info = {
+            "variant": variant,
+            "family": "lira",
+            "queries": setup.queries,
+            "n_references": setup.n_references,
+            "references": LEAVE_PAIR_OUT,
+        }
+        return Scores(scores, info)
+
+    return score
+
+
+def _rmia(variant: str) -> Callable[[AttackSetup], Scores]:
+    def score(setup: AttackSetup) -> Scores:
+        prob = setup.true_label_probability
+        scores = rmia.rmia_scores(prob, setup.keep, variant=variant, targets=setup.targets, exclude=setup.partners)
+        info = {
+            "variant": variant,
+            "family": "rmia",
+            "queries": setup.queries,
+            "n_references": setup.n_references,
+            "references": LEAVE_PAIR_OUT,
+            "population": "the target's non-members",
+            "gamma": rmia.DEFAULT_GAMMA,
+        }
+        if variant == "offline":
+            info["a"] = rmia.DEFAULT_OFFLINE_A
+        return Scores(scores, info)
+
+    return score
+
+
+# The signal each threshold attack reads (demem.privacy.mia.threshold_score's keyword for it).
+THRESHOLD_SIGNALS = {"loss": "loss", "confidence": "phi", "entropy": "entropy", "modified_entropy": "mentropy"}
+
+
+def _threshold(kind: str) -> Callable[[AttackSetup], Scores]:
+    """Global-threshold scores of `kind` on each target, plus the balanced accuracy of per-class
+    thresholds learned on a shadow model (the next model of the group) and applied to the target."""
+    sig = THRESHOLD_SIGNALS[kind]
+
+    def score(setup: AttackSetup) -> Scores:
+        group = setup.group
+        arr = setup.signal(sig, "first").astype(np.float64)
+        every = np.stack([mia.threshold_score(kind, **{sig: arr[i]}) for i in range(group.n_models)])
+        num_classes = int(group.labels.max()) + 1
+        balanced = []
+        for t in setup.targets:
+            shadow = (t + 1) % group.n_models
+            thr = mia.class_thresholds(every[shadow], group.keep[shadow], group.labels, num_classes)
+            pred = mia.apply_class_thresholds(every[t], group.labels, thr)
+            balanced.append(mia.balanced_accuracy_of(pred, group.keep[t]))
+        info = {
+            "variant": "global_threshold",
+            "family": "threshold",
+            "n_references": 1,
+            "references": "the next model of the group learns the per-class thresholds; the global ROC uses none",
+        }
+        return Scores(every[setup.targets], info, {"balanced_acc_class_thresholds": balanced})
+
+    return score
+
+
+for _v in mia.LIRA_VARIANTS:
+    register_attack(
+        MembershipAttack(
+            name=f"lira_{_v}",
+            family="lira",
+            variant=_v,
+            references=_v.split("_")[0],
+            min_models=LIRA_MIN_MODELS,
+            signals=("phi",),
+            queries="all",
+            threat_model="scores",
+            score=_lira(_v),
+            needs=_LIRA_NEEDS,
+        )
+    )
+for _v in rmia.RMIA_VARIANTS:
+    register_attack(
+        MembershipAttack(
+            name=f"rmia_{_v}",
+            family="rmia",
+            variant=_v,
+            references=_v,
+            min_models=AUDIT_MIN_MODELS,
+            signals=("loss",),
+            queries="all",
+            threat_model="scores",
+            score=_rmia(_v),
+        )
+    )
+for _kind in mia.THRESHOLD_ATTACKS:
+    register_attack(
+        MembershipAttack(
+            name=_kind,
+            family="threshold",
+            variant="global_threshold",
+            references="none",
+            min_models=AUDIT_MIN_MODELS,
+            signals=(THRESHOLD_SIGNALS[_kind],),
+            queries="first",
+            threat_model="scores",
+            score=_threshold(_kind),
+        )
+    )

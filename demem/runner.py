@@ -1,0 +1,98 @@
+"""One owner for a run directory's lifecycle: prepare, continue from `checkpoint.pt`, write the
+config, train (saving a checkpoint after every epoch), evaluate on the held-out samples, write the
+finished run. `demem train`, the Tune trainable (its storage push is its `on_epoch` hook) and the
+tests all call `train_run`; `demem.artifacts` only reads and writes the files.
+
+A checkpoint that cannot be read (truncated, not a demem checkpoint, refused by torch's weights-only
+reader, or written by another run config or pool) is refused, one policy everywhere: `train_run`
+raises ValueError naming the file, before anything in the run directory is written, and deletes
+nothing. Checkpoints are written atomically, so a crash never leaves a partial one: an unreadable file
+is damage or somebody else's, which a person should look at before it is replaced. `demem train
+--resume` exits 2 with the message; a trial fails with it without retrying (`demem status` shows it);
+delete the file to train that model from the start.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from demem import artifacts
+from demem.data import Pool
+from demem.dp import per_sample_hooks_off
+from demem.evaluate import evaluate_heldout, sample_statistics
+from demem.train import RunConfig, TrainState, epochs, prepare
+
+EpochHook = Callable[[TrainState, dict[str, Any]], None]
+
+
+def train_run(
+    run: RunConfig,
+    out: str | Path,
+    device: torch.device | str = "cpu",
+    *,
+    pool: Pool | None = None,
+    resume: bool = True,
+    keep_checkpoint: bool = True,
+    on_start: Callable[[TrainState], None] | None = None,
+    on_epoch: EpochHook | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Train the model `run` describes into the run directory `out`; return its metrics.json.
+
+    A run directory that holds a finished run is not trained again: its metrics are returned.
+
+    Args:
+        pool: the run's pool, already loaded (saves reading the dataset again).
+        resume: continue from `out/checkpoint.pt` where there is one (refused if unreadable; see the
+            module docstring). False trains from the start and overwrites it.
+        keep_checkpoint: keep the last checkpoint (the trained weights) once the run has finished;
+            experiments drop it, since their results are the per-sample signals.
+        on_start: called once the state is ready (continued or fresh), before the first epoch.
+        on_epoch: called after every epoch with the state and the epoch's metrics, after that
+            epoch's checkpoint is written (a storage push, a progress report, interim scores).
+        log: where the one line saying a run continues goes.
+
+    Raises:
+        ValueError: an unreadable checkpoint, or a config or dataset `prepare` refuses.
+        FloatingPointError: a non-finite training loss.
+    """
+    out = Path(out)
+    done = artifacts.read_metrics(out)
+    if done is not None:
+        return done
+    state = prepare(run, device, pool=pool)
+    if resume and (out / artifacts.CHECKPOINT).exists():
+        artifacts.read_checkpoint(state, out)
+        log(f"continuing from {out / artifacts.CHECKPOINT} at epoch {state.epoch}/{run.train.epochs}")
+    artifacts.start_run(state, out)
+    if on_start is not None:
+        on_start(state)
+    t0 = time.perf_counter()
+    for metrics in epochs(state):
+        artifacts.write_checkpoint(state, out)
+        if on_epoch is not None:
+            on_epoch(state, metrics)
+    train_seconds = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    heldout, stats = evaluate_run(state)
+    final = artifacts.finish_run(
+        state, out, heldout, stats, train_seconds=train_seconds, eval_seconds=time.perf_counter() - t1
+    )
+    if not keep_checkpoint:
+        (out / artifacts.CHECKPOINT).unlink(missing_ok=True)
+    return final
+
+
+def evaluate_run(state: TrainState) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The held-out accuracies and the per-sample signals on the whole pool of a trained state
+    (with DP-SGD's per-sample hooks paused: evaluation is not training)."""
+    run = state.run
+    with per_sample_hooks_off(state.train_model if state.dp is not None else None):
+        heldout = evaluate_heldout(state.model, state.pool, state.keep, run.eval, device=state.device, seed=run.seed)
+        stats = sample_statistics(state.model, state.pool, device=state.device, queries=run.eval.queries)
+    return heldout, stats
