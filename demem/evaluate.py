@@ -96,12 +96,12 @@ def own_membership(stats: dict[str, np.ndarray], keep: np.ndarray, attack: str =
     Returns:
         {"mia_auc", "mia_tpr_at_1pct", "mia_tpr_at_0_1pct", "mia_balanced_acc"}.
     """
-    from demem.privacy.mia import _THRESHOLD_SIGNALS, threshold_score
+    from demem.privacy.mia import THRESHOLD_SIGNALS, threshold_score
     from demem.privacy.roc import attack_metrics
 
-    if attack not in _THRESHOLD_SIGNALS:
-        raise ValueError(f"own_membership: unknown attack {attack!r}; known: {', '.join(_THRESHOLD_SIGNALS)}")
-    name = _THRESHOLD_SIGNALS[attack][0]
+    if attack not in THRESHOLD_SIGNALS:
+        raise ValueError(f"own_membership: unknown attack {attack!r}; known: {', '.join(THRESHOLD_SIGNALS)}")
+    name = THRESHOLD_SIGNALS[attack][0]
     scores = threshold_score(attack, **{name: stats[name]})
     m = attack_metrics(scores, np.asarray(keep, dtype=bool))
     return {f"mia_{k}": m[k] for k in ("auc", "tpr_at_1pct", "tpr_at_0_1pct", "balanced_acc")}

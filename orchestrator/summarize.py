@@ -67,7 +67,7 @@ from orchestrator.columns import (
     ROBUST_ACC,
 )
 from orchestrator.fmt import fmt_ci
-from orchestrator.layout import AUDITS, RUNS, ExperimentDir, open_experiment
+from orchestrator.layout import ExperimentDir, open_experiment
 from orchestrator.report import RANKING_COLUMNS, delta_text, ranking_markdown, top_text, write_report
 
 OBJECTIVES = (("leakage", False), (ROBUST_ACC, True), (NATURAL_ACC, True))
@@ -365,8 +365,8 @@ def group_table(exp: ExperimentDir, attack: str | None = None) -> str:
     """Per group: natural and robust accuracy and the attack's ROC AUC, each averaged within a seed
     (over the models / audited targets) and then across seeds, with the 95% t interval across seeds
     (n = seeds; none with one seed)."""
-    runs = pd.read_parquet(exp.table(RUNS))
-    audits = pd.read_parquet(exp.table(AUDITS))
+    tables = load_tables(exp.root)  # read once, for this table and the paired lines
+    runs, audits = tables.runs, tables.audits
     if runs.empty:
         return "no finished runs"
     done = runs[runs["status"] == "done"]
@@ -396,15 +396,14 @@ def group_table(exp: ExperimentDir, attack: str | None = None) -> str:
         "mean over the models (accuracy) or audited targets (AUC) of each seed, then across seeds; "
         + ("± = 95% t interval across seeds." if n_max >= 2 else "one seed: one training draw, no interval.")
     )
-    lines += _paired_lines(exp, chosen)
+    lines += _paired_lines(tables, chosen)
     return "\n".join(lines)
 
 
-def _paired_lines(exp: ExperimentDir, attack: str) -> list[str]:
+def _paired_lines(tables: Tables, attack: str) -> list[str]:
     """Each group against its undefended baseline, paired per (seed, model) / (seed, target), with the
     95% t interval across seeds (`summarize_groups`)."""
     try:
-        tables = load_tables(exp.root)
         df = summarize_groups(tables, leakage="auc", attack=attack if not tables.audits.empty else None)
     except (ValueError, FileNotFoundError):
         return []

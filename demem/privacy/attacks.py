@@ -191,14 +191,10 @@ def _rmia(variant: str) -> Callable[[AttackSetup], Scores]:
     return score
 
 
-# The signal each threshold attack reads (demem.privacy.mia.threshold_score's keyword for it).
-THRESHOLD_SIGNALS = {"loss": "loss", "confidence": "phi", "entropy": "entropy", "modified_entropy": "mentropy"}
-
-
 def _threshold(kind: str) -> Callable[[AttackSetup], Scores]:
     """Global-threshold scores of `kind` on each target, plus the balanced accuracy of per-class
     thresholds learned on a shadow model (the next model of the group) and applied to the target."""
-    sig = THRESHOLD_SIGNALS[kind]
+    sig = mia.THRESHOLD_SIGNALS[kind][0]
 
     def score(setup: AttackSetup) -> Scores:
         group = setup.group
@@ -222,46 +218,17 @@ def _threshold(kind: str) -> Callable[[AttackSetup], Scores]:
     return score
 
 
+def _builtin(name, family, variant, references, min_models, signal, queries, score, needs="") -> None:
+    """Register one of ours: each reads one signal and sees only the target's scores."""
+    register_attack(
+        MembershipAttack(name, family, variant, references, min_models, (signal,), queries, "scores", score, needs)
+    )
+
+
 for _v in mia.LIRA_VARIANTS:
-    register_attack(
-        MembershipAttack(
-            name=f"lira_{_v}",
-            family="lira",
-            variant=_v,
-            references=_v.split("_")[0],
-            min_models=LIRA_MIN_MODELS,
-            signals=("phi",),
-            queries="all",
-            threat_model="scores",
-            score=_lira(_v),
-            needs=_LIRA_NEEDS,
-        )
-    )
+    _builtin(f"lira_{_v}", "lira", _v, _v.split("_")[0], LIRA_MIN_MODELS, "phi", "all", _lira(_v), _LIRA_NEEDS)
 for _v in rmia.RMIA_VARIANTS:
-    register_attack(
-        MembershipAttack(
-            name=f"rmia_{_v}",
-            family="rmia",
-            variant=_v,
-            references=_v,
-            min_models=AUDIT_MIN_MODELS,
-            signals=("loss",),
-            queries="all",
-            threat_model="scores",
-            score=_rmia(_v),
-        )
-    )
+    _builtin(f"rmia_{_v}", "rmia", _v, _v, AUDIT_MIN_MODELS, "loss", "all", _rmia(_v))
 for _kind in mia.THRESHOLD_ATTACKS:
-    register_attack(
-        MembershipAttack(
-            name=_kind,
-            family="threshold",
-            variant="global_threshold",
-            references="none",
-            min_models=AUDIT_MIN_MODELS,
-            signals=(THRESHOLD_SIGNALS[_kind],),
-            queries="first",
-            threat_model="scores",
-            score=_threshold(_kind),
-        )
-    )
+    _signal = mia.THRESHOLD_SIGNALS[_kind][0]
+    _builtin(_kind, "threshold", "global_threshold", "none", AUDIT_MIN_MODELS, _signal, "first", _threshold(_kind))

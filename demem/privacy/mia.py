@@ -37,6 +37,7 @@ __all__ = [
     "LIRA_VARIANTS",
     "STD_FLOOR",
     "THRESHOLD_ATTACKS",
+    "THRESHOLD_SIGNALS",
     "apply_class_thresholds",
     "balanced_accuracy_of",
     "class_thresholds",
@@ -287,7 +288,9 @@ def lira_scores(
 # ---------------------------------------------------------------------------------------------------
 
 # attack -> (signal keyword, sign): members have low loss / entropy / modified entropy and high phi.
-_THRESHOLD_SIGNALS = {
+# The signal each threshold attack reads (its keyword in `threshold_score`) and the sign that makes
+# higher scores mean "member".
+THRESHOLD_SIGNALS = {
     "loss": ("loss", -1.0),
     "confidence": ("phi", 1.0),
     "entropy": ("entropy", -1.0),
@@ -310,9 +313,9 @@ def threshold_score(kind: str, *, loss=None, phi=None, entropy=None, mentropy=No
     Returns:
         (N,) float64 scores, higher = more likely a member.
     """
-    if kind not in _THRESHOLD_SIGNALS:
+    if kind not in THRESHOLD_SIGNALS:
         raise ValueError(f"threshold attack: unknown kind {kind!r}; known: {', '.join(THRESHOLD_ATTACKS)}")
-    name, sign = _THRESHOLD_SIGNALS[kind]
+    name, sign = THRESHOLD_SIGNALS[kind]
     value = {"loss": loss, "phi": phi, "entropy": entropy, "mentropy": mentropy}[name]
     if value is None:
         raise ValueError(f"threshold attack {kind!r} needs the {name}= signal")

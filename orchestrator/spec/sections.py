@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from demem.checks import is_int, is_number
-from demem.privacy.attacks import AUDIT_MIN_MODELS, LIRA_MIN_MODELS, MIA, attack_names, attack_sets
+from demem.privacy.attacks import AUDIT_MIN_MODELS, LIRA_MIN_MODELS, MIA, MembershipAttack, attack_names, attack_sets
 from demem.privacy.audit import MIA_ATTACKS, AuditConfig, parse_attacks
 from orchestrator.fmt import fmt_num
 from orchestrator.spec.grid import Group
@@ -65,21 +65,18 @@ class FailureSpec:
 def _too_small(asked: tuple[str, ...], models: int) -> list[str]:
     """One problem per family of asked attacks that a group of `models` is too small for (each
     attack's `min_models` in the registry), naming the attacks that would run at this size."""
-    short: dict[str, list[str]] = {}
-    for name in asked:
-        if MIA.get(name).min_models > models:
-            short.setdefault(MIA.get(name).family, []).append(name)
-    would = [n for n in MIA.registered() if MIA.get(n).min_models <= models]
-    out = []
-    for names in short.values():
-        need = max(MIA.get(n).min_models for n in names)
-        why = MIA.get(names[0]).needs
-        out.append(
-            f"audit.attacks: {', '.join(names)} need at least {need} models per group, got {models}"
-            + (f": {why}" if why else "")
-            + f"; use more models, or attacks that run on {models}: {', '.join(would)}"
-        )
-    return out
+    short: dict[str, list[MembershipAttack]] = {}
+    for attack in map(MIA.get, asked):
+        if attack.min_models > models:
+            short.setdefault(attack.family, []).append(attack)
+    would = ", ".join(n for n in MIA.registered() if MIA.get(n).min_models <= models)
+    return [
+        f"audit.attacks: {', '.join(a.name for a in few)} need at least {max(a.min_models for a in few)} models "
+        f"per group, got {models}"
+        + (f": {few[0].needs}" if few[0].needs else "")
+        + f"; use more models, or attacks that run on {models}: {would}"
+        for few in short.values()
+    ]
 
 
 def check_audit(audit: Any, given: bool, problems: list[str]) -> AuditSpec:
