@@ -7,6 +7,17 @@ is the library's balanced one (`demem.membership.keep_mask`: every sample IN for
 
     python benchmarks/bench_audit.py                       # full scale, seconds on 2 cores
     python benchmarks/bench_audit.py --models 16 --samples 2000 --repeats 1 --loop-samples 100   # quick
+    python benchmarks/bench_audit.py --signals             # what the robust signals cost per model
+    python benchmarks/bench_audit.py --signals --device cuda --arch resnet18 --dataset cifar10 --samples 2000
+
+`--signals` times, for one model on a pool, the per-sample signals the audit reads: the clean views
+(`eval.queries`), the adversarial queries (`eval.adversarial`, PGD-10 by default) and the boundary
+distances (`eval.boundary`, L-inf and L2), each per model and per sample and as a multiple of the
+clean pass, with the model's training for scale. The model is first trained with PGD-AT on the pool's
+training half (`--epochs`, default 14 at batch 32 without augmentation: the quickstart's recipe), so
+its boundary is that of a trained model (an untrained one misclassifies most samples, which the
+boundary search skips); the pool is synthetic data of the dataset's shape unless `--real` (then the
+dataset must be on disk).
 
 The reference is how LiRA is commonly written: for each target, for each sample, select the IN and OUT
 shadows, `np.mean` / `np.std` them, and score with `scipy.stats.norm.logpdf`. It is far too slow to run
@@ -31,6 +42,7 @@ import statistics
 import sys
 import time
 import tracemalloc
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -53,7 +65,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3, help="timed runs of the vectorised path")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None, help="also write the results to this file")
+    p.add_argument("--signals", action="store_true", help="time the per-sample signals of one model instead")
+    p.add_argument("--device", default="cpu", help="--signals: cpu or cuda")
+    p.add_argument("--arch", default="small-cnn", help="--signals: the architecture")
+    p.add_argument("--dataset", default="fashion-mnist", help="--signals: the dataset (its shape)")
+    p.add_argument("--real", action="store_true", help="--signals: the real dataset rather than synthetic data")
+    p.add_argument("--epochs", type=int, default=14, help="--signals: PGD-AT epochs before timing")
     args = p.parse_args(argv)
+    if args.signals:
+        if "--samples" not in (argv if argv is not None else sys.argv[1:]):
+            args.samples = 400
+        return args
     if args.models < 4 or args.samples < 2 or args.queries < 1 or args.repeats < 1:
         p.error("need --models >= 4, --samples >= 2, --queries >= 1, --repeats >= 1")
     if not 1 <= args.loop_targets <= args.models or not 1 <= args.loop_samples <= args.samples:
@@ -96,8 +118,77 @@ def loop_lira(signals: np.ndarray, keep: np.ndarray, targets: np.ndarray, sample
     return out
 
 
+def _timed(fn, device) -> tuple[float, object]:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    out = fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - t0, out
+
+
+def signals_cost(args: argparse.Namespace) -> dict:
+    """Seconds per model and per sample of each signal kind, against the clean pass."""
+    import torch
+
+    from demem.calibrate import _synthetic_pool
+    from demem.evaluate import sample_statistics
+    from demem.privacy.boundary import pool_boundary
+    from demem.privacy.signals import adversarial_signals
+    from demem.runner import CPU_ATTACK_BATCH
+    from demem.train import RunConfig, load_pool, prepare, train_epoch
+
+    device = torch.device(args.device)
+    raw = {
+        "data": {"dataset": args.dataset, "pool_size": args.samples if args.real else None},
+        "train": {"arch": args.arch, "epochs": args.epochs, "batch_size": 32, "augment": False},
+        "method": {"name": "pgd_at"},
+        "seed": args.seed,
+    }
+    run = RunConfig.from_dict(raw)
+    pool = load_pool(run) if args.real else _synthetic_pool(args.dataset, args.samples, args.seed)
+    state = prepare(run, device, pool=pool)
+    train_s, _ = _timed(lambda: [train_epoch(state) for _ in range(args.epochs)], device)
+    ev, model, n = run.eval, state.model, pool.n
+    sample_statistics(model, pool, device=device, queries=ev.queries)  # warm-up
+    rows = {}
+    rows["clean"], _ = _timed(lambda: sample_statistics(model, pool, device=device, queries=ev.queries), device)
+    batch = ev.batch_size if device.type == "cuda" else min(ev.batch_size, CPU_ATTACK_BATCH)  # as evaluate_run
+    rows["adversarial"], _ = _timed(
+        lambda: adversarial_signals(model, pool, ev.adversarial, device=device, batch_size=batch), device
+    )
+    for norm in ev.boundary.norms:
+        cfg = replace(ev.boundary, norms=(norm,), batch_size=min(ev.boundary.batch_size, batch))
+        rows[f"boundary_{norm}"], _ = _timed(
+            lambda cfg=cfg: pool_boundary(model, pool, cfg, eps_linf=ev.attack.eps, device=device), device
+        )
+    print(
+        f"signals of one {args.arch} on {n} {'real' if args.real else 'synthetic'} {args.dataset} samples, "
+        f"{device} ({torch.get_num_threads()} threads), torch {torch.__version__}; {args.epochs} PGD-AT epochs "
+        f"on its {int(state.keep.sum())} training samples: {train_s:.2f} s"
+    )
+    print(f"  {'signal':<18}{'s / model':>12}{'ms / sample':>14}{'x clean':>10}{'x training':>12}")
+    for name, sec in rows.items():
+        print(f"  {name:<18}{sec:>12.3f}{1000 * sec / n:>14.3f}{sec / rows['clean']:>10.1f}{sec / train_s:>12.2f}")
+    caps = ", ".join(f"{k} {getattr(ev.boundary, k + '_max'):.3g}" for k in ev.boundary.norms)
+    print(
+        f"  adversarial: PGD-{ev.adversarial.steps}; boundary: {1 + ev.boundary.bisections} rounds of "
+        f"PGD-{ev.boundary.steps} per norm (caps {caps})"
+    )
+    result = {"samples": n, "device": str(device), "arch": args.arch, "train_epoch_s": train_s, "seconds": rows}
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2))
+    return result
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    if args.signals:
+        return signals_cost(args)
     m, n, k = args.models, args.samples, args.queries
     signals, keep = make_inputs(m, n, k, args.seed)
     lira_scores(signals[:, :100], keep[:, :100])  # warm-up: imports, first-call costs

@@ -136,7 +136,8 @@ class GroupData:
     Attributes:
         dirs: run directory of each model, sorted by model_index.
         model_index: (M,) model indices.
-        signals: name -> (M, N, K) arrays (phi, loss, entropy, mentropy, correct).
+        signals: name -> (M, N, K) arrays: phi, loss, entropy, mentropy, correct over the K clean
+            queries, and what else the models recorded (adv_* and boundary_* as (M, N, 1)).
         keep: (M, N) bool.
         labels: (N,) int64; sample_ids: (N,) int64.
         run: the first model's run config dict (the group's config, up to seed/model_index).
@@ -156,6 +157,10 @@ class GroupData:
     @property
     def n_models(self) -> int:
         return len(self.dirs)
+
+
+# What samples.npz holds besides the per-sample signals.
+_NOT_SIGNALS = {"keep", "label", "sample_id"}
 
 
 # Keys that differ between the models of one group by construction, or say only where data live:
@@ -245,8 +250,12 @@ def load_group(directory: str | Path, *, seed: int | None = None, allow_partial:
             labels, ids = z["label"], z["sample_id"]
         elif not np.array_equal(ids, z["sample_id"]):
             raise GroupError(f"{d}: sample ids differ from {ref_dir}")
-        for name in ("phi", "loss", "entropy", "mentropy", "correct"):
-            signals.setdefault(name, []).append(z[name])
+        recorded = sorted(set(z) - _NOT_SIGNALS)
+        if signals and recorded != sorted(signals):
+            raise GroupError(f"{d}: records the signals {recorded}, {ref_dir} {sorted(signals)}")
+        for name in recorded:
+            value = z[name]
+            signals.setdefault(name, []).append(value[:, None] if value.ndim == 1 else value)
         if not np.array_equal(keep, keep_row(n_models, len(keep), pool_seed, c["run"]["model_index"])):
             raise GroupError(
                 f"{d}: keep row does not match the group's keep mask for model_index {c['run']['model_index']}"

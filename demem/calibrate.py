@@ -56,6 +56,8 @@ def cost_key(run: dict[str, Any]) -> str:
         "augment": t["augment"],
         "autoattack": e["autoattack"],
         "demem": run["demem"]["lambda"] > 0,
+        "adversarial_steps": (e.get("adversarial") or {}).get("steps"),
+        "boundary": [(e.get("boundary") or {}).get(k) for k in ("norms", "bisections", "steps")],
     }
     return json.dumps(parts, sort_keys=True)
 
@@ -69,11 +71,11 @@ def _synthetic_pool(dataset: str, n: int, seed: int = 0) -> Pool:
 
 
 def calibrate(run_dict: dict[str, Any], device: torch.device | str = "auto", batches: int = 3) -> dict[str, float]:
-    """Time one warm-up and one measured epoch of `batches` batches, and the evaluation of as many
-    held-out samples, for the run (a resolved RunConfig dict). Returns {"train_s_per_sample",
-    "eval_s_per_sample"}."""
-    from demem.dp import per_sample_hooks_off
-    from demem.evaluate import evaluate_heldout
+    """Time one warm-up and one measured epoch of `batches` batches, and the evaluation of a finished
+    run on a pool of twice as many samples (`demem.runner.evaluate_run`: accuracies on both halves,
+    every per-sample signal), for the run (a resolved RunConfig dict). Returns {"train_s_per_sample",
+    "eval_s_per_sample"}, the latter per pool sample."""
+    from demem.runner import evaluate_run
     from demem.train import RunConfig, prepare, train_epoch
 
     device = resolve_device(device) if isinstance(device, str) else device
@@ -91,12 +93,10 @@ def calibrate(run_dict: dict[str, Any], device: torch.device | str = "auto", bat
     train_epoch(state)
     _sync(device)
     train = (time.perf_counter() - t0) / (batch * batches)
-    held = int((~state.keep).sum())
     t0 = time.perf_counter()
-    with per_sample_hooks_off(state.train_model if state.dp is not None else None):  # as demem.runner.evaluate_run
-        evaluate_heldout(state.model, state.pool, state.keep, run.eval, device=device, seed=0)
+    evaluate_run(state)  # both halves' accuracies and every per-sample signal, as a finished run does
     _sync(device)
-    return {"train_s_per_sample": train, "eval_s_per_sample": (time.perf_counter() - t0) / held}
+    return {"train_s_per_sample": train, "eval_s_per_sample": (time.perf_counter() - t0) / state.pool.n}
 
 
 def _sync(device: torch.device) -> None:
@@ -123,13 +123,11 @@ def store(device: str, key: str, timing: dict[str, float], path: Path | None = N
 
 
 def estimate_seconds(run: dict[str, Any], timing: dict[str, float]) -> float:
-    """Wall time of one model of `run` (resolved dict): its epochs over half the pool, then the
-    evaluation of the other half."""
+    """Wall time of one model of `run` (resolved dict): its epochs over half the pool, then its
+    evaluation (accuracies on both halves, every per-sample signal on the whole pool)."""
     pool = run["data"]["pool_size"] or dataset_info(run["data"]["dataset"]).available(run["data"]["splits"])
     n_train = pool // 2
-    return float(
-        run["train"]["epochs"] * n_train * timing["train_s_per_sample"] + (pool - n_train) * timing["eval_s_per_sample"]
-    )
+    return float(run["train"]["epochs"] * n_train * timing["train_s_per_sample"] + pool * timing["eval_s_per_sample"])
 
 
 def fmt_hours(seconds: float) -> str:

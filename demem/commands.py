@@ -93,6 +93,25 @@ _TRAIN_FLAGS: dict[str, list[tuple[str, tuple[str, ...], dict[str, Any], str]]] 
         ("--eval-attack-steps", ("eval.attack.steps",), {"type": int}, "PGD steps of the held-out evaluation"),
         ("--eval-attack-loss", ("eval.attack.loss",), {"choices": ATTACK_LOSSES}, "loss of the evaluation attack"),
         ("--autoattack", ("eval.autoattack",), {"action": "store_true"}, "also AutoAttack (needs demem[autoattack])"),
+        (
+            "--adversarial-steps",
+            ("eval.adversarial.steps",),
+            {"type": int},
+            "PGD steps of each sample's adversarial query (membership signals on perturbed inputs)",
+        ),
+        (
+            "--no-adversarial",
+            ("eval.adversarial",),
+            {"action": "store_const", "const": None},
+            "record no adversarial-query signals",
+        ),
+        (
+            "--boundary-norms",
+            ("eval.boundary.norms",),
+            {"type": lambda text: [n.strip() for n in text.split(",") if n.strip()]},
+            "norms of the boundary distance, comma-separated: linf, l2",
+        ),
+        ("--no-boundary", ("eval.boundary",), {"action": "store_const", "const": None}, "record no boundary distance"),
     ],
 }
 
@@ -142,6 +161,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
             text += _registered(paths[0])
             shown = "off" if options.get("action") else _resolved_default(paths[0])
             shown = f"{shown:g}" if isinstance(shown, float) else shown
+            shown = ",".join(map(str, shown)) if isinstance(shown, list) else shown
             if paths[0] == "attack.start":  # the method's own: one default would mislead
                 shown = _starts_by_method()
             g.add_argument(flag, dest=_dest(flag), default=argparse.SUPPRESS, help=f"{text} [{shown}]", **options)

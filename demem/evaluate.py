@@ -11,7 +11,16 @@ from torch import nn
 from demem.data import Pool
 from demem.device import fast_path, to_float
 from demem.evasion import AttackConfig, eval_mode, run_attack
-from demem.names import N_AUTOATTACK, N_HELDOUT, NATURAL_ACC, ROBUST_ACC, ROBUST_ACC_AA
+from demem.names import (
+    N_AUTOATTACK,
+    N_HELDOUT,
+    N_TRAIN_EVAL,
+    NATURAL_ACC,
+    ROBUST_ACC,
+    ROBUST_ACC_AA,
+    TRAIN_NATURAL_ACC,
+    TRAIN_ROBUST_ACC,
+)
 from demem.privacy.signals import chunks, pool_signals
 from demem.train import EvalConfig
 
@@ -74,6 +83,26 @@ def evaluate_heldout(
         )
         out[N_AUTOATTACK] = n
     return out
+
+
+def evaluate_train_half(
+    model: nn.Module, pool: Pool, keep: np.ndarray, cfg: EvalConfig, *, device: torch.device, seed: int = 0
+) -> dict[str, float | int]:
+    """Natural and PGD accuracy on the samples this model trained on (keep == 1), by the same
+    procedure as `evaluate_heldout` (the same attack, its RNG seeded from `seed` alone; no
+    AutoAttack). Train half minus held-out half is the generalization gap, natural and robust:
+    what adversarial training overfits (Rice et al. 2020) and what membership attacks exploit."""
+    idx = torch.from_numpy(np.flatnonzero(keep))
+    x, y = pool.images[idx], pool.labels[idx]
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seed)
+    return {
+        N_TRAIN_EVAL: int(idx.numel()),
+        TRAIN_NATURAL_ACC: accuracy(model, x, y, device=device, batch_size=cfg.batch_size),
+        TRAIN_ROBUST_ACC: accuracy(
+            model, x, y, device=device, batch_size=cfg.batch_size, attack=cfg.attack, generator=gen
+        ),
+    }
 
 
 def sample_statistics(

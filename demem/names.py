@@ -30,6 +30,21 @@ ROBUST_ACC_AA = "robust_acc_aa"  # under AutoAttack, where it ran (else None)
 N_AUTOATTACK = "n_autoattack"
 HELDOUT_ACCURACIES = (NATURAL_ACC, ROBUST_ACC, ROBUST_ACC_AA)
 
+# The same evaluation on the model's own training half (`evaluate_train_half`): with the held-out
+# numbers it gives the generalization gaps, natural and robust, that membership attacks exploit.
+N_TRAIN_EVAL = "n_train_eval"
+TRAIN_NATURAL_ACC = "train_natural_acc"
+TRAIN_ROBUST_ACC = "train_robust_acc_pgd"
+TRAIN_ACCURACIES = (TRAIN_NATURAL_ACC, TRAIN_ROBUST_ACC)
+# Train-half minus held-out accuracy (computed where the tables are built, from the keys above).
+NATURAL_GAP = "natural_gap"
+ROBUST_GAP = "robust_gap"
+GAPS = {NATURAL_GAP: (TRAIN_NATURAL_ACC, NATURAL_ACC), ROBUST_GAP: (TRAIN_ROBUST_ACC, ROBUST_ACC)}
+
+# What the robust membership signals cost (`demem.runner.evaluate_run`), in seconds per model.
+ADVERSARIAL_SECONDS = "adversarial_seconds"
+BOUNDARY_SECONDS = "boundary_seconds"
+
 # metrics.json of a finished run, besides the held-out keys and provenance.
 EPOCHS_DONE = "epochs_done"
 TRAIN_SECONDS = "train_seconds"

@@ -37,6 +37,7 @@ from demem.membership import keep_row
 from demem.methods import AWP, METHODS, MethodConfig, awp_loss, generate, objective
 from demem.models import MODELS, NORM_LAYERS, build_model
 from demem.penalty import DeMemConfig, load_risk_table, scores_for
+from demem.privacy.boundary import BoundaryConfig, radius_caps
 from demem.privacy.signals import query_plan
 
 SCHEDULES = ("step", "cosine", "constant")
@@ -130,6 +131,14 @@ class EvalConfig:
     8/255), keeping each sample's first successful iterate. AutoAttack is slow: it runs on the first
     `autoattack_samples` held-out samples. `queries` is K, the augmented views per sample whose
     membership signals are recorded for the privacy audit (identity, flip, shifts).
+
+    The robust membership signals, on every pool sample (`demem.privacy.signals.adversarial_signals`,
+    `demem.privacy.boundary`): `adversarial` is the PGD that crafts each sample's adversarial query
+    against the model itself (by default PGD-10 at the evaluation attack's eps and norm, cross-entropy,
+    a uniform start drawn from the sample's id, last iterate); `boundary` the bisection that finds each
+    sample's distance to the decision boundary. `RunConfig.from_dict` fills both in when the keys are
+    absent; null switches one off (its attacks are then refused in the audit, and a spec that asks
+    for them is refused before anything trains).
     """
 
     attack: AttackConfig | None = None
@@ -137,6 +146,8 @@ class EvalConfig:
     autoattack_samples: int = 1000
     batch_size: int = 500
     queries: int = 2
+    adversarial: AttackConfig | None = None
+    boundary: BoundaryConfig | None = None
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.autoattack_samples < 1 or self.queries < 1:
@@ -219,6 +230,19 @@ class RunConfig:
             "start": "uniform",
             **((raw.get("eval") or {}).get("attack") or {}),
         }
+        raw_eval = raw.get("eval") or {}
+        adversarial = raw_eval.get("adversarial", {})
+        if adversarial is not None:
+            threat = {k: ev[k] for k in ("eps", "norm") if k in ev}
+            adv = {"steps": 10, "start": "uniform", "keep_best": False, **threat, **adversarial}
+            adversarial = cfglib.build(AttackConfig, adv, "eval.adversarial.")
+        boundary = raw_eval.get("boundary", {})
+        if boundary is not None:
+            boundary = cfglib.build(BoundaryConfig, boundary, "eval.boundary.")
+            n_pixels = info.channels * info.image_size**2
+            eps_linf = float(ev["eps"]) if ev.get("norm", "linf") == "linf" else info.eps
+            caps = radius_caps(boundary, eps_linf=eps_linf, n_pixels=n_pixels)
+            boundary = replace(boundary, **{f"{norm}_max": cap for norm, cap in caps.items()})
         # lambda = 0 is the undefended method whatever the threshold or risk say: store it one way,
         # so that grid points that differ only there are one group, trained once.
         demem = run.demem if run.demem.active else DeMemConfig()
@@ -227,7 +251,12 @@ class RunConfig:
             train=train,
             demem=demem,
             attack=cfglib.build(AttackConfig, atk, "attack."),
-            eval=replace(run.eval, attack=cfglib.build(AttackConfig, ev, "eval.attack.")),
+            eval=replace(
+                run.eval,
+                attack=cfglib.build(AttackConfig, ev, "eval.attack."),
+                adversarial=adversarial,
+                boundary=boundary,
+            ),
         )
 
     def to_dict(self) -> dict[str, Any]:

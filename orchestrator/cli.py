@@ -67,7 +67,7 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
         path = store(name, key, timing)
         print(
             f"[{i}/{len(kinds)}] {group.label}: {timing['train_s_per_sample'] * 1e3:.3g} ms per training sample "
-            f"per epoch, {timing['eval_s_per_sample'] * 1e3:.3g} ms per evaluated sample on {name}"
+            f"per epoch, {timing['eval_s_per_sample'] * 1e3:.3g} ms per pool sample evaluated on {name}"
         )
     print(f"timings cached in {path}")
     print(spec.cost_text())

@@ -8,6 +8,8 @@
     lowfpr.parquet   one row per (group, seed, attack, FPR level): TPR pooled over the targets (each at its
                      own FPR), its exact binomial interval within the draw, and whether the level is
                      resolvable with the targets' non-members (`demem.privacy.roc.pooled_low_fpr`)
+    epsilon.parquet  one row per (group, seed, attack): the one-run epsilon bound of that audit and its
+                     per-fraction guess counts (JSON), which the summary pools over independent seeds
 
 The files are rebuilt from the experiment's directories each time, keyed by run id / group id, so
 collecting twice, or after a resume, never duplicates rows. A `schema_version` column lets later code
@@ -26,6 +28,7 @@ import pandas as pd
 from demem.artifacts import METRICS as METRICS_FILE
 from demem.artifacts import SCHEMA_VERSION
 from demem.io import write_parquet
+from demem.names import GAPS, TRAIN_ACCURACIES
 from orchestrator.columns import (
     FALLBACK_ATTACKS,
     FEW_SHADOWS,
@@ -34,9 +37,11 @@ from orchestrator.columns import (
     NATURAL_ACC,
     ROBUST_ACC,
     ROBUST_ACC_AA,
+    SIGNAL_COSTS,
 )
 from orchestrator.layout import (
     AUDITS,
+    EPSILON,
     LOWFPR,
     MEMBINS,
     ROC,
@@ -89,6 +94,9 @@ def runs_frame(spec: ExperimentSpec, exp: ExperimentDir) -> pd.DataFrame:
                 NATURAL_ACC: metrics.get(NATURAL_ACC),
                 ROBUST_ACC: metrics.get(ROBUST_ACC),
                 ROBUST_ACC_AA: metrics.get(ROBUST_ACC_AA),
+                **{key: metrics.get(key) for key in TRAIN_ACCURACIES},
+                **{gap: _difference(metrics, train, heldout) for gap, (train, heldout) in GAPS.items()},
+                **{key: metrics.get(key) for key in SIGNAL_COSTS},
                 "epsilon": metrics.get("epsilon"),
                 "train_loss": metrics.get("train_loss"),
                 "epochs_done": metrics.get("epochs_done"),
@@ -104,6 +112,12 @@ def runs_frame(spec: ExperimentSpec, exp: ExperimentDir) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows)
+
+
+def _difference(metrics: dict[str, Any], a: str, b: str) -> float | None:
+    """metrics[a] - metrics[b], None where either is missing (runs from before the key existed)."""
+    x, y = metrics.get(a), metrics.get(b)
+    return None if x is None or y is None else float(x) - float(y)
 
 
 def audits_frame(spec: ExperimentSpec, exp: ExperimentDir) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -129,6 +143,8 @@ def audits_frame(spec: ExperimentSpec, exp: ExperimentDir) -> tuple[pd.DataFrame
                             "attack": attack,
                             "variant": res["variant"],
                             "family": res["family"],
+                            "query": res.get("query", "clean"),
+                            "threat_model": res.get("threat_model", "scores"),
                             # reference models the attack used: one key for every attack (audits
                             # before it was one wrote LiRA's as n_shadows)
                             "n_shadow": res.get("n_references", res.get("n_shadows")),
@@ -180,6 +196,38 @@ def curves_frames(spec: ExperimentSpec, exp: ExperimentDir) -> tuple[pd.DataFram
     return pd.DataFrame(roc), pd.DataFrame(bins), pd.DataFrame(low)
 
 
+def epsilon_frame(spec: ExperimentSpec, exp: ExperimentDir) -> pd.DataFrame:
+    """The one-run epsilon bound of every audited (group, seed, attack), with its guess counts."""
+    labels = {g.group_id: g.label for g in spec.groups()}
+    rows = []
+    for g in spec.groups():
+        for seed in spec.seeds:
+            result = read_json(exp.audit_result(g.group_id, seed))
+            if result is None:
+                continue
+            pool_seed = (result.get("group") or {}).get("data", {}).get("pool_seed")
+            for attack, res in result["attacks"].items():
+                e = res.get("empirical_epsilon")
+                if not e:
+                    continue
+                rows.append(
+                    {
+                        "experiment": spec.name,
+                        "group_id": g.group_id,
+                        "group_label": labels[g.group_id],
+                        "seed": seed,
+                        "pool_seed": pool_seed,
+                        "attack": attack,
+                        "model": e["model"],
+                        **{
+                            k: e[k] for k in ("epsilon", "fraction", "r", "v", "canaries", "beta", "delta", "adjacency")
+                        },
+                        "counts": json.dumps([{k: c[k] for k in ("fraction", "r", "v")} for c in e["counts"]]),
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
 def collect(spec: ExperimentSpec, exp: ExperimentDir) -> list[Path]:
     """Write the Parquet files of the experiment; returns their paths."""
     runs = runs_frame(spec, exp)
@@ -192,6 +240,7 @@ def collect(spec: ExperimentSpec, exp: ExperimentDir) -> list[Path]:
         write_parquet(exp.table(ROC), roc),
         write_parquet(exp.table(MEMBINS), bins),
         write_parquet(exp.table(LOWFPR), low),
+        write_parquet(exp.table(EPSILON), epsilon_frame(spec, exp)),
     ]
 
 
@@ -204,6 +253,7 @@ class Tables:
     roc: pd.DataFrame
     membins: pd.DataFrame
     lowfpr: pd.DataFrame = field(default_factory=pd.DataFrame)
+    epsilon: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def load_tables(root: Path) -> Tables:
@@ -214,7 +264,9 @@ def load_tables(root: Path) -> Tables:
     if not all(exp.table(f).exists() for f in (RUNS, AUDITS, ROC, MEMBINS, LOWFPR)):
         collect(load_spec(exp.spec, check_data=False), exp)
     read = {f: pd.read_parquet(exp.table(f)) for f in (RUNS, AUDITS, ROC, MEMBINS, LOWFPR)}
-    return Tables(read[RUNS], read[AUDITS], read[ROC], read[MEMBINS], read[LOWFPR])
+    # epsilon.parquet is newer than the others: tables collected before it have no empirical epsilon
+    epsilon = pd.read_parquet(exp.table(EPSILON)) if exp.table(EPSILON).exists() else pd.DataFrame()
+    return Tables(read[RUNS], read[AUDITS], read[ROC], read[MEMBINS], read[LOWFPR], epsilon)
 
 
 def choose_attack(audits: pd.DataFrame) -> tuple[str, str]:

@@ -8,6 +8,8 @@ Ray-free and cheap to import (the spec validator uses it).
 from __future__ import annotations
 
 from demem.names import (
+    ADVERSARIAL_SECONDS,
+    BOUNDARY_SECONDS,
     EPOCH_CURVES,
     EPOCHS_DONE,
     EPSILON,
@@ -20,6 +22,8 @@ from demem.names import ROBUST_ACC_AA as ROBUST_ACC_AA
 
 # Per-model accuracy columns of metrics.json / runs.parquet.
 ACCURACY_METRICS = (*HELDOUT_ACCURACIES, EPSILON)
+# What the robust membership signals cost per model (runs.parquet).
+SIGNAL_COSTS = (ADVERSARIAL_SECONDS, BOUNDARY_SECONDS)
 # What a finished grid trial reports to Tune besides its ids.
 FINAL_KEYS = (*HELDOUT_ACCURACIES, EPSILON, TRAIN_LOSS, EPOCHS_DONE)
 # The TensorBoard curves of a grid trial: each epoch's training metrics, then the final accuracies.

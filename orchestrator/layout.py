@@ -48,7 +48,8 @@ from orchestrator.storage import TUNE, Remote, is_uri, redact, staging_dir
 
 RUNS, AUDITS, SAMPLES = "runs.parquet", "audits.parquet", "samples.parquet"
 ROC, MEMBINS, LOWFPR = "roc.parquet", "membins.parquet", "lowfpr.parquet"
-TABLES = (RUNS, AUDITS, SAMPLES, ROC, MEMBINS, LOWFPR)
+EPSILON = "epsilon.parquet"
+TABLES = (RUNS, AUDITS, SAMPLES, ROC, MEMBINS, LOWFPR, EPSILON)
 SPEC = "spec.yaml"
 LOCK = ".driver.lock"
 # trials.json of the largest spec (100,000 trials, each error cut to 2,000 characters) stays under this

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from demem.io import write_text
+from demem.names import NATURAL_GAP, ROBUST_GAP
 from demem.stats import detectable_difference, seeds_needed
 from orchestrator.columns import LEAKAGE_LABELS, NATURAL_ACC, POOLED_LEVELS, ROBUST_ACC, ROBUST_ACC_AA
 from orchestrator.fmt import fmt_ci, seeds_unit
@@ -37,6 +38,11 @@ RANKING_COLUMNS = [
     "leakage_n",
     *(f"{ROBUST_ACC}_{s}" for s in ("mean", "lo", "hi", "n")),
     *(f"{NATURAL_ACC}_{s}" for s in ("mean", "lo", "hi", "n")),
+    *(f"{ROBUST_GAP}_{s}" for s in ("mean", "lo", "hi", "n")),
+    *(f"{NATURAL_GAP}_{s}" for s in ("mean", "lo", "hi", "n")),
+    "strongest_attack",
+    *(f"strongest_{s}" for s in ("mean", "lo", "hi", "n")),
+    "empirical_epsilon",
     "mia_auc_mean",
     "epsilon_mean",
     "leakage_reduction_mean",
@@ -92,7 +98,9 @@ def ranking_markdown(df: pd.DataFrame, failed: list[tuple[str, str]] = ()) -> st
     has_aa = bool((df[f"{ROBUST_ACC_AA}_n"] > 0).any())
     has_eps = bool((df["epsilon_n"] > 0).any())
     head = ["rank", "front", "group", "defence", f"leakage ({LEAKAGE_LABELS[leak]}, {attack})", "robust acc (PGD)"]
-    head += ["robust acc (AutoAttack)"] * has_aa + ["natural acc"] + ["epsilon (DP)"] * has_eps
+    has_gap = bool((df[f"{ROBUST_GAP}_n"] > 0).any()) if f"{ROBUST_GAP}_n" in df else False
+    head += ["robust acc (AutoAttack)"] * has_aa + ["natural acc"] + ["robust gap (train − held-out)"] * has_gap
+    head += ["epsilon (DP)"] * has_eps
     head += ["Δ leakage vs baseline", "Δ robust vs baseline"]
     head += [f"pooled {LEAKAGE_LABELS[k]}" for k in POOLED_LEVELS] + ["not separable from"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
@@ -106,6 +114,7 @@ def ranking_markdown(df: pd.DataFrame, failed: list[tuple[str, str]] = ()) -> st
             _ci_of(r, ROBUST_ACC),
             *([_ci_of(r, ROBUST_ACC_AA)] if has_aa else []),
             _ci_of(r, NATURAL_ACC),
+            *([_ci_of(r, ROBUST_GAP)] if has_gap else []),
             *([_ci_of(r, "epsilon")] if has_eps else []),
             delta_text(r, "leakage_reduction", -1),
             delta_text(r, "robust_cost", -1),
@@ -286,12 +295,29 @@ def _caption(name: str, df: pd.DataFrame) -> str:
 
 
 def _markdown_to_html(md: str) -> str:
-    lines = [ln for ln in md.splitlines() if ln.startswith("|")]
-    note = [ln for ln in md.splitlines() if ln and not ln.startswith("|")]
-    rows = [[c.strip() for c in ln.strip("|").split("|")] for ln in lines]
-    head, body = rows[0], rows[2:]
-    out = ["<table><thead><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in head) + "</tr></thead><tbody>"]
-    out += ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in body]
-    out.append("</tbody></table>")
-    out += [f'<p class="meta">{html.escape(n)}</p>' for n in note]
+    """ranking.md as HTML: each block of table lines a table, each "###" line a heading, every other
+    line a note."""
+    out: list[str] = []
+    block: list[str] = []
+
+    def flush() -> None:
+        if not block:
+            return
+        rows = [[c.strip() for c in ln.strip("|").split("|")] for ln in block]
+        head, body = rows[0], rows[2:]
+        out.append("<table><thead><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in head) + "</tr></thead><tbody>")
+        out.extend("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in body)
+        out.append("</tbody></table>")
+        block.clear()
+
+    for ln in md.splitlines():
+        if ln.startswith("|"):
+            block.append(ln)
+            continue
+        flush()
+        if ln.startswith("### "):
+            out.append(f"<h3>{html.escape(ln[4:])}</h3>")
+        elif ln:
+            out.append(f'<p class="meta">{html.escape(ln)}</p>')
+    flush()
     return "\n".join(out)

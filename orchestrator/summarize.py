@@ -49,13 +49,16 @@ import pandas as pd
 
 from demem.io import write_parquet, write_text
 from demem.methods import METHODS
+from demem.names import GAPS, ROBUST_GAP, TRAIN_ACCURACIES
 from demem.pareto import crowding_distance, pareto_fronts, pareto_order
 from demem.stats import (
     excludes_zero,
     paired_seed_delta,
     seed_level,
+    t_interval,
     welch_diff,
 )
+from orchestrator import leakage as leaks
 from orchestrator import plots
 from orchestrator.collect import Tables, choose_attack, failed_groups, load_tables
 from orchestrator.columns import (
@@ -144,8 +147,8 @@ def summarize_groups(tables: Tables, *, leakage: str = AUTO, attack: str | None 
             "n_failed": int(((runs["group_id"] == gid) & (runs["status"] == "failed")).sum()),
             "attack": attack,
         }
-        for metric in ACCURACY_METRICS:
-            _put(row, metric, seed_level(g, metric))
+        for metric in (*ACCURACY_METRICS, *TRAIN_ACCURACIES, *GAPS):
+            _put(row, metric, seed_level(g, metric) if metric in g else t_interval([]) | _NO_UNITS)
         leaks = mine[mine["group_id"] == gid] if not mine.empty else _EMPTY_AUDITS
         for metric in LEAKAGE_METRICS:
             _put(row, f"mia_{metric}", seed_level(leaks, metric))
@@ -168,6 +171,7 @@ def summarize_groups(tables: Tables, *, leakage: str = AUTO, attack: str | None 
     return df.sort_values(["rank", "group_label"], na_position="last").reset_index(drop=True)
 
 
+_NO_UNITS = {"within_sd": np.nan, "units": 0}
 _EMPTY_AUDITS = pd.DataFrame({"seed": [], "target": [], **{m: [] for m in LEAKAGE_METRICS}})
 _EMPTY_POOLED = pd.DataFrame({"seed": [], "tpr": [], "lo": [], "hi": [], "resolvable": [], "n_nonmembers_min": []})
 
@@ -361,6 +365,16 @@ def _add_separability(df: pd.DataFrame, runs: pd.DataFrame, audits: pd.DataFrame
 # ---------------------------------------------------------------------------------------------------
 
 
+def _add_worst_case(df: pd.DataFrame, strongest: pd.DataFrame, epsilons: pd.DataFrame) -> None:
+    """Each group's strongest attack (chosen without peeking) and its empirical epsilon, as columns."""
+    by_id = strongest.set_index("group_id") if not strongest.empty else pd.DataFrame()
+    eps = epsilons.set_index("group_id") if not epsilons.empty else pd.DataFrame()
+    df["strongest_attack"] = [by_id.at[g, "attack"] if g in by_id.index else None for g in df["group_id"]]
+    for part in ("mean", "lo", "hi", "n"):
+        df[f"strongest_{part}"] = [by_id.at[g, f"value_{part}"] if g in by_id.index else np.nan for g in df["group_id"]]
+    df["empirical_epsilon"] = [eps.at[g, "empirical_epsilon"] if g in eps.index else np.nan for g in df["group_id"]]
+
+
 def group_table(exp: ExperimentDir, attack: str | None = None) -> str:
     """Per group: natural and robust accuracy and the attack's ROC AUC, each averaged within a seed
     (over the models / audited targets) and then across seeds, with the 95% t interval across seeds
@@ -376,25 +390,33 @@ def group_table(exp: ExperimentDir, attack: str | None = None) -> str:
         chosen = sorted(set(audits["attack"]))[0]
     mine = audits[audits["attack"] == chosen] if not audits.empty else audits
     w = 22
-    lines = [f"{'group':<40} {'seeds':>5} {'natural':>{w}} {'robust':>{w}} {'AUC (' + chosen + ')':>{w + 8}}"]
+    lines = [
+        f"{'group':<40} {'seeds':>5} {'natural':>{w}} {'robust':>{w}} {'robust gap':>{w}} "
+        f"{'AUC (' + chosen + ')':>{w + 8}}"
+    ]
     n_max = 0
     for (gid, label), g in done.groupby(["group_id", "group_label"], sort=False):
         cells = []
         for frame, metric in (
             (g, NATURAL_ACC),
             (g, ROBUST_ACC),
+            (g, ROBUST_GAP),
             (mine[mine["group_id"] == gid] if len(mine) else mine, "auc"),
         ):
-            ci = seed_level(frame, metric) if len(frame) else {"mean": math.nan, "lo": math.nan, "hi": math.nan}
+            has = len(frame) and metric in frame
+            ci = seed_level(frame, metric) if has else {"mean": math.nan, "lo": math.nan, "hi": math.nan}
             cells.append(fmt_ci(ci["mean"], ci["lo"], ci["hi"], digits=4))
         n = int(g["seed"].nunique())
         n_max = max(n_max, n)
         fail = f"  {int(failed[gid])} failed" if gid in failed.index else ""
-        lines.append(f"{label[:40]:<40} {n:>5} {cells[0]:>{w}} {cells[1]:>{w}} {cells[2]:>{w + 8}}{fail}")
+        lines.append(
+            f"{label[:40]:<40} {n:>5} {cells[0]:>{w}} {cells[1]:>{w}} {cells[2]:>{w}} {cells[3]:>{w + 8}}{fail}"
+        )
     lines += [f"{label[:40]:<40} FAILED: {what}" for label, what in failed_groups(runs)]
     lines.append(
         "mean over the models (accuracy) or audited targets (AUC) of each seed, then across seeds; "
         + ("± = 95% t interval across seeds." if n_max >= 2 else "one seed: one training draw, no interval.")
+        + " Robust gap: robust accuracy on the models' own training half minus on the held-out half."
     )
     lines += _paired_lines(tables, chosen)
     return "\n".join(lines)
@@ -445,11 +467,27 @@ def summarize(
     df = summarize_groups(tables, leakage=leakage, attack=attack)
     out = Path(out) if out is not None else ExperimentDir(root).summary
     out.mkdir(parents=True, exist_ok=True)
-    paths: dict[str, Path] = {"summary.parquet": write_parquet(out / "summary.parquet", df)}
+    paths: dict[str, Path] = {}
     ranking = df[[c for c in RANKING_COLUMNS if c in df.columns]]
     paths["ranking.csv"] = write_text(out / "ranking.csv", ranking.to_csv(index=False))
     failed = failed_groups(tables.runs)
-    md = ranking_markdown(df, failed)
+    labels = dict(zip(df["group_id"], df["group_label"]))
+    every = leaks.every_attack(tables.audits, tables.lowfpr, labels)
+    strongest = leaks.strongest(tables.audits, labels, metric=df["leakage_metric"].iloc[0])
+    epsilons = leaks.empirical_epsilons(tables.epsilon, tables.runs, labels)
+    _add_worst_case(df, strongest, epsilons)
+    paths["summary.parquet"] = write_parquet(out / "summary.parquet", df)
+    if not every.empty:
+        paths["attacks.csv"] = write_text(out / "attacks.csv", every.to_csv(index=False))
+    md_lines = [ranking_markdown(df, failed)]
+    for section in (
+        leaks.strongest_markdown(strongest),
+        leaks.every_attack_markdown(every),
+        leaks.epsilon_markdown(epsilons, strongest),
+    ):
+        if section:
+            md_lines += ["", *section]
+    md = "\n".join(md_lines)
     paths["ranking.md"] = write_text(out / "ranking.md", md + "\n")
     figures = plots.all_figures(df, tables.roc, tables.membins)
     for name, fig in figures.items():

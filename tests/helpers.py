@@ -23,6 +23,9 @@ def tiny_run(**overrides) -> RunConfig:
         "train": {"arch": "small-cnn", "epochs": 2, "batch_size": 128, "lr": 0.05},
         "method": {"name": "pgd_at"},
         "attack": {"steps": 1},
+        # The robust membership signals are off here (their cost would dwarf 2 epochs); the tests
+        # of the robust audit switch them on (ROBUST_SIGNALS).
+        "eval": {"adversarial": None, "boundary": None},
         "n_models": 2,
         "seed": 0,
     }
@@ -47,6 +50,10 @@ def train_group(directory, n_models: int, **overrides):
         train_run(run, Path(directory) / f"model-{m:02d}", "cpu", pool=pool)
     return Path(directory)
 
+
+# Cheap robust membership signals for tests: PGD-3 adversarial queries, boundary distances with 3
+# bisection rounds of PGD-3.
+ROBUST_SIGNALS = {"adversarial": {"steps": 3}, "boundary": {"bisections": 3, "steps": 3}}
 
 OVERFIT = {
     # 200 real samples, no augmentation, small batches, many epochs: each model memorises its 100

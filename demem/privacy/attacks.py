@@ -3,13 +3,21 @@
 Each attack is registered with what it needs and what it assumes, so that the audit, the spec's
 model-count checks and the command-line help read the same facts:
 
-    family        "lira", "rmia" or "threshold": the attack sets a spec or `--attacks` may name
+    family        "lira", "rmia", "threshold" or "boundary" (a threshold on the distance to the
+                  decision boundary)
+    query         what the signal is measured on: "clean" views, an "adversarial" query (PGD against
+                  the target itself), or the "boundary" distance (bisection with PGD)
     references    "online" (reference models that trained on the sample and ones that did not),
                   "offline" (only ones that did not) or "none" (the target's own signal)
     min_models    the smallest group it can be estimated on (below it the audit refuses it)
     signals       the per-sample signals it reads (demem.evaluate.sample_statistics)
     queries       "all" recorded queries (augmented views), or only the "first" (the clean image)
-    threat_model  what the adversary sees of the target: "scores" (its output probabilities)
+    threat_model  what the adversary gets from the target: "scores" (its output probabilities on
+                  inputs of its choice) or "white-box gradients" (its gradients as well, to craft
+                  the perturbed queries)
+
+Attack sets a spec or `--attacks` may name: each family (its clean-query attacks, as before robust
+signals existed), "adversarial" and "boundary" (every attack on those queries), "clean", and "all".
 
 An attack's `score` gets the audit's shared `AttackSetup` and returns `Scores`: one (targets, N)
 array, higher = more likely a member, and what to record beside the metrics. An attack that cannot be
@@ -26,7 +34,9 @@ from typing import Any
 import numpy as np
 
 from demem.artifacts import GroupData
+from demem.evasion import THREAT_NORMS
 from demem.privacy import mia, rmia
+from demem.privacy.boundary import log_distance
 from demem.registry import Registry
 
 # Every sample must be in at least 2 models of the group and out of at least 2 (the audit's own
@@ -77,10 +87,19 @@ class AttackSetup:
         sig = self.group.signals[name]
         return sig[:, :, 0] if queries == "first" else sig[:, :, : self.queries]
 
+    def has(self, name: str) -> bool:
+        return name in self.group.signals
+
     @cached_property
-    def true_label_probability(self) -> np.ndarray:
-        """p(y | x) per model and sample, averaged over the queries (RMIA's signal; computed once)."""
-        return rmia.true_label_probability(self.signal("loss"))
+    def _probabilities(self) -> dict[str, np.ndarray]:
+        return {}
+
+    def true_label_probability(self, loss: str = "loss", queries: str = "all") -> np.ndarray:
+        """p(y | x) per model and sample from the loss signal `loss`, averaged over the queries
+        (RMIA's signal; computed once per signal)."""
+        if loss not in self._probabilities:
+            self._probabilities[loss] = rmia.true_label_probability(self.signal(loss, queries))
+        return self._probabilities[loss]
 
 
 @dataclass(frozen=True)
@@ -112,15 +131,26 @@ class MembershipAttack:
     threat_model: str
     score: Callable[[AttackSetup], Scores]
     needs: str = ""  # why `min_models`, for the refusal messages
+    query: str = "clean"
 
 
 MIA: Registry[MembershipAttack] = Registry("membership attack")
+QUERY_KINDS = ("clean", "adversarial", "boundary")
+THREAT_MODELS = ("scores", "labels", "white-box gradients")
+# Where each robust signal comes from, for the refusal when a group did not record it.
+_RECORDED_BY = {"adversarial": "eval.adversarial", "boundary": "eval.boundary"}
 
 
 def register_attack(attack: MembershipAttack) -> MembershipAttack:
-    if attack.references not in ("online", "offline", "none") or attack.queries not in ("all", "first"):
+    if (
+        attack.references not in ("online", "offline", "none")
+        or attack.queries not in ("all", "first")
+        or attack.query not in QUERY_KINDS
+        or attack.threat_model not in THREAT_MODELS
+    ):
         raise ValueError(
-            f"membership attack {attack.name!r}: references {attack.references!r}, queries {attack.queries!r}"
+            f"membership attack {attack.name!r}: references {attack.references!r}, queries {attack.queries!r}, "
+            f"query {attack.query!r}, threat model {attack.threat_model!r}"
         )
     return MIA.register(attack.name)(attack)
 
@@ -131,9 +161,23 @@ def attack_names(family: str | None = None) -> tuple[str, ...]:
 
 
 def attack_sets() -> dict[str, tuple[str, ...]]:
-    """Names that stand for several attacks in attack lists: each family, and "all"."""
-    families = dict.fromkeys(MIA.get(n).family for n in MIA.registered())
-    return {**{f: attack_names(f) for f in families}, "all": attack_names()}
+    """Names that stand for several attacks in attack lists: each family (its clean-query attacks),
+    "adversarial" and "boundary" (the attacks on those queries), "clean", and "all"."""
+    every = [MIA.get(n) for n in MIA.registered()]
+    families = dict.fromkeys(a.family for a in every)
+    sets = {f: tuple(a.name for a in every if a.family == f and a.query == "clean") for f in families}
+    sets = {f: names for f, names in sets.items() if names}
+    for kind in QUERY_KINDS:
+        sets[kind] = tuple(a.name for a in every if a.query == kind)
+    return {**sets, "all": attack_names()}
+
+
+def recorded(setup: AttackSetup, signal: str, query: str) -> None:
+    """Refuse an attack whose signal the group's models did not record (a robust signal switched off)."""
+    if not setup.has(signal):
+        raise AttackRefused(
+            f"the models did not record {signal} ({_RECORDED_BY.get(query, 'eval')} was off when they trained)"
+        )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -146,11 +190,17 @@ _LIRA_NEEDS = (
 )
 
 
-def _lira(variant: str) -> Callable[[AttackSetup], Scores]:
+def _lira(
+    variant: str, signal: str = "phi", queries: str = "all", query: str = "clean", transform=None
+) -> Callable[[AttackSetup], Scores]:
     def score(setup: AttackSetup) -> Scores:
+        recorded(setup, signal, query)
+        values = setup.signal(signal, queries)
+        if transform is not None:
+            values = transform(setup, values)
         try:
             scores = mia.lira_scores(
-                setup.signal("phi"),
+                values,
                 setup.keep,
                 variant=variant,
                 targets=setup.targets,
@@ -162,7 +212,9 @@ def _lira(variant: str) -> Callable[[AttackSetup], Scores]:
         info = {
             "variant": variant,
             "family": "lira",
-            "queries": setup.queries,
+            "query": query,
+            "signal": signal,
+            "queries": setup.queries if queries == "all" else 1,
             "n_references": setup.n_references,
             "references": LEAVE_PAIR_OUT,
         }
@@ -171,14 +223,17 @@ def _lira(variant: str) -> Callable[[AttackSetup], Scores]:
     return score
 
 
-def _rmia(variant: str) -> Callable[[AttackSetup], Scores]:
+def _rmia(variant: str, signal: str = "loss", queries: str = "all", query: str = "clean"):
     def score(setup: AttackSetup) -> Scores:
-        prob = setup.true_label_probability
+        recorded(setup, signal, query)
+        prob = setup.true_label_probability(signal, queries)
         scores = rmia.rmia_scores(prob, setup.keep, variant=variant, targets=setup.targets, exclude=setup.partners)
         info = {
             "variant": variant,
             "family": "rmia",
-            "queries": setup.queries,
+            "query": query,
+            "signal": signal,
+            "queries": setup.queries if queries == "all" else 1,
             "n_references": setup.n_references,
             "references": LEAVE_PAIR_OUT,
             "population": "the target's non-members",
@@ -191,15 +246,24 @@ def _rmia(variant: str) -> Callable[[AttackSetup], Scores]:
     return score
 
 
-def _threshold(kind: str) -> Callable[[AttackSetup], Scores]:
+def _threshold(
+    kind: str, signal: str | None = None, query: str = "clean", family: str = "threshold"
+) -> Callable[[AttackSetup], Scores]:
     """Global-threshold scores of `kind` on each target, plus the balanced accuracy of per-class
-    thresholds learned on a shadow model (the next model of the group) and applied to the target."""
-    sig = mia.THRESHOLD_SIGNALS[kind][0]
+    thresholds learned on a shadow model (the next model of the group) and applied to the target.
+    `kind` "distance" scores the boundary distance itself (members lie farther from the boundary)."""
+    sig = signal or mia.THRESHOLD_SIGNALS[kind][0]
+
+    def one(values: np.ndarray) -> np.ndarray:
+        if kind == "distance":
+            return values
+        return mia.threshold_score(kind, **{mia.THRESHOLD_SIGNALS[kind][0]: values})
 
     def score(setup: AttackSetup) -> Scores:
+        recorded(setup, sig, query)
         group = setup.group
         arr = setup.signal(sig, "first").astype(np.float64)
-        every = np.stack([mia.threshold_score(kind, **{sig: arr[i]}) for i in range(group.n_models)])
+        every = np.stack([one(arr[i]) for i in range(group.n_models)])
         num_classes = int(group.labels.max()) + 1
         balanced = []
         for t in setup.targets:
@@ -209,7 +273,9 @@ def _threshold(kind: str) -> Callable[[AttackSetup], Scores]:
             balanced.append(mia.balanced_accuracy_of(pred, group.keep[t]))
         info = {
             "variant": "global_threshold",
-            "family": "threshold",
+            "family": family,
+            "query": query,
+            "signal": sig,
             "n_references": 1,
             "references": "the next model of the group learns the per-class thresholds; the global ROC uses none",
         }
@@ -218,11 +284,23 @@ def _threshold(kind: str) -> Callable[[AttackSetup], Scores]:
     return score
 
 
-def _builtin(name, family, variant, references, min_models, signal, queries, score, needs="") -> None:
-    """Register one of ours: each reads one signal and sees only the target's scores."""
+def _builtin(name, family, variant, references, min_models, signal, queries, score, needs="", query="clean") -> None:
+    """Register one of ours: each reads one signal; the clean ones see only the target's scores, the
+    robust ones also its gradients (to craft their queries)."""
+    threat = "scores" if query == "clean" else "white-box gradients"
     register_attack(
-        MembershipAttack(name, family, variant, references, min_models, (signal,), queries, "scores", score, needs)
+        MembershipAttack(name, family, variant, references, min_models, (signal,), queries, threat, score, needs, query)
     )
+
+
+def _log_distance(norm: str):
+    """The boundary LiRA's statistic: log of the distance, floored at a thousandth of the radius cap."""
+
+    def transform(setup: AttackSetup, values: np.ndarray) -> np.ndarray:
+        cap = setup.group.run["eval"]["boundary"][f"{norm}_max"]
+        return log_distance(values, cap)
+
+    return transform
 
 
 for _v in mia.LIRA_VARIANTS:
@@ -232,3 +310,59 @@ for _v in rmia.RMIA_VARIANTS:
 for _kind in mia.THRESHOLD_ATTACKS:
     _signal = mia.THRESHOLD_SIGNALS[_kind][0]
     _builtin(_kind, "threshold", "global_threshold", "none", AUDIT_MIN_MODELS, _signal, "first", _threshold(_kind))
+
+# On adversarial queries: the same attacks on the signals of a PGD example crafted against each model.
+_ADV = "adversarial"
+for _v in mia.LIRA_VARIANTS:
+    _lira_adv = _lira(_v, "adv_phi", "first", _ADV)
+    _builtin(
+        f"lira_{_v}_adv",
+        "lira",
+        _v,
+        _v.split("_")[0],
+        LIRA_MIN_MODELS,
+        "adv_phi",
+        "first",
+        _lira_adv,
+        _LIRA_NEEDS,
+        _ADV,
+    )
+for _v in rmia.RMIA_VARIANTS:
+    _builtin(
+        f"rmia_{_v}_adv",
+        "rmia",
+        _v,
+        _v,
+        AUDIT_MIN_MODELS,
+        "adv_loss",
+        "first",
+        _rmia(_v, "adv_loss", "first", _ADV),
+        query=_ADV,
+    )
+for _kind in mia.THRESHOLD_ATTACKS:
+    _signal = "adv_" + mia.THRESHOLD_SIGNALS[_kind][0]
+    _thr = _threshold(_kind, _signal, _ADV)
+    _builtin(
+        f"{_kind}_adv", "threshold", "global_threshold", "none", AUDIT_MIN_MODELS, _signal, "first", _thr, query=_ADV
+    )
+
+# Boundary distance (Choquette-Choo et al. 2021, Li & Zhang 2021): a threshold on it, and LiRA on its log.
+for _norm in THREAT_NORMS:
+    _signal = f"boundary_{_norm}"
+    _thr = _threshold("distance", _signal, "boundary", "boundary")
+    _builtin(
+        _signal, "boundary", "global_threshold", "none", AUDIT_MIN_MODELS, _signal, "first", _thr, query="boundary"
+    )
+    _lira_b = _lira("online_fixed", _signal, "first", "boundary", _log_distance(_norm))
+    _builtin(
+        f"lira_{_signal}",
+        "lira",
+        "online_fixed",
+        "online",
+        LIRA_MIN_MODELS,
+        _signal,
+        "first",
+        _lira_b,
+        _LIRA_NEEDS,
+        "boundary",
+    )

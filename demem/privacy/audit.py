@@ -16,7 +16,7 @@ import numpy as np
 
 from demem.artifacts import SCHEMA_VERSION, GroupData, group_key
 from demem.io import write_json, write_parquet
-from demem.names import HELDOUT_ACCURACIES
+from demem.names import GAPS, HELDOUT_ACCURACIES, TRAIN_ACCURACIES
 from demem.privacy.attacks import (
     LIRA_MIN_MODELS,
     LIRA_MIN_SHADOWS,
@@ -27,6 +27,7 @@ from demem.privacy.attacks import (
     attack_names,
     attack_sets,
 )
+from demem.privacy.epsilon import empirical_epsilon, epsilon_from_counts
 from demem.privacy.memorization import bin_table, memorization, per_sample_risk
 from demem.privacy.roc import attack_metrics, mean_std, pooled_low_fpr, roc_curve, roc_points
 
@@ -54,6 +55,7 @@ THRESHOLD_ATTACKS = attack_names("threshold")
 # Names that stand for several attacks in attack lists (CLI, specs).
 ATTACK_SETS = attack_sets()
 AUDIT_JSON, SAMPLES_TABLE = "audit.json", "samples.parquet"
+ACCURACIES = HELDOUT_ACCURACIES + TRAIN_ACCURACIES
 
 
 @dataclass(frozen=True)
@@ -113,11 +115,20 @@ def run_audit(group: GroupData, cfg: AuditConfig) -> tuple[dict[str, Any], dict[
         except AttackRefused as e:  # cannot be estimated here: say why, keep the others
             results[name] = {"variant": attack.variant, "skipped": str(e)}
             continue
-        results[name] = _summarise(scored, group.keep, setup.targets)
+        results[name] = {"query": attack.query, "threat_model": attack.threat_model}
+        results[name].update(_summarise(scored, group.keep, setup.targets))
+        one_run = _one_run(group, setup, scored.scores)
+        if one_run is not None:
+            results[name]["empirical_epsilon"] = one_run
         if attack.family == "lira" and (lira_for_risk is None or name == "lira_online"):
             lira_for_risk = scored.scores  # per-sample risk: online LiRA where it ran, else the first
     per_sample, bins = _per_sample(group, setup, lira_for_risk, cfg.memorization_from)
-    accs = {key: [mt[key] for mt in group.metrics if mt.get(key) is not None] for key in HELDOUT_ACCURACIES}
+    accs = {key: [mt[key] for mt in group.metrics if mt.get(key) is not None] for key in ACCURACIES}
+    for gap, (train, heldout) in GAPS.items():
+        both = [
+            mt[train] - mt[heldout] for mt in group.metrics if mt.get(train) is not None and mt.get(heldout) is not None
+        ]
+        accs[gap] = both
     result = {
         "schema_version": SCHEMA_VERSION,
         "group": group_key(group.run),
@@ -133,6 +144,7 @@ def run_audit(group: GroupData, cfg: AuditConfig) -> tuple[dict[str, Any], dict[
             for key, v in accs.items()
             if v
         },
+        "empirical_epsilon": _best_epsilon(results),
         "memorization_bins": bins,
         "memorization_source": cfg.memorization_from or "this group",
     }
@@ -165,6 +177,49 @@ def attack_setup(group: GroupData, cfg: AuditConfig) -> AttackSetup:
         if p >= 0 and not np.array_equal(keep[targets[j]], ~keep[p]):
             partners[j] = -1
     return AttackSetup(group, targets, partners, k)
+
+
+def _one_run(group: GroupData, setup: AttackSetup, scores: np.ndarray) -> dict[str, Any] | None:
+    """The one-run epsilon bound (demem.privacy.epsilon) from the scores of ONE target of the group.
+
+    One target only: its scores use the other models as references, whose keep rows the auditor knows;
+    with its partner left out, none of them depends on the target's coins, so its guesses see those
+    coins through the target alone (Theorem 3.1 of Steinke et al. 2023 needs exactly that). A second
+    target's scores would use the first's output as a reference. Independent seeds pool in the
+    summary. None where the scores are not finite or the keep row is not a random half of the pool
+    (`demem.membership`'s halves are what makes each swap a fair coin)."""
+    j = 0
+    row = scores[j : j + 1]
+    if not np.isfinite(row).all():
+        return None
+    t = int(setup.targets[j])
+    try:
+        bound = empirical_epsilon(row, group.keep[t : t + 1], group.model_index[t : t + 1], delta=_delta(group))
+    except ValueError:  # a keep row that is not one of our random halves: the swap argument needs them
+        return None
+    return {
+        k: bound[k] for k in ("epsilon", "fraction", "r", "v", "canaries", "counts", "beta", "delta", "adjacency")
+    } | {"model": int(group.model_index[t])}
+
+
+def _delta(group: GroupData) -> float:
+    """The delta of the refuted hypothesis: the DP groups' own (to compare with their accountant), 0
+    (pure DP) for the others."""
+    deltas = [mt.get("delta") for mt in group.metrics if mt.get("delta") is not None]
+    return float(max(deltas)) if deltas else 0.0
+
+
+def _best_epsilon(results: dict[str, Any]) -> dict[str, Any] | None:
+    """The best one-run bound over the attacks that ran, beta split over them (Bonferroni)."""
+    ran = {name: r["empirical_epsilon"] for name, r in results.items() if "empirical_epsilon" in r}
+    if not ran:
+        return None
+    best = None
+    for name, e in ran.items():
+        bound = epsilon_from_counts(e["counts"], delta=e["delta"], beta=e["beta"] / len(ran), canaries=e["canaries"])
+        if best is None or bound["epsilon"] > best["epsilon"]:
+            best = {"attack": name, **{k: bound[k] for k in ("epsilon", "r", "v", "canaries", "beta", "delta")}}
+    return {**best, "n_attacks": len(ran), "beta_total": next(iter(ran.values()))["beta"]}
 
 
 def _per_sample(
@@ -243,26 +298,38 @@ def format_table(result: dict[str, Any]) -> str:
         ("tpr_at_0_1pct", "TPR@0.1%"),
         ("tpr_at_0_01pct", "TPR@0.01%"),
     ]
-    lines = [f"{'attack':<20}" + "".join(f"{h:>17}" for _, h in cols)]
+    lines = [f"{'attack':<24}" + "".join(f"{h:>17}" for _, h in cols)]
     for name, res in result["attacks"].items():
         if "skipped" in res:
-            lines.append(f"{name:<20}  skipped: {res['skipped']}")
+            lines.append(f"{name:<24}  skipped: {res['skipped']}")
             continue
         mean = res["mean"]
-        lines.append(f"{name:<20}" + "".join(f"{mean[k + '_mean']:>9.4f} ± {mean[k + '_std']:<5.3f}" for k, _ in cols))
+        lines.append(f"{name:<24}" + "".join(f"{mean[k + '_mean']:>9.4f} ± {mean[k + '_std']:<5.3f}" for k, _ in cols))
     lines.append("pooled over targets (each at its own FPR), with exact 95% binomial intervals within this draw:")
     for name, res in result["attacks"].items():
         if "pooled" in res:
             lines.append(
-                f"  {name:<18}"
+                f"  {name:<24}"
                 + "   ".join(_pooled_cell(k, res["pooled"][k]) for k in ("tpr_at_1pct", "tpr_at_0_1pct"))
             )
-    acc = result.get("accuracy", {})
-    if acc:
+    eps = result.get("empirical_epsilon")
+    if eps:
         lines.append(
-            "accuracy (held-out): "
-            + ", ".join(f"{k} {v['mean']:.4f} ± {v['std']:.4f} (n={v['n']})" for k, v in acc.items())
+            f"empirical epsilon (one-run lower bound, {1 - eps['beta_total']:.0%}, {eps['n_attacks']} attacks, "
+            f"model {result['attacks'][eps['attack']]['empirical_epsilon']['model']}): {eps['epsilon']:.3f} "
+            f"({eps['attack']}: {eps['v']} of {eps['r']} guesses right, {eps['canaries']} swap canaries; "
+            "replace-one adjacency)"
         )
+    acc = result.get("accuracy", {})
+    parts = [
+        ("accuracy (held-out): ", [k for k in HELDOUT_ACCURACIES if k in acc]),
+        ("accuracy (training half): ", [k for k in TRAIN_ACCURACIES if k in acc]),
+        ("train minus held-out: ", [k for k in GAPS if k in acc]),
+    ]
+    for head, keys in parts:
+        if keys:
+            cells = (f"{k} {acc[k]['mean']:.4f} ± {acc[k]['std']:.4f} (n={acc[k]['n']} models)" for k in keys)
+            lines.append(head + ", ".join(cells))
     return "\n".join(lines)
 
 

@@ -12,6 +12,13 @@ signal is ever log(0), however confident the model.
 Queries are fixed, deterministic views of each image: the identity first, then a horizontal flip
 (where the dataset allows flips), then small shifts (and their flips). Averaging a member test over
 queries is what makes LiRA strong at low FPR on augmented training.
+
+Adversarial queries (`adversarial_signals`): the same signals on a PGD example crafted against the
+model itself, one per sample. Robust training keeps predictions stable in an eps-ball around each
+training point, so members and non-members differ most in how the model behaves there (Song, Shokri
+& Mittal, CCS 2019). Every sample's random start is drawn from its sample id alone, so each model of a
+group (target or shadow, member or not) runs the identical procedure on it. They are recorded as
+`adv_phi`, `adv_loss`, ... (N, 1); the audit's attacks read them by those names.
 """
 
 from __future__ import annotations
@@ -26,9 +33,12 @@ from torch import nn
 from demem.augment import shift
 from demem.data import DatasetInfo, Pool
 from demem.device import fast_path, layout, to_float
-from demem.evasion import eval_mode
+from demem.evasion import AttackConfig, eval_mode, initial_delta, pgd
 
 SIGNALS = ("phi", "loss", "entropy", "mentropy", "correct")
+ADVERSARIAL = "adv_"  # prefix of the signals on adversarial queries: adv_phi, adv_loss, ...
+ADVERSARIAL_SIGNALS = tuple(ADVERSARIAL + name for name in SIGNALS)
+_START_TAG = 0x616476  # "adv": the random stream of the adversarial queries' starts
 _SHIFTS = ((1, 0), (0, 1), (-1, 0), (0, -1), (1, 1), (-1, -1), (1, -1), (-1, 1), (2, 0), (0, 2), (-2, 0), (0, -2))
 
 
@@ -128,4 +138,43 @@ def pool_signals(
                     out[name][sl, q] = value.cpu().numpy()
     out["sample_id"] = pool.sample_ids.numpy().astype(np.int64)
     out["label"] = pool.labels.numpy().astype(np.int64)
+    return out
+
+
+def sample_starts(x: torch.Tensor, sample_ids: torch.Tensor, cfg: AttackConfig) -> torch.Tensor:
+    """Each sample's starting perturbation for `cfg`, drawn from its sample id alone (on the CPU, so
+    the same on every device): the same start for a sample whatever model, batch or order."""
+    out = torch.empty(x.shape, dtype=torch.float32)
+    for j, sid in enumerate(sample_ids.tolist()):
+        seed = int(np.random.SeedSequence([int(sid), _START_TAG]).generate_state(1)[0])
+        gen = torch.Generator().manual_seed(seed)
+        out[j] = initial_delta(torch.zeros((1, *x.shape[1:])), cfg, gen)[0]
+    return out.to(x.device)
+
+
+def adversarial_signals(
+    model: nn.Module, pool: Pool, attack: AttackConfig, *, device: torch.device, batch_size: int = 500
+) -> dict[str, np.ndarray]:
+    """The membership signals of `model` on a PGD example crafted against it for every pool sample.
+
+    The attack runs as the evaluation's do (eval mode, the device's fast path); the signals come from
+    full-precision logits of the result, as the clean ones do.
+
+    Returns:
+        ``adv_<signal>`` for each of SIGNALS as an (N, 1) array (float32; bool for correct), in pool order.
+    """
+    out = {
+        ADVERSARIAL + name: np.empty((pool.n, 1), dtype=bool if name == "correct" else np.float32) for name in SIGNALS
+    }
+    with eval_mode(model):
+        for sl in chunks(pool.n, batch_size):
+            x = to_float(pool.images[sl], device)
+            y = pool.labels[sl].to(device)
+            start = sample_starts(x, pool.sample_ids[sl], attack)
+            with fast_path(device):
+                x_adv = pgd(model, x, y, attack, start=start)
+            with torch.no_grad(), torch.autocast(device.type, enabled=False):
+                logits = model(layout(x_adv)).float()
+            for name, value in logit_signals(logits, y).items():
+                out[ADVERSARIAL + name][sl, 0] = value.cpu().numpy()
     return out

@@ -51,6 +51,7 @@ from orchestrator.spec.sections import (
     check_failure,
     check_queries,
     check_resources,
+    check_signals,
 )
 from orchestrator.spec.space import ALGORITHMS, DISTRIBUTIONS, MODES, SCHEDULERS, SearchSpec, check_search
 
@@ -146,6 +147,7 @@ def validate(raw: dict, *, check_data: bool = True, available: dict[str, float] 
     if seed_pool != "same" and raw.get("search") is not None:
         problems.append("seeds.pool: per-seed needs several seeds' groups; a search trains one seed (use pool: same)")
     check_queries(audit.queries, groups, problems)
+    check_signals(audit.attacks, groups, problems)
     if check_data:
         _check_data(groups, search, base, problems)
 

@@ -161,6 +161,34 @@ def check_queries(queries: int | None, groups: list[Group], problems: list[str])
             return
 
 
+def check_signals(attacks: tuple[str, ...], groups: list[Group], problems: list[str]) -> None:
+    """Every asked attack on adversarial queries or boundary distances needs its signal recorded by
+    the group's models (eval.adversarial, eval.boundary and its norms): refused before anything trains."""
+    for g in groups:
+        ev = g.run["eval"]
+        missing = []
+        for name in attacks:
+            attack = MIA.get(name)
+            if attack.query == "adversarial" and ev.get("adversarial") is None:
+                missing.append((name, "eval.adversarial is null"))
+            elif attack.query == "boundary":
+                norms = (ev.get("boundary") or {}).get("norms") or ()
+                norm = attack.signals[0].removeprefix("boundary_")
+                if norm not in norms:
+                    why = (
+                        "eval.boundary is null" if ev.get("boundary") is None else f"eval.boundary.norms has no {norm}"
+                    )
+                    missing.append((name, why))
+        if missing:
+            where = "" if g.label == "base" else f" at grid point {g.label}"
+            problems.append(
+                "audit.attacks: "
+                + "; ".join(f"{name} needs a signal the models would not record ({why})" for name, why in missing)
+                + f"{where}: record it, or leave those attacks out"
+            )
+            return
+
+
 def check_resources(resources: Any, available: dict[str, float] | None, problems: list[str]) -> ResourcesSpec:
     resources = mapping("resources", resources, problems)
     unknown_keys("resources", resources, tuple(sorted(ResourcesSpec.__dataclass_fields__)), problems)

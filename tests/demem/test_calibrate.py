@@ -43,12 +43,13 @@ def test_calibrate_times_a_dp_model(isolated_data_env):
     assert all(math.isfinite(v) and v > 0 for v in timing.values())
 
 
-def test_estimate_is_epochs_times_the_training_half_plus_the_evaluated_half():
+def test_estimate_is_epochs_times_the_training_half_plus_the_evaluated_pool():
+    # The evaluation: accuracies on both halves and every per-sample signal, on the whole pool.
     run = tiny_run(data={"pool_size": 1000}, train={"epochs": 7}).to_dict()
     t = {"train_s_per_sample": 0.002, "eval_s_per_sample": 0.01}
-    assert estimate_seconds(run, t) == pytest.approx(7 * 500 * 0.002 + 500 * 0.01)
+    assert estimate_seconds(run, t) == pytest.approx(7 * 500 * 0.002 + 1000 * 0.01)
     whole = tiny_run(data={"pool_size": None}, train={"epochs": 1}).to_dict()  # Fashion-MNIST: 70,000
-    assert estimate_seconds(whole, t) == pytest.approx(35_000 * 0.002 + 35_000 * 0.01)
+    assert estimate_seconds(whole, t) == pytest.approx(35_000 * 0.002 + 70_000 * 0.01)
 
 
 def test_cost_key_follows_what_changes_the_cost():
@@ -57,6 +58,10 @@ def test_cost_key_follows_what_changes_the_cost():
     assert cost_key(a) != cost_key(tiny_run().to_dict())  # the penalty's extra work
     assert cost_key(a) != cost_key(tiny_run(demem={"lambda": 0.4}, method={"name": "trades"}).to_dict())
     assert cost_key(a) != cost_key(tiny_run(demem={"lambda": 0.4}, attack={"steps": 7}).to_dict())
+    # the robust signals' passes
+    robust = tiny_run(demem={"lambda": 0.4}, eval={"adversarial": {"steps": 10}}).to_dict()
+    assert cost_key(a) != cost_key(robust)
+    assert cost_key(robust) != cost_key(tiny_run(demem={"lambda": 0.4}, eval={"boundary": {"steps": 2}}).to_dict())
 
 
 def test_cache_round_trip_and_a_corrupt_cache_is_ignored(cache):

@@ -32,8 +32,16 @@ def test_tiny_experiment_writes_parquet_and_tensorboard(tiny_experiment):
     assert runs["natural_acc"].between(0, 1).all() and runs["robust_acc_pgd"].between(0, 1).all()
     assert runs["natural_acc"].mean() > 0.1  # above chance after one short epoch
     assert set(runs["config.demem.lambda"]) == {0.0, 0.4}
-    # 2 groups x 4 targets x 2 attacks
-    assert len(audits) == 16 and set(audits["attack"]) == {"rmia_online", "loss"}
+    # 2 groups x 4 targets x 3 attacks, one on adversarial queries
+    assert len(audits) == 24 and set(audits["attack"]) == {"rmia_online", "loss", "loss_adv"}
+    assert set(audits.loc[audits["attack"] == "loss_adv", "query"]) == {"adversarial"}
+    assert set(audits.loc[audits["attack"] == "loss_adv", "threat_model"]) == {"white-box gradients"}
+    # both halves' accuracies and their gaps, and what the adversarial queries cost
+    assert runs["train_natural_acc"].between(0, 1).all() and runs["train_robust_acc_pgd"].between(0, 1).all()
+    np.testing.assert_allclose(runs["robust_gap"], runs["train_robust_acc_pgd"] - runs["robust_acc_pgd"])
+    assert (runs["adversarial_seconds"] > 0).all() and runs["boundary_seconds"].isna().all()  # boundary: null
+    epsilon = pd.read_parquet(exp.root / "epsilon.parquet")
+    assert len(epsilon) == 2 * 3 and (epsilon["model"] == 0).all() and (epsilon["epsilon"] >= 0).all()
     # reference models per target: M - 2 (target and partner left out) for RMIA, the one model that
     # learns per-class thresholds for the loss attack
     assert (audits.loc[audits["attack"] == "rmia_online", "n_shadow"] == 4 - 2).all()
@@ -156,10 +164,10 @@ def test_interrupted_experiment_resumes_to_the_same_rows(tiny_experiment, tmp_pa
     resumed = pd.read_parquet(exp_root / "runs.parquet").sort_values("run_id").reset_index(drop=True)
     reference = pd.read_parquet(tiny_experiment[0].root / "runs.parquet").sort_values("run_id").reset_index(drop=True)
     assert resumed["run_id"].tolist() == reference["run_id"].tolist()
-    for col in ("natural_acc", "robust_acc_pgd", "train_loss"):
+    for col in ("natural_acc", "robust_acc_pgd", "train_loss", "train_robust_acc_pgd"):
         assert resumed[col].tolist() == reference[col].tolist(), col
     audits = pd.read_parquet(exp_root / "audits.parquet")
-    assert len(audits) == 16 and not audits.duplicated(["group_id", "seed", "target", "attack"]).any()
+    assert len(audits) == 24 and not audits.duplicated(["group_id", "seed", "target", "attack"]).any()
     shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
@@ -244,6 +252,16 @@ def test_summarize_reads_a_real_experiment(tiny_experiment, tmp_path):
     assert df["natural_acc_lo"].isna().all() and not df["separable"].any()
     assert "With one seed there is no group-level interval" in (tmp_path / "ranking.md").read_text()
     assert (df["attack"] == "rmia_online").all()  # the headline with 2 reference models
+    # the worst case: one seed, so the strongest attack is chosen on targets 0 and 2 and reported on 1 and 3
+    md = (tmp_path / "ranking.md").read_text()
+    assert "### The strongest attack, chosen without peeking" in md and "### Every attack" in md
+    assert "selected on targets 0, 2, reported on targets 1, 3 (one draw)" in md
+    assert df["strongest_attack"].isin(["rmia_online", "loss", "loss_adv"]).all()
+    assert "### Empirical epsilon" in md and (df["empirical_epsilon"] >= 0).all()
+    assert "robust gap (train − held-out)" in md
+    every = pd.read_csv(paths["attacks.csv"])
+    assert len(every) == 6 and set(every["query"]) == {"clean", "adversarial"}
+    assert "<h3>Every attack</h3>" in paths["report.html"].read_text()
     assert df["natural_acc_mean"].between(0, 1).all() and np.isfinite(df.loc[0.4, "robust_cost_mean"])
     assert paths["roc.png"].stat().st_size > 10_000 and "report.html" in paths
     # 4 models on a 512-sample pool: 256 non-members per target, too few to rank by TPR at 1% FPR

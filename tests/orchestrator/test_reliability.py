@@ -365,7 +365,7 @@ def test_a_real_full_filesystem_then_resume(tmp_path):
         assert second.returncode == 0, second.stderr[-3000:]
         runs = pd.read_parquet(storage / "tiny" / "runs.parquet")
         assert len(runs) == 8 and (runs["status"] == "done").all()
-        assert len(pd.read_parquet(storage / "tiny" / "audits.parquet")) == 16
+        assert len(pd.read_parquet(storage / "tiny" / "audits.parquet")) == 24  # 2 groups x 4 targets x 3 attacks
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
 

@@ -17,7 +17,7 @@ import yaml
 from demem.membership import keep_mask
 from demem.methods import METHODS
 from demem.privacy import mia
-from demem.privacy.audit import LIRA_ATTACKS, LIRA_MIN_SHADOWS, MIA_ATTACKS
+from demem.privacy.audit import ATTACK_SETS, LIRA_MIN_SHADOWS, MIA_ATTACKS
 from demem.train import RunConfig
 from orchestrator import spec as speclib
 from orchestrator.spec import (
@@ -284,13 +284,14 @@ BAD = [
         "audit.attacks: lira_online_fixed, lira_offline_fixed need at least 6 models per group, got 4: each sample "
         "needs 2 IN and 2 OUT shadows besides the target and its partner to estimate a variance (the fixed variants "
         "use the median of the per-sample ones); use more models, or attacks that run on 4: rmia_online, rmia_offline, "
-        "loss, confidence, entropy, modified_entropy",
+        "loss, confidence, entropy, modified_entropy, rmia_online_adv, rmia_offline_adv, loss_adv, confidence_adv, "
+        "entropy_adv, modified_entropy_adv, boundary_linf, boundary_l2",
     ),
     (
         "audit-unknown-attack",
         patched(("audit.attacks", ["loss", "lira_magic", "gap"])),
         f"audit.attacks: unknown attack(s) 'lira_magic', 'gap'; known: {', '.join(MIA_ATTACKS)}, "
-        "and lira, rmia, threshold, all",
+        "and lira, rmia, threshold, clean, adversarial, boundary, all",
     ),
     ("audit-attacks-empty", patched(("audit.attacks", [])), "audit.attacks: must be a non-empty list of attack names"),
     ("audit-targets", patched(("audit.targets", 0)), "audit.targets: must be an integer >= 1 or null"),
@@ -471,7 +472,8 @@ def test_every_problem_is_reported_at_once():
         f"grid point method=madry: unknown method 'madry'; known: {KNOWN_METHODS}",
         "seeds: must be a non-empty list of integers >= 0",
         "audit.models: must be an integer >= 2",
-        f"audit.attacks: unknown attack(s) 'nope'; known: {', '.join(MIA_ATTACKS)}, and lira, rmia, threshold, all",
+        f"audit.attacks: unknown attack(s) 'nope'; known: {', '.join(MIA_ATTACKS)}, "
+        "and lira, rmia, threshold, clean, adversarial, boundary, all",
         "resources.cpu: must be > 0",
         "resources.gpu: must be >= 0",
         "max_concurrent: must be an integer >= 1 or null",
@@ -576,7 +578,7 @@ def test_group_id_is_stable_and_content_keyed():
     # A pinned value: a change to the hashing, or a new RunConfig field, changes every group id and so
     # orphans stored results. If this fails on purpose, say so in CHANGELOG.md.
     run = resolve_run({"data": {"pool_size": 64}, "train": {"epochs": 2}}, {}, 4)
-    assert group_id(run) == "d66e1ec6aae4" == group_id(copy.deepcopy(run))
+    assert group_id(run) == "f57608f0b9a3" == group_id(copy.deepcopy(run))
     # Where the data lie is not part of the group; what they are, and M, are.
     moved = resolve_run(
         {"data": {"pool_size": 64, "root": "/elsewhere", "download": True}, "train": {"epochs": 2}}, {}, 4
@@ -676,7 +678,7 @@ def test_audit_model_minimums_match_the_audit_code(m):
     assert (keep.sum(0).min() >= 2 and (~keep).sum(0).min() >= 2) == (m >= speclib.MIN_MODELS_AUDIT)
     # As run_audit attacks: each target's complementary partner left out too.
     partners = [t ^ 1 if (t ^ 1) < m and np.array_equal(keep[t], ~keep[t ^ 1]) else -1 for t in range(m)]
-    for attack in LIRA_ATTACKS:
+    for attack in ATTACK_SETS["lira"]:  # the clean LiRAs: their estimator's variants
         variant = attack.removeprefix("lira_")
         try:
             mia.lira_scores(signals, keep, variant=variant, min_shadows=LIRA_MIN_SHADOWS, exclude=partners)
@@ -704,7 +706,17 @@ def test_quickstart_spec():
     run = groups[0].run
     assert run["data"]["dataset"] == "fashion-mnist" and run["train"]["arch"] == "small-cnn"
     assert run["eval"]["attack"]["steps"] == 10 and run["eval"]["queries"] == 2
-    assert set(spec.audit.attacks) == {"rmia_online", "rmia_offline", "loss"}  # LiRA needs 6 models
+    # LiRA needs 6 models; the robust attacks read signals the quickstart records
+    assert set(spec.audit.attacks) == {
+        "rmia_online",
+        "rmia_offline",
+        "loss",
+        "rmia_online_adv",
+        "rmia_offline_adv",
+        "loss_adv",
+        "boundary_linf",
+    }
+    assert run["eval"]["adversarial"]["steps"] == 10 and run["eval"]["boundary"]["norms"] == ["linf"]
     assert spec.resources.cpu == 1
 
 
@@ -716,7 +728,31 @@ def test_tiny_spec():
     assert len(spec.trials()) == 8 and spec.audit.models == 4
     assert all(g.run["train"]["epochs"] == 1 and g.run["data"]["pool_size"] == 512 for g in groups)
     assert groups[0].run["eval"]["attack"]["steps"] == 3
-    assert spec.audit.attacks == ("rmia_online", "loss") and spec.resources == ResourcesSpec(cpu=1.0, gpu=0.0)
+    assert spec.audit.attacks == ("rmia_online", "loss", "loss_adv")
+    assert spec.resources == ResourcesSpec(cpu=1.0, gpu=0.0)
+    assert groups[0].run["eval"]["adversarial"]["steps"] == 1 and groups[0].run["eval"]["boundary"] is None
+
+
+def test_robust_attacks_need_their_signals_recorded():
+    # By default every model records both robust signals (both norms of the boundary distance).
+    spec = validate(patched(("audit.attacks", ["loss_adv", "boundary_linf", "boundary_l2"])), check_data=False)
+    run = spec.groups()[0].run
+    assert run["eval"]["adversarial"]["eps"] == pytest.approx(0.1) and run["eval"]["adversarial"]["steps"] == 10
+    assert run["eval"]["boundary"]["norms"] == ["linf", "l2"] and run["eval"]["boundary"]["linf_max"] == 0.4
+    # Switched off, or a norm not recorded: refused before anything trains, naming what to record.
+    with pytest.raises(
+        SpecError, match=r"loss_adv needs a signal the models would not record \(eval.adversarial is null\)"
+    ):
+        validate(
+            patched(("audit.attacks", ["loss", "loss_adv"]), ("base.eval", {"adversarial": None})), check_data=False
+        )
+    with pytest.raises(SpecError, match=r"boundary_l2 needs .* \(eval.boundary.norms has no l2\)"):
+        validate(
+            patched(("audit.attacks", ["boundary_l2"]), ("base.eval", {"boundary": {"norms": ["linf"]}})),
+            check_data=False,
+        )
+    with pytest.raises(SpecError, match=r"at grid point .*boundary=None|eval.boundary is null"):
+        validate(patched(("audit.attacks", ["boundary_linf"]), ("base.eval", {"boundary": None})), check_data=False)
 
 
 def test_missing_dataset_names_the_places_and_the_fetch_command(tmp_path, monkeypatch):

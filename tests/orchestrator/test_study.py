@@ -30,6 +30,7 @@ def test_the_shrunken_study_runs_and_every_claim_is_analysed(ray_session, tmp_pa
     raw["base"]["data"]["pool_size"] = 64
     raw["base"]["train"]["epochs"] = 1
     raw["base"]["eval"]["attack"]["steps"] = 1
+    raw["base"]["eval"].update(adversarial=None, boundary=None)  # the study's attacks read neither
     raw["seeds"]["train"] = [0, 1]
     raw["audit"]["models"] = 6  # the fewest LiRA accepts
     path = tmp_path / "study.yaml"

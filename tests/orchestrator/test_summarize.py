@@ -269,6 +269,7 @@ def test_summarize_writes_every_output(experiment, tmp_path):
         "summary.parquet",
         "ranking.csv",
         "ranking.md",
+        "attacks.csv",
         "pareto.png",
         "roc.png",
         "membins.png",

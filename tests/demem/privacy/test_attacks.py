@@ -17,8 +17,10 @@ from demem.privacy.roc import attack_metrics
 from demem.train import RunConfig
 
 
-def synthetic_group(m: int, n: int = 60, k: int = 2, seed: int = 0) -> GroupData:
-    """A group of `m` models on complementary pairs of halves, whose members have lower losses."""
+def synthetic_group(m: int, n: int = 60, k: int = 2, seed: int = 0, robust: bool = True) -> GroupData:
+    """A group of `m` models on complementary pairs of halves, whose members have lower losses (on
+    clean and adversarial queries) and lie farther from the decision boundary; `robust=False` leaves
+    out the robust signals, as models trained with eval.adversarial and eval.boundary off do."""
     rng = np.random.default_rng(seed)
     keep = np.zeros((m, n), bool)
     for p in range(m // 2):
@@ -33,6 +35,20 @@ def synthetic_group(m: int, n: int = 60, k: int = 2, seed: int = 0) -> GroupData
         "mentropy": rng.random((m, n, k)),
         "correct": (rng.random((m, n, k)) < 0.8).astype(np.float32),
     }
+    if robust:
+        adv_loss = rng.exponential(2.0, size=(m, n, 1)) * np.where(keep[..., None], 0.6, 1.0)
+        adv_p = np.exp(-adv_loss)
+        signals.update(
+            adv_loss=adv_loss,
+            adv_phi=np.log(adv_p) - np.log1p(-np.minimum(adv_p, 1 - 1e-9)),
+            adv_entropy=rng.random((m, n, 1)),
+            adv_mentropy=rng.random((m, n, 1)),
+            adv_correct=rng.random((m, n, 1)) < 0.5,
+        )
+        for norm, cap in (("linf", 0.4), ("l2", 5.6)):
+            d = np.minimum(rng.exponential(cap / 4, size=(m, n, 1)) * np.where(keep[..., None], 1.5, 1.0), cap)
+            signals[f"boundary_{norm}"] = d
+            signals[f"boundary_{norm}_censored"] = d >= cap
     run = RunConfig.from_dict({"data": {"dataset": "fashion-mnist", "pool_size": n}}).to_dict()
     return GroupData(
         dirs=[Path(f"m{i}") for i in range(m)],
@@ -51,18 +67,32 @@ def test_the_audit_names_come_from_the_registry():
     assert audit.MIA_ATTACKS == tuple(MIA.registered())
     for family, names in (("lira", audit.LIRA_ATTACKS), ("rmia", audit.RMIA_ATTACKS)):
         assert names and all(MIA.get(n).family == family for n in names)
-        assert audit.ATTACK_SETS[family] == names
+        # a family's set is its clean-query attacks, as before robust signals existed
+        assert audit.ATTACK_SETS[family] == tuple(n for n in names if MIA.get(n).query == "clean")
     assert audit.ATTACK_SETS["all"] == audit.MIA_ATTACKS
-    assert set(audit.ATTACK_SETS) == {"lira", "rmia", "threshold", "all"}
-    assert audit.THRESHOLD_ATTACKS == mia.THRESHOLD_ATTACKS
-    assert audit.LIRA_ATTACKS == tuple(f"lira_{v}" for v in mia.LIRA_VARIANTS)
-    assert audit.RMIA_ATTACKS == tuple(f"rmia_{v}" for v in rmia.RMIA_VARIANTS)
+    assert set(audit.ATTACK_SETS) == {"lira", "rmia", "threshold", "clean", "adversarial", "boundary", "all"}
+    assert audit.ATTACK_SETS["threshold"] == mia.THRESHOLD_ATTACKS
+    assert audit.ATTACK_SETS["lira"] == tuple(f"lira_{v}" for v in mia.LIRA_VARIANTS)
+    assert audit.ATTACK_SETS["rmia"] == tuple(f"rmia_{v}" for v in rmia.RMIA_VARIANTS)
+    assert audit.ATTACK_SETS["adversarial"] == tuple(
+        f"{n}_adv" for n in (*audit.ATTACK_SETS["lira"], *audit.ATTACK_SETS["rmia"], *mia.THRESHOLD_ATTACKS)
+    )
+    assert audit.ATTACK_SETS["boundary"] == ("boundary_linf", "lira_boundary_linf", "boundary_l2", "lira_boundary_l2")
+    assert sorted(
+        audit.ATTACK_SETS["clean"] + audit.ATTACK_SETS["adversarial"] + audit.ATTACK_SETS["boundary"]
+    ) == sorted(audit.MIA_ATTACKS)
     # The facts each attack states match what its estimator reads.
-    for name in audit.LIRA_ATTACKS:
+    for name in audit.ATTACK_SETS["lira"]:
         a = MIA.get(name)
         assert (a.signals, a.queries, a.references) == (("phi",), "all", "offline" if "offline" in name else "online")
-    for name in audit.THRESHOLD_ATTACKS:
-        assert MIA.get(name).queries == "first" and MIA.get(name).references == "none"
+    for name in (*audit.ATTACK_SETS["threshold"], *audit.ATTACK_SETS["boundary"]):
+        assert MIA.get(name).queries == "first"
+        assert MIA.get(name).references == ("online" if name.startswith("lira") else "none")
+    for name in (*audit.ATTACK_SETS["adversarial"], *audit.ATTACK_SETS["boundary"]):
+        a = MIA.get(name)
+        assert a.threat_model == "white-box gradients" and a.queries == "first"
+        assert a.signals[0].startswith("adv_" if a.query == "adversarial" else "boundary_")
+    assert {MIA.get(n).threat_model for n in audit.ATTACK_SETS["clean"]} == {"scores"}
 
 
 def test_attack_help_lists_every_registered_attack(capsys):
@@ -91,6 +121,24 @@ def test_each_builtin_attack_equals_its_estimator_called_directly():
     for v in rmia.RMIA_VARIANTS:
         want = rmia.rmia_scores(prob, group.keep, variant=v, exclude=partners)
         np.testing.assert_array_equal(MIA.get(f"rmia_{v}").score(setup).scores, want)
+    # On adversarial queries: the same estimators on the adv_ signals.
+    for v in mia.LIRA_VARIANTS:
+        want = mia.lira_scores(group.signals["adv_phi"], group.keep, variant=v, min_shadows=2, exclude=partners)
+        np.testing.assert_array_equal(MIA.get(f"lira_{v}_adv").score(setup).scores, want)
+    prob = np.exp(-group.signals["adv_loss"][:, :, 0])
+    for v in rmia.RMIA_VARIANTS:
+        want = rmia.rmia_scores(prob, group.keep, variant=v, exclude=partners)
+        np.testing.assert_array_equal(MIA.get(f"rmia_{v}_adv").score(setup).scores, want)
+    np.testing.assert_array_equal(MIA.get("loss_adv").score(setup).scores, -group.signals["adv_loss"][:, :, 0])
+    np.testing.assert_array_equal(MIA.get("confidence_adv").score(setup).scores, group.signals["adv_phi"][:, :, 0])
+    # Boundary distance: the distance itself, and online LiRA (global variance) on its floored log.
+    for norm in ("linf", "l2"):
+        d = group.signals[f"boundary_{norm}"][:, :, 0]
+        np.testing.assert_array_equal(MIA.get(f"boundary_{norm}").score(setup).scores, d)
+        cap = group.run["eval"]["boundary"][f"{norm}_max"]
+        log_d = np.log(np.maximum(d, cap * 1e-3))
+        want = mia.lira_scores(log_d, group.keep, variant="online_fixed", min_shadows=2, exclude=partners)
+        np.testing.assert_array_equal(MIA.get(f"lira_boundary_{norm}").score(setup).scores, want)
     scored = MIA.get("loss").score(setup)
     np.testing.assert_array_equal(scored.scores, -group.signals["loss"][:, :, 0])
     # Per-class thresholds learned on the next model, applied to the target.
@@ -116,6 +164,17 @@ def test_each_attack_runs_from_its_stated_minimum_and_is_refused_below(name):
     else:  # the audit's own floor: every sample in 2 models and out of 2
         with pytest.raises(ValueError, match=">= 2 IN and >= 2 OUT"):
             audit.run_audit(synthetic_group(smaller), audit.AuditConfig(attacks=(name,)))
+
+
+@pytest.mark.parametrize("name", [*audit.ATTACK_SETS["adversarial"], *audit.ATTACK_SETS["boundary"]])
+def test_a_robust_attack_on_models_that_did_not_record_its_signal_is_refused(name):
+    result, _ = audit.run_audit(synthetic_group(8, robust=False), audit.AuditConfig(attacks=(name, "loss")))
+    assert "did not record" in result["attacks"][name]["skipped"]
+    assert (
+        "eval.adversarial" in result["attacks"][name]["skipped"]
+        or "eval.boundary" in result["attacks"][name]["skipped"]
+    )
+    assert "mean" in result["attacks"]["loss"]  # the others still run
 
 
 def _negated_loss(setup: attacks.AttackSetup) -> Scores:
@@ -165,9 +224,10 @@ def test_the_readme_attack_table_states_what_the_registry_says():
         if not all(n in MIA for n in names):
             continue  # another table of the README
         signal, queries = (c.strip() for c in cells[4].split(","))
+        query, threat = (c.strip() for c in cells[5].split(",", 1))
         for name in names:
-            stated[name] = (cells[1], cells[2], int(cells[3]), (signal,), queries)
+            stated[name] = (cells[1], cells[2], int(cells[3]), (signal,), queries, query, threat)
     assert set(stated) == set(MIA.registered())
     for name, facts in stated.items():
         a = MIA.get(name)
-        assert facts == (a.family, a.references, a.min_models, a.signals, a.queries), name
+        assert facts == (a.family, a.references, a.min_models, a.signals, a.queries, a.query, a.threat_model), name
