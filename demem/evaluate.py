@@ -12,12 +12,15 @@ from demem.data import Pool
 from demem.device import fast_path, to_float
 from demem.evasion import AttackConfig, eval_mode, run_attack
 from demem.names import (
+    GAP_ATTACK,
     N_AUTOATTACK,
     N_HELDOUT,
     N_TRAIN_EVAL,
     NATURAL_ACC,
+    NATURAL_GAP,
     ROBUST_ACC,
     ROBUST_ACC_AA,
+    ROBUST_GAP,
     TRAIN_NATURAL_ACC,
     TRAIN_ROBUST_ACC,
 )
@@ -85,24 +88,51 @@ def evaluate_heldout(
     return out
 
 
-def evaluate_train_half(
-    model: nn.Module, pool: Pool, keep: np.ndarray, cfg: EvalConfig, *, device: torch.device, seed: int = 0
-) -> dict[str, float | int]:
-    """Natural and PGD accuracy on the samples this model trained on (keep == 1), by the same
-    procedure as `evaluate_heldout` (the same attack, its RNG seeded from `seed` alone; no
-    AutoAttack). Train half minus held-out half is the generalization gap, natural and robust:
-    what adversarial training overfits (Rice et al. 2020) and what membership attacks exploit."""
-    idx = torch.from_numpy(np.flatnonzero(keep))
-    x, y = pool.images[idx], pool.labels[idx]
-    gen = torch.Generator(device=device)
-    gen.manual_seed(seed)
-    return {
-        N_TRAIN_EVAL: int(idx.numel()),
-        TRAIN_NATURAL_ACC: accuracy(model, x, y, device=device, batch_size=cfg.batch_size),
-        TRAIN_ROBUST_ACC: accuracy(
-            model, x, y, device=device, batch_size=cfg.batch_size, attack=cfg.attack, generator=gen
-        ),
+def generalization_gap(
+    model: nn.Module,
+    pool: Pool,
+    keep: np.ndarray,
+    stats: dict[str, np.ndarray],
+    cfg: EvalConfig,
+    *,
+    heldout_robust: float,
+    device: torch.device,
+    seed: int = 0,
+) -> dict[str, float | int | str]:
+    """Natural and robust accuracy on the model's own training half, and each minus the same on its
+    held-out half: the generalization gaps that adversarial training overfits (Rice et al. 2020) and
+    membership attacks exploit. Each gap compares one procedure on both halves:
+
+    - natural: the clean queries' correctness (`stats["correct"]`, the identity view);
+    - robust: the adversarial queries' correctness where they were recorded (`stats["adv_correct"]`,
+      `cfg.adversarial`: free, the pass already ran on every sample); else PGD on the training half as
+      `evaluate_heldout` runs it on the held-out half (its attack, its RNG seeded from `seed`),
+      against that evaluation's `heldout_robust`.
+    """
+    keep = np.asarray(keep, dtype=bool)
+    correct = np.asarray(stats["correct"])[:, 0]
+    out: dict[str, float | int | str] = {
+        N_TRAIN_EVAL: int(keep.sum()),
+        TRAIN_NATURAL_ACC: float(correct[keep].mean()),
+        NATURAL_GAP: float(correct[keep].mean() - correct[~keep].mean()),
     }
+    if "adv_correct" in stats:
+        adv = np.asarray(stats["adv_correct"])[:, 0]
+        train, heldout = float(adv[keep].mean()), float(adv[~keep].mean())
+        a = cfg.adversarial
+        how = f"adversarial queries (PGD-{a.steps}, eps {a.eps:g} {a.norm}, last iterate) on both halves"
+    else:
+        idx = torch.from_numpy(np.flatnonzero(keep))
+        gen = torch.Generator(device=device)
+        gen.manual_seed(seed)
+        x, y = pool.images[idx], pool.labels[idx]
+        train = accuracy(model, x, y, device=device, batch_size=cfg.batch_size, attack=cfg.attack, generator=gen)
+        heldout = heldout_robust
+        how = f"the evaluation attack (PGD-{cfg.attack.steps}) on both halves"
+    out[TRAIN_ROBUST_ACC] = train
+    out[ROBUST_GAP] = train - heldout
+    out[GAP_ATTACK] = how
+    return out
 
 
 def sample_statistics(

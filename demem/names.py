@@ -30,16 +30,17 @@ ROBUST_ACC_AA = "robust_acc_aa"  # under AutoAttack, where it ran (else None)
 N_AUTOATTACK = "n_autoattack"
 HELDOUT_ACCURACIES = (NATURAL_ACC, ROBUST_ACC, ROBUST_ACC_AA)
 
-# The same evaluation on the model's own training half (`evaluate_train_half`): with the held-out
-# numbers it gives the generalization gaps, natural and robust, that membership attacks exploit.
+# The generalization gaps, natural and robust, that membership attacks exploit
+# (`demem.evaluate.generalization_gap`): accuracy on the model's own training half, and that minus
+# the same accuracy on its held-out half, measured by one procedure on both halves.
 N_TRAIN_EVAL = "n_train_eval"
 TRAIN_NATURAL_ACC = "train_natural_acc"
-TRAIN_ROBUST_ACC = "train_robust_acc_pgd"
-TRAIN_ACCURACIES = (TRAIN_NATURAL_ACC, TRAIN_ROBUST_ACC)
-# Train-half minus held-out accuracy (computed where the tables are built, from the keys above).
+TRAIN_ROBUST_ACC = "train_robust_acc"
 NATURAL_GAP = "natural_gap"
 ROBUST_GAP = "robust_gap"
-GAPS = {NATURAL_GAP: (TRAIN_NATURAL_ACC, NATURAL_ACC), ROBUST_GAP: (TRAIN_ROBUST_ACC, ROBUST_ACC)}
+GAP_ATTACK = "gap_attack"  # the attack behind the robust gap, in words
+TRAIN_ACCURACIES = (TRAIN_NATURAL_ACC, TRAIN_ROBUST_ACC)
+GAPS = (NATURAL_GAP, ROBUST_GAP)
 
 # What the robust membership signals cost (`demem.runner.evaluate_run`), in seconds per model.
 ADVERSARIAL_SECONDS = "adversarial_seconds"

@@ -25,7 +25,7 @@ import torch
 from demem import artifacts, names
 from demem.data import Pool
 from demem.dp import per_sample_hooks_off
-from demem.evaluate import evaluate_heldout, evaluate_train_half, sample_statistics
+from demem.evaluate import evaluate_heldout, generalization_gap, sample_statistics
 from demem.privacy.boundary import pool_boundary
 from demem.privacy.signals import adversarial_signals
 from demem.train import RunConfig, TrainState, epochs, prepare
@@ -93,7 +93,7 @@ def train_run(
 
 
 def evaluate_run(state: TrainState) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The accuracies (held-out half, and the training half for the gaps) and the per-sample
+    """The accuracies (held-out half; the training half and the generalization gaps) and the per-sample
     signals on the whole pool of a trained state: clean queries, adversarial queries and boundary
     distances where `run.eval` asks for them, each one's cost recorded. DP-SGD's per-sample hooks
     are paused: evaluation is not training."""
@@ -101,7 +101,6 @@ def evaluate_run(state: TrainState) -> tuple[dict[str, Any], dict[str, Any]]:
     ev = run.eval
     with per_sample_hooks_off(state.train_model if state.dp is not None else None):
         heldout = evaluate_heldout(model, pool, state.keep, ev, device=device, seed=run.seed)
-        heldout.update(evaluate_train_half(model, pool, state.keep, ev, device=device, seed=run.seed))
         stats = sample_statistics(model, pool, device=device, queries=ev.queries)
         # Attack-heavy passes: CPU caches favour small batches (PGD-10 on 400 images, one thread:
         # 4.8 s in batches of 32, 7.1 s in batches of 500); a GPU takes the evaluation's batch.
@@ -115,4 +114,8 @@ def evaluate_run(state: TrainState) -> tuple[dict[str, Any], dict[str, Any]]:
             distances = pool_boundary(model, pool, cfg, eps_linf=ev.attack.eps, device=device)
             heldout[names.BOUNDARY_SECONDS] = float(distances.pop("boundary_seconds"))
             stats.update(distances)
+        gaps = generalization_gap(
+            model, pool, state.keep, stats, ev, heldout_robust=heldout[names.ROBUST_ACC], device=device, seed=run.seed
+        )
+        heldout.update(gaps)
     return heldout, stats

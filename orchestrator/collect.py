@@ -28,7 +28,7 @@ import pandas as pd
 from demem.artifacts import METRICS as METRICS_FILE
 from demem.artifacts import SCHEMA_VERSION
 from demem.io import write_parquet
-from demem.names import GAPS, TRAIN_ACCURACIES
+from demem.names import GAP_ATTACK, GAPS, TRAIN_ACCURACIES
 from orchestrator.columns import (
     FALLBACK_ATTACKS,
     FEW_SHADOWS,
@@ -94,8 +94,7 @@ def runs_frame(spec: ExperimentSpec, exp: ExperimentDir) -> pd.DataFrame:
                 NATURAL_ACC: metrics.get(NATURAL_ACC),
                 ROBUST_ACC: metrics.get(ROBUST_ACC),
                 ROBUST_ACC_AA: metrics.get(ROBUST_ACC_AA),
-                **{key: metrics.get(key) for key in TRAIN_ACCURACIES},
-                **{gap: _difference(metrics, train, heldout) for gap, (train, heldout) in GAPS.items()},
+                **{key: metrics.get(key) for key in (*TRAIN_ACCURACIES, *GAPS, GAP_ATTACK)},
                 **{key: metrics.get(key) for key in SIGNAL_COSTS},
                 "epsilon": metrics.get("epsilon"),
                 "train_loss": metrics.get("train_loss"),
@@ -112,12 +111,6 @@ def runs_frame(spec: ExperimentSpec, exp: ExperimentDir) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows)
-
-
-def _difference(metrics: dict[str, Any], a: str, b: str) -> float | None:
-    """metrics[a] - metrics[b], None where either is missing (runs from before the key existed)."""
-    x, y = metrics.get(a), metrics.get(b)
-    return None if x is None or y is None else float(x) - float(y)
 
 
 def audits_frame(spec: ExperimentSpec, exp: ExperimentDir) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -55,7 +55,7 @@ THRESHOLD_ATTACKS = attack_names("threshold")
 # Names that stand for several attacks in attack lists (CLI, specs).
 ATTACK_SETS = attack_sets()
 AUDIT_JSON, SAMPLES_TABLE = "audit.json", "samples.parquet"
-ACCURACIES = HELDOUT_ACCURACIES + TRAIN_ACCURACIES
+ACCURACIES = HELDOUT_ACCURACIES + TRAIN_ACCURACIES + GAPS
 
 
 @dataclass(frozen=True)
@@ -124,11 +124,6 @@ def run_audit(group: GroupData, cfg: AuditConfig) -> tuple[dict[str, Any], dict[
             lira_for_risk = scored.scores  # per-sample risk: online LiRA where it ran, else the first
     per_sample, bins = _per_sample(group, setup, lira_for_risk, cfg.memorization_from)
     accs = {key: [mt[key] for mt in group.metrics if mt.get(key) is not None] for key in ACCURACIES}
-    for gap, (train, heldout) in GAPS.items():
-        both = [
-            mt[train] - mt[heldout] for mt in group.metrics if mt.get(train) is not None and mt.get(heldout) is not None
-        ]
-        accs[gap] = both
     result = {
         "schema_version": SCHEMA_VERSION,
         "group": group_key(group.run),
@@ -145,6 +140,7 @@ def run_audit(group: GroupData, cfg: AuditConfig) -> tuple[dict[str, Any], dict[
             if v
         },
         "empirical_epsilon": _best_epsilon(results),
+        "gap_attack": next((mt["gap_attack"] for mt in group.metrics if mt.get("gap_attack")), None),
         "memorization_bins": bins,
         "memorization_source": cfg.memorization_from or "this group",
     }
@@ -326,6 +322,8 @@ def format_table(result: dict[str, Any]) -> str:
         ("accuracy (training half): ", [k for k in TRAIN_ACCURACIES if k in acc]),
         ("train minus held-out: ", [k for k in GAPS if k in acc]),
     ]
+    if result.get("gap_attack"):
+        parts[-1] = (f"train minus held-out (robust: {result['gap_attack']}): ", parts[-1][1])
     for head, keys in parts:
         if keys:
             cells = (f"{k} {acc[k]['mean']:.4f} ± {acc[k]['std']:.4f} (n={acc[k]['n']} models)" for k in keys)

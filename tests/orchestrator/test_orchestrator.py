@@ -37,8 +37,9 @@ def test_tiny_experiment_writes_parquet_and_tensorboard(tiny_experiment):
     assert set(audits.loc[audits["attack"] == "loss_adv", "query"]) == {"adversarial"}
     assert set(audits.loc[audits["attack"] == "loss_adv", "threat_model"]) == {"white-box gradients"}
     # both halves' accuracies and their gaps, and what the adversarial queries cost
-    assert runs["train_natural_acc"].between(0, 1).all() and runs["train_robust_acc_pgd"].between(0, 1).all()
-    np.testing.assert_allclose(runs["robust_gap"], runs["train_robust_acc_pgd"] - runs["robust_acc_pgd"])
+    assert runs["train_natural_acc"].between(0, 1).all() and runs["train_robust_acc"].between(0, 1).all()
+    assert runs["robust_gap"].between(-1, 1).all() and runs["natural_gap"].between(-1, 1).all()
+    assert runs["gap_attack"].str.startswith("adversarial queries (PGD-1,").all()
     assert (runs["adversarial_seconds"] > 0).all() and runs["boundary_seconds"].isna().all()  # boundary: null
     epsilon = pd.read_parquet(exp.root / "epsilon.parquet")
     assert len(epsilon) == 2 * 3 and (epsilon["model"] == 0).all() and (epsilon["epsilon"] >= 0).all()
@@ -164,7 +165,7 @@ def test_interrupted_experiment_resumes_to_the_same_rows(tiny_experiment, tmp_pa
     resumed = pd.read_parquet(exp_root / "runs.parquet").sort_values("run_id").reset_index(drop=True)
     reference = pd.read_parquet(tiny_experiment[0].root / "runs.parquet").sort_values("run_id").reset_index(drop=True)
     assert resumed["run_id"].tolist() == reference["run_id"].tolist()
-    for col in ("natural_acc", "robust_acc_pgd", "train_loss", "train_robust_acc_pgd"):
+    for col in ("natural_acc", "robust_acc_pgd", "train_loss", "train_robust_acc", "robust_gap"):
         assert resumed[col].tolist() == reference[col].tolist(), col
     audits = pd.read_parquet(exp_root / "audits.parquet")
     assert len(audits) == 24 and not audits.duplicated(["group_id", "seed", "target", "attack"]).any()

@@ -716,7 +716,7 @@ def test_quickstart_spec():
         "loss_adv",
         "boundary_linf",
     }
-    assert run["eval"]["adversarial"]["steps"] == 10 and run["eval"]["boundary"]["norms"] == ["linf"]
+    assert run["eval"]["adversarial"]["steps"] == 5 and run["eval"]["boundary"]["norms"] == ["linf"]
     assert spec.resources.cpu == 1
 
 

@@ -144,7 +144,26 @@ def test_the_training_half_accuracies_equal_a_plain_loop(null_group):
         mt = group.metrics[j]
         assert mt["train_natural_acc"] == pytest.approx(want, abs=1e-12)
         assert mt["n_train_eval"] == int(state.keep.sum())
-        assert 0 <= mt["train_robust_acc_pgd"] <= mt["train_natural_acc"]
+        # The gaps: one procedure on both halves, from the run's own per-sample signals.
+        z = np.load(group.dirs[j] / "samples.npz")
+        keep, clean, adv = z["keep"], z["correct"][:, 0], z["adv_correct"][:, 0]
+        assert mt["natural_gap"] == pytest.approx(clean[keep].mean() - clean[~keep].mean(), abs=1e-12)
+        assert mt["train_robust_acc"] == pytest.approx(adv[keep].mean(), abs=1e-12)
+        assert mt["robust_gap"] == pytest.approx(adv[keep].mean() - adv[~keep].mean(), abs=1e-12)
+        assert mt["gap_attack"].startswith("adversarial queries (PGD-3")
+
+
+def test_without_adversarial_queries_the_robust_gap_uses_the_evaluation_attack(tmp_path):
+    from demem.artifacts import read_json_file
+
+    directory = train_group(
+        tmp_path, 2, data={"pool_size": 100, "pool_seed": 2}, train={"epochs": 1}, eval={"attack": {"steps": 2}}
+    )
+    for d in sorted(directory.iterdir()):
+        mt = read_json_file(d / "metrics.json")
+        assert mt["gap_attack"] == "the evaluation attack (PGD-2) on both halves"
+        assert mt["robust_gap"] == pytest.approx(mt["train_robust_acc"] - mt["robust_acc_pgd"], abs=1e-12)
+        assert 0 <= mt["train_robust_acc"] <= 1 and mt["n_train_eval"] == 50
 
 
 def test_adversarial_queries_find_more_members_of_pgd_at_models_that_fit_their_training_half(tmp_path):
