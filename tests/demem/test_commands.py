@@ -214,3 +214,20 @@ def test_train_help_gives_each_methods_own_attack_start(capsys):
     gaussian = start[start.index("gaussian:") :].split(";")[0]
     assert "trades" in gaussian and "mart" in gaussian and "pgd_at" not in gaussian
     assert "[uniform]" not in start
+
+
+def test_robust_signal_flags():
+    from demem.commands import build_parser, run_dict_from_args
+
+    def run_of(*flags: str) -> RunConfig:
+        return RunConfig.from_dict(run_dict_from_args(build_parser().parse_args(["train", "--out", "x", *flags])))
+
+    default = run_of()
+    assert default.eval.adversarial.steps == 10 and default.eval.boundary.norms == ("linf", "l2")
+    run = run_of("--adversarial-steps", "3", "--boundary-norms", "l2", "--eps", "0.2")
+    assert run.eval.adversarial.steps == 3 and run.eval.adversarial.eps == 0.2  # the threat model's eps
+    assert run.eval.boundary.norms == ("l2",) and run.eval.boundary.linf_max is None
+    off = run_of("--no-adversarial", "--no-boundary")
+    assert off.eval.adversarial is None and off.eval.boundary is None
+    with pytest.raises(ValueError, match="boundary.norms must be a subset"):
+        run_of("--boundary-norms", "l1")
