@@ -120,8 +120,8 @@ def run_audit(group: GroupData, cfg: AuditConfig) -> tuple[dict[str, Any], dict[
         one_run = _one_run(group, setup, scored.scores)
         if one_run is not None:
             results[name]["empirical_epsilon"] = one_run
-        if attack.family == "lira" and (lira_for_risk is None or name == "lira_online"):
-            lira_for_risk = scored.scores  # per-sample risk: online LiRA where it ran, else the first
+        if attack.family == "lira" and attack.query == "clean" and (lira_for_risk is None or name == "lira_online"):
+            lira_for_risk = scored.scores  # per-sample risk: online LiRA where it ran, else the first clean one
     per_sample, bins = _per_sample(group, setup, lira_for_risk, cfg.memorization_from)
     accs = {key: [mt[key] for mt in group.metrics if mt.get(key) is not None] for key in ACCURACIES}
     result = {

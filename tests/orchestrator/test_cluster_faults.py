@@ -146,9 +146,9 @@ def test_a_worker_node_lost_mid_experiment(tmp_path):
     audits = pd.read_parquet(storage / "tiny" / "audits.parquet")
     per_key = audits.groupby(["group_id", "seed", "attack"])["target"].agg(["count", "nunique"])
     assert set(zip(audits["group_id"], audits["seed"])) == keys
-    assert set(audits["attack"]) == {"rmia_online", "loss"}
+    assert set(audits["attack"]) == {"rmia_online", "loss", "loss_adv"}
     assert (per_key["count"] == 4).all() and (per_key["nunique"] == 4).all()  # 4 targets, no duplicate
-    assert len(per_key) == 2 * len(keys)
+    assert len(per_key) == 3 * len(keys)  # 3 attacks per (group, seed)
     audited = [line for line in out.stdout.splitlines() if line.startswith("audited ")]
     assert len(audited) == len(keys) and len({line.split(" (")[0] for line in audited}) == len(keys), audited
     shutil.rmtree(env["RAY_TMPDIR"], ignore_errors=True)  # Ray's logs are kept when a test fails
@@ -193,7 +193,17 @@ def _demem(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
     return _run([sys.executable, "-m", "orchestrator.cli", *args], env)
 
 
-WHERE_AND_WHEN = ["node_id", "host", "gpu_ids", "started_at", "finished_at", "wall_s"]
+# Where and when each model trained, and how long its steps took (the robust signals' timings too).
+WHERE_AND_WHEN = [
+    "node_id",
+    "host",
+    "gpu_ids",
+    "started_at",
+    "finished_at",
+    "wall_s",
+    "adversarial_seconds",
+    "boundary_seconds",
+]
 
 
 def _compared(root: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -259,6 +269,6 @@ def test_a_killed_driver_resumed_on_a_cluster_matches_an_uninterrupted_run(tmp_p
     assert len(runs) == 8 and (runs["status"] == "done").all() and (runs["epochs_done"] == EPOCHS).all()
     assert runs[NATURAL_ACC].notna().all() and runs[ROBUST_ACC].notna().all()
     pd.testing.assert_frame_equal(runs, ref_runs)
-    assert len(audits) == 2 * 4 * 2  # (group, seed) x target x attack
+    assert len(audits) == 2 * 4 * 3  # (group, seed) x target x attack
     pd.testing.assert_frame_equal(audits, ref_audits)
     shutil.rmtree(env["RAY_TMPDIR"], ignore_errors=True)  # Ray's logs are kept when a test fails
