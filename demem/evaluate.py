@@ -4,11 +4,15 @@ and the per-sample statistics of the whole pool that the privacy audit needs.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
+from typing import Any
+
 import numpy as np
 import torch
 from torch import nn
 
-from demem.data import Pool
+from demem import config as cfglib
+from demem.data import DatasetInfo, Pool
 from demem.device import fast_path, to_float
 from demem.evasion import AttackConfig, eval_mode, run_attack
 from demem.names import (
@@ -24,8 +28,59 @@ from demem.names import (
     TRAIN_NATURAL_ACC,
     TRAIN_ROBUST_ACC,
 )
+from demem.privacy.boundary import BoundaryConfig, radius_caps
 from demem.privacy.signals import chunks, pool_signals
-from demem.train import EvalConfig
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Held-out evaluation: natural accuracy, PGD robust accuracy, optional AutoAttack.
+
+    `attack` None means PGD-20 at the training eps with step 2.5 * eps / 20 (the reference's 1/255 at
+    8/255), keeping each sample's first successful iterate. AutoAttack is slow: it runs on the first
+    `autoattack_samples` held-out samples. `queries` is K, the augmented views per sample whose
+    membership signals are recorded for the privacy audit (identity, flip, shifts).
+
+    The robust membership signals, on every pool sample (`demem.privacy.signals.adversarial_signals`,
+    `demem.privacy.boundary`): `adversarial` is the PGD that crafts each sample's adversarial query
+    against the model itself (by default PGD-10 at the evaluation attack's eps and norm, cross-entropy,
+    a uniform start drawn from the sample's id, last iterate); `boundary` the bisection that finds each
+    sample's distance to the decision boundary. `RunConfig.from_dict` fills both in when the keys are
+    absent; null switches one off (its attacks are then refused in the audit, and a spec that asks
+    for them is refused before anything trains).
+    """
+
+    attack: AttackConfig | None = None
+    autoattack: bool = False
+    autoattack_samples: int = 1000
+    batch_size: int = 500
+    queries: int = 2
+    adversarial: AttackConfig | None = None
+    boundary: BoundaryConfig | None = None
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.autoattack_samples < 1 or self.queries < 1:
+            raise ValueError("eval.batch_size, eval.autoattack_samples and eval.queries must be >= 1")
+
+
+def robust_signals(
+    raw_eval: dict[str, Any], attack: dict[str, Any], info: DatasetInfo
+) -> tuple[AttackConfig | None, BoundaryConfig | None]:
+    """`eval.adversarial` and `eval.boundary` of a run, resolved: absent keys get the defaults (PGD-10
+    at the evaluation attack's eps and norm; the boundary caps from the dataset's radius), null stays
+    off. `attack` is the evaluation attack's resolved dict."""
+    adversarial = raw_eval.get("adversarial", {})
+    if adversarial is not None:
+        threat = {k: attack[k] for k in ("eps", "norm") if k in attack}
+        adv = {"steps": 10, "start": "uniform", "keep_best": False, **threat, **adversarial}
+        adversarial = cfglib.build(AttackConfig, adv, "eval.adversarial.")
+    boundary = raw_eval.get("boundary", {})
+    if boundary is not None:
+        boundary = cfglib.build(BoundaryConfig, boundary, "eval.boundary.")
+        eps_linf = float(attack["eps"]) if attack.get("norm", "linf") == "linf" else info.eps
+        caps = radius_caps(boundary, eps_linf=eps_linf, n_pixels=info.channels * info.image_size**2)
+        boundary = replace(boundary, **{f"{norm}_max": cap for norm, cap in caps.items()})
+    return adversarial, boundary
 
 
 def accuracy(

@@ -32,12 +32,12 @@ from demem.augment import augment
 from demem.data import DATASETS, SPLITS, Pool, dataset_info, make_pool
 from demem.device import autocast, autotune, layout, place_model, to_float
 from demem.dp import DPConfig, DPRuntime, make_private, per_sample_hooks_off, quiet_hook_warnings
+from demem.evaluate import EvalConfig, robust_signals
 from demem.evasion import AttackConfig
 from demem.membership import keep_row
 from demem.methods import AWP, METHODS, MethodConfig, awp_loss, generate, objective
 from demem.models import MODELS, NORM_LAYERS, build_model
 from demem.penalty import DeMemConfig, load_risk_table, scores_for
-from demem.privacy.boundary import BoundaryConfig, radius_caps
 from demem.privacy.signals import query_plan
 
 SCHEDULES = ("step", "cosine", "constant")
@@ -124,37 +124,6 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
-class EvalConfig:
-    """Held-out evaluation: natural accuracy, PGD robust accuracy, optional AutoAttack.
-
-    `attack` None means PGD-20 at the training eps with step 2.5 * eps / 20 (the reference's 1/255 at
-    8/255), keeping each sample's first successful iterate. AutoAttack is slow: it runs on the first
-    `autoattack_samples` held-out samples. `queries` is K, the augmented views per sample whose
-    membership signals are recorded for the privacy audit (identity, flip, shifts).
-
-    The robust membership signals, on every pool sample (`demem.privacy.signals.adversarial_signals`,
-    `demem.privacy.boundary`): `adversarial` is the PGD that crafts each sample's adversarial query
-    against the model itself (by default PGD-10 at the evaluation attack's eps and norm, cross-entropy,
-    a uniform start drawn from the sample's id, last iterate); `boundary` the bisection that finds each
-    sample's distance to the decision boundary. `RunConfig.from_dict` fills both in when the keys are
-    absent; null switches one off (its attacks are then refused in the audit, and a spec that asks
-    for them is refused before anything trains).
-    """
-
-    attack: AttackConfig | None = None
-    autoattack: bool = False
-    autoattack_samples: int = 1000
-    batch_size: int = 500
-    queries: int = 2
-    adversarial: AttackConfig | None = None
-    boundary: BoundaryConfig | None = None
-
-    def __post_init__(self) -> None:
-        if self.batch_size < 1 or self.autoattack_samples < 1 or self.queries < 1:
-            raise ValueError("eval.batch_size, eval.autoattack_samples and eval.queries must be >= 1")
-
-
-@dataclass(frozen=True)
 class RunConfig:
     """Everything that defines one trained model. Build it with `RunConfig.from_dict`.
 
@@ -230,19 +199,7 @@ class RunConfig:
             "start": "uniform",
             **((raw.get("eval") or {}).get("attack") or {}),
         }
-        raw_eval = raw.get("eval") or {}
-        adversarial = raw_eval.get("adversarial", {})
-        if adversarial is not None:
-            threat = {k: ev[k] for k in ("eps", "norm") if k in ev}
-            adv = {"steps": 10, "start": "uniform", "keep_best": False, **threat, **adversarial}
-            adversarial = cfglib.build(AttackConfig, adv, "eval.adversarial.")
-        boundary = raw_eval.get("boundary", {})
-        if boundary is not None:
-            boundary = cfglib.build(BoundaryConfig, boundary, "eval.boundary.")
-            n_pixels = info.channels * info.image_size**2
-            eps_linf = float(ev["eps"]) if ev.get("norm", "linf") == "linf" else info.eps
-            caps = radius_caps(boundary, eps_linf=eps_linf, n_pixels=n_pixels)
-            boundary = replace(boundary, **{f"{norm}_max": cap for norm, cap in caps.items()})
+        adversarial, boundary = robust_signals(raw.get("eval") or {}, ev, info)
         # lambda = 0 is the undefended method whatever the threshold or risk say: store it one way,
         # so that grid points that differ only there are one group, trained once.
         demem = run.demem if run.demem.active else DeMemConfig()

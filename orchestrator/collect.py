@@ -164,17 +164,20 @@ def audits_frame(spec: ExperimentSpec, exp: ExperimentDir) -> tuple[pd.DataFrame
     return pd.DataFrame(rows), (pd.concat(samples, ignore_index=True) if samples else pd.DataFrame())
 
 
-def curves_frames(spec: ExperimentSpec, exp: ExperimentDir) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """(roc, membins, lowfpr): the ROC points, memorization-bin table and pooled low-FPR TPRs of every
-    audited (group, seed)."""
+def curves_frames(
+    spec: ExperimentSpec, exp: ExperimentDir
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(roc, membins, lowfpr, epsilon): the ROC points, memorization-bin table, pooled low-FPR TPRs
+    and one-run epsilon bounds (with their guess counts) of every audited (group, seed)."""
     labels = {g.group_id: g.label for g in spec.groups()}
-    roc, bins, low = [], [], []
+    roc, bins, low, eps = [], [], [], []
     for g in spec.groups():
         for seed in spec.seeds:
             result = read_json(exp.audit_result(g.group_id, seed))
             if result is None:
                 continue
             key = {"experiment": spec.name, "group_id": g.group_id, "group_label": labels[g.group_id], "seed": seed}
+            pool_seed = (result.get("group") or {}).get("data", {}).get("pool_seed")
             for attack, res in result["attacks"].items():
                 if "roc" in res:
                     roc += [
@@ -182,50 +185,29 @@ def curves_frames(spec: ExperimentSpec, exp: ExperimentDir) -> tuple[pd.DataFram
                         for f, t in zip(res["roc"]["fpr"], res["roc"]["tpr"])
                     ]
                 low += [{**key, "attack": attack, "level": level, **p} for level, p in res.get("pooled", {}).items()]
+                if res.get("empirical_epsilon"):
+                    eps.append(
+                        {**key, "pool_seed": pool_seed, "attack": attack, **_one_run_row(res["empirical_epsilon"])}
+                    )
             bins += [
                 {**key, "source": result.get("memorization_source"), **row}
                 for row in result.get("memorization_bins", [])
             ]
-    return pd.DataFrame(roc), pd.DataFrame(bins), pd.DataFrame(low)
+    return pd.DataFrame(roc), pd.DataFrame(bins), pd.DataFrame(low), pd.DataFrame(eps)
 
 
-def epsilon_frame(spec: ExperimentSpec, exp: ExperimentDir) -> pd.DataFrame:
-    """The one-run epsilon bound of every audited (group, seed, attack), with its guess counts."""
-    labels = {g.group_id: g.label for g in spec.groups()}
-    rows = []
-    for g in spec.groups():
-        for seed in spec.seeds:
-            result = read_json(exp.audit_result(g.group_id, seed))
-            if result is None:
-                continue
-            pool_seed = (result.get("group") or {}).get("data", {}).get("pool_seed")
-            for attack, res in result["attacks"].items():
-                e = res.get("empirical_epsilon")
-                if not e:
-                    continue
-                rows.append(
-                    {
-                        "experiment": spec.name,
-                        "group_id": g.group_id,
-                        "group_label": labels[g.group_id],
-                        "seed": seed,
-                        "pool_seed": pool_seed,
-                        "attack": attack,
-                        "model": e["model"],
-                        **{
-                            k: e[k] for k in ("epsilon", "fraction", "r", "v", "canaries", "beta", "delta", "adjacency")
-                        },
-                        "counts": json.dumps([{k: c[k] for k in ("fraction", "r", "v")} for c in e["counts"]]),
-                    }
-                )
-    return pd.DataFrame(rows)
+def _one_run_row(e: dict[str, Any]) -> dict[str, Any]:
+    """An attack's one-run epsilon record as an epsilon.parquet row (its guess counts as JSON)."""
+    row = {k: e[k] for k in ("model", "epsilon", "fraction", "r", "v", "canaries", "beta", "delta", "adjacency")}
+    row["counts"] = json.dumps([{k: c[k] for k in ("fraction", "r", "v")} for c in e["counts"]])
+    return row
 
 
 def collect(spec: ExperimentSpec, exp: ExperimentDir) -> list[Path]:
     """Write the Parquet files of the experiment; returns their paths."""
     runs = runs_frame(spec, exp)
     audits, samples = audits_frame(spec, exp)
-    roc, bins, low = curves_frames(spec, exp)
+    roc, bins, low, epsilon = curves_frames(spec, exp)
     return [
         write_parquet(exp.table(RUNS), runs),
         write_parquet(exp.table(AUDITS), audits),
@@ -233,7 +215,7 @@ def collect(spec: ExperimentSpec, exp: ExperimentDir) -> list[Path]:
         write_parquet(exp.table(ROC), roc),
         write_parquet(exp.table(MEMBINS), bins),
         write_parquet(exp.table(LOWFPR), low),
-        write_parquet(exp.table(EPSILON), epsilon_frame(spec, exp)),
+        write_parquet(exp.table(EPSILON), epsilon),
     ]
 
 

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from demem.privacy.epsilon import epsilon_from_counts, pool_counts
 from demem.stats import seed_level, t_interval
 from orchestrator.columns import LEAKAGE_LABELS
 from orchestrator.fmt import fmt_ci, seeds_unit
@@ -127,8 +128,6 @@ def empirical_epsilons(epsilon: pd.DataFrame, runs: pd.DataFrame, labels: dict[s
     coins: their counts are pooled into one test. Seeds that share a pool share the keep masks, so
     their coins are the same and pooling them would count one coin several times: each seed is then
     its own test and beta is split over the seeds too."""
-    from demem.privacy.epsilon import epsilon_from_counts, pool_counts
-
     rows = []
     if epsilon.empty:
         return pd.DataFrame(rows)
@@ -171,6 +170,16 @@ def empirical_epsilons(epsilon: pd.DataFrame, runs: pd.DataFrame, labels: dict[s
             }
         )
     return pd.DataFrame(rows)
+
+
+def add_worst_case(df: pd.DataFrame, strongest: pd.DataFrame, epsilons: pd.DataFrame) -> None:
+    """Each group's strongest attack (chosen without peeking) and its empirical epsilon, as columns."""
+    by_id = strongest.set_index("group_id") if not strongest.empty else pd.DataFrame()
+    eps = epsilons.set_index("group_id") if not epsilons.empty else pd.DataFrame()
+    df["strongest_attack"] = [by_id.at[g, "attack"] if g in by_id.index else None for g in df["group_id"]]
+    for part in ("mean", "lo", "hi", "n"):
+        df[f"strongest_{part}"] = [by_id.at[g, f"value_{part}"] if g in by_id.index else np.nan for g in df["group_id"]]
+    df["empirical_epsilon"] = [eps.at[g, "empirical_epsilon"] if g in eps.index else np.nan for g in df["group_id"]]
 
 
 # ---------------------------------------------------------------------------------------------------

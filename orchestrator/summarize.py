@@ -365,16 +365,6 @@ def _add_separability(df: pd.DataFrame, runs: pd.DataFrame, audits: pd.DataFrame
 # ---------------------------------------------------------------------------------------------------
 
 
-def _add_worst_case(df: pd.DataFrame, strongest: pd.DataFrame, epsilons: pd.DataFrame) -> None:
-    """Each group's strongest attack (chosen without peeking) and its empirical epsilon, as columns."""
-    by_id = strongest.set_index("group_id") if not strongest.empty else pd.DataFrame()
-    eps = epsilons.set_index("group_id") if not epsilons.empty else pd.DataFrame()
-    df["strongest_attack"] = [by_id.at[g, "attack"] if g in by_id.index else None for g in df["group_id"]]
-    for part in ("mean", "lo", "hi", "n"):
-        df[f"strongest_{part}"] = [by_id.at[g, f"value_{part}"] if g in by_id.index else np.nan for g in df["group_id"]]
-    df["empirical_epsilon"] = [eps.at[g, "empirical_epsilon"] if g in eps.index else np.nan for g in df["group_id"]]
-
-
 def group_table(exp: ExperimentDir, attack: str | None = None) -> str:
     """Per group: natural and robust accuracy and the attack's ROC AUC, each averaged within a seed
     (over the models / audited targets) and then across seeds, with the 95% t interval across seeds
@@ -475,7 +465,7 @@ def summarize(
     every = leaks.every_attack(tables.audits, tables.lowfpr, labels)
     strongest = leaks.strongest(tables.audits, labels, metric=df["leakage_metric"].iloc[0])
     epsilons = leaks.empirical_epsilons(tables.epsilon, tables.runs, labels)
-    _add_worst_case(df, strongest, epsilons)
+    leaks.add_worst_case(df, strongest, epsilons)
     paths["summary.parquet"] = write_parquet(out / "summary.parquet", df)
     if not every.empty:
         paths["attacks.csv"] = write_text(out / "attacks.csv", every.to_csv(index=False))

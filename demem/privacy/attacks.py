@@ -190,6 +190,19 @@ _LIRA_NEEDS = (
 )
 
 
+def _reference_info(family: str, variant: str, setup: AttackSetup, query: str, signal: str, queries: str) -> dict:
+    """What a reference-model attack (LiRA, RMIA) records beside its metrics."""
+    return {
+        "variant": variant,
+        "family": family,
+        "query": query,
+        "signal": signal,
+        "queries": setup.queries if queries == "all" else 1,
+        "n_references": setup.n_references,
+        "references": LEAVE_PAIR_OUT,
+    }
+
+
 def _lira(
     variant: str, signal: str = "phi", queries: str = "all", query: str = "clean", transform=None
 ) -> Callable[[AttackSetup], Scores]:
@@ -209,16 +222,7 @@ def _lira(
             )
         except ValueError as e:  # too few shadows: say so, and how many models would do
             raise AttackRefused(f"{e} (LiRA needs a group of at least {LIRA_MIN_MODELS} models)") from None
-        info = {
-            "variant": variant,
-            "family": "lira",
-            "query": query,
-            "signal": signal,
-            "queries": setup.queries if queries == "all" else 1,
-            "n_references": setup.n_references,
-            "references": LEAVE_PAIR_OUT,
-        }
-        return Scores(scores, info)
+        return Scores(scores, _reference_info("lira", variant, setup, query, signal, queries))
 
     return score
 
@@ -228,17 +232,8 @@ def _rmia(variant: str, signal: str = "loss", queries: str = "all", query: str =
         recorded(setup, signal, query)
         prob = setup.true_label_probability(signal, queries)
         scores = rmia.rmia_scores(prob, setup.keep, variant=variant, targets=setup.targets, exclude=setup.partners)
-        info = {
-            "variant": variant,
-            "family": "rmia",
-            "query": query,
-            "signal": signal,
-            "queries": setup.queries if queries == "all" else 1,
-            "n_references": setup.n_references,
-            "references": LEAVE_PAIR_OUT,
-            "population": "the target's non-members",
-            "gamma": rmia.DEFAULT_GAMMA,
-        }
+        info = _reference_info("rmia", variant, setup, query, signal, queries)
+        info.update(population="the target's non-members", gamma=rmia.DEFAULT_GAMMA)
         if variant == "offline":
             info["a"] = rmia.DEFAULT_OFFLINE_A
         return Scores(scores, info)

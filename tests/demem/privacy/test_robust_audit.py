@@ -10,11 +10,13 @@ import pytest
 import torch
 from scipy import stats
 
-from demem.artifacts import load_group
+from demem.artifacts import load_group, read_checkpoint, read_json_file
 from demem.evasion import AttackConfig
 from demem.privacy import audit
 from demem.privacy.attacks import MIA
 from demem.privacy.signals import adversarial_signals, sample_starts
+from demem.runner import CPU_ATTACK_BATCH
+from demem.train import RunConfig, load_pool, prepare
 from tests.demem.privacy.test_attacks import synthetic_group
 from tests.helpers import ROBUST_SIGNALS, needs_fashion, train_group
 
@@ -103,18 +105,17 @@ def test_null_groups_give_chance_for_every_robust_attack(null_group):
     assert eps["epsilon"] < 0.5 and eps["n_attacks"] == len(names)
 
 
-def test_adversarial_signals_do_not_depend_on_the_batch(null_group):
-    from demem.train import load_pool
-
-    group = load_group(null_group)
-    from demem.artifacts import read_json_file
-    from demem.train import RunConfig, prepare
-
-    run = RunConfig.from_dict(read_json_file(group.dirs[0] / "config.json")["run"])
+def _trained(directory):
+    """The run config and the trained state of one model's run directory (from its checkpoint)."""
+    run = RunConfig.from_dict(read_json_file(directory / "config.json")["run"])
     state = prepare(run, "cpu", pool=load_pool(run))
-    from demem.artifacts import read_checkpoint
+    read_checkpoint(state, directory)
+    return run, state
 
-    read_checkpoint(state, group.dirs[0])
+
+def test_adversarial_signals_do_not_depend_on_the_batch(null_group):
+    group = load_group(null_group)
+    run, state = _trained(group.dirs[0])
     big = adversarial_signals(state.model, state.pool, run.eval.adversarial, device=torch.device("cpu"))
     small = adversarial_signals(state.model, state.pool, run.eval.adversarial, device=torch.device("cpu"), batch_size=7)
     # Equal up to rounding: a batch of another size sums the gradients in another order, and a sign
@@ -122,20 +123,18 @@ def test_adversarial_signals_do_not_depend_on_the_batch(null_group):
     for name, value in big.items():
         close = np.isclose(small[name], value, rtol=1e-4, atol=1e-5)
         assert close.mean() >= 0.97, (name, close.mean())
-    # ... and they are what the run recorded.
-    np.testing.assert_allclose(big["adv_phi"], group.signals["adv_phi"][0], rtol=1e-5, atol=1e-5)
+    # ... and they are what the run recorded (in the batches it used).
+    recorded = adversarial_signals(
+        state.model, state.pool, run.eval.adversarial, device=torch.device("cpu"), batch_size=CPU_ATTACK_BATCH
+    )
+    np.testing.assert_allclose(recorded["adv_phi"], group.signals["adv_phi"][0], rtol=1e-5, atol=1e-5)
 
 
 def test_the_training_half_accuracies_equal_a_plain_loop(null_group):
     """The gap's train-half natural accuracy against argmax over the model's own training samples."""
-    from demem.artifacts import read_checkpoint, read_json_file
-    from demem.train import RunConfig, load_pool, prepare
-
     group = load_group(null_group)
     for j in (0, 3):
-        run = RunConfig.from_dict(read_json_file(group.dirs[j] / "config.json")["run"])
-        state = prepare(run, "cpu", pool=load_pool(run))
-        read_checkpoint(state, group.dirs[j])
+        _, state = _trained(group.dirs[j])
         idx = torch.from_numpy(np.flatnonzero(state.keep))
         with torch.no_grad():
             state.model.eval()
@@ -154,8 +153,6 @@ def test_the_training_half_accuracies_equal_a_plain_loop(null_group):
 
 
 def test_without_adversarial_queries_the_robust_gap_uses_the_evaluation_attack(tmp_path):
-    from demem.artifacts import read_json_file
-
     directory = train_group(
         tmp_path, 2, data={"pool_size": 100, "pool_seed": 2}, train={"epochs": 1}, eval={"attack": {"steps": 2}}
     )
