@@ -138,7 +138,7 @@ def signals_cost(args: argparse.Namespace) -> dict:
     from demem.evaluate import sample_statistics
     from demem.privacy.boundary import pool_boundary
     from demem.privacy.signals import adversarial_signals
-    from demem.runner import CPU_ATTACK_BATCH
+    from demem.runner import attack_batch
     from demem.train import RunConfig, load_pool, prepare, train_epoch
 
     device = torch.device(args.device)
@@ -156,7 +156,7 @@ def signals_cost(args: argparse.Namespace) -> dict:
     sample_statistics(model, pool, device=device, queries=ev.queries)  # warm-up
     rows = {}
     rows["clean"], _ = _timed(lambda: sample_statistics(model, pool, device=device, queries=ev.queries), device)
-    batch = ev.batch_size if device.type == "cuda" else min(ev.batch_size, CPU_ATTACK_BATCH)  # as evaluate_run
+    batch = attack_batch(ev.batch_size, device)  # as evaluate_run
     rows["adversarial"], _ = _timed(
         lambda: adversarial_signals(model, pool, ev.adversarial, device=device, batch_size=batch), device
     )

@@ -37,7 +37,6 @@ from demem.evasion import AttackConfig, eval_mode, initial_delta, pgd
 
 SIGNALS = ("phi", "loss", "entropy", "mentropy", "correct")
 ADVERSARIAL = "adv_"  # prefix of the signals on adversarial queries: adv_phi, adv_loss, ...
-ADVERSARIAL_SIGNALS = tuple(ADVERSARIAL + name for name in SIGNALS)
 _START_TAG = 0x616476  # "adv": the random stream of the adversarial queries' starts
 _SHIFTS = ((1, 0), (0, 1), (-1, 0), (0, -1), (1, 1), (-1, -1), (1, -1), (-1, 1), (2, 0), (0, 2), (-2, 0), (0, -2))
 

@@ -15,7 +15,7 @@ from demem.evasion import AttackConfig
 from demem.privacy import audit
 from demem.privacy.attacks import MIA
 from demem.privacy.signals import adversarial_signals, sample_starts
-from demem.runner import CPU_ATTACK_BATCH
+from demem.runner import attack_batch
 from demem.train import RunConfig, load_pool, prepare
 from tests.demem.privacy.test_attacks import synthetic_group
 from tests.helpers import ROBUST_SIGNALS, needs_fashion, train_group
@@ -125,7 +125,11 @@ def test_adversarial_signals_do_not_depend_on_the_batch(null_group):
         assert close.mean() >= 0.97, (name, close.mean())
     # ... and they are what the run recorded (in the batches it used).
     recorded = adversarial_signals(
-        state.model, state.pool, run.eval.adversarial, device=torch.device("cpu"), batch_size=CPU_ATTACK_BATCH
+        state.model,
+        state.pool,
+        run.eval.adversarial,
+        device=torch.device("cpu"),
+        batch_size=attack_batch(run.eval.batch_size, torch.device("cpu")),
     )
     np.testing.assert_allclose(recorded["adv_phi"], group.signals["adv_phi"][0], rtol=1e-5, atol=1e-5)
 
