@@ -15,9 +15,12 @@ $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-$(VENV)/.installed: $(BIN)/python pyproject.toml
+# The example plugin (examples/plugin) is installed too: the suite runs its conformance tests and a
+# spec that puts its defence beside PGD-AT, DeMem and DP-SGD.
+$(VENV)/.installed: $(BIN)/python pyproject.toml examples/plugin/pyproject.toml
 	$(BIN)/pip install -q $(TORCH)
 	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e examples/plugin
 	touch $@
 
 setup: $(VENV)/.installed

@@ -281,8 +281,67 @@ def _out_problem(out: Path) -> str | None:
     return None
 
 
+AUDIT_FORMATS = ("auto", "runs", "mi-lira", "npz", "checkpoints")
+# The `demem train` flags that describe the models of `demem audit --format checkpoints` (a keep
+# matrix + state dicts): which pool the keep columns are, the architecture, and the evaluation.
+_CHECKPOINT_FLAGS = ("data", "--arch", "--norm", "--eps", "--attack-norm", "evaluation")
+
+
+def _checkpoint_flags() -> list[tuple[str, tuple[str, ...], dict[str, Any], str]]:
+    out = []
+    for title, flags in _TRAIN_FLAGS.items():
+        out += [f for f in flags if title in _CHECKPOINT_FLAGS or f[0] in _CHECKPOINT_FLAGS]
+    return out
+
+
+def _checkpoint_run_dict(a: argparse.Namespace) -> dict[str, Any]:
+    """The run-config keys the checkpoint flags given describe (only those given)."""
+    out: dict[str, Any] = {}
+    for flag, paths, _, _ in _checkpoint_flags():
+        if hasattr(a, _dest(flag)):
+            for path in paths:
+                *parents, leaf = path.split(".")
+                node = out
+                for key in parents:
+                    node = node.setdefault(key, {})
+                node[leaf] = getattr(a, _dest(flag))
+    return out
+
+
+def _read_group(a: argparse.Namespace, fmt: str, say):
+    """The group `demem audit` audits, read in format `fmt`; external groups also get their record."""
+    from demem.artifacts import load_group
+
+    if fmt == "runs":
+        return load_group(a.directory, seed=a.seed, allow_partial=a.allow_partial), None
+    from demem.privacy import external
+
+    models = [m.strip() for m in a.models.split(",") if m.strip()] if a.models else None
+    seed = a.seed if a.seed is not None else 0
+    dataset = getattr(a, "dataset", None)
+    if fmt == "mi-lira":
+        group = external.read_mi_lira(a.directory, epoch=a.epoch, experiments=models, seed=seed, dataset=dataset)
+        say(f"LiRA authors' layout: logits of epoch {group.run['external']['epoch']} of {group.n_models} experiments")
+    elif fmt == "npz":
+        group = external.read_npz_models(a.directory, seed=seed, dataset=dataset)
+    else:
+        from demem.device import resolve_device
+        from demem.privacy.external_checkpoints import read_checkpoints
+
+        run_dict = _checkpoint_run_dict(a)
+        if a.queries is not None and run_dict:
+            run_dict.setdefault("eval", {})["queries"] = a.queries
+        group = read_checkpoints(
+            a.directory, run_dict=run_dict, models=models, seed=a.seed, device=resolve_device(a.device), log=say
+        )
+        seed = group.run["seed"]
+    label = a.label or Path(a.directory).resolve().name
+    return group, external.external_record(group, label=label, seed=seed)
+
+
 def cmd_audit(a: argparse.Namespace) -> int:
-    from demem.artifacts import GroupError, load_group
+    from demem.artifacts import GroupError
+    from demem.data import DatasetNotFoundError
     from demem.privacy.audit import AuditConfig, format_table, parse_attacks, run_audit, write_audit
 
     try:
@@ -295,25 +354,43 @@ def cmd_audit(a: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"demem audit: {e}", file=sys.stderr)
         return 2
-    for where in (a.out, a.directory):
-        if where is not None and Path(where).exists() and not Path(where).is_dir():
-            print(f"demem audit: {where} is a file; name a directory", file=sys.stderr)
-            return 2
+    directory = Path(a.directory)
+    if directory.exists() and not directory.is_dir():
+        print(f"demem audit: {directory} is a file; name a directory", file=sys.stderr)
+        return 2
+    out = Path(a.out) if a.out is not None else directory
+    why = _out_problem(out)
+    if why is not None:
+        print(f"demem audit: {why}", file=sys.stderr)
+        return 2
+    from demem.privacy.external import detect_format
+
+    fmt = a.format if a.format != "auto" else detect_format(directory) if directory.is_dir() else "runs"
+    given = _checkpoint_run_dict(a)
+    given.get("data", {}).pop("dataset", None)  # every format names its dataset (the summary's column)
+    if fmt != "checkpoints" and any(given.values()):
+        print(
+            f"demem audit: --arch and the data / evaluation flags are for --format checkpoints, not {fmt}",
+            file=sys.stderr,
+        )
+        return 2
     log = sys.stderr if a.json else sys.stdout
+
+    def say(line: str) -> None:
+        print(line, file=log, flush=True)
+
     t0 = time.perf_counter()
     try:
-        group = load_group(a.directory, seed=a.seed, allow_partial=a.allow_partial)
-        print(
-            f"auditing {group.n_models} models x {group.keep.shape[1]} samples from {a.directory} ...",
-            file=log,
-            flush=True,
-        )
+        group, record = _read_group(a, fmt, say)
+        say(f"auditing {group.n_models} models x {group.keep.shape[1]} samples from {a.directory} ({fmt}) ...")
         result, per_sample = run_audit(group, cfg)
-    except (GroupError, ValueError, FileNotFoundError) as e:
+    except (GroupError, ValueError, FileNotFoundError, DatasetNotFoundError) as e:  # nothing written yet
         print(f"demem audit: {e}", file=sys.stderr)
         return 2
+    if record is not None:
+        result["external"] = record
     result["seconds"] = time.perf_counter() - t0
-    paths = write_audit(a.out or a.directory, result, per_sample)
+    paths = write_audit(out, result, per_sample)
     print(format_table(result), file=log)
     print(f"wrote {', '.join(str(p) for p in paths)}", file=log)
     if a.json:
@@ -337,7 +414,19 @@ def add_commands(sub) -> None:
     _add_train_args(t)
     t.set_defaults(func=cmd_train)
     au = sub.add_parser("audit", help="membership-inference audit of one group's trained models")
-    au.add_argument("directory", help="directory holding the `demem train --out` directories of one group")
+    au.add_argument(
+        "directory",
+        help="one group's models: `demem train --out` directories; or, trained elsewhere, the LiRA authors' "
+        "layout (y_train.npy, <experiment>/keep.npy, <experiment>/logits/<epoch>.npy), one .npz per model, "
+        "or keep.npy + models/<i>.pt state dicts",
+    )
+    au.add_argument(
+        "--format",
+        default="auto",
+        choices=AUDIT_FORMATS,
+        help="the layout of DIRECTORY (default: auto: y_train.npy means mi-lira, keep.npy + models/ "
+        "checkpoints, *.npz files npz, else runs)",
+    )
     au.add_argument(
         "--attacks",
         default="all",
@@ -345,9 +434,18 @@ def add_commands(sub) -> None:
         "(default: all; the README's attack table says what each needs)",
     )
     au.add_argument("--targets", type=int, default=None, help="attack the first K models (default: all)")
-    au.add_argument("--queries", type=int, default=None, help="use the first K augmented queries (default: all)")
     au.add_argument(
-        "--seed", type=int, default=None, help="audit only the models of this seed (default: the one seed found)"
+        "--queries",
+        type=int,
+        default=None,
+        help="use the first K augmented queries (default: all; checkpoints: compute K, else eval.queries)",
+    )
+    au.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="runs / checkpoints of run directories: audit only the models of this seed (default: the one seed "
+        "found); logits and keep.npy + models/: the replicate this directory is, for `demem summarize` [0]",
     )
     au.add_argument("--allow-partial", action="store_true", help="audit even if some of the group's models are missing")
     au.add_argument(
@@ -356,6 +454,19 @@ def add_commands(sub) -> None:
         help="per-sample table whose memorization defines the bins (e.g. the undefended group's; "
         "default: this group's own)",
     )
+    g = au.add_argument_group("models trained elsewhere")
+    g.add_argument("--label", default=None, help="the group's name in `demem summarize` (default: the directory's)")
+    g.add_argument("--epoch", type=int, default=None, help="mi-lira: the logits epoch (default: the latest in all)")
+    g.add_argument(
+        "--models",
+        default=None,
+        help="mi-lira: the experiment directories to read; checkpoints: the files under models/, one per keep "
+        "row (comma-separated; default: every experiment / 0.pt, 1.pt, ...)",
+    )
+    g.add_argument("--device", default="auto", help="checkpoints: where the signals are computed")
+    g = au.add_argument_group("checkpoints (keep.npy + models/): the pool of the keep columns, the network")
+    for flag, paths, options, text in _checkpoint_flags():
+        g.add_argument(flag, dest=_dest(flag), default=argparse.SUPPRESS, help=text + _registered(paths[0]), **options)
     au.add_argument("--out", default=None, help="where to write audit.json and samples.parquet (default: DIRECTORY)")
     au.add_argument("--json", action="store_true", help="print per-attack mean metrics as JSON on the last line")
     au.set_defaults(func=cmd_audit)

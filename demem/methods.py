@@ -5,7 +5,8 @@ A method is two functions of tensors plus configs:
     generate(model, x, y, attack, cfg, generator) -> x_adv or None   (the examples it trains on)
     loss(model, x, x_adv, y, cfg) -> MethodOutput                     (scalar loss + per-sample CE)
 The split lets Adversarial Weight Perturbation (AWP) reuse a method's loss to perturb the weights
-between generating the examples and taking the step.
+between generating the examples and taking the step. Plugins register more through the entry-point
+group ``demem.methods`` (the contract: docs/plugins.md; the check: `demem.testing.check_method`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from demem.evasion import AttackConfig, kl_attack, kl_divergence, pgd
+from demem.evasion import STARTS, AttackConfig, kl_attack, kl_divergence, pgd
 from demem.penalty import DeMemConfig
 from demem.penalty import penalty as demem_penalty
 from demem.registry import Registry
@@ -33,16 +34,44 @@ class MethodOutput(NamedTuple):
 
 @dataclass(frozen=True)
 class Method:
+    """A training method (the contract plugins meet too: docs/plugins.md).
+
+    Attributes:
+        generate: (model, x, y, attack, cfg, generator) -> the (B, C, H, W) examples it trains on, in
+            [0, 1] and within the attack's ball, or None (it trains on the clean batch).
+        loss: (model, x, x_adv, y, cfg[, epoch]) -> MethodOutput; `per_sample` is what DeMem penalises.
+        default_beta: the default of the method's one weight `method.beta` (TRADES and MART: their
+            robustness weight); None: the method has none.
+        beta_name: what `method.beta` is called in the method's paper, for messages and docs.
+        supports_awp: AWP may perturb the weights along its loss.
+        dp: trained with DP-SGD through Opacus (demem.dp): its loss must give per-sample gradients.
+        undefended: the method it defends, whose groups are its baseline (DP methods: the method they
+            privatise; a defence on top of PGD-AT: "pgd_at"); None: it is its own baseline.
+        start: its authors' attack start: "uniform" in the eps-ball or "gaussian" (0.001 N(0, I)).
+        uses_epoch: `loss` takes the 0-based epoch as keyword `epoch` (methods that alternate).
+    """
+
     generate: Callable[..., torch.Tensor | None]
     loss: Callable[..., MethodOutput]
-    default_beta: float | None = None  # methods with a robustness weight
+    default_beta: float | None = None
     supports_awp: bool = False
-    dp: bool = False  # trained with DP-SGD through Opacus (demem.dp)
-    undefended: str | None = None  # for a DP method: the method it privatises (its baseline)
-    start: str = "uniform"  # its authors' attack start: "uniform" in the eps-ball or "gaussian" (0.001 N(0, I))
+    dp: bool = False
+    undefended: str | None = None
+    start: str = "uniform"
+    beta_name: str = "beta"
+    uses_epoch: bool = False
 
 
-METHODS: Registry[Method] = Registry("method")
+def _plugin_method(obj, name: str) -> Method:
+    """A plugin's method: a `Method` (docs/plugins.md; `demem.testing.check_method` checks it)."""
+    if not isinstance(obj, Method):
+        raise TypeError(f"a method entry must be a demem.methods.Method, got {type(obj).__name__}")
+    if obj.start not in STARTS:
+        raise ValueError(f"Method.start must be one of {STARTS}, got {obj.start!r}")
+    return obj
+
+
+METHODS: Registry[Method] = Registry("method", group="demem.methods", adapt=_plugin_method)
 AWP_OBJECTIVES = ("method", "total")
 
 
@@ -53,7 +82,8 @@ class MethodConfig:
     Attributes:
         name: one of METHODS (standard, pgd_at, trades, mart, fgsm_rs, and the DP-SGD versions
             dp_sgd, dp_pgd_at, dp_trades, which need the `dp` settings).
-        beta: robustness weight of TRADES (default 6) and MART (default 5); None takes the default.
+        beta: the method's one weight: the robustness weight of TRADES (default 6) and MART (default
+            5), or a plugin method's declared parameter (`Method.beta_name`); None takes the default.
         awp_gamma: AWP weight-perturbation size relative to each layer's weight norm (Wu et al. 2020;
             0.01 for PGD-AT, 0.005 for TRADES in the reference); 0 disables AWP.
         awp_warmup: epochs trained without AWP before it starts.
@@ -72,7 +102,8 @@ class MethodConfig:
         method = METHODS.get(self.name)
         if self.beta is not None:
             if method.default_beta is None:
-                raise ValueError(f"method.beta is not used by {self.name!r}; only by trades, dp_trades and mart")
+                users = ", ".join(n for n in METHODS if METHODS.get(n).default_beta is not None)
+                raise ValueError(f"method.beta is not used by {self.name!r}; only by {users}")
             if not self.beta >= 0:
                 raise ValueError(f"method.beta must be >= 0, got {self.beta}")
         if not self.awp_gamma >= 0:
@@ -90,10 +121,6 @@ class MethodConfig:
         if self.beta is not None:
             return self.beta
         return METHODS.get(self.name).default_beta or 0.0
-
-    @property
-    def adversarial(self) -> bool:
-        return self.name not in ("standard", "dp_sgd")
 
     @property
     def dp(self) -> bool:
@@ -244,14 +271,20 @@ def objective(
     method: MethodConfig,
     demem: DeMemConfig,
     memorization: torch.Tensor | None = None,
+    epoch: int = 0,
 ) -> Objective:
     """L = L_method + DeMem penalty for one batch, with the model in whatever mode the caller set.
 
     Args:
         x: (B, C, H, W) clean images in [0, 1]; y: (B,) labels; x_adv: output of `generate`.
         memorization: (B,) risk scores of the batch when demem.risk == 'memorization'.
+        epoch: the 0-based epoch of the step, for methods with `uses_epoch`.
     """
-    out = METHODS.get(method.name).loss(model, x, x_adv, y, method)
+    entry = METHODS.get(method.name)
+    if entry.uses_epoch:
+        out = entry.loss(model, x, x_adv, y, method, epoch=epoch)
+    else:
+        out = entry.loss(model, x, x_adv, y, method)
     if demem.active:
         pen, mask = demem_penalty(out.per_sample, demem, memorization)
     else:
@@ -269,12 +302,13 @@ def awp_loss(
     method: MethodConfig,
     demem: DeMemConfig,
     memorization: torch.Tensor | None = None,
+    epoch: int = 0,
 ) -> torch.Tensor:
     """The scalar AWP's weight perturbation ascends: the method's own loss (the AWP and DeMem
     reference code), or that plus the DeMem penalty when `method.awp_objective` is "total"."""
     if method.awp_objective == "method":
         demem = DeMemConfig()  # inactive: `total` is then the method's loss alone
-    return objective(model, x, y, x_adv, method=method, demem=demem, memorization=memorization).total
+    return objective(model, x, y, x_adv, method=method, demem=demem, memorization=memorization, epoch=epoch).total
 
 
 class AWP:

@@ -32,7 +32,16 @@ __all__ = [
     "wide_resnet",
 ]
 
-MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
+
+def _plugin_model(obj, name: str) -> Callable[..., nn.Module]:
+    """A plugin's model factory: a callable `(*, in_channels, num_classes, norm) -> nn.Module`
+    (docs/plugins.md); `demem.testing.check_model` checks what it builds."""
+    if not callable(obj) or isinstance(obj, type) and not issubclass(obj, nn.Module):
+        raise TypeError(f"a model entry must be a factory (in_channels, num_classes, norm) -> nn.Module, got {obj!r}")
+    return obj
+
+
+MODELS: Registry[Callable[..., nn.Module]] = Registry("model", group="demem.models", adapt=_plugin_model)
 NORM_LAYERS = ("batch", "group")
 
 # GroupNorm uses at most this many groups (Wu & He 2018 found 32 a robust default).

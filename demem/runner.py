@@ -14,6 +14,7 @@ delete the file to train that model from the start.
 
 from __future__ import annotations
 
+import io
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -31,6 +32,7 @@ from demem.privacy.signals import adversarial_signals
 from demem.train import RunConfig, TrainState, epochs, prepare
 
 CPU_ATTACK_BATCH = 64
+WEIGHTS = "model.pt"  # the trained model's state dict alone, kept when asked (`keep_weights`)
 EpochHook = Callable[[TrainState, dict[str, Any]], None]
 
 
@@ -42,6 +44,7 @@ def train_run(
     pool: Pool | None = None,
     resume: bool = True,
     keep_checkpoint: bool = True,
+    keep_weights: bool = False,
     on_start: Callable[[TrainState], None] | None = None,
     on_epoch: EpochHook | None = None,
     log: Callable[[str], None] = print,
@@ -56,6 +59,8 @@ def train_run(
             module docstring). False trains from the start and overwrites it.
         keep_checkpoint: keep the last checkpoint (the trained weights) once the run has finished;
             experiments drop it, since their results are the per-sample signals.
+        keep_weights: also write `model.pt`, the model's state dict alone (`write_weights`), so a later
+            audit can compute new signals without retraining (`audit.keep_models: true`).
         on_start: called once the state is ready (continued or fresh), before the first epoch.
         on_epoch: called after every epoch with the state and the epoch's metrics, after that
             epoch's checkpoint is written (a storage push, a progress report, interim scores).
@@ -87,9 +92,24 @@ def train_run(
     final = artifacts.finish_run(
         state, out, heldout, stats, train_seconds=train_seconds, eval_seconds=time.perf_counter() - t1
     )
+    if keep_weights:
+        write_weights(state, out)
     if not keep_checkpoint:
         (out / artifacts.CHECKPOINT).unlink(missing_ok=True)
     return final
+
+
+def write_weights(state: TrainState, out: str | Path) -> Path:
+    """Write the model's state dict (tensors only: `torch.load(weights_only=True)` reads it) to
+    `out/model.pt` atomically; `demem.privacy.external_checkpoints` reads it back."""
+    from demem.io import atomic_path
+
+    buf = io.BytesIO()  # serialised first, so a full disk fails as OSError on the write
+    torch.save({k: v.detach().cpu() for k, v in state.model.state_dict().items()}, buf)
+    path = Path(out) / WEIGHTS
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(buf.getbuffer())
+    return path
 
 
 def attack_batch(batch_size: int, device: torch.device) -> int:

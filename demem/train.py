@@ -29,7 +29,7 @@ from torch import nn
 from demem import __version__, names
 from demem import config as cfglib
 from demem.augment import augment
-from demem.data import DATASETS, SPLITS, Pool, dataset_info, make_pool
+from demem.data import DATASETS, SPLITS, FilesConfig, Pool, dataset_info, make_pool, register_files
 from demem.device import autocast, autotune, layout, place_model, to_float
 from demem.dp import DPConfig, DPRuntime, make_private, per_sample_hooks_off, quiet_hook_warnings
 from demem.evaluate import EvalConfig, robust_signals
@@ -55,11 +55,14 @@ DATASET_DEFAULTS = {
     "fashion-mnist": {"epochs": 15, "batch_size": 128},
     "mnist": {"epochs": 15, "batch_size": 128},
 }
+# Datasets without an entry (from files, from plugins): a middle ground between the two kinds above.
+GENERIC_DEFAULTS = {"epochs": 30, "batch_size": 128}
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Which pool the group trains on. `root`/`download` only say where to find the data."""
+    """Which pool the group trains on. `root`/`download` only say where to find the data; `files`
+    reads it from an npz or an image folder instead, registered under `dataset` (`demem.data.arrays`)."""
 
     dataset: str = "fashion-mnist"
     pool_size: int | None = None
@@ -67,14 +70,22 @@ class DataConfig:
     splits: str = "train+test"
     root: str | None = None
     download: bool = False
+    files: FilesConfig | None = None
 
     def __post_init__(self) -> None:
+        if self.files is not None:
+            if self.download or self.root is not None:
+                raise ValueError("data.root and data.download do not apply to data.files: files.path is the data")
+            register_files(self.dataset, self.files)
         DATASETS.check(self.dataset)
         if self.splits not in SPLITS:
             raise ValueError(f"data.splits must be one of {SPLITS}, got {self.splits!r}")
         if self.pool_size is not None and self.pool_size < 4:
             raise ValueError(f"data.pool_size must be >= 4 or None (whole dataset), got {self.pool_size}")
-        available = dataset_info(self.dataset).available(self.splits)
+        info = dataset_info(self.dataset)
+        if self.splits == "test" and info.sizes[0] and not info.sizes[1]:
+            raise ValueError(f"data.splits 'test': {self.dataset} has one split (train); use train or train+test")
+        available = info.available(self.splits)
         if self.pool_size is not None and available and self.pool_size > available:
             raise ValueError(
                 f"data.pool_size must be at most {available} ({self.dataset} {self.splits} has {available} samples), "
@@ -161,8 +172,11 @@ class RunConfig:
 
     @property
     def defence(self) -> str:
-        """Which privacy defences the run uses: none, demem, dp or dp+demem."""
-        parts = [p for p, on in (("dp", self.method.dp), ("demem", self.demem.active)) if on]
+        """Which privacy defences the run uses: none, demem, dp or dp+demem, or a defence method's name
+        (a method with an undefended baseline other than itself, e.g. a plugin's relaxloss_at), +demem."""
+        entry = METHODS.get(self.method.name)
+        own = not entry.dp and entry.undefended not in (None, self.method.name)
+        parts = [p for p, on in (("dp", entry.dp), (self.method.name, own), ("demem", self.demem.active)) if on]
         return "+".join(parts) or "none"
 
     @classmethod
@@ -174,7 +188,7 @@ class RunConfig:
             raise ValueError("; ".join(wrong))
         run = cfglib.build(cls, raw)  # unknown keys and bad values fail here
         info = dataset_info(run.data.dataset)
-        defaults = DATASET_DEFAULTS[info.name]
+        defaults = DATASET_DEFAULTS.get(info.name, GENERIC_DEFAULTS)
         train = replace(
             run.train,
             epochs=run.train.epochs or defaults["epochs"],
@@ -440,9 +454,14 @@ def _train_step(state: TrainState, idx: torch.Tensor, use_awp: bool, sums: torch
         deltas = None
         if use_awp:
             deltas = state.awp.perturb(
-                model, lambda m: awp_loss(m, x, y, x_adv, method=run.method, demem=run.demem, memorization=mem)
+                model,
+                lambda m: awp_loss(
+                    m, x, y, x_adv, method=run.method, demem=run.demem, memorization=mem, epoch=state.epoch
+                ),
             )
-        obj = objective(train_model, x, y, x_adv, method=run.method, demem=run.demem, memorization=mem)
+        obj = objective(
+            train_model, x, y, x_adv, method=run.method, demem=run.demem, memorization=mem, epoch=state.epoch
+        )
     state.optimizer.zero_grad(set_to_none=True)
     obj.total.backward()
     state.optimizer.step()

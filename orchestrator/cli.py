@@ -36,6 +36,9 @@ def cmd_validate(a: argparse.Namespace) -> int:
         return 2
     print(f"{a.spec}: valid")
     print(spec.plan())
+    from demem.plugins import origins_text
+
+    print(origins_text((g.run for g in spec.groups()), spec.audit.attacks))
     if a.power_from:
         from orchestrator.report import planned_power
 
@@ -196,10 +199,16 @@ def cmd_confirm(a: argparse.Namespace) -> int:
 
 
 def cmd_summarize(a: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from orchestrator.external import is_audit_dir, summarize_audits
     from orchestrator.summarize import summarize
 
     try:
-        summarize(a.experiment, leakage=a.leakage, attack=a.attack, out=a.out)
+        if len(a.experiment) == 1 and not is_audit_dir(Path(a.experiment[0])):
+            summarize(a.experiment[0], leakage=a.leakage, attack=a.attack, out=a.out)
+        else:  # audit directories of groups trained elsewhere (`demem audit --format ...`)
+            summarize_audits(a.experiment, out=a.out, leakage=a.leakage, attack=a.attack)
     except (FileNotFoundError, ValueError) as e:
         print(f"demem summarize: {e}", file=sys.stderr)
         return 2
@@ -275,7 +284,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--max-concurrent", type=int, default=None)
     c.set_defaults(func=cmd_confirm)
     sm = sub.add_parser("summarize", help="rank groups by privacy-robustness trade-off; plots and report.html")
-    sm.add_argument("experiment", help="the experiment directory, e.g. results/quickstart")
+    sm.add_argument(
+        "experiment",
+        nargs="+",
+        help="the experiment directory, e.g. results/quickstart; or the audit directories (`demem audit --out`) "
+        "of groups trained elsewhere, one per (--label, --seed), with --out",
+    )
     sm.add_argument(
         "--leakage",
         default="auto",

@@ -113,6 +113,53 @@ def runs_frame(spec: ExperimentSpec, exp: ExperimentDir) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+_TARGET_METRICS = (
+    "auc",
+    "balanced_acc",
+    "tpr_at_1pct",
+    "tpr_at_0_1pct",
+    "tpr_at_0_01pct",
+    "balanced_acc_class_thresholds",
+)
+
+
+def audit_rows(result: dict[str, Any], key: dict[str, Any]) -> list[dict[str, Any]]:
+    """audits.parquet rows of one audit.json: one per (target, attack that ran). `key` holds the
+    experiment, group_id, group_label and seed the rows belong to (our experiments' and external
+    groups' alike: orchestrator.external)."""
+    rows = []
+    for attack, res in result["attacks"].items():
+        if "skipped" in res:
+            continue
+        for row in res["per_target"]:
+            rows.append(
+                {
+                    "schema_version": SCHEMA_VERSION,
+                    **key,
+                    "target": row["target"],
+                    "attack": attack,
+                    "variant": res["variant"],
+                    "family": res["family"],
+                    "query": res.get("query", "clean"),
+                    "threat_model": res.get("threat_model", "scores"),
+                    # reference models the attack used: one key for every attack (audits before it
+                    # was one wrote LiRA's as n_shadows)
+                    "n_shadow": res.get("n_references", res.get("n_shadows")),
+                    "partial": result.get("partial", False),
+                    **{k: row.get(k) for k in _TARGET_METRICS},
+                }
+            )
+    return rows
+
+
+def sample_rows(path: Path, key: dict[str, Any]) -> pd.DataFrame:
+    """samples.parquet of one audit with the experiment, group_id and seed of `key` in front."""
+    table = pd.read_parquet(path)
+    for col in ("seed", "group_id", "experiment"):
+        table.insert(0, col, key[col])
+    return table
+
+
 def audits_frame(spec: ExperimentSpec, exp: ExperimentDir) -> tuple[pd.DataFrame, pd.DataFrame]:
     labels = {g.group_id: g.label for g in spec.groups()}
     rows, samples = [], []
@@ -121,47 +168,25 @@ def audits_frame(spec: ExperimentSpec, exp: ExperimentDir) -> tuple[pd.DataFrame
             result = read_json(exp.audit_result(g.group_id, seed))
             if result is None:
                 continue
-            for attack, res in result["attacks"].items():
-                if "skipped" in res:
-                    continue
-                for row in res["per_target"]:
-                    rows.append(
-                        {
-                            "schema_version": SCHEMA_VERSION,
-                            "experiment": spec.name,
-                            "group_id": g.group_id,
-                            "group_label": labels[g.group_id],
-                            "seed": seed,
-                            "target": row["target"],
-                            "attack": attack,
-                            "variant": res["variant"],
-                            "family": res["family"],
-                            "query": res.get("query", "clean"),
-                            "threat_model": res.get("threat_model", "scores"),
-                            # reference models the attack used: one key for every attack (audits
-                            # before it was one wrote LiRA's as n_shadows)
-                            "n_shadow": res.get("n_references", res.get("n_shadows")),
-                            "partial": result.get("partial", False),
-                            **{
-                                k: row.get(k)
-                                for k in (
-                                    "auc",
-                                    "balanced_acc",
-                                    "tpr_at_1pct",
-                                    "tpr_at_0_1pct",
-                                    "tpr_at_0_01pct",
-                                    "balanced_acc_class_thresholds",
-                                )
-                            },
-                        }
-                    )
+            key = {"experiment": spec.name, "group_id": g.group_id, "group_label": labels[g.group_id], "seed": seed}
+            rows += audit_rows(result, key)
             if exp.audit_samples(g.group_id, seed).exists():
-                table = pd.read_parquet(exp.audit_samples(g.group_id, seed))
-                table.insert(0, "seed", seed)
-                table.insert(0, "group_id", g.group_id)
-                table.insert(0, "experiment", spec.name)
-                samples.append(table)
+                samples.append(sample_rows(exp.audit_samples(g.group_id, seed), key))
     return pd.DataFrame(rows), (pd.concat(samples, ignore_index=True) if samples else pd.DataFrame())
+
+
+def curve_rows(result: dict[str, Any], key: dict[str, Any]) -> tuple[list, list, list, list]:
+    """(roc, membins, lowfpr, epsilon) rows of one audit.json (see `curves_frames`)."""
+    roc, bins, low, eps = [], [], [], []
+    pool_seed = (result.get("group") or {}).get("data", {}).get("pool_seed")
+    for attack, res in result["attacks"].items():
+        if "roc" in res:
+            roc += [{**key, "attack": attack, "fpr": f, "tpr": t} for f, t in zip(res["roc"]["fpr"], res["roc"]["tpr"])]
+        low += [{**key, "attack": attack, "level": level, **p} for level, p in res.get("pooled", {}).items()]
+        if res.get("empirical_epsilon"):
+            eps.append({**key, "pool_seed": pool_seed, "attack": attack, **_one_run_row(res["empirical_epsilon"])})
+    bins += [{**key, "source": result.get("memorization_source"), **row} for row in result.get("memorization_bins", [])]
+    return roc, bins, low, eps
 
 
 def curves_frames(
@@ -170,30 +195,16 @@ def curves_frames(
     """(roc, membins, lowfpr, epsilon): the ROC points, memorization-bin table, pooled low-FPR TPRs
     and one-run epsilon bounds (with their guess counts) of every audited (group, seed)."""
     labels = {g.group_id: g.label for g in spec.groups()}
-    roc, bins, low, eps = [], [], [], []
+    frames: tuple[list, list, list, list] = ([], [], [], [])
     for g in spec.groups():
         for seed in spec.seeds:
             result = read_json(exp.audit_result(g.group_id, seed))
             if result is None:
                 continue
             key = {"experiment": spec.name, "group_id": g.group_id, "group_label": labels[g.group_id], "seed": seed}
-            pool_seed = (result.get("group") or {}).get("data", {}).get("pool_seed")
-            for attack, res in result["attacks"].items():
-                if "roc" in res:
-                    roc += [
-                        {**key, "attack": attack, "fpr": f, "tpr": t}
-                        for f, t in zip(res["roc"]["fpr"], res["roc"]["tpr"])
-                    ]
-                low += [{**key, "attack": attack, "level": level, **p} for level, p in res.get("pooled", {}).items()]
-                if res.get("empirical_epsilon"):
-                    eps.append(
-                        {**key, "pool_seed": pool_seed, "attack": attack, **_one_run_row(res["empirical_epsilon"])}
-                    )
-            bins += [
-                {**key, "source": result.get("memorization_source"), **row}
-                for row in result.get("memorization_bins", [])
-            ]
-    return pd.DataFrame(roc), pd.DataFrame(bins), pd.DataFrame(low), pd.DataFrame(eps)
+            for acc, rows in zip(frames, curve_rows(result, key)):
+                acc += rows
+    return tuple(pd.DataFrame(f) for f in frames)  # type: ignore[return-value]
 
 
 def _one_run_row(e: dict[str, Any]) -> dict[str, Any]:

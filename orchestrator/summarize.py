@@ -34,13 +34,13 @@ seed-level interval of their difference excludes 0 (groups of different pools: W
 their seed means).
 
 The text outputs (ranking.md, the printed lines, report.html) are formatted by
-`orchestrator.report`. The group table `demem run` prints at the end (`group_table`) lives here too,
-beside the paired deltas it ends with. This module does not import Ray.
+`orchestrator.report`; the group table `demem run` prints at the end by `orchestrator.group_table`.
+`summarize_tables` does everything after reading the tables, for an experiment's and for external
+audits' (`orchestrator.external`) alike. This module does not import Ray.
 """
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +49,7 @@ import pandas as pd
 
 from demem.io import write_parquet, write_text
 from demem.methods import METHODS
-from demem.names import GAPS, ROBUST_GAP, TRAIN_ACCURACIES
+from demem.names import GAPS, TRAIN_ACCURACIES
 from demem.pareto import crowding_distance, pareto_fronts, pareto_order
 from demem.stats import (
     excludes_zero,
@@ -69,9 +69,8 @@ from orchestrator.columns import (
     POOLED_LEVELS,
     ROBUST_ACC,
 )
-from orchestrator.fmt import fmt_ci
 from orchestrator.layout import ExperimentDir, open_experiment
-from orchestrator.report import RANKING_COLUMNS, delta_text, ranking_markdown, top_text, write_report
+from orchestrator.report import RANKING_COLUMNS, ranking_markdown, top_text, write_report
 
 OBJECTIVES = (("leakage", False), (ROBUST_ACC, True), (NATURAL_ACC, True))
 AUTO = "auto"  # the default leakage metric: chosen by resolution (choose_leakage)
@@ -253,6 +252,10 @@ def _setting(g: pd.DataFrame) -> str:
         for c in g.columns
         if c.startswith("config.") and c not in _NOT_SETTING and not c.startswith(_DEFENCE_PREFIXES)
     )
+    method = g["config.method.name"].iloc[0] if "config.method.name" in g else None
+    base = METHODS.get(_undefended(method)) if method in METHODS and _undefended(method) in METHODS else None
+    if base is not None and base.default_beta is None:  # beta is the defence's own (RelaxLoss's alpha)
+        cols = [c for c in cols if c != "config.method.beta"]
     return "|".join(f"{c}={g[c].iloc[0]!r}" for c in cols)
 
 
@@ -264,7 +267,8 @@ def _add_baselines(df: pd.DataFrame, runs: pd.DataFrame, audits: pd.DataFrame, l
     baseline - group (positive: the defence costs accuracy). Each is the difference per (seed, model)
     or (seed, target), matched on the model index (the same keep row), averaged within each seed,
     with a t interval across seeds."""
-    is_base = (df["lambda"] == 0) & ~df["dp"] & (df["method"] == df["undefended_method"])
+    # groups trained elsewhere (method "external": orchestrator.external) are nobody's baseline
+    is_base = (df["lambda"] == 0) & ~df["dp"] & (df["method"] == df["undefended_method"]) & (df["method"] != "external")
     df["is_baseline"] = is_base
     df["baseline_id"] = None
     df["baseline_label"] = None
@@ -312,8 +316,11 @@ def _paired(runs: pd.DataFrame, audits: pd.DataFrame, base: str, group: str, lea
 
 
 def _add_ranking(df: pd.DataFrame) -> None:
-    values = df[[f"{name}_mean" for name, _ in OBJECTIVES]].to_numpy(dtype=float)
-    maximize = [up for _, up in OBJECTIVES]
+    # An objective no group measured (robust accuracy of models audited from their logits alone)
+    # ranks nobody: the fronts are then on the others.
+    objectives = [(n, up) for n, up in OBJECTIVES if np.isfinite(df[f"{n}_mean"].to_numpy(dtype=float)).any()]
+    values = df[[f"{name}_mean" for name, _ in objectives or OBJECTIVES]].to_numpy(dtype=float)
+    maximize = [up for _, up in objectives or OBJECTIVES]
     front = pareto_fronts(values, maximize)
     df["front"] = np.where(front >= 0, front + 1, -1)  # 1 = the Pareto front; -1 = not ranked (NaN)
     df["crowding"] = crowding_distance(values, maximize, front)
@@ -360,75 +367,11 @@ def _add_separability(df: pd.DataFrame, runs: pd.DataFrame, audits: pd.DataFrame
     df["separable"] = [not c for c in close]
 
 
-# ---------------------------------------------------------------------------------------------------
-# The group table `demem run` prints at the end
-# ---------------------------------------------------------------------------------------------------
-
-
 def group_table(exp: ExperimentDir, attack: str | None = None) -> str:
-    """Per group: natural and robust accuracy and the attack's ROC AUC, each averaged within a seed
-    (over the models / audited targets) and then across seeds, with the 95% t interval across seeds
-    (n = seeds; none with one seed)."""
-    tables = load_tables(exp.root)  # read once, for this table and the paired lines
-    runs, audits = tables.runs, tables.audits
-    if runs.empty:
-        return "no finished runs"
-    done = runs[runs["status"] == "done"]
-    failed = runs[runs["status"] == "failed"].groupby("group_id").size()
-    chosen = attack or choose_attack(audits)[0]
-    if not audits.empty and chosen not in set(audits["attack"]):
-        chosen = sorted(set(audits["attack"]))[0]
-    mine = audits[audits["attack"] == chosen] if not audits.empty else audits
-    w = 22
-    lines = [
-        f"{'group':<40} {'seeds':>5} {'natural':>{w}} {'robust':>{w}} {'robust gap':>{w}} "
-        f"{'AUC (' + chosen + ')':>{w + 8}}"
-    ]
-    n_max = 0
-    for (gid, label), g in done.groupby(["group_id", "group_label"], sort=False):
-        cells = []
-        for frame, metric in (
-            (g, NATURAL_ACC),
-            (g, ROBUST_ACC),
-            (g, ROBUST_GAP),
-            (mine[mine["group_id"] == gid] if len(mine) else mine, "auc"),
-        ):
-            has = len(frame) and metric in frame
-            ci = seed_level(frame, metric) if has else {"mean": math.nan, "lo": math.nan, "hi": math.nan}
-            cells.append(fmt_ci(ci["mean"], ci["lo"], ci["hi"], digits=4))
-        n = int(g["seed"].nunique())
-        n_max = max(n_max, n)
-        fail = f"  {int(failed[gid])} failed" if gid in failed.index else ""
-        lines.append(
-            f"{label[:40]:<40} {n:>5} {cells[0]:>{w}} {cells[1]:>{w}} {cells[2]:>{w}} {cells[3]:>{w + 8}}{fail}"
-        )
-    lines += [f"{label[:40]:<40} FAILED: {what}" for label, what in failed_groups(runs)]
-    lines.append(
-        "mean over the models (accuracy) or audited targets (AUC) of each seed, then across seeds; "
-        + ("± = 95% t interval across seeds." if n_max >= 2 else "one seed: one training draw, no interval.")
-        + " Robust gap: robust accuracy on the models' own training half minus on the held-out half."
-    )
-    lines += _paired_lines(tables, chosen)
-    return "\n".join(lines)
+    """The group table `demem run` prints at the end (`orchestrator.group_table`)."""
+    from orchestrator.group_table import group_table as table
 
-
-def _paired_lines(tables: Tables, attack: str) -> list[str]:
-    """Each group against its undefended baseline, paired per (seed, model) / (seed, target), with the
-    95% t interval across seeds (`summarize_groups`)."""
-    try:
-        df = summarize_groups(tables, leakage="auc", attack=attack if not tables.audits.empty else None)
-    except (ValueError, FileNotFoundError):
-        return []
-    rows = df[df["baseline_id"].notna() & ~df["is_baseline"] & df["robust_cost_mean"].notna()]
-    if rows.empty:
-        return []
-    out = ["", "group - baseline, paired per seed and model / target (95% t interval across seeds):"]
-    for _, r in rows.iterrows():
-        out.append(
-            f"  {r['group_label']} vs {r['baseline_label']}: robust {delta_text(r, 'robust_cost', -1)}  "
-            f"natural {delta_text(r, 'natural_cost', -1)}  AUC {delta_text(r, 'leakage_reduction', -1)}"
-        )
-    return out
+    return table(exp, attack)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -445,7 +388,7 @@ def summarize(
     echo=print,
     tensorboard: bool = True,
 ) -> dict[str, Path]:
-    """Aggregate, rank, plot and report. Returns {name: path} of everything written."""
+    """Aggregate, rank, plot and report an experiment. Returns {name: path} of everything written."""
     if leakage != AUTO and leakage not in LEAKAGE_METRICS:  # before any reading
         raise ValueError(f"unknown leakage metric {leakage!r}; known: {AUTO}, {', '.join(LEAKAGE_METRICS)}")
     if out is not None and Path(out).exists() and not Path(out).is_dir():
@@ -453,9 +396,30 @@ def summarize(
     exp = open_experiment(root)  # an s3:// or gs:// experiment is copied here first
     exp.check_tree()  # summary/ and tensorboard-groups/ are written into it
     root = exp.root
-    tables = load_tables(root)
-    df = summarize_groups(tables, leakage=leakage, attack=attack)
     out = Path(out) if out is not None else ExperimentDir(root).summary
+    board = ExperimentDir(root).tensorboard_summary if tensorboard else None
+    tables = load_tables(root)
+    paths = summarize_tables(tables, out, title=root.name, leakage=leakage, attack=attack, echo=echo, board=board)
+    if exp.store is not None and out == exp.summary:
+        exp.store.push(exp.summary.name)
+        exp.store.push(exp.rel(exp.tensorboard_groups))
+    return paths
+
+
+def summarize_tables(
+    tables: Tables,
+    out: Path,
+    *,
+    title: str,
+    leakage: str = AUTO,
+    attack: str | None = None,
+    echo=print,
+    board: Path | None = None,
+) -> dict[str, Path]:
+    """Everything `summarize` writes, from the tables of an experiment or of external audits
+    (orchestrator.external): ranking, plots, report.html (titled `title`), the figures in TensorBoard
+    under `board` where given."""
+    df = summarize_groups(tables, leakage=leakage, attack=attack)
     out.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
     ranking = df[[c for c in RANKING_COLUMNS if c in df.columns]]
@@ -482,12 +446,9 @@ def summarize(
     figures = plots.all_figures(df, tables.roc, tables.membins)
     for name, fig in figures.items():
         paths[name] = plots.save(fig, out / name)
-    paths["report.html"] = write_report(out / "report.html", root, df, md, {n: paths[n] for n in figures})
-    if tensorboard:
-        plots.to_tensorboard(figures, ExperimentDir(root).tensorboard_summary)
-    if exp.store is not None and out == exp.summary:
-        exp.store.push(exp.summary.name)
-        exp.store.push(exp.rel(exp.tensorboard_groups))
+    paths["report.html"] = write_report(out / "report.html", Path(title), df, md, {n: paths[n] for n in figures})
+    if board is not None:
+        plots.to_tensorboard(figures, board)
     echo(top_text(df, failed=failed))
     echo("")
     echo(f"summary: {out}/ (ranking.md, ranking.csv, summary.parquet, {', '.join(figures)}, report.html)")

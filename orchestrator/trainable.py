@@ -104,7 +104,14 @@ def _train_model(trial: GridTrial, base: dict[str, Any], started: dict[str, Any]
         tune.report({**base, **metrics, "done": False})
 
     final = train_run(
-        trial.run, out, _device(), pool=_pool(trial.run), keep_checkpoint=False, on_epoch=epoch_done, log=print
+        trial.run,
+        out,
+        _device(),
+        pool=_pool(trial.run),
+        keep_checkpoint=False,
+        keep_weights=trial.keep_models,
+        on_epoch=epoch_done,
+        log=print,
     )
     sync.push()
     sync.drop(CHECKPOINT)

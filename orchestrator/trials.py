@@ -33,6 +33,7 @@ class GridTrial:
         cpus: torch threads.
         artifacts: the run directory; root: the experiment directory it must stay below (resolved).
         remote, rel: the experiment's URI and the run directory below it (object storage; else None).
+        keep_models: keep the trained weights (model.pt) in the run directory (`audit.keep_models`).
     """
 
     experiment: str
@@ -48,6 +49,7 @@ class GridTrial:
     root: str
     remote: str | None = None
     rel: str | None = None
+    keep_models: bool = False
 
     def to_config(self) -> dict[str, Any]:
         """Plain data for Tune's config (the run config as its dict)."""

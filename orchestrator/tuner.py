@@ -72,6 +72,7 @@ def grid_trial(spec: ExperimentSpec, exp: ExperimentDir, trial: Trial, group: Gr
         root=str(exp.root.resolve()),
         remote=exp.remote,
         rel=exp.rel(exp.run_dir(trial.group_id, trial.trial_key)),
+        keep_models=spec.audit.keep_models,
     )
 
 

@@ -63,3 +63,30 @@ OVERFIT = {
     "method": {"name": "standard"},
     "eval": {"attack": {"steps": 1}, "queries": 2},
 }
+
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+
+
+def readme_blocks(heading: str, lang: str) -> list[str]:
+    """The fenced ```lang code blocks of README.md's section whose heading starts with `heading`
+    ("### Datasets from files"), up to the next heading of the same or a higher level: the tests run
+    the README's examples as written."""
+    level = len(heading) - len(heading.lstrip("#"))
+    lines = README.read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(heading))
+    blocks, block, fence = [], None, None
+    for line in lines[start + 1 :]:
+        if fence is None and line.startswith("#") and len(line) - len(line.lstrip("#")) <= level:
+            break
+        if fence is None and line.startswith("```"):
+            fence = line.strip()[3:]
+            block = [] if fence == lang else None
+        elif fence is not None and line.strip() == "```":
+            if block is not None:
+                blocks.append("\n".join(block) + "\n")
+            block = fence = None
+        elif block is not None:
+            block.append(line)
+    return blocks

@@ -17,6 +17,9 @@ Where the data comes from, in order (first hit wins):
 5. only with ``download=True``: torchvision downloads into ``root`` (or ``$DEMEM_DATA``, or the
    cache) and the files are read from there.
 
+A dataset from files the user names (``data.files``: an ``.npz`` of image arrays, or an image folder;
+see `demem.data.arrays`) is read from that one path instead, never searched for or downloaded.
+
 If nothing is found, `DatasetNotFoundError` names every directory tried and the command that fetches
 the data. A file that is found but malformed (or crafted) is a `DataFileError` (a ValueError) naming it.
 
@@ -34,6 +37,7 @@ from __future__ import annotations
 
 # The readers register their datasets on import.
 from demem.data import cifar, idx, svhn  # noqa: F401
+from demem.data.arrays import FilesConfig, register_files, registered_files
 from demem.data.files import candidate_dirs, load_splits, locate
 from demem.data.pool import Pool, make_pool
 from demem.data.sources import (
@@ -41,6 +45,7 @@ from demem.data.sources import (
     DEBIAN_FASHION_MNIST,
     SPLITS,
     DataFileError,
+    DatasetEntry,
     DatasetInfo,
     DatasetNotFoundError,
     Split,
@@ -52,8 +57,10 @@ __all__ = [
     "DEBIAN_FASHION_MNIST",
     "SPLITS",
     "DataFileError",
+    "DatasetEntry",
     "DatasetInfo",
     "DatasetNotFoundError",
+    "FilesConfig",
     "Pool",
     "Split",
     "candidate_dirs",
@@ -61,4 +68,6 @@ __all__ = [
     "load_splits",
     "locate",
     "make_pool",
+    "register_files",
+    "registered_files",
 ]

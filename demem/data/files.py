@@ -27,9 +27,23 @@ def _cache_dir() -> Path:
     return Path.home() / ".cache" / "demem" / "data"
 
 
+def _fixed_path(name: str) -> Path | None:
+    source = SOURCES.get(name)
+    return source.path if source is not None else None
+
+
+def _searchable(name: str, directory: Path) -> bool:
+    # A dataset from files may be one file (an npz) rather than a directory.
+    return directory.exists() if _fixed_path(name) is not None else directory.is_dir()
+
+
 def candidate_dirs(name: str, root: str | Path | None) -> list[Path]:
     """Directories to search, in priority order, without duplicates. An explicit `root` is the only
-    place searched: a copy found elsewhere would silently stand in for the one the user named."""
+    place searched: a copy found elsewhere would silently stand in for the one the user named. A
+    dataset from files (``data.files``) is read from its one path alone."""
+    fixed = _fixed_path(name)
+    if fixed is not None:
+        return [fixed]
     if root is not None:
         base = Path(root).expanduser()
         return [base / name, base]
@@ -53,6 +67,8 @@ def _download(name: str, target: Path) -> None:
     import torchvision.datasets  # only this path needs torchvision (and a network)
 
     source = SOURCES[name]
+    if not source.torchvision_class:
+        raise ValueError(f"dataset {name!r} cannot be downloaded by demem; put its files in --data-root")
     cls = getattr(torchvision.datasets, source.torchvision_class)
     target.mkdir(parents=True, exist_ok=True)
     for kwargs in source.torchvision_kwargs:
@@ -66,6 +82,10 @@ def _validate(info: DatasetInfo, split: Split, split_name: str, where: Path) -> 
             f"{info.name} {split_name} split in {where}: images are {tuple(split.images.shape[1:])}, "
             f"expected (C, H, W) = {expected}"
         )
+    # A one-split dataset from files has sizes (n, 0): every sample is a training sample.
+    one_split = split_name == "test" and info.sizes[0] > 0 and info.sizes[1] == 0
+    if split.n == 0 and one_split:
+        return
     if split.n == 0:
         raise DataFileError(f"{info.name} {split_name} split in {where} is empty")
     lo, hi = int(split.labels.min()), int(split.labels.max())
@@ -96,7 +116,7 @@ def load_splits(name: str, *, root: str | Path | None = None, download: bool = F
     info = dataset_info(name)
     tried = candidate_dirs(name, root)
     for directory in tried:
-        if not directory.is_dir():
+        if not _searchable(name, directory):
             continue
         found = loader(directory)
         if found is not None:
@@ -104,7 +124,7 @@ def load_splits(name: str, *, root: str | Path | None = None, download: bool = F
                 _validate(info, split, split_name, directory)
             return found
 
-    if download:
+    if download and SOURCES[name].torchvision_class:
         if root is not None:
             target = Path(root).expanduser()
         else:
@@ -117,6 +137,10 @@ def load_splits(name: str, *, root: str | Path | None = None, download: bool = F
             return found
         tried.append(target)
 
+    if _fixed_path(name) is not None:
+        raise DatasetNotFoundError(
+            f"dataset {name!r} not found: {SOURCES[name].layout} is not there. {info.fetch_hint}"
+        )
     listing = "\n".join(f"  {d}" for d in tried)
     raise DatasetNotFoundError(
         f"dataset {name!r} not found. Looked for {SOURCES[name].layout} in:\n{listing}\n"
@@ -131,6 +155,8 @@ def _files_present(name: str, directory: Path) -> bool | None:
     The loaders return None exactly when these files are missing, so this agrees with them without
     reading (or unpickling) any data. None means "no cheap check for this dataset": ask the loader.
     """
+    if _fixed_path(name) is not None:
+        return directory.exists()
     if name in ("fashion-mnist", "mnist"):
         return find_idx_dir(directory, "FashionMNIST" if name == "fashion-mnist" else "MNIST") is not None
     if name == "cifar10":
@@ -160,7 +186,7 @@ def locate(name: str, root: str | Path | None = None) -> Path | None:
     """
     loader = DATASETS.get(name)
     for directory in candidate_dirs(name, root):
-        if not directory.is_dir():
+        if not _searchable(name, directory):
             continue
         present = _files_present(name, directory)
         if present is None:  # a dataset without a cheap check: the loader itself decides

@@ -3,13 +3,14 @@ readers with how torchvision fetches each."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from demem.registry import Registry
+from demem.registry import BUILTIN, Registry
 
 SPLITS = ("train+test", "train", "test")
 
@@ -106,27 +107,63 @@ class Split:
 # another copy would hide a corrupt one.
 Loader = Callable[[Path], tuple[Split, Split] | None]
 
-DATASETS: Registry[Loader] = Registry("dataset")
+
+@dataclass(frozen=True)
+class DatasetEntry:
+    """What a dataset plugin registers (entry-point group ``demem.datasets``; docs/plugins.md).
+
+    Attributes:
+        info: the dataset's facts; `info.name` must be the entry point's name.
+        loader: reads the dataset from one directory (the search order of `demem.data.load_splits`:
+            `data.root`, then $DEMEM_DATA, then the download cache): (train, test) Splits of
+            (N, C, H, W) uint8 images and (N,) int64 labels, or None when its files are not there.
+        layout: the files it expects, for the not-found message.
+    """
+
+    info: DatasetInfo
+    loader: Loader
+    layout: str
+
+
+def _plugin_dataset(obj, name: str) -> Loader:
+    if not isinstance(obj, DatasetEntry):
+        raise TypeError(f"a dataset entry must be a demem.data.DatasetEntry, got {type(obj).__name__}")
+    if not isinstance(obj.info, DatasetInfo) or obj.info.name != name or not callable(obj.loader):
+        raise ValueError(f"DatasetEntry.info must be a DatasetInfo named {name!r} and loader a callable")
+    _INFO[name] = obj.info
+    SOURCES[name] = Source(obj.layout, "", ())
+    return obj.loader
+
+
+DATASETS: Registry[Loader] = Registry("dataset", group="demem.datasets", adapt=_plugin_dataset)
 
 
 @dataclass(frozen=True)
 class Source:
-    """How to describe the expected files, and how torchvision fetches them."""
+    """How to describe the expected files, and how torchvision fetches them.
+
+    A dataset read from files the user names (`demem.data.arrays`) has a `path` instead: the one place
+    it is read from (the search directories and ``--data-root`` do not apply), and nothing fetches it.
+    """
 
     layout: str  # human-readable description of the expected files, for error messages
-    torchvision_class: str
-    torchvision_kwargs: tuple[dict, ...]  # one constructor call per entry; all together fetch both splits
+    torchvision_class: str = ""  # "": nothing to download
+    torchvision_kwargs: tuple[dict, ...] = ()  # one constructor call per entry; all together fetch both splits
+    path: Path | None = None
 
 
 _INFO: dict[str, DatasetInfo] = {}
 SOURCES: dict[str, Source] = {}
 
 
-def register_source(info: DatasetInfo, source: Source) -> Callable[[Loader], Loader]:
+def register_source(info: DatasetInfo, source: Source, origin: str = BUILTIN) -> Callable[[Loader], Loader]:
+    """Register a dataset's loader with its facts and files; `origin` as in `Registry.register`."""
+
     def deco(loader: Loader) -> Loader:
+        DATASETS.register(info.name, origin=origin)(loader)  # first: a taken name leaves the facts as they were
         _INFO[info.name] = info
         SOURCES[info.name] = source
-        return DATASETS.register(info.name)(loader)
+        return loader
 
     return deco
 
@@ -139,3 +176,29 @@ def dataset_info(name: str) -> DatasetInfo:
 
 def generic_fetch_hint(name: str) -> str:
     return f"demem train --dataset {name} --download --data-root DIR"
+
+
+def pixel_moments(batches: Iterable[np.ndarray], channel_axis: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and (population) standard deviation of uint8 images, scaled to [0, 1].
+
+    Args:
+        batches: uint8 arrays of images (N, ...), all with the same channel count at `channel_axis`.
+        channel_axis: 1 for (N, C, H, W), 3 for (N, H, W, C).
+
+    Counting each of the 256 values per channel keeps the sums exact and the memory to one batch,
+    however many images there are.
+    """
+    counts: np.ndarray | None = None
+    for batch in batches:
+        moved = np.moveaxis(batch, channel_axis, 0)
+        if counts is None:
+            counts = np.zeros((moved.shape[0], 256), dtype=np.int64)
+        for c in range(moved.shape[0]):
+            counts[c] += np.bincount(moved[c].reshape(-1), minlength=256)
+    if counts is None or counts.sum() == 0:
+        raise ValueError("pixel_moments: no pixels")
+    values = np.arange(256, dtype=np.float64) / 255
+    n = counts.sum(axis=1)
+    mean = (counts * values).sum(axis=1) / n
+    var = (counts * (values - mean[:, None]) ** 2).sum(axis=1) / n
+    return tuple(float(m) for m in mean), tuple(float(s) for s in np.sqrt(var))

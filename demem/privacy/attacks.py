@@ -132,27 +132,51 @@ class MembershipAttack:
     score: Callable[[AttackSetup], Scores]
     needs: str = ""  # why `min_models`, for the refusal messages
     query: str = "clean"
+    # What it reads of the target's own keep row: "none", or "target non-members" (RMIA's population
+    # z: samples known to be outside the target's training set, as its threat model grants).
+    population: str = "none"
 
 
-MIA: Registry[MembershipAttack] = Registry("membership attack")
 QUERY_KINDS = ("clean", "adversarial", "boundary")
 THREAT_MODELS = ("scores", "labels", "white-box gradients")
+POPULATIONS = ("none", "target non-members")
 # Where each robust signal comes from, for the refusal when a group did not record it.
 _RECORDED_BY = {"adversarial": "eval.adversarial", "boundary": "eval.boundary"}
 
 
-def register_attack(attack: MembershipAttack) -> MembershipAttack:
+def check_attack(attack: MembershipAttack, name: str | None = None) -> MembershipAttack:
+    """The facts every attack, built-in or plugin, must state (a ValueError saying which is wrong)."""
+    if not isinstance(attack, MembershipAttack):
+        raise TypeError(f"a membership attack must be a demem.privacy.attacks.MembershipAttack, got {attack!r}")
+    if name is not None and attack.name != name:
+        raise ValueError(f"the attack's name {attack.name!r} differs from its entry point's {name!r}")
     if (
         attack.references not in ("online", "offline", "none")
         or attack.queries not in ("all", "first")
         or attack.query not in QUERY_KINDS
         or attack.threat_model not in THREAT_MODELS
+        or attack.population not in POPULATIONS
+        or (attack.family in (*QUERY_KINDS, "all") and attack.family != attack.query)  # set names stay unambiguous
+        or not callable(attack.score)
     ):
         raise ValueError(
             f"membership attack {attack.name!r}: references {attack.references!r}, queries {attack.queries!r}, "
-            f"query {attack.query!r}, threat model {attack.threat_model!r}"
+            f"query {attack.query!r}, threat model {attack.threat_model!r}, family {attack.family!r}, "
+            f"population {attack.population!r} "
+            f"(references online/offline/none, queries all/first, query one of {QUERY_KINDS}, threat model one "
+            f"of {THREAT_MODELS}, population one of {POPULATIONS}, a family that is not 'all' or another query "
+            "kind, a callable score)"
         )
-    return MIA.register(attack.name)(attack)
+    if attack.min_models < AUDIT_MIN_MODELS:
+        raise ValueError(f"membership attack {attack.name!r}: min_models must be >= {AUDIT_MIN_MODELS} (the audit's)")
+    return attack
+
+
+MIA: Registry[MembershipAttack] = Registry("membership attack", group="demem.mia", adapt=check_attack)
+
+
+def register_attack(attack: MembershipAttack) -> MembershipAttack:
+    return MIA.register(attack.name)(check_attack(attack))
 
 
 def attack_names(family: str | None = None) -> tuple[str, ...]:
@@ -283,8 +307,11 @@ def _builtin(name, family, variant, references, min_models, signal, queries, sco
     """Register one of ours: each reads one signal; the clean ones see only the target's scores, the
     robust ones also its gradients (to craft their queries)."""
     threat = "scores" if query == "clean" else "white-box gradients"
+    population = "target non-members" if family == "rmia" else "none"
     register_attack(
-        MembershipAttack(name, family, variant, references, min_models, (signal,), queries, threat, score, needs, query)
+        MembershipAttack(
+            name, family, variant, references, min_models, (signal,), queries, threat, score, needs, query, population
+        )
     )
 
 

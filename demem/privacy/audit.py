@@ -115,7 +115,13 @@ def run_audit(group: GroupData, cfg: AuditConfig) -> tuple[dict[str, Any], dict[
         except AttackRefused as e:  # cannot be estimated here: say why, keep the others
             results[name] = {"variant": attack.variant, "skipped": str(e)}
             continue
-        results[name] = {"query": attack.query, "threat_model": attack.threat_model}
+        results[name] = {
+            "family": attack.family,  # what a plugin's `info` leaves out, the registry says
+            "variant": attack.variant,
+            "n_references": setup.n_references,
+            "query": attack.query,
+            "threat_model": attack.threat_model,
+        }
         results[name].update(_summarise(scored, group.keep, setup.targets))
         one_run = _one_run(group, setup, scored.scores)
         if one_run is not None:

@@ -157,6 +157,8 @@ class ExperimentSpec:
             f"audit per group and seed: {m} models, targets: {targets}, queries: {queries}, "
             f"attacks: {', '.join(self.audit.attacks)}; {shadows_text(m)}"
         )
+        if self.audit.keep_models:
+            lines.append(weights_text(groups, len(seeds) * m))
         if self.search is not None:
             s = self.search
             objectives = ", ".join(f"{o.metric} ({o.mode})" for o in s.objectives)
@@ -183,6 +185,27 @@ def shadows_text(m: int) -> str:
     return (
         f"each target is attacked with {m - 2} reference models ({per_kind} IN and {per_kind} OUT per "
         f"sample; the target and its partner are left out); LiRA needs at least {MIN_MODELS_LIRA} models"
+    )
+
+
+def weights_text(groups: list[Group], models_per_group: int) -> str:
+    """The disk that `audit.keep_models: true` costs: each model's parameters x 4 bytes (float32)."""
+    import torch
+
+    from demem.models import count_parameters
+    from demem.train import RunConfig, model_for
+
+    sizes: dict[tuple, int] = {}  # groups that differ only in training settings share a network
+    total = 0
+    for g in groups:
+        net = (g.run["data"]["dataset"], g.run["train"]["arch"], g.run["train"].get("norm"))
+        if net not in sizes:
+            model = model_for(RunConfig.from_dict(g.run), torch.device("cpu"))
+            sizes[net] = count_parameters(model, trainable_only=False)
+        total += sizes[net] * 4 * models_per_group
+    return (
+        f"keep_models: each model's weights stay in its run directory (model.pt): about {total / 2**20:,.1f} MiB "
+        f"in all ({models_per_group} models per group x parameters x 4 bytes)"
     )
 
 

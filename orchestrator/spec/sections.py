@@ -35,12 +35,15 @@ class AuditSpec:
         targets: attack the first `targets` models as targets; None = every model.
         attacks: expanded attack names (demem.privacy.audit.parse_attacks); default: all.
         queries: LiRA queries to use (<= eval.queries); None = all recorded.
+        keep_models: keep each model's trained weights (model.pt in its run directory), so a later
+            audit (`demem audit --format checkpoints`) can compute new signals without retraining.
     """
 
     models: int
     targets: int | None = None
     attacks: tuple[str, ...] = MIA_ATTACKS
     queries: int | None = None
+    keep_models: bool = False
 
     def config(self) -> AuditConfig:
         """The audit code's own config for this section."""
@@ -82,7 +85,13 @@ def _too_small(asked: tuple[str, ...], models: int) -> list[str]:
 def check_audit(audit: Any, given: bool, problems: list[str]) -> AuditSpec:
     """The audit section; with problems, a stand-in whose `models` is MIN_MODELS_AUDIT when unknown
     (so the groups can still be resolved and checked)."""
-    out: dict[str, Any] = {"models": None, "targets": None, "attacks": MIA_ATTACKS, "queries": None}
+    out: dict[str, Any] = {
+        "models": None,
+        "targets": None,
+        "attacks": MIA_ATTACKS,
+        "queries": None,
+        "keep_models": False,
+    }
     if not given or audit is None:
         problems.append("audit.models: required")
         return _audit(out)
@@ -140,6 +149,11 @@ def check_audit(audit: Any, given: bool, problems: list[str]) -> AuditSpec:
             problems.append("audit.queries: must be an integer >= 1 or null")
         else:
             out["queries"] = queries
+    keep_models = audit.get("keep_models", False)
+    if not isinstance(keep_models, bool):
+        problems.append(f"audit.keep_models: must be true or false, got {keep_models!r}")
+    else:
+        out["keep_models"] = keep_models
     return _audit(out)
 
 

@@ -17,7 +17,9 @@ import yaml
 from demem.membership import keep_mask
 from demem.methods import METHODS
 from demem.privacy import mia
+from demem.privacy.attacks import MIA
 from demem.privacy.audit import ATTACK_SETS, LIRA_MIN_SHADOWS, MIA_ATTACKS
+from demem.registry import BUILTIN
 from demem.train import RunConfig
 from orchestrator import spec as speclib
 from orchestrator.spec import (
@@ -78,6 +80,8 @@ def problems_of(raw, **kwargs) -> list[str]:
 
 
 KNOWN_METHODS = ", ".join(METHODS.names())
+# The installed plugins' attacks that run on 4 models (examples/plugin's calibrated_loss), listed last.
+PLUGIN_ATTACKS = "".join(f", {n}" for n in MIA_ATTACKS if MIA.origin(n) != BUILTIN and MIA.get(n).min_models <= 4)
 DP_METHODS = [n for n in METHODS if METHODS.get(n).dp]
 
 # (id, spec, exact problem line or regex it must produce)
@@ -101,7 +105,7 @@ BAD = [
     *(
         (f"underscore-{where}", patched((f"{where}._x", 1)), f"{where}._x: unknown key; allowed: {allowed}")
         for where, allowed in (
-            ("audit", "attacks, models, queries, targets"),
+            ("audit", "attacks, keep_models, models, queries, targets"),
             ("resources", "cpu, gpu"),
             ("failure", "max_retries"),
         )
@@ -285,13 +289,13 @@ BAD = [
         "needs 2 IN and 2 OUT shadows besides the target and its partner to estimate a variance (the fixed variants "
         "use the median of the per-sample ones); use more models, or attacks that run on 4: rmia_online, rmia_offline, "
         "loss, confidence, entropy, modified_entropy, rmia_online_adv, rmia_offline_adv, loss_adv, confidence_adv, "
-        "entropy_adv, modified_entropy_adv, boundary_linf, boundary_l2",
+        "entropy_adv, modified_entropy_adv, boundary_linf, boundary_l2" + PLUGIN_ATTACKS,
     ),
     (
         "audit-unknown-attack",
         patched(("audit.attacks", ["loss", "lira_magic", "gap"])),
         f"audit.attacks: unknown attack(s) 'lira_magic', 'gap'; known: {', '.join(MIA_ATTACKS)}, "
-        "and lira, rmia, threshold, clean, adversarial, boundary, all",
+        f"and {', '.join(ATTACK_SETS)}",
     ),
     ("audit-attacks-empty", patched(("audit.attacks", [])), "audit.attacks: must be a non-empty list of attack names"),
     ("audit-targets", patched(("audit.targets", 0)), "audit.targets: must be an integer >= 1 or null"),
@@ -305,7 +309,7 @@ BAD = [
     (
         "audit-unknown-key",
         patched(("audit.shadows", 3)),
-        "audit.shadows: unknown key; allowed: attacks, models, queries, targets",
+        "audit.shadows: unknown key; allowed: attacks, keep_models, models, queries, targets",
     ),
     ("audit-type", patched(("audit", [4])), "audit: must be a mapping"),
     ("cpu-zero", patched(("resources.cpu", 0)), "resources.cpu: must be > 0"),
@@ -472,8 +476,7 @@ def test_every_problem_is_reported_at_once():
         f"grid point method=madry: unknown method 'madry'; known: {KNOWN_METHODS}",
         "seeds: must be a non-empty list of integers >= 0",
         "audit.models: must be an integer >= 2",
-        f"audit.attacks: unknown attack(s) 'nope'; known: {', '.join(MIA_ATTACKS)}, "
-        "and lira, rmia, threshold, clean, adversarial, boundary, all",
+        f"audit.attacks: unknown attack(s) 'nope'; known: {', '.join(MIA_ATTACKS)}, and {', '.join(ATTACK_SETS)}",
         "resources.cpu: must be > 0",
         "resources.gpu: must be >= 0",
         "max_concurrent: must be an integer >= 1 or null",
@@ -578,7 +581,7 @@ def test_group_id_is_stable_and_content_keyed():
     # A pinned value: a change to the hashing, or a new RunConfig field, changes every group id and so
     # orphans stored results. If this fails on purpose, say so in CHANGELOG.md.
     run = resolve_run({"data": {"pool_size": 64}, "train": {"epochs": 2}}, {}, 4)
-    assert group_id(run) == "f57608f0b9a3" == group_id(copy.deepcopy(run))
+    assert group_id(run) == "104760d3a705" == group_id(copy.deepcopy(run))
     # Where the data lie is not part of the group; what they are, and M, are.
     moved = resolve_run(
         {"data": {"pool_size": 64, "root": "/elsewhere", "download": True}, "train": {"epochs": 2}}, {}, 4

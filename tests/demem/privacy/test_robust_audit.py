@@ -16,8 +16,8 @@ from demem.privacy import audit
 from demem.privacy.attacks import MIA
 from demem.privacy.signals import adversarial_signals, sample_starts
 from demem.runner import attack_batch
+from demem.testing import synthetic_group
 from demem.train import RunConfig, load_pool, prepare
-from tests.demem.privacy.test_attacks import synthetic_group
 from tests.helpers import ROBUST_SIGNALS, needs_fashion, train_group
 
 pytestmark = needs_fashion
