@@ -174,17 +174,21 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
 
 def run_dict_from_args(a: argparse.Namespace) -> dict[str, Any]:
     """The RunConfig dict the `train` flags describe: only the keys of the flags given."""
+    return flags_to_dict(a, [f for flags in _TRAIN_FLAGS.values() for f in flags])
+
+
+def flags_to_dict(a: argparse.Namespace, flags) -> dict[str, Any]:
+    """The nested run-config dict that the given (flag, keys, options, help) entries set in `a`."""
     out: dict[str, Any] = {}
-    for flags in _TRAIN_FLAGS.values():
-        for flag, paths, _, _ in flags:
-            if not hasattr(a, _dest(flag)):
-                continue
-            for path in paths:
-                *parents, leaf = path.split(".")
-                node = out
-                for key in parents:
-                    node = node.setdefault(key, {})
-                node[leaf] = getattr(a, _dest(flag))
+    for flag, paths, _, _ in flags:
+        if not hasattr(a, _dest(flag)):
+            continue
+        for path in paths:
+            *parents, leaf = path.split(".")
+            node = out
+            for key in parents:
+                node = node.setdefault(key, {})
+            node[leaf] = getattr(a, _dest(flag))
     return out
 
 
@@ -296,16 +300,7 @@ def _checkpoint_flags() -> list[tuple[str, tuple[str, ...], dict[str, Any], str]
 
 def _checkpoint_run_dict(a: argparse.Namespace) -> dict[str, Any]:
     """The run-config keys the checkpoint flags given describe (only those given)."""
-    out: dict[str, Any] = {}
-    for flag, paths, _, _ in _checkpoint_flags():
-        if hasattr(a, _dest(flag)):
-            for path in paths:
-                *parents, leaf = path.split(".")
-                node = out
-                for key in parents:
-                    node = node.setdefault(key, {})
-                node[leaf] = getattr(a, _dest(flag))
-    return out
+    return flags_to_dict(a, _checkpoint_flags())
 
 
 def _read_group(a: argparse.Namespace, fmt: str, say):

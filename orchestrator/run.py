@@ -24,6 +24,7 @@ from demem import __version__
 from demem.artifacts import CHECKPOINT, CONFIG, read_metrics
 from demem.io import write_json, write_text
 from orchestrator.collect import collect, write_hparams
+from orchestrator.group_table import group_table
 from orchestrator.layout import SPEC, ExperimentDir, open_experiment, trial_records
 from orchestrator.leftovers import forget_private_instance, record_private_instance, stop_leftovers
 from orchestrator.lock import ExperimentLock
@@ -32,7 +33,6 @@ from orchestrator.progress import GridProgress, Printer, start_progress
 from orchestrator.search import run_search
 from orchestrator.spec import ExperimentSpec, SpecError, load_spec, name_problem
 from orchestrator.storage import TUNE, StorageError, is_uri, join_uri
-from orchestrator.summarize import group_table
 from orchestrator.tuner import TrainFn, build_tuner
 
 # Exit codes of `demem run` / `demem resume` (README, "Safety").

@@ -367,18 +367,6 @@ def _add_separability(df: pd.DataFrame, runs: pd.DataFrame, audits: pd.DataFrame
     df["separable"] = [not c for c in close]
 
 
-def group_table(exp: ExperimentDir, attack: str | None = None) -> str:
-    """The group table `demem run` prints at the end (`orchestrator.group_table`)."""
-    from orchestrator.group_table import group_table as table
-
-    return table(exp, attack)
-
-
-# ---------------------------------------------------------------------------------------------------
-# Entry point
-# ---------------------------------------------------------------------------------------------------
-
-
 def summarize(
     root: str | Path,
     *,

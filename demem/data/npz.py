@@ -62,17 +62,28 @@ def _open_zip(path: Path) -> zipfile.ZipFile:
         ) from None
 
 
+def read_header(f) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """(shape, Fortran order, dtype) of the `.npy` array whose bytes `f` (a binary file) starts at,
+    from its header alone (at most MAX_HEADER_BYTES of it); `f` is left at the array's data.
+
+    Raises:
+        ValueError, EOFError: not a `.npy` header (or one of an unknown version).
+    """
+    version = np.lib.format.read_magic(f)
+    if version == (1, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(f, max_header_size=MAX_HEADER_BYTES)
+    elif version in ((2, 0), (3, 0)):
+        shape, fortran, dtype = np.lib.format.read_array_header_2_0(f, max_header_size=MAX_HEADER_BYTES)
+    else:
+        raise ValueError(f"unknown .npy format version {version}")
+    return tuple(int(d) for d in shape), bool(fortran), dtype
+
+
 def _header(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> Member:
     key = info.filename[: -len(".npy")]
     try:
         with zf.open(info) as f:
-            version = np.lib.format.read_magic(f)
-            if version == (1, 0):
-                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f, max_header_size=MAX_HEADER_BYTES)
-            elif version in ((2, 0), (3, 0)):
-                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f, max_header_size=MAX_HEADER_BYTES)
-            else:
-                raise ValueError(f"unknown .npy format version {version}")
+            shape, fortran, dtype = read_header(f)
             offset = f.tell()
     except _READ_ERRORS as e:
         raise DataFileError(f"{path}: member {info.filename!r} is not a readable .npy array: {e}") from None
@@ -81,7 +92,7 @@ def _header(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> Member:
             f"{path}: member {info.filename!r} holds Python objects (dtype {dtype}), which only a pickle can "
             "carry; refused (save plain numeric arrays)"
         )
-    member = Member(key, tuple(int(d) for d in shape), dtype, bool(fortran), offset, info.file_size)
+    member = Member(key, shape, dtype, fortran, offset, info.file_size)
     if member.offset + member.nbytes != member.size:
         raise DataFileError(
             f"{path}: member {info.filename!r}: its header says {member.shape} {dtype} = {member.nbytes} bytes of "

@@ -35,7 +35,6 @@ import torch
 
 from demem.artifacts import GroupData
 from demem.data import npz
-from demem.data.npz import MAX_HEADER_BYTES
 from demem.names import N_HELDOUT, NATURAL_ACC, NATURAL_GAP, TRAIN_NATURAL_ACC
 from demem.privacy.signals import ADVERSARIAL, SIGNALS, chunks, logit_signals
 
@@ -81,19 +80,12 @@ def npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
     """(shape, dtype) from a `.npy` header, once the file is known to hold exactly that much data."""
     try:
         with open(path, "rb") as f:
-            version = np.lib.format.read_magic(f)
-            if version == (1, 0):
-                shape, _, dtype = np.lib.format.read_array_header_1_0(f, max_header_size=MAX_HEADER_BYTES)
-            elif version in ((2, 0), (3, 0)):
-                shape, _, dtype = np.lib.format.read_array_header_2_0(f, max_header_size=MAX_HEADER_BYTES)
-            else:
-                raise ValueError(f"unknown .npy format version {version}")
+            shape, _, dtype = npz.read_header(f)
             offset, size = f.tell(), path.stat().st_size
     except (OSError, ValueError, EOFError) as e:
         raise ExternalError(f"{path}: not a readable .npy array ({type(e).__name__}: {e})") from None
     if dtype.hasobject:
         raise ExternalError(f"{path}: holds Python objects (dtype {dtype}), which only a pickle can carry; refused")
-    shape = tuple(int(d) for d in shape)
     if offset + math.prod(shape) * dtype.itemsize != size:
         raise ExternalError(
             f"{path}: its header says {shape} {dtype} = {math.prod(shape) * dtype.itemsize} bytes of data, but the "

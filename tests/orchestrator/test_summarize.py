@@ -20,8 +20,9 @@ from demem.stats import welch_diff
 from orchestrator import plots
 from orchestrator.collect import load_tables
 from orchestrator.fmt import fmt_ci
+from orchestrator.group_table import group_table
 from orchestrator.report import power_text
-from orchestrator.summarize import group_table, summarize, summarize_groups
+from orchestrator.summarize import summarize, summarize_groups
 
 # --- statistics --------------------------------------------------------------------------------
 
