@@ -56,7 +56,12 @@ _TRAIN_FLAGS: dict[str, list[tuple[str, tuple[str, ...], dict[str, Any], str]]] 
     ],
     "method": [
         ("--method", ("method.name",), {}, "training method"),
-        ("--beta", ("method.beta",), {"type": float}, "TRADES / MART robustness weight (6 / 5)"),
+        (
+            "--beta",
+            ("method.beta",),
+            {"type": float},
+            "the method's weight: TRADES / MART robustness (6 / 5), a plugin's own",
+        ),
         ("--awp-gamma", ("method.awp_gamma",), {"type": float}, "AWP size for pgd_at / trades (0 = off)"),
         (
             "--awp-objective",
