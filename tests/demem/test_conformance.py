@@ -1,5 +1,5 @@
 """The built-ins pass the same conformance checks a plugin author runs (`demem.testing`): every
-method, the CPU-sized architectures (the wide ResNets under -m slow), every membership attack and
+method, every architecture (the two wide ResNets take about 10 s), every membership attack and
 the embedded default dataset. A check that a built-in failed would be a contract the house breaks."""
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from tests.helpers import FASHION_DIR, needs_fashion
 
 BUILTIN_METHODS = [n for n in METHODS.registered() if METHODS.origin(n) == BUILTIN]
 BUILTIN_ATTACKS = [n for n in MIA.registered() if MIA.origin(n) == BUILTIN]
-WIDE = ("wrn-34-10", "wrn-28-10")
 
 
 @pytest.mark.parametrize("name", BUILTIN_METHODS)
@@ -28,14 +27,7 @@ def test_every_builtin_method_meets_the_method_contract(name):
     assert any("edge pixels" in s for s in skipped) == (name in ("trades", "dp_trades"))  # the KL attack
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(n, marks=pytest.mark.slow) if n in WIDE else n
-        for n in MODELS.registered()
-        if MODELS.origin(n) == BUILTIN
-    ],
-)
+@pytest.mark.parametrize("name", [n for n in MODELS.registered() if MODELS.origin(n) == BUILTIN])
 def test_every_builtin_model_meets_the_model_contract(name):
     assert testing.check_model(name) == []
 

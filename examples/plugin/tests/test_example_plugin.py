@@ -121,3 +121,27 @@ def test_lenet5_has_the_papers_parameter_count():
     norm = sum(p.numel() for mod in model.modules() if isinstance(mod, torch.nn.BatchNorm2d) for p in mod.parameters())
     # conv 1->6 (5x5) 156, conv 6->16 2,416, fc 400->120 48,120, 120->84 10,164, 84->10 850
     assert count_parameters(model) - norm == 61_706
+
+
+def test_demem_on_top_of_relaxloss_trains(tmp_path):
+    """DeMem's penalty on the plugin method's per-sample losses, through demem's own training run."""
+    from pathlib import Path
+
+    from demem.runner import train_run
+    from demem.train import RunConfig
+
+    if not (Path("/usr/share/datasets/fashion-mnist") / "train-images-idx3-ubyte.gz").is_file():
+        pytest.skip("Debian's dataset-fashion-mnist is not installed")
+    run = RunConfig.from_dict(
+        {
+            "data": {"dataset": "fashion-mnist", "pool_size": 64},
+            "train": {"arch": "lenet5", "epochs": 2, "batch_size": 16},
+            "method": {"name": "relaxloss_at", "beta": 1.5},
+            "attack": {"steps": 1},
+            "demem": {"lambda": 0.4},
+            "eval": {"attack": {"steps": 1}, "adversarial": None, "boundary": None},
+        }
+    )
+    assert run.defence == "relaxloss_at+demem"
+    metrics = train_run(run, tmp_path / "run", "cpu", log=lambda _: None)
+    assert all(epoch["penalty"] > 0 for epoch in metrics["history"]) and metrics["defence"] == "relaxloss_at+demem"
