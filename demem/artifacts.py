@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from demem import __version__, names
+from demem.device import native_bf16
 from demem.io import atomic_path, write_json, write_npy, write_npz
 
 SCHEMA_VERSION = 1
@@ -40,6 +41,8 @@ def provenance(state) -> dict[str, Any]:
         "pool_size": state.pool.n,
         "n_train": int(state.keep.sum()),
         "device": str(state.device),
+        "precision": state.run.train.precision,  # as resolved: "fp32" or "bf16"
+        "native_bf16": native_bf16(state.device),
         "python": platform.python_version(),
     }
 

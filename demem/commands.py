@@ -17,6 +17,7 @@ from typing import Any
 
 from demem import __version__
 from demem.artifacts import CHECKPOINT, METRICS
+from demem.data import SPLITS
 from demem.dp import ACCOUNTANTS
 from demem.evasion import LOSSES as ATTACK_LOSSES
 from demem.evasion import STARTS as ATTACK_STARTS
@@ -25,7 +26,7 @@ from demem.methods import AWP_OBJECTIVES
 from demem.models import NORM_LAYERS
 from demem.penalty import RISKS, THRESHOLD_MODES
 from demem.privacy.attacks import attack_names, attack_sets
-from demem.train import SCHEDULES, SPLITS
+from demem.train import SCHEDULES
 
 # `demem train` flags: (flag, run-config keys it sets, argparse options, help). Defaults are not
 # restated here: a flag left out leaves its keys out, and RunConfig.from_dict fills them; --help shows

@@ -13,7 +13,7 @@ from torch import nn
 
 from demem import config as cfglib
 from demem.data import DatasetInfo, Pool
-from demem.device import fast_path, to_float
+from demem.device import autocast, autotune, to_float
 from demem.evasion import AttackConfig, eval_mode, run_attack
 from demem.names import (
     GAP_ATTACK,
@@ -92,16 +92,20 @@ def accuracy(
     batch_size: int = 500,
     attack: AttackConfig | None = None,
     generator: torch.Generator | None = None,
+    precision: str | None = None,
 ) -> float:
-    """Top-1 accuracy on (N, C, H, W) uint8 images, optionally under `attack`. Returns a fraction."""
+    """Top-1 accuracy on (N, C, H, W) uint8 images, optionally under `attack`. Returns a fraction.
+
+    The attack runs at `precision` (None: the device's default); the final logits are fp32."""
     correct = 0
-    with eval_mode(model), fast_path(device):
+    with eval_mode(model), autotune(device):
         for sl in chunks(images.shape[0], batch_size):
-            x = to_float(images[sl], device)
+            x = to_float(images[sl], device, precision)
             y = labels[sl].to(device)
             if attack is not None:
-                x = run_attack(model, x, y, attack, generator=generator)
-            with torch.no_grad():
+                with autocast(device, precision):
+                    x = run_attack(model, x, y, attack, generator=generator)
+            with torch.no_grad(), torch.autocast(device.type, enabled=False):
                 correct += int((model(x).argmax(1) == y).sum())
     return correct / max(images.shape[0], 1)
 
@@ -116,12 +120,14 @@ def evaluate_heldout(
     seed: int = 0,
     limit: int | None = None,
     autoattack: bool = True,
+    precision: str | None = None,
 ) -> dict[str, float | int | None]:
     """Natural and robust accuracy on the samples this model did not train on (keep == 0).
 
     The attack RNG is seeded from `seed` alone, so the numbers do not depend on what ran before.
     `limit` evaluates only the first `limit` held-out samples (an interim estimate, e.g. per epoch
-    of a search trial); `autoattack=False` skips AutoAttack even where `cfg` asks for it.
+    of a search trial); `autoattack=False` skips AutoAttack even where `cfg` asks for it. The attacks
+    run at `precision` (the run's `train.precision`), the final logits in fp32.
     """
     idx = torch.from_numpy(np.flatnonzero(~keep)[:limit])
     x, y = pool.images[idx], pool.labels[idx]
@@ -129,15 +135,17 @@ def evaluate_heldout(
     gen.manual_seed(seed)
     out: dict[str, float | int | None] = {
         N_HELDOUT: int(idx.numel()),
-        NATURAL_ACC: accuracy(model, x, y, device=device, batch_size=cfg.batch_size),
-        ROBUST_ACC: accuracy(model, x, y, device=device, batch_size=cfg.batch_size, attack=cfg.attack, generator=gen),
+        NATURAL_ACC: accuracy(model, x, y, device=device, batch_size=cfg.batch_size, precision=precision),
+        ROBUST_ACC: accuracy(
+            model, x, y, device=device, batch_size=cfg.batch_size, attack=cfg.attack, generator=gen, precision=precision
+        ),
         ROBUST_ACC_AA: None,
     }
     if cfg.autoattack and autoattack:
         n = min(cfg.autoattack_samples, x.shape[0])
         aa = AttackConfig(name="autoattack", eps=cfg.attack.eps, norm=cfg.attack.norm)
         out[ROBUST_ACC_AA] = accuracy(
-            model, x[:n], y[:n], device=device, batch_size=cfg.batch_size, attack=aa, generator=gen
+            model, x[:n], y[:n], device=device, batch_size=cfg.batch_size, attack=aa, generator=gen, precision=precision
         )
         out[N_AUTOATTACK] = n
     return out
@@ -153,6 +161,7 @@ def generalization_gap(
     heldout_robust: float,
     device: torch.device,
     seed: int = 0,
+    precision: str | None = None,
 ) -> dict[str, float | int | str]:
     """Natural and robust accuracy on the model's own training half, and each minus the same on its
     held-out half: the generalization gaps that adversarial training overfits (Rice et al. 2020) and
@@ -181,7 +190,9 @@ def generalization_gap(
         gen = torch.Generator(device=device)
         gen.manual_seed(seed)
         x, y = pool.images[idx], pool.labels[idx]
-        train = accuracy(model, x, y, device=device, batch_size=cfg.batch_size, attack=cfg.attack, generator=gen)
+        train = accuracy(
+            model, x, y, device=device, batch_size=cfg.batch_size, attack=cfg.attack, generator=gen, precision=precision
+        )
         heldout = heldout_robust
         how = f"the evaluation attack (PGD-{cfg.attack.steps}) on both halves"
     out[TRAIN_ROBUST_ACC] = train

@@ -126,12 +126,15 @@ def evaluate_run(state: TrainState) -> tuple[dict[str, Any], dict[str, Any]]:
     run, model, pool, device = state.run, state.model, state.pool, state.device
     ev = run.eval
     with per_sample_hooks_off(state.train_model if state.dp is not None else None):
-        heldout = evaluate_heldout(model, pool, state.keep, ev, device=device, seed=run.seed)
+        precision = run.train.precision  # the attacks' precision; every logit read is fp32
+        heldout = evaluate_heldout(model, pool, state.keep, ev, device=device, seed=run.seed, precision=precision)
         stats = sample_statistics(model, pool, device=device, queries=ev.queries)
         batch = attack_batch(ev.batch_size, device)
         if ev.adversarial is not None:
             t0 = time.perf_counter()
-            stats.update(adversarial_signals(model, pool, ev.adversarial, device=device, batch_size=batch))
+            stats.update(
+                adversarial_signals(model, pool, ev.adversarial, device=device, batch_size=batch, precision=precision)
+            )
             heldout[names.ADVERSARIAL_SECONDS] = time.perf_counter() - t0
         if ev.boundary is not None:
             cfg = replace(ev.boundary, batch_size=min(ev.boundary.batch_size, batch))
@@ -139,7 +142,15 @@ def evaluate_run(state: TrainState) -> tuple[dict[str, Any], dict[str, Any]]:
             heldout[names.BOUNDARY_SECONDS] = float(distances.pop("boundary_seconds"))
             stats.update(distances)
         gaps = generalization_gap(
-            model, pool, state.keep, stats, ev, heldout_robust=heldout[names.ROBUST_ACC], device=device, seed=run.seed
+            model,
+            pool,
+            state.keep,
+            stats,
+            ev,
+            heldout_robust=heldout[names.ROBUST_ACC],
+            device=device,
+            seed=run.seed,
+            precision=precision,
         )
         heldout.update(gaps)
     return heldout, stats

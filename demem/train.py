@@ -29,8 +29,18 @@ from torch import nn
 from demem import __version__, names
 from demem import config as cfglib
 from demem.augment import augment
-from demem.data import DATASETS, SPLITS, FilesConfig, Pool, dataset_info, make_pool, register_files
-from demem.device import autocast, autotune, layout, place_model, to_float
+from demem.data import Pool, dataset_info, make_pool
+from demem.data.config import DATASET_DEFAULTS, GENERIC_DEFAULTS, DataConfig
+from demem.device import (
+    PRECISIONS,
+    autocast,
+    autotune,
+    default_device,
+    layout,
+    place_model,
+    resolve_precision,
+    to_float,
+)
 from demem.dp import DPConfig, DPRuntime, make_private, per_sample_hooks_off, quiet_hook_warnings
 from demem.evaluate import EvalConfig, robust_signals
 from demem.evasion import AttackConfig
@@ -45,53 +55,6 @@ SCHEDULES = ("step", "cosine", "constant")
 MAX_EPOCHS = 10_000
 MAX_BATCH = 1 << 20
 
-# Per-dataset training defaults (epochs, batch size), following the DeMem reference code where it has
-# one (CIFAR: batch 256, 100 / 130 epochs). The small grey-scale sets train on small pools, where
-# batch 128 gives twice the SGD steps per epoch.
-DATASET_DEFAULTS = {
-    "cifar10": {"epochs": 100, "batch_size": 256},
-    "cifar100": {"epochs": 130, "batch_size": 256},
-    "svhn": {"epochs": 50, "batch_size": 256},
-    "fashion-mnist": {"epochs": 15, "batch_size": 128},
-    "mnist": {"epochs": 15, "batch_size": 128},
-}
-# Datasets without an entry (from files, from plugins): a middle ground between the two kinds above.
-GENERIC_DEFAULTS = {"epochs": 30, "batch_size": 128}
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    """Which pool the group trains on. `root`/`download` only say where to find the data; `files`
-    reads it from an npz or an image folder instead, registered under `dataset` (`demem.data.arrays`)."""
-
-    dataset: str = "fashion-mnist"
-    pool_size: int | None = None
-    pool_seed: int = 0
-    splits: str = "train+test"
-    root: str | None = None
-    download: bool = False
-    files: FilesConfig | None = None
-
-    def __post_init__(self) -> None:
-        if self.files is not None:
-            if self.download or self.root is not None:
-                raise ValueError("data.root and data.download do not apply to data.files: files.path is the data")
-            register_files(self.dataset, self.files)
-        DATASETS.check(self.dataset)
-        if self.splits not in SPLITS:
-            raise ValueError(f"data.splits must be one of {SPLITS}, got {self.splits!r}")
-        if self.pool_size is not None and self.pool_size < 4:
-            raise ValueError(f"data.pool_size must be >= 4 or None (whole dataset), got {self.pool_size}")
-        info = dataset_info(self.dataset)
-        if self.splits == "test" and info.sizes[0] and not info.sizes[1]:
-            raise ValueError(f"data.splits 'test': {self.dataset} has one split (train); use train or train+test")
-        available = info.available(self.splits)
-        if self.pool_size is not None and available and self.pool_size > available:
-            raise ValueError(
-                f"data.pool_size must be at most {available} ({self.dataset} {self.splits} has {available} samples), "
-                f"got {self.pool_size}"
-            )
-
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -102,6 +65,10 @@ class TrainConfig:
         lr_milestones: for schedule "step", fractions of `epochs` at which the LR is multiplied by
             `lr_decay` (reference: x0.1 at epoch 75 of 100).
         augment: random crop (+ flip where the dataset allows) during training.
+        precision: "fp32", "bf16" (autocast and channels_last in the training step and the
+            evaluation's attacks; the membership signals stay fp32) or "auto" (bf16 where the device
+            computes it natively: `demem.device.resolve_precision`). A resolved run config holds
+            "fp32" or "bf16", so runs of either precision are never one group.
     """
 
     arch: str = "small-cnn"
@@ -115,9 +82,12 @@ class TrainConfig:
     lr_milestones: tuple[float, ...] = (0.75,)
     lr_decay: float = 0.1
     augment: bool = True
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         MODELS.check(self.arch)
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"train.precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.norm not in NORM_LAYERS:
             raise ValueError(f"train.norm must be one of {NORM_LAYERS}, got {self.norm!r}")
         if self.epochs is not None and not 1 <= self.epochs <= MAX_EPOCHS:
@@ -180,8 +150,9 @@ class RunConfig:
         return "+".join(parts) or "none"
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
-        """Validate `data` and fill dataset-dependent defaults (epochs, attack eps, step sizes)."""
+    def from_dict(cls, data: dict[str, Any], *, device: torch.device | str | None = None) -> RunConfig:
+        """Validate `data` and fill dataset-dependent defaults (epochs, attack eps, step sizes), and
+        resolve `train.precision` "auto" for `device` (default: CUDA if present, else the CPU)."""
         raw = data or {}
         wrong = cfglib.type_problems(cls, raw)  # 2.5 epochs, lr inf, weight_decay nan, "1e-2"
         if wrong:
@@ -193,6 +164,7 @@ class RunConfig:
             run.train,
             epochs=run.train.epochs or defaults["epochs"],
             batch_size=run.train.batch_size or defaults["batch_size"],
+            precision=resolve_precision(run.train.precision, device or default_device()),
         )
         if run.method.dp and train.norm == "batch":
             # DP-SGD needs per-sample gradients, which BatchNorm does not have: use GroupNorm.
@@ -264,7 +236,7 @@ def model_for(run: RunConfig, device: torch.device) -> nn.Module:
             std=info.std,
             norm=run.train.norm,
         )
-    return place_model(model, device)
+    return place_model(model, device, run.train.precision)
 
 
 def load_pool(run: RunConfig) -> Pool:
@@ -442,12 +414,14 @@ def _train_step(state: TrainState, idx: torch.Tensor, use_awp: bool, sums: torch
     count and |H|, each times the batch size, into `sums` (5,) without a host sync."""
     run, device = state.run, state.device
     model, train_model = state.model, state.train_model or state.model
-    x = to_float(state.train_x[idx], device)
+    precision = run.train.precision
+    x = to_float(state.train_x[idx], device, precision)
     if run.train.augment:
-        x = layout(augment(x, crop_pad=state.pool.info.crop_pad, flip=state.pool.info.flip, generator=state.generator))
+        x = augment(x, crop_pad=state.pool.info.crop_pad, flip=state.pool.info.flip, generator=state.generator)
+        x = layout(x, precision)
     y = state.train_y[idx]
     mem = state.train_mem[idx] if state.train_mem is not None else None
-    with autocast(device):
+    with autocast(device, precision):
         with per_sample_hooks_off(state.train_model if state.dp is not None else None):
             x_adv = generate(model, x, y, method=run.method, attack=run.attack, generator=state.generator)
         train_model.train()

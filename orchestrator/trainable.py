@@ -198,6 +198,7 @@ def _interim_scores(state, limit: int) -> dict[str, float]:
         seed=state.run.seed,
         limit=limit,
         autoattack=False,
+        precision=state.run.train.precision,
     )
     stats = sample_statistics(state.model, state.pool, device=state.device, queries=1)
     return {NATURAL_ACC: ev[NATURAL_ACC], SEARCH_ROBUST_ACC: ev[ROBUST_ACC], **own_membership(stats, state.keep)}

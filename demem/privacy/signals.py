@@ -32,7 +32,7 @@ from torch import nn
 
 from demem.augment import shift
 from demem.data import DatasetInfo, Pool
-from demem.device import fast_path, layout, to_float
+from demem.device import autotune, fast_path, to_float
 from demem.evasion import AttackConfig, eval_mode, initial_delta, pgd
 
 SIGNALS = ("phi", "loss", "entropy", "mentropy", "correct")
@@ -117,7 +117,9 @@ def pool_signals(
     plan = query_plan(pool.info, queries)
     pad = max(max(abs(dy), abs(dx)) for dy, dx, _ in plan)
     out = {name: np.empty((pool.n, len(plan)), dtype=bool if name == "correct" else np.float32) for name in SIGNALS}
-    with eval_mode(model), torch.no_grad(), fast_path(device):
+    # fp32 whatever the run trained at: phi = log p - log(1 - p) needs the precision (bf16 keeps 8
+    # bits of mantissa, so confident samples' phi would collapse onto a few values)
+    with eval_mode(model), torch.no_grad(), autotune(device), torch.autocast(device.type, enabled=False):
         for sl in chunks(pool.n, batch_size):
             x = to_float(pool.images[sl], device)
             y = pool.labels[sl].to(device)
@@ -132,7 +134,7 @@ def pool_signals(
                         pad,
                         torch.full((b,), flip, device=device),
                     )
-                logits = model(layout(view))
+                logits = model(view)
                 for name, value in logit_signals(logits.float(), y).items():
                     out[name][sl, q] = value.cpu().numpy()
     out["sample_id"] = pool.sample_ids.numpy().astype(np.int64)
@@ -152,12 +154,18 @@ def sample_starts(x: torch.Tensor, sample_ids: torch.Tensor, cfg: AttackConfig) 
 
 
 def adversarial_signals(
-    model: nn.Module, pool: Pool, attack: AttackConfig, *, device: torch.device, batch_size: int = 500
+    model: nn.Module,
+    pool: Pool,
+    attack: AttackConfig,
+    *,
+    device: torch.device,
+    batch_size: int = 500,
+    precision: str | None = None,
 ) -> dict[str, np.ndarray]:
     """The membership signals of `model` on a PGD example crafted against it for every pool sample.
 
-    The attack runs as the evaluation's do (eval mode, the device's fast path); the signals come from
-    full-precision logits of the result, as the clean ones do.
+    The attack runs as the evaluation's do (eval mode, at `precision`: the run's, None for the device's
+    default); the signals come from fp32 logits of the result, as the clean ones do.
 
     Returns:
         ``adv_<signal>`` for each of SIGNALS as an (N, 1) array (float32; bool for correct), in pool order.
@@ -167,13 +175,13 @@ def adversarial_signals(
     }
     with eval_mode(model):
         for sl in chunks(pool.n, batch_size):
-            x = to_float(pool.images[sl], device)
+            x = to_float(pool.images[sl], device, precision)
             y = pool.labels[sl].to(device)
             start = sample_starts(x, pool.sample_ids[sl], attack)
-            with fast_path(device):
+            with fast_path(device, precision):
                 x_adv = pgd(model, x, y, attack, start=start)
             with torch.no_grad(), torch.autocast(device.type, enabled=False):
-                logits = model(layout(x_adv)).float()
+                logits = model(x_adv).float()
             for name, value in logit_signals(logits, y).items():
                 out[ADVERSARIAL + name][sl, 0] = value.cpu().numpy()
     return out

@@ -137,6 +137,11 @@ class ExperimentSpec:
             else f"{per_group} trials per group x {'/'.join(str(e) for e in epochs)} epochs"
         )
         lines.append(f"training: {total} epochs in all ({how})")
+        precisions = sorted({g.run["train"]["precision"] for g in groups})
+        lines.append(
+            f"precision: {', '.join(precisions)} (train.precision, resolved for the "
+            f"{'GPU' if self.resources.gpu > 0 else 'CPU'} trials; the membership signals' logits are fp32)"
+        )
         lines.append(self.cost_text())
         seed_list = ", ".join(str(s) for s in seeds)
         pools = (

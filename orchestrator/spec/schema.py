@@ -35,6 +35,7 @@ from typing import Any
 from demem import data as datalib
 from demem.checks import is_int
 from demem.config import json_schema
+from demem.device import PRECISIONS, resolve_precision
 from demem.privacy.audit import ATTACK_SETS, MIA_ATTACKS
 from demem.train import RunConfig
 from orchestrator.columns import SEARCH_METRICS
@@ -130,6 +131,7 @@ def validate(raw: dict, *, check_data: bool = True, available: dict[str, float] 
         )
         groups, group_problems = [], []
     else:
+        base = with_precision(base, "cuda" if resources.gpu > 0 else "cpu")
         groups, group_problems = expand(base, grid, audit.models, points, seed_pool)
     problems += group_problems
     if len(seeds) > MAX_SEEDS:
@@ -314,3 +316,16 @@ def spec_json_schema() -> dict[str, Any]:
         },
         "additionalProperties": False,
     }
+
+
+def with_precision(base: dict, device: str) -> dict:
+    """`base` with `train.precision` resolved for the trials' device (their resources, not the
+    driver's: a CPU-only driver plans GPU trials), so the group ids carry the precision they train at.
+    A base that is not a mapping is left for the problem list."""
+    if not isinstance(base, dict) or not isinstance(base.get("train", {}), dict):
+        return base
+    train = dict(base.get("train") or {})
+    precision = train.get("precision", "auto")
+    if precision in PRECISIONS:  # anything else: RunConfig's own message, from the expansion
+        train["precision"] = resolve_precision(precision, device)
+    return {**base, "train": train}

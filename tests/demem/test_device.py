@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -32,13 +33,15 @@ def test_resolve_device():
             dev.resolve_device("cuda")
 
 
-def _train_and_evaluate(seed: int, pool):
+def _train_and_evaluate(seed: int, pool, precision: str = "fp32"):
     from demem.evaluate import evaluate_heldout
     from demem.train import prepare, train_epoch
 
     from ..helpers import tiny_run
 
-    run = tiny_run(seed=seed, train={"epochs": 3, "augment": False}, eval={"attack": {"steps": 5}})
+    run = tiny_run(
+        seed=seed, train={"epochs": 3, "augment": False, "precision": precision}, eval={"attack": {"steps": 5}}
+    )
     state = prepare(run, "cpu", pool=pool)
     seen = []
     hook = state.model.register_forward_hook(
@@ -49,22 +52,93 @@ def _train_and_evaluate(seed: int, pool):
     for _ in range(run.train.epochs):
         train_epoch(state)
     hook.remove()
-    ev = evaluate_heldout(state.model, pool, state.keep, run.eval, device=state.device, seed=0, autoattack=False)
+    ev = evaluate_heldout(
+        state.model, pool, state.keep, run.eval, device=state.device, seed=0, autoattack=False, precision=precision
+    )
     return ev, seen
 
 
-def test_the_cuda_fast_path_changes_results_only_within_seed_noise(fmnist_pool, monkeypatch):
-    """bf16 autocast + channels_last (the CUDA path), run on the CPU, against fp32: the same seed's
+def test_the_bf16_fast_path_changes_results_only_within_seed_noise(fmnist_pool):
+    """bf16 autocast + channels_last (`train.precision: bf16`), run on the CPU, against fp32: the same seed's
     held-out natural and robust accuracy stay within twice the measured band, the difference
     between two fp32 seeds (at least 0.03: one seed's accuracy on 1,000 held-out samples moves by
     about that much)."""
-    import demem.device
-
     fp32 = {s: _train_and_evaluate(s, fmnist_pool) for s in (0, 1)}
     assert not any(a for a, _, _ in fp32[0][1])  # fp32: no autocast anywhere
-    monkeypatch.setattr(demem.device, "CPU_FAST_PATH", True)
-    bf16, seen = _train_and_evaluate(0, fmnist_pool)
+    bf16, seen = _train_and_evaluate(0, fmnist_pool, "bf16")
     assert seen and all(a and dt == torch.bfloat16 and cl for a, dt, cl in seen)  # the fast path really ran
     for metric in ("natural_acc", "robust_acc_pgd"):
         band = max(abs(fp32[0][0][metric] - fp32[1][0][metric]), 0.03)
         assert abs(bf16[metric] - fp32[0][0][metric]) <= 2 * band, (metric, bf16[metric], fp32[0][0][metric], band)
+
+
+def test_precision_resolution(monkeypatch):
+    """ "auto" is bf16 where torch says the device has native bf16 (CUDA; the CPU once CPU_AUTO_BF16
+    is on), fp32 elsewhere; "fp32" and "bf16" are kept; anything else is refused."""
+    assert dev.resolve_precision("fp32", "cuda") == "fp32" and dev.resolve_precision("bf16", "cpu") == "bf16"
+    with pytest.raises(ValueError, match="train.precision must be one of"):
+        dev.resolve_precision("fp16", "cpu")
+    monkeypatch.setattr(dev, "native_bf16", lambda device: True)
+    assert dev.resolve_precision("auto", "cuda") == "bf16"
+    assert dev.resolve_precision("auto", "cpu") == "fp32"  # not yet: CPU_AUTO_BF16 is off
+    monkeypatch.setattr(dev, "CPU_AUTO_BF16", True)
+    assert dev.resolve_precision("auto", "cpu") == "bf16"
+    monkeypatch.setattr(dev, "native_bf16", lambda device: False)
+    assert dev.resolve_precision("auto", "cpu") == "fp32" and dev.resolve_precision("auto", "cuda") == "fp32"
+
+
+def test_native_bf16_is_torchs_own_query(monkeypatch):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    assert dev.native_bf16("cpu") is False
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    assert dev.native_bf16("cpu") is True
+
+
+def test_the_run_config_and_group_id_carry_the_resolved_precision(monkeypatch):
+    from demem.train import RunConfig
+    from orchestrator.spec import validate
+
+    assert RunConfig.from_dict({}, device="cpu").train.precision == "fp32"
+    assert RunConfig.from_dict({"train": {"precision": "bf16"}}).train.precision == "bf16"
+    monkeypatch.setattr(dev, "native_bf16", lambda device: True)
+    assert RunConfig.from_dict({}, device="cuda").train.precision == "bf16"
+
+    def spec(gpu: float, precision: str | None = None) -> dict:
+        train = {"epochs": 1} | ({"precision": precision} if precision else {})
+        return {
+            "name": "p",
+            "base": {"data": {"pool_size": 64}, "train": train},
+            "seeds": [0],
+            "audit": {"models": 4, "attacks": ["loss"]},
+            "resources": {"cpu": 1, "gpu": gpu},
+        }
+
+    cpu, gpu = validate(spec(0), check_data=False), validate(spec(0.5), check_data=False)
+    assert cpu.groups()[0].run["train"]["precision"] == "fp32" and gpu.groups()[0].run["train"]["precision"] == "bf16"
+    assert cpu.groups()[0].group_id != gpu.groups()[0].group_id  # never paired, never resumed into each other
+    assert "precision: bf16" in gpu.plan() and "GPU trials" in gpu.plan()
+    forced = validate(spec(0, "bf16"), check_data=False)
+    assert forced.groups()[0].group_id == gpu.groups()[0].group_id  # the same resolved config is one group
+
+
+def test_membership_signals_are_fp32_for_a_bf16_run(fmnist_pool):
+    """phi of a bf16 run's model comes from fp32 logits: equal to a plain fp32 forward, not to the
+    bf16-autocast one (which rounds the logits to 8 bits of mantissa)."""
+    from demem.privacy.signals import logit_scaled_confidence, pool_signals
+    from demem.train import model_for
+
+    from ..helpers import tiny_run
+
+    run = tiny_run(train={"precision": "bf16"})
+    model = model_for(run, torch.device("cpu"))
+    assert next(p for p in model.parameters() if p.dim() == 4).is_contiguous(memory_format=torch.channels_last)
+    stats = pool_signals(model, fmnist_pool, device=torch.device("cpu"), queries=1)
+    x = fmnist_pool.images.float() / 255
+    model.eval()
+    with torch.no_grad():
+        fp32 = logit_scaled_confidence(model(x), fmnist_pool.labels).numpy()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            bf16 = logit_scaled_confidence(model(x).float(), fmnist_pool.labels).numpy()
+    np.testing.assert_allclose(stats["phi"][:, 0], fp32, rtol=1e-4, atol=1e-5)
+    assert np.abs(bf16 - fp32).max() > 1e-4  # what bf16 would have moved, on an untrained model already
