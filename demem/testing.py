@@ -129,7 +129,7 @@ def check_method(name: str, *, seed: int = 0) -> list[str]:
         _require(bool(torch.isfinite(obj.per_sample).all()), "per_sample losses must be finite", where)
         _require(obj.per_sample.requires_grad, "per_sample must carry gradients (DeMem penalises it)", where)
         _require(any(bool(g.abs().sum() > 0) for g in g0), "the loss gives the parameters no gradient", where)
-        again, g0b = total(0.0, epoch)
+        again, _ = total(0.0, epoch)
         _require(torch.equal(obj.method_loss, again.method_loss), "the loss differs between two equal calls", where)
         # DeMem at lambda 0 is the method alone: the loss and its gradient, the loss called directly
         model.zero_grad(set_to_none=True)

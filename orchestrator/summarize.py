@@ -252,8 +252,8 @@ def _setting(g: pd.DataFrame) -> str:
         for c in g.columns
         if c.startswith("config.") and c not in _NOT_SETTING and not c.startswith(_DEFENCE_PREFIXES)
     )
-    method = g["config.method.name"].iloc[0] if "config.method.name" in g else None
-    base = METHODS.get(_undefended(method)) if method in METHODS and _undefended(method) in METHODS else None
+    undefended = _undefended(g["config.method.name"].iloc[0]) if "config.method.name" in g else None
+    base = METHODS.get(undefended) if undefended in METHODS else None
     if base is not None and base.default_beta is None:  # beta is the defence's own (RelaxLoss's alpha)
         cols = [c for c in cols if c != "config.method.beta"]
     return "|".join(f"{c}={g[c].iloc[0]!r}" for c in cols)

@@ -67,8 +67,6 @@ def _download(name: str, target: Path) -> None:
     import torchvision.datasets  # only this path needs torchvision (and a network)
 
     source = SOURCES[name]
-    if not source.torchvision_class:
-        raise ValueError(f"dataset {name!r} cannot be downloaded by demem; put its files in --data-root")
     cls = getattr(torchvision.datasets, source.torchvision_class)
     target.mkdir(parents=True, exist_ok=True)
     for kwargs in source.torchvision_kwargs:
@@ -83,10 +81,9 @@ def _validate(info: DatasetInfo, split: Split, split_name: str, where: Path) -> 
             f"expected (C, H, W) = {expected}"
         )
     # A one-split dataset from files has sizes (n, 0): every sample is a training sample.
-    one_split = split_name == "test" and info.sizes[0] > 0 and info.sizes[1] == 0
-    if split.n == 0 and one_split:
-        return
     if split.n == 0:
+        if split_name == "test" and info.sizes[0] > 0 and info.sizes[1] == 0:
+            return
         raise DataFileError(f"{info.name} {split_name} split in {where} is empty")
     lo, hi = int(split.labels.min()), int(split.labels.max())
     if lo < 0 or hi >= info.num_classes:

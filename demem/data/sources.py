@@ -130,8 +130,7 @@ def _plugin_dataset(obj, name: str) -> Loader:
         raise TypeError(f"a dataset entry must be a demem.data.DatasetEntry, got {type(obj).__name__}")
     if not isinstance(obj.info, DatasetInfo) or obj.info.name != name or not callable(obj.loader):
         raise ValueError(f"DatasetEntry.info must be a DatasetInfo named {name!r} and loader a callable")
-    _INFO[name] = obj.info
-    SOURCES[name] = Source(obj.layout, "", ())
+    _record(obj.info, Source(obj.layout))
     return obj.loader
 
 
@@ -156,13 +155,18 @@ _INFO: dict[str, DatasetInfo] = {}
 SOURCES: dict[str, Source] = {}
 
 
+def _record(info: DatasetInfo, source: Source) -> None:
+    """The facts and files of a registered dataset (a built-in, a plugin's or one from files)."""
+    _INFO[info.name] = info
+    SOURCES[info.name] = source
+
+
 def register_source(info: DatasetInfo, source: Source, origin: str = BUILTIN) -> Callable[[Loader], Loader]:
     """Register a dataset's loader with its facts and files; `origin` as in `Registry.register`."""
 
     def deco(loader: Loader) -> Loader:
         DATASETS.register(info.name, origin=origin)(loader)  # first: a taken name leaves the facts as they were
-        _INFO[info.name] = info
-        SOURCES[info.name] = source
+        _record(info, source)
         return loader
 
     return deco
