@@ -9,6 +9,9 @@ batch size, and SGD settings, in one process.
 
     python benchmarks/bench_train.py                                   # CPU: small-cnn, Fashion-MNIST
     python benchmarks/bench_train.py --synthetic --arch resnet18 --pool-size 20000 --epochs 2   # GPU
+    python benchmarks/bench_train.py --table      # ours only: fp32 / bf16 / bf16 + channels_last
+
+`--precision` and `--layout` set our loop's (auto: what a run gets here); the reference stays fp32.
 
 Both loops first train one untimed epoch, then `--epochs` timed ones. A single warm-up batch is not
 enough: on the CPU the first full epoch of a process still ran 10-30% slow here (caches and
@@ -37,7 +40,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
 from demem.data import Pool, dataset_info, make_pool
-from demem.device import autotune, resolve_device
+from demem.device import autotune, is_channels_last, resolve_device
 from demem.models import build_model
 from demem.train import RunConfig, prepare, train_epoch
 
@@ -64,16 +67,19 @@ def synthetic_pool(n: int, seed: int = 0) -> Pool:
     )
 
 
-def run_config(args: argparse.Namespace, dataset: str) -> RunConfig:
+def run_config(args: argparse.Namespace, dataset: str, device: torch.device) -> RunConfig:
     """PGD-AT with a constant LR, so the epoch counter cannot make the two loops' steps differ."""
+    train = dict(arch=args.arch, batch_size=args.batch_size, epochs=args.epochs, schedule="constant")
+    train |= {"precision": args.precision} | ({"norm": args.norm} if args.norm else {})
     return RunConfig.from_dict(
         {
             "data": {"dataset": dataset, "pool_size": args.pool_size},
-            "train": {"arch": args.arch, "batch_size": args.batch_size, "epochs": args.epochs, "schedule": "constant"},
+            "train": train,
             "method": {"name": "pgd_at"},
             "attack": {"steps": args.attack_steps},
             "seed": args.seed,
-        }
+        },
+        device=device,  # where "auto" precision resolves
     )
 
 
@@ -133,6 +139,7 @@ class LoopResult:
     """Measured epochs of one loop."""
 
     name: str
+    layout: str = "contiguous"  # the model's memory layout, as it trained
     epoch_seconds: list[float] = field(default_factory=list)
     epoch_samples: list[int] = field(default_factory=list)
     peak_mib: float | None = None  # CUDA only: max_memory_allocated over the measured epochs
@@ -163,6 +170,7 @@ class LoopResult:
             "peak_mib": self.peak_mib,
             "last_train_loss": self.last_loss,
             "last_train_acc": self.last_acc,
+            "layout": self.layout,
         }
 
 
@@ -171,12 +179,19 @@ class LoopResult:
 # ---------------------------------------------------------------------------------------------------
 
 
-def bench_ours(run: RunConfig, device: torch.device, pool: Pool, epochs: int) -> tuple[LoopResult, np.ndarray]:
-    """Time `train_epoch`. Returns the result and the keep row (which pool samples it trained on)."""
+def bench_ours(
+    run: RunConfig, device: torch.device, pool: Pool, epochs: int, layout: str = "auto"
+) -> tuple[LoopResult, np.ndarray]:
+    """Time `train_epoch`, the model in `layout` ("auto": as `place_model` laid it out; the inputs
+    follow the model). Returns the result and the keep row (which pool samples it trained on)."""
     state = prepare(run, device, pool=pool)
+    if layout != "auto":  # in place: the optimizer keeps the same parameters
+        fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+        state.model.to(memory_format=fmt)
     train_epoch(state)  # warm-up
     reset_peak(device)
     res = LoopResult("ours")
+    res.layout = "channels_last" if is_channels_last(state.model) else "contiguous"
     for _ in range(epochs):
         seconds, m = timed(device, train_epoch, state)
         res.epoch_seconds.append(seconds)
@@ -338,6 +353,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help=f"random uint8 data shaped like {SYNTHETIC_DATASET} (3x32x32, 10 classes): no files needed",
     )
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"), help="our loop's train.precision")
+    p.add_argument(
+        "--layout", default="auto", choices=("auto", "channels_last", "contiguous"), help="our loop's memory layout"
+    )
+    p.add_argument("--norm", default=None, choices=("batch", "group"), help="train.norm (default: the method's)")
+    p.add_argument("--table", action="store_true", help="time our loop at each precision and layout (see above)")
     p.add_argument("--seed", type=int, default=0, help="seeds model init, batch order, augmentation, attacks")
     p.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
     args = p.parse_args(argv)
@@ -358,16 +379,18 @@ def main(argv: list[str] | None = None) -> dict:
     # (this box has two), so the reference loads in the main process there; on CUDA the CPU is
     # otherwise idle and two workers keep the GPU fed, as typical scripts do.
     workers = args.num_workers if args.num_workers is not None else (2 if device.type == "cuda" else 0)
-    run = run_config(args, dataset)  # validates arch, batch size and attack before any data is read
+    run = run_config(args, dataset, device)  # validates arch, batch size and attack before any data is read
     pool = (
         synthetic_pool(args.pool_size, args.seed)
         if args.synthetic
         else make_pool(dataset, pool_size=args.pool_size, seed=run.data.pool_seed)
     )
+    if args.table:
+        return precision_table(args, dataset, device, pool)
 
     # Other processes on the machine skew wall-clock figures: measure how much CPU they took meanwhile.
     cpu0, t0 = cpu_seconds(), time.perf_counter()
-    ours, keep = bench_ours(run, device, pool, args.epochs)
+    ours, keep = bench_ours(run, device, pool, args.epochs, args.layout)
     ref = bench_reference(run, device, pool, keep, args.epochs, workers)
     others = others_busy(cpu0, time.perf_counter() - t0)
     ratio = ours.mean / ref.mean
@@ -399,7 +422,8 @@ def main(argv: list[str] | None = None) -> dict:
         # allow_tf32 is on by default: the reference's fp32 convolutions run as TF32 on Ampere and later.
         "cudnn_benchmark": device.type == "cuda",  # both loops run inside demem.device.autotune
         "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
-        "ours_precision": "bf16 autocast + channels_last" if device.type == "cuda" else "fp32",
+        "ours_precision": run.train.precision,
+        "ours_layout": ours.layout,
         "reference_precision": "fp32",
         "other_processes_cores": others,  # mean CPU cores other processes kept busy during the benchmark
     }
@@ -415,7 +439,7 @@ def main(argv: list[str] | None = None) -> dict:
         f"momentum={run.train.momentum} wd={run.train.weight_decay}, augment={run.train.augment}"
     )
     print(
-        f"         ours: {env['ours_precision']}, data resident on {device}; "
+        f"         ours: {env['ours_precision']}, {env['ours_layout']}, data resident on {device}; "
         f"reference: fp32, DataLoader with {workers} workers; {args.epochs} measured epochs each"
     )
     for r in (ours, ref):
@@ -432,9 +456,43 @@ def main(argv: list[str] | None = None) -> dict:
             print("warning  other processes competed for the CPUs: the timings are skewed; rerun on a quiet machine")
 
     result = {"config": config, "env": env, "ours": ours.to_dict(), "reference": ref.to_dict(), "ratio": ratio}
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return write_json(args.json, result)
+
+
+TABLE_MODES = (("fp32", "contiguous"), ("bf16", "contiguous"), ("bf16", "channels_last"))
+
+
+def precision_table(args: argparse.Namespace, dataset: str, device: torch.device, pool: Pool) -> dict:
+    """Our loop's samples/s at each (precision, layout) of TABLE_MODES, for batch 32 and 256 and
+    one thread and all of them, each after its own warm-up epoch, in one process."""
+    threads = sorted({1, torch.get_num_threads()}) if device.type == "cpu" else [torch.get_num_threads()]
+    before, rows = torch.get_num_threads(), []
+    print(f"device   {device}, torch {torch.__version__}, {args.arch} on {dataset}, PGD-{args.attack_steps} AT")
+    print("| threads | batch | " + " | ".join(f"{p} {lay}" for p, lay in TABLE_MODES) + " |")
+    print("|---" * (2 + len(TABLE_MODES)) + "|")
+    try:
+        for n in threads:
+            torch.set_num_threads(n)
+            for batch in (32, 256):
+                cells = []
+                for precision, lay in TABLE_MODES:
+                    sub = argparse.Namespace(**{**vars(args), "batch_size": batch, "precision": precision})
+                    res, _ = bench_ours(run_config(sub, dataset, device), device, pool, args.epochs, lay)
+                    cells.append(res.mean)
+                rows.append({"threads": n, "batch": batch, "samples_per_s": cells, "modes": TABLE_MODES})
+                text = [f"{c:.0f}" + (f" ({c / cells[0]:.2f}x)" if i else "") for i, c in enumerate(cells)]
+                print(f"| {n} | {batch} | " + " | ".join(text) + " |", flush=True)
+    finally:
+        torch.set_num_threads(before)
+    result = {"arch": args.arch, "dataset": dataset, "device": str(device), "torch": torch.__version__, "rows": rows}
+    return write_json(args.json, result)
+
+
+def write_json(path: Path | None, result: dict) -> dict:
+    """`result`, also written to `path` (when given)."""
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=2) + "\n")
     return result
 
 

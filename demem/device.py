@@ -1,16 +1,18 @@
 """The data fast path's one owner: which device, which precision, which memory layout.
 
 A run's precision (`train.precision`, resolved by `resolve_precision`) is "fp32" or "bf16". With
-"bf16", images are laid out channels_last like the model and the training step's forward and
-backward passes (and the evaluation's attacks) run under bf16 autocast; on CUDA, cuDNN also
+"bf16", the training step's forward and backward passes (and the evaluation's attacks) run under
+bf16 autocast, and the model is laid out channels_last (except a GroupNorm model on the CPU:
+`wants_channels_last`), the images following the model's layout; on CUDA, cuDNN also
 autotunes its kernels for the fixed shapes of a run (only while `autotune` is active: nothing is
 left set for the rest of the process). "auto" is bf16 where the hardware computes it natively
-(CUDA with bf16 support; a CPU with AVX512-BF16 or AMX, by torch's own query, once CPU_AUTO_BF16
-is on) and fp32 elsewhere.
+(CUDA with bf16 support; a CPU with AVX512-BF16 or AMX tiles, by torch's own query) and fp32
+elsewhere (a CPU without them would emulate bf16, slower than fp32).
 What stays fp32 whatever the precision: the membership signals' logits (phi needs the precision),
-the held-out evaluation's final logits, and TRADES's KL attack (`demem.evasion.kl_attack`).
+the held-out evaluation's final logits, TRADES's KL attack (`demem.evasion.kl_attack`), and the
+per-sample gradients DP-SGD clips (`demem.dp.fp32_grad_samples`).
 
-`precision=None` in the functions below is the device's default: bf16 on CUDA, fp32 on the CPU.
+`precision=None` in the functions below is "auto" resolved for the tensor's device.
 """
 
 from __future__ import annotations
@@ -22,10 +24,6 @@ import torch
 from torch import nn
 
 PRECISIONS = ("auto", "fp32", "bf16")
-# Whether "auto" takes bf16 on a CPU with native bf16. Off until the comparison of fp32 and bf16 at the
-# quickstart's recipe (accuracy and leakage against the seed-to-seed band) is in: issue 25's evidence.
-# Until then "auto" is bf16 on CUDA only, as before, and `train.precision: bf16` asks for it on a CPU.
-CPU_AUTO_BF16 = False
 
 
 def native_bf16(device: torch.device | str) -> bool:
@@ -46,9 +44,7 @@ def resolve_precision(precision: str, device: torch.device | str) -> str:
     if precision not in PRECISIONS:
         raise ValueError(f"train.precision must be one of {PRECISIONS}, got {precision!r}")
     if precision == "auto":
-        device = torch.device(device)
-        allowed = device.type == "cuda" or CPU_AUTO_BF16
-        return "bf16" if allowed and native_bf16(device) else "fp32"
+        return "bf16" if native_bf16(device) else "fp32"
     return precision
 
 
@@ -59,9 +55,7 @@ def default_device() -> str:
 
 
 def _fast(device: torch.device, precision: str | None) -> bool:
-    if precision is None:
-        return device.type == "cuda"
-    return precision == "bf16"
+    return resolve_precision(precision or "auto", device) == "bf16"
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -106,17 +100,36 @@ def fast_path(device: torch.device, precision: str | None = None) -> Iterator[No
         yield
 
 
-def layout(x: torch.Tensor, precision: str | None = None) -> torch.Tensor:
-    """(B, C, H, W) images in the model's memory layout: channels_last with bf16."""
-    return x.contiguous(memory_format=torch.channels_last) if _fast(x.device, precision) else x
+def wants_channels_last(model: nn.Module, device: torch.device, precision: str | None = None) -> bool:
+    """Whether `model` trains channels_last on `device`: with bf16, except a model with GroupNorm on
+    the CPU, whose channels_last kernels there are slower than the default layout (measured on the
+    small CNN, a PGD-3 step at batch 128: bf16 2.33x fp32's throughput in the default layout,
+    0.59x channels_last; `benchmarks/bench_train.py --layout`)."""
+    if not _fast(device, precision):
+        return False
+    return device.type != "cpu" or not any(isinstance(m, nn.GroupNorm) for m in model.modules())
 
 
-def to_float(images: torch.Tensor, device: torch.device, precision: str | None = None) -> torch.Tensor:
-    """(B, C, H, W) uint8 images -> float pixels in [0, 1] on `device`, in the model's layout."""
-    return layout(images.to(device, non_blocking=True).float().div_(255), precision)
+def is_channels_last(model: nn.Module) -> bool:
+    """Whether `model`'s convolutions are laid out channels_last (`place_model` chose it)."""
+    cl = torch.channels_last
+    return any(p.dim() == 4 and p.is_contiguous(memory_format=cl) and not p.is_contiguous() for p in model.parameters())
+
+
+def layout(x: torch.Tensor, model: nn.Module) -> torch.Tensor:
+    """(B, C, H, W) images in `model`'s memory layout (channels_last where `place_model` chose it)."""
+    return x.contiguous(memory_format=torch.channels_last) if is_channels_last(model) else x
+
+
+def to_float(images: torch.Tensor, device: torch.device, model: nn.Module) -> torch.Tensor:
+    """(B, C, H, W) uint8 images -> float pixels in [0, 1] on `device`, in `model`'s layout."""
+    return layout(images.to(device, non_blocking=True).float().div_(255), model)
 
 
 def place_model(model: nn.Module, device: torch.device, precision: str | None = None) -> nn.Module:
-    """Move `model` to `device`, channels_last with bf16 to match `layout`."""
+    """Move `model` to `device`, channels_last where `wants_channels_last` says so; the inputs follow
+    the model (`layout`, `to_float`)."""
     model = model.to(device)
-    return model.to(memory_format=torch.channels_last) if _fast(device, precision) else model
+    if wants_channels_last(model, device, precision):
+        return model.to(memory_format=torch.channels_last)
+    return model

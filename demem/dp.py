@@ -129,6 +129,20 @@ def per_sample_hooks_off(module: nn.Module | None):
         module.enable_hooks()
 
 
+def fp32_grad_samples(module: nn.Module) -> None:
+    """Per-sample gradients of `module`'s parameters in the parameters' own dtype (fp32), in place,
+    before the DP optimizer clips them. Under bf16 autocast Opacus records them in bf16 and takes
+    the clipping norms in bf16: a norm rounded down by up to 2^-9 lets a clipped gradient exceed
+    max_grad_norm, and the accountant's sensitivity with it. Cast here, every clipped gradient's
+    norm is at most max_grad_norm (to fp32 rounding); its value still comes from the bf16 passes."""
+    for p in module.parameters():
+        gs = getattr(p, "grad_sample", None)
+        if isinstance(gs, torch.Tensor) and gs.dtype != p.dtype:
+            p.grad_sample = gs.to(p.dtype)
+        elif isinstance(gs, list):
+            p.grad_sample = [g.to(p.dtype) for g in gs]
+
+
 @contextlib.contextmanager
 def quiet_hook_warnings():
     """While the block runs, hide torch's note that Opacus's full backward hooks fire although the

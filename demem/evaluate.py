@@ -100,7 +100,7 @@ def accuracy(
     correct = 0
     with eval_mode(model), autotune(device):
         for sl in chunks(images.shape[0], batch_size):
-            x = to_float(images[sl], device, precision)
+            x = to_float(images[sl], device, model)
             y = labels[sl].to(device)
             if attack is not None:
                 with autocast(device, precision):

@@ -41,7 +41,14 @@ from demem.device import (
     resolve_precision,
     to_float,
 )
-from demem.dp import DPConfig, DPRuntime, make_private, per_sample_hooks_off, quiet_hook_warnings
+from demem.dp import (
+    DPConfig,
+    DPRuntime,
+    fp32_grad_samples,
+    make_private,
+    per_sample_hooks_off,
+    quiet_hook_warnings,
+)
 from demem.evaluate import EvalConfig, robust_signals
 from demem.evasion import AttackConfig
 from demem.membership import keep_row
@@ -65,7 +72,7 @@ class TrainConfig:
         lr_milestones: for schedule "step", fractions of `epochs` at which the LR is multiplied by
             `lr_decay` (reference: x0.1 at epoch 75 of 100).
         augment: random crop (+ flip where the dataset allows) during training.
-        precision: "fp32", "bf16" (autocast and channels_last in the training step and the
+        precision: "fp32", "bf16" (autocast, and channels_last where it is faster, in the training step and the
             evaluation's attacks; the membership signals stay fp32) or "auto" (bf16 where the device
             computes it natively: `demem.device.resolve_precision`). A resolved run config holds
             "fp32" or "bf16", so runs of either precision are never one group.
@@ -415,10 +422,10 @@ def _train_step(state: TrainState, idx: torch.Tensor, use_awp: bool, sums: torch
     run, device = state.run, state.device
     model, train_model = state.model, state.train_model or state.model
     precision = run.train.precision
-    x = to_float(state.train_x[idx], device, precision)
+    x = to_float(state.train_x[idx], device, model)
     if run.train.augment:
         x = augment(x, crop_pad=state.pool.info.crop_pad, flip=state.pool.info.flip, generator=state.generator)
-        x = layout(x, precision)
+        x = layout(x, model)
     y = state.train_y[idx]
     mem = state.train_mem[idx] if state.train_mem is not None else None
     with autocast(device, precision):
@@ -438,6 +445,8 @@ def _train_step(state: TrainState, idx: torch.Tensor, use_awp: bool, sums: torch
         )
     state.optimizer.zero_grad(set_to_none=True)
     obj.total.backward()
+    if state.dp is not None:
+        fp32_grad_samples(train_model)  # the clipping bound holds exactly at any precision
     state.optimizer.step()
     if deltas is not None:
         state.awp.restore(model, deltas)

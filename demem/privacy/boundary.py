@@ -293,7 +293,7 @@ def pool_boundary(
         out[f"boundary_{norm}"] = np.empty(n, dtype=np.float32)
         out[f"boundary_{norm}_censored"] = np.empty(n, dtype=bool)
     for sl in chunks(n, cfg.batch_size):
-        x = to_float(pool.images[sl], device)
+        x = to_float(pool.images[sl], device, model)
         y = pool.labels[sl].to(device)
         for norm in cfg.norms:
             d, c = boundary_distance(

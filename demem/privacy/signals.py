@@ -121,7 +121,7 @@ def pool_signals(
     # bits of mantissa, so confident samples' phi would collapse onto a few values)
     with eval_mode(model), torch.no_grad(), autotune(device), torch.autocast(device.type, enabled=False):
         for sl in chunks(pool.n, batch_size):
-            x = to_float(pool.images[sl], device)
+            x = to_float(pool.images[sl], device, model)
             y = pool.labels[sl].to(device)
             b = x.shape[0]
             for q, (dy, dx, flip) in enumerate(plan):
@@ -175,7 +175,7 @@ def adversarial_signals(
     }
     with eval_mode(model):
         for sl in chunks(pool.n, batch_size):
-            x = to_float(pool.images[sl], device, precision)
+            x = to_float(pool.images[sl], device, model)
             y = pool.labels[sl].to(device)
             start = sample_starts(x, pool.sample_ids[sl], attack)
             with fast_path(device, precision):

@@ -11,9 +11,33 @@ from demem import device as dev
 
 def test_to_float_and_layout_on_the_cpu():
     x = torch.tensor([[[[0, 255], [51, 102]]]], dtype=torch.uint8)
-    f = dev.to_float(x, torch.device("cpu"))
+    cpu = torch.device("cpu")
+    plain = dev.place_model(torch.nn.Conv2d(3, 4, 3), cpu, "fp32")
+    f = dev.to_float(x, cpu, plain)
     assert f.dtype == torch.float32 and torch.allclose(f, x.float() / 255) and f.is_contiguous()
-    assert dev.layout(f) is f
+    assert dev.layout(f, plain) is f
+    x = torch.randint(0, 256, (2, 3, 4, 4), dtype=torch.uint8)
+    fast_model = dev.place_model(torch.nn.Conv2d(3, 4, 3), cpu, "bf16")
+    assert dev.is_channels_last(fast_model) and not dev.is_channels_last(plain)
+    fast = dev.to_float(x, cpu, fast_model)
+    assert fast.dtype == torch.float32 and fast.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(fast, x.float() / 255)  # the layout changes, the pixels do not
+
+
+def test_group_norm_models_keep_the_default_layout_on_the_cpu():
+    """channels_last GroupNorm is slower than the default layout on the CPU (bench_train.py --layout),
+    so a bf16 GroupNorm model stays in the default layout there; BatchNorm models and CUDA go
+    channels_last."""
+    cpu = torch.device("cpu")
+
+    def net(norm):
+        return torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), norm(8) if norm is torch.nn.BatchNorm2d else norm(2, 8))
+
+    assert dev.wants_channels_last(net(torch.nn.BatchNorm2d), cpu, "bf16")
+    assert not dev.wants_channels_last(net(torch.nn.GroupNorm), cpu, "bf16")
+    assert not dev.wants_channels_last(net(torch.nn.BatchNorm2d), cpu, "fp32")
+    assert dev.wants_channels_last(net(torch.nn.GroupNorm), torch.device("cuda"), "bf16")
+    assert not dev.is_channels_last(dev.place_model(net(torch.nn.GroupNorm), cpu, "bf16"))
 
 
 def test_autotune_is_scoped():
@@ -73,18 +97,20 @@ def test_the_bf16_fast_path_changes_results_only_within_seed_noise(fmnist_pool):
 
 
 def test_precision_resolution(monkeypatch):
-    """ "auto" is bf16 where torch says the device has native bf16 (CUDA; the CPU once CPU_AUTO_BF16
-    is on), fp32 elsewhere; "fp32" and "bf16" are kept; anything else is refused."""
+    """ "auto" is bf16 where torch says the device has native bf16 (CUDA, or a CPU with AVX512-BF16
+    or AMX), fp32 elsewhere; "fp32" and "bf16" are kept; anything else is refused. None in the
+    fast-path functions is "auto"."""
     assert dev.resolve_precision("fp32", "cuda") == "fp32" and dev.resolve_precision("bf16", "cpu") == "bf16"
     with pytest.raises(ValueError, match="train.precision must be one of"):
         dev.resolve_precision("fp16", "cpu")
     monkeypatch.setattr(dev, "native_bf16", lambda device: True)
-    assert dev.resolve_precision("auto", "cuda") == "bf16"
-    assert dev.resolve_precision("auto", "cpu") == "fp32"  # not yet: CPU_AUTO_BF16 is off
-    monkeypatch.setattr(dev, "CPU_AUTO_BF16", True)
-    assert dev.resolve_precision("auto", "cpu") == "bf16"
+    assert dev.resolve_precision("auto", "cuda") == "bf16" and dev.resolve_precision("auto", "cpu") == "bf16"
+    cpu = torch.device("cpu")
+    assert dev.is_channels_last(dev.place_model(torch.nn.Conv2d(3, 4, 3), cpu))
+    assert isinstance(dev.autocast(cpu), torch.autocast)
     monkeypatch.setattr(dev, "native_bf16", lambda device: False)
     assert dev.resolve_precision("auto", "cpu") == "fp32" and dev.resolve_precision("auto", "cuda") == "fp32"
+    assert not isinstance(dev.autocast(cpu), torch.autocast) and isinstance(dev.autocast(cpu, "bf16"), torch.autocast)
 
 
 def test_native_bf16_is_torchs_own_query(monkeypatch):
@@ -99,10 +125,12 @@ def test_the_run_config_and_group_id_carry_the_resolved_precision(monkeypatch):
     from demem.train import RunConfig
     from orchestrator.spec import validate
 
+    monkeypatch.setattr(dev, "native_bf16", lambda device: False)  # a CPU without native bf16
     assert RunConfig.from_dict({}, device="cpu").train.precision == "fp32"
     assert RunConfig.from_dict({"train": {"precision": "bf16"}}).train.precision == "bf16"
-    monkeypatch.setattr(dev, "native_bf16", lambda device: True)
+    monkeypatch.setattr(dev, "native_bf16", lambda device: torch.device(device).type == "cuda")
     assert RunConfig.from_dict({}, device="cuda").train.precision == "bf16"
+    assert RunConfig.from_dict({}, device="cpu").train.precision == "fp32"
 
     def spec(gpu: float, precision: str | None = None) -> dict:
         train = {"epochs": 1} | ({"precision": precision} if precision else {})

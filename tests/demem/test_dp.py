@@ -137,7 +137,8 @@ def test_dp_closes_the_loss_gap_of_an_overfit_model(overfit_group, tmp_path):
         auc[name] = roc_auc_score(keep, -loss)
         gap[name] = correct[keep].mean() - correct[~keep].mean()
     assert np.array_equal(np.load(overfit_group / "model-00" / "keep.npy"), np.load(tmp_path / "dp" / "keep.npy"))
-    # Measured: loss-attack AUC 0.64 -> 0.60, member-vs-non-member accuracy gap 0.21 -> 0.11. One model
+    # Measured: loss-attack AUC 0.64 -> 0.60, member-vs-non-member accuracy gap 0.21 -> 0.11 in fp32;
+    # 0.67 -> 0.60 and 0.23 -> 0.14 in bf16 (models 1-3: AUC down by 0.03-0.16 either way). One model
     # and 100 + 100 samples resolve only this much; the group-level LiRA test below (slow) is the
     # strong check (AUC down by more than 0.1).
     assert auc["dp"] < auc["plain"] - 0.03 and gap["dp"] < gap["plain"] - 0.05, (auc, gap)
@@ -157,3 +158,48 @@ def test_dp_lowers_lira_leakage(overfit_group, tmp_path):
         dp = results["dp"][attack]["mean"]["auc_mean"]
         assert plain - dp > 0.1, (attack, plain, dp)
         assert dp < 0.62
+
+
+def _clipped_norms(monkeypatch, pool, cast: bool) -> tuple[set, np.ndarray]:
+    """One bf16 DP-SGD step with every sample clipped (max_grad_norm 1e-3). Returns the dtypes of the
+    per-sample gradients Opacus clipped and each sample's clipped norm, recovered from Opacus's own
+    output: its summed gradient is sum_i c_i g_i, so the factors c_i solve a least-squares system
+    in the per-sample gradients (30 samples, ~10^5 coordinates: exact)."""
+    from opacus.optimizers.optimizer import DPOptimizer
+
+    import demem.train
+
+    seen = []
+    original = DPOptimizer.clip_and_accumulate
+
+    def spy(self):
+        if not seen and len(self.grad_samples[0]):
+            g = torch.cat([gs.reshape(len(gs), -1).double() for gs in self.grad_samples], 1)
+            original(self)
+            summed = torch.cat([p.summed_grad.reshape(-1).double() for p in self.params])
+            factors = torch.linalg.lstsq(g.T, summed[:, None]).solution[:, 0]
+            seen.append(({gs.dtype for gs in self.grad_samples}, (factors * g.norm(dim=1)).numpy()))
+            return None
+        return original(self)
+
+    monkeypatch.setattr(DPOptimizer, "clip_and_accumulate", spy)
+    if not cast:
+        monkeypatch.setattr(demem.train, "fp32_grad_samples", lambda module: None)
+    run = _dp_run(train={"epochs": 1, "precision": "bf16"}, dp={"noise_multiplier": 1.0, "max_grad_norm": 1e-3})
+    state = prepare(run, "cpu", pool=pool)
+    train_epoch(state)
+    return seen[0]
+
+
+def test_dp_sgd_clips_fp32_per_sample_gradients_under_bf16(monkeypatch, pool):
+    """Under bf16 autocast Opacus records bf16 per-sample gradients and would take their clipping
+    norms in bf16, so a clipped gradient could exceed max_grad_norm (the sensitivity the accountant
+    assumes). The training step hands Opacus fp32 ones: every clipped norm is at most C to fp32
+    rounding. Without the cast (the control) the bound is broken, so this test can fail."""
+    dtypes, norms = _clipped_norms(monkeypatch, pool, cast=True)
+    assert dtypes == {torch.float32}
+    assert norms.max() <= 1e-3 * (1 + 1e-5) and norms.min() >= 1e-3 * (1 - 1e-5), norms
+    with monkeypatch.context() as m:
+        dtypes, norms = _clipped_norms(m, pool, cast=False)
+    assert dtypes == {torch.bfloat16}  # what autocast gave Opacus
+    assert norms.max() > 1e-3 * (1 + 1e-4), norms.max()  # a norm rounded down: C exceeded

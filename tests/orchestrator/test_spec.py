@@ -580,15 +580,18 @@ def test_group_id_is_stable_and_content_keyed():
     assert [g.group_id for g in a.groups()] == [g.group_id for g in validate(good(), check_data=False).groups()]
     # A pinned value: a change to the hashing, or a new RunConfig field, changes every group id and so
     # orphans stored results. If this fails on purpose, say so in CHANGELOG.md.
-    run = resolve_run({"data": {"pool_size": 64}, "train": {"epochs": 2}}, {}, 4)
+    # The precision is pinned: "auto" resolves by the machine (bf16 on a CPU with native bf16).
+    train = {"epochs": 2, "precision": "fp32"}
+    run = resolve_run({"data": {"pool_size": 64}, "train": train}, {}, 4)
     assert group_id(run) == "f535e1b57f58" == group_id(copy.deepcopy(run))
     # Where the data lie is not part of the group; what they are, and M, are.
-    moved = resolve_run(
-        {"data": {"pool_size": 64, "root": "/elsewhere", "download": True}, "train": {"epochs": 2}}, {}, 4
-    )
+    moved = resolve_run({"data": {"pool_size": 64, "root": "/elsewhere", "download": True}, "train": train}, {}, 4)
     assert group_id(moved) == group_id(run)
-    assert group_id(resolve_run({"data": {"pool_size": 65}, "train": {"epochs": 2}}, {}, 4)) != group_id(run)
-    assert group_id(resolve_run({"data": {"pool_size": 64}, "train": {"epochs": 2}}, {}, 6)) != group_id(run)
+    assert group_id(resolve_run({"data": {"pool_size": 65}, "train": train}, {}, 4)) != group_id(run)
+    assert group_id(resolve_run({"data": {"pool_size": 64}, "train": train}, {}, 6)) != group_id(run)
+    assert group_id(
+        resolve_run({"data": {"pool_size": 64}, "train": {**train, "precision": "bf16"}}, {}, 4)
+    ) != group_id(run)
     assert group_id({**run, "seed": 3, "model_index": 2}) == group_id(run)
     # The id ignores the labels: the same config through a grid or through the base is one group.
     via_grid = validate(patched(("grid", {"lambda": [0.4]})), check_data=False).groups()[0]

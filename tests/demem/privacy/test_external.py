@@ -44,7 +44,7 @@ def pool_logits(model, pool, queries: int) -> np.ndarray:
     """(N, Q, K) float32 logits over the query views `pool_signals` uses (one batch: N <= 1000)."""
     plan = query_plan(pool.info, queries)
     pad = max(max(abs(dy), abs(dx)) for dy, dx, _ in plan)
-    x = to_float(pool.images, torch.device("cpu"))
+    x = to_float(pool.images, torch.device("cpu"), model)
     b = x.shape[0]
     views = []
     with eval_mode(model), torch.no_grad():
@@ -52,7 +52,7 @@ def pool_logits(model, pool, queries: int) -> np.ndarray:
             v = x
             if (dy, dx, flip) != (0, 0, False):
                 v = shift(x, torch.full((b,), dy), torch.full((b,), dx), pad, torch.full((b,), flip))
-            views.append(model(layout(v)).float().numpy())
+            views.append(model(layout(v, model)).float().numpy())
     return np.stack(views, axis=1)
 
 
