@@ -102,9 +102,10 @@ def fast_path(device: torch.device, precision: str | None = None) -> Iterator[No
 
 def wants_channels_last(model: nn.Module, device: torch.device, precision: str | None = None) -> bool:
     """Whether `model` trains channels_last on `device`: with bf16, except a model with GroupNorm on
-    the CPU, whose channels_last kernels there are slower than the default layout (measured on the
-    small CNN, a PGD-3 step at batch 128: bf16 2.33x fp32's throughput in the default layout,
-    0.59x channels_last; `benchmarks/bench_train.py --layout`)."""
+    the CPU, whose channels_last kernels there are slower than fp32 (a PGD-AT epoch of the small CNN
+    with GroupNorm on a 2-core EPYC: bf16 1.4-2.2x fp32's samples/s in the default layout, 0.3-0.5x
+    channels_last; `benchmarks/bench_train.py --table --norm group`). Measured on the CPU only, so
+    CUDA keeps channels_last for every model."""
     if not _fast(device, precision):
         return False
     return device.type != "cpu" or not any(isinstance(m, nn.GroupNorm) for m in model.modules())

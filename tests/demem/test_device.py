@@ -170,3 +170,30 @@ def test_membership_signals_are_fp32_for_a_bf16_run(fmnist_pool):
             bf16 = logit_scaled_confidence(model(x).float(), fmnist_pool.labels).numpy()
     np.testing.assert_allclose(stats["phi"][:, 0], fp32, rtol=1e-4, atol=1e-5)
     assert np.abs(bf16 - fp32).max() > 1e-4  # what bf16 would have moved, on an untrained model already
+
+
+def test_a_bf16_runs_attacks_are_bf16_and_its_final_logits_fp32(fmnist_pool):
+    """The held-out evaluation and the adversarial-query signals of a bf16 run: the attack's forward
+    passes (with gradients) run under bf16 autocast; the forward that gives the logits read
+    (no gradients) runs in fp32, with fp32 outputs."""
+    from demem.evaluate import accuracy
+    from demem.evasion import AttackConfig
+    from demem.privacy.signals import adversarial_signals
+    from demem.train import model_for
+
+    from ..helpers import tiny_run
+
+    cpu = torch.device("cpu")
+    model = model_for(tiny_run(train={"precision": "bf16"}), cpu)
+    seen = []
+    model.register_forward_hook(
+        lambda m, i, out: seen.append((torch.is_grad_enabled(), torch.is_autocast_enabled("cpu"), out.dtype))
+    )
+    attack = AttackConfig(eps=0.1, steps=2)
+    x, y = fmnist_pool.images[:64], fmnist_pool.labels[:64]
+    accuracy(model, x, y, device=cpu, batch_size=32, attack=attack, precision="bf16")
+    adversarial_signals(model, fmnist_pool, attack, device=cpu, batch_size=500, precision="bf16")
+    attack_passes = [s for s in seen if s[0]]
+    read_passes = [s for s in seen if not s[0]]
+    assert attack_passes and all(a and dt == torch.bfloat16 for _, a, dt in attack_passes)
+    assert read_passes and all(not a and dt == torch.float32 for _, a, dt in read_passes)
