@@ -96,7 +96,7 @@ def accuracy(
 ) -> float:
     """Top-1 accuracy on (N, C, H, W) uint8 images, optionally under `attack`. Returns a fraction.
 
-    The attack runs at `precision` (None: the device's default); the final logits are fp32."""
+    The attack runs at `precision` (None: "auto" for the device); the final logits are fp32."""
     correct = 0
     with eval_mode(model), autotune(device):
         for sl in chunks(images.shape[0], batch_size):

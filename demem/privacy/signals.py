@@ -164,8 +164,8 @@ def adversarial_signals(
 ) -> dict[str, np.ndarray]:
     """The membership signals of `model` on a PGD example crafted against it for every pool sample.
 
-    The attack runs as the evaluation's do (eval mode, at `precision`: the run's, None for the device's
-    default); the signals come from fp32 logits of the result, as the clean ones do.
+    The attack runs as the evaluation's do (eval mode, at `precision`: the run's, None for "auto" on the
+    device); the signals come from fp32 logits of the result, as the clean ones do.
 
     Returns:
         ``adv_<signal>`` for each of SIGNALS as an (N, 1) array (float32; bool for correct), in pool order.
