@@ -206,7 +206,7 @@ def cmd_summarize(a: argparse.Namespace) -> int:
 
     try:
         if len(a.experiment) == 1 and not is_audit_dir(Path(a.experiment[0])):
-            summarize(a.experiment[0], leakage=a.leakage, attack=a.attack, out=a.out)
+            summarize(a.experiment[0], leakage=a.leakage, attack=a.attack, out=a.out, forest_from=a.forest_from)
         else:  # audit directories of groups trained elsewhere (`demem audit --format ...`)
             summarize_audits(a.experiment, out=a.out, leakage=a.leakage, attack=a.attack)
     except (FileNotFoundError, ValueError) as e:
@@ -304,6 +304,14 @@ def build_parser() -> argparse.ArgumentParser:
         f"has fewer than {FEW_SHADOWS} reference models, else {HEADLINE_ATTACK}; the reason is printed)",
     )
     sm.add_argument("--out", default=None, help="output directory (default: EXPERIMENT/summary)")
+    sm.add_argument(
+        "--forest-from",
+        default=None,
+        metavar="EXPERIMENT",
+        help="an earlier summarized experiment: the forest plot takes its attack per family and reports on all "
+        "of this experiment's seeds (an independent repeat); default: chosen on half of the seeds, reported on "
+        "the other half",
+    )
     sm.set_defaults(func=cmd_summarize)
     s = sub.add_parser("status", help="what is done, running, failed and pending in an experiment")
     s.add_argument("experiment")

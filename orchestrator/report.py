@@ -211,7 +211,29 @@ def power_text(df: pd.DataFrame, n_planned: int | None = None) -> str:
         delta = -closest["leakage_reduction_mean"]
         pair = f"{closest['group_label']} vs its baseline (Δ {delta:+.3f})"
         text += f" The closest pair, {pair}, would need about {need} seeds."
-    return text
+    return text + _robust_power(df, n)
+
+
+ROBUST_TARGET = 0.02  # the robust-accuracy difference the power line sizes seeds for (2 points)
+
+
+def _robust_power(df: pd.DataFrame, n: int) -> str:
+    """The same for robust accuracy, from the paired robust-cost deltas; with the seeds a
+    ROBUST_TARGET difference would need."""
+    if "robust_cost_std" not in df:
+        return ""
+    costs = df[(df["robust_cost_n"] >= 2) & np.isfinite(df["robust_cost_std"]) & (df["robust_cost_std"] > 0)]
+    if costs.empty:
+        return ""
+    sd = float(costs["robust_cost_std"].median())
+    mdd = detectable_difference(sd, n)
+    need = seeds_needed(ROBUST_TARGET, sd)
+    text = f" Robust accuracy: median across-seed sd of the paired deltas {100 * sd:.2f} points"
+    if np.isfinite(mdd):
+        text += f"; with {n} seeds the paired design detects about {100 * mdd:.1f} points"
+    if need is not None:
+        text += f"; a {100 * ROBUST_TARGET:g}-point difference needs about {need} seeds"
+    return text + "."
 
 
 def planned_power(previous: str | Path, n_seeds: int) -> str:
@@ -290,6 +312,8 @@ def _caption(name: str, df: pd.DataFrame) -> str:
         "roc.png": f"{df['attack'].iloc[0]} ROC curves (pooled over targets), log-log; the dashed line is chance.",
         "membins.png": "Who pays for privacy: held-out accuracy and attack TPR per memorization bin.",
         "threshold_sweep.png": "Leakage and robust accuracy against the DeMem risk threshold, one line per lambda.",
+        "forest.png": "Every paired difference from its reference (group − reference, points), with its 95% t "
+        "interval across seeds; filled where the interval excludes 0.",
     }
     return captions.get(name, name)
 

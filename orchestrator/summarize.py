@@ -12,6 +12,8 @@ which rebuilds them from the experiment's directories when missing) and writes, 
     ranking.md        the same as a Markdown table ("mean ± half-width (n)") to paste into a paper
     pareto.png, roc.png, membins.png, report.html
     threshold_sweep.png   only when the DeMem groups differ in their risk threshold
+    forest.csv, forest.png   every paired difference from its reference (orchestrator.forest), where
+                      the experiment has a comparison
 
 Statistics (demem.stats). The training seed is the unit of replication: accuracies are averaged over
 a group's models within each seed, leakage over its audited targets within each seed, and the
@@ -58,8 +60,8 @@ from demem.stats import (
     t_interval,
     welch_diff,
 )
+from orchestrator import forest, plots
 from orchestrator import leakage as leaks
-from orchestrator import plots
 from orchestrator.collect import Tables, choose_attack, failed_groups, load_tables
 from orchestrator.columns import (
     ACCURACY_METRICS,
@@ -375,19 +377,26 @@ def summarize(
     out: str | Path | None = None,
     echo=print,
     tensorboard: bool = True,
+    forest_from: str | Path | None = None,
 ) -> dict[str, Path]:
-    """Aggregate, rank, plot and report an experiment. Returns {name: path} of everything written."""
+    """Aggregate, rank, plot and report an experiment. Returns {name: path} of everything written.
+
+    `forest_from`: an earlier summarized experiment whose per-family attacks the forest plot takes
+    (an independent repeat), instead of choosing them on half of this experiment's seeds."""
     if leakage != AUTO and leakage not in LEAKAGE_METRICS:  # before any reading
         raise ValueError(f"unknown leakage metric {leakage!r}; known: {AUTO}, {', '.join(LEAKAGE_METRICS)}")
     if out is not None and Path(out).exists() and not Path(out).is_dir():
         raise ValueError(f"--out {out} is a file; name a directory")
+    chosen = forest.chosen_from(forest_from) if forest_from is not None else None
     exp = open_experiment(root)  # an s3:// or gs:// experiment is copied here first
     exp.check_tree()  # summary/ and tensorboard-groups/ are written into it
     root = exp.root
     out = Path(out) if out is not None else ExperimentDir(root).summary
     board = ExperimentDir(root).tensorboard_summary if tensorboard else None
     tables = load_tables(root)
-    paths = summarize_tables(tables, out, title=root.name, leakage=leakage, attack=attack, echo=echo, board=board)
+    paths = summarize_tables(
+        tables, out, title=root.name, leakage=leakage, attack=attack, echo=echo, board=board, chosen=chosen
+    )
     if exp.store is not None and out == exp.summary:
         exp.store.push(exp.summary.name)
         exp.store.push(exp.rel(exp.tensorboard_groups))
@@ -403,10 +412,11 @@ def summarize_tables(
     attack: str | None = None,
     echo=print,
     board: Path | None = None,
+    chosen: dict[str, str] | None = None,
 ) -> dict[str, Path]:
     """Everything `summarize` writes, from the tables of an experiment or of external audits
     (orchestrator.external): ranking, plots, report.html (titled `title`), the figures in TensorBoard
-    under `board` where given."""
+    under `board` where given. `chosen`: the forest plot's attack per family (`forest.forest_table`)."""
     df = summarize_groups(tables, leakage=leakage, attack=attack)
     out.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
@@ -419,10 +429,13 @@ def summarize_tables(
     epsilons = leaks.empirical_epsilons(tables.epsilon, tables.runs, labels)
     leaks.add_worst_case(df, strongest, epsilons)
     paths["summary.parquet"] = write_parquet(out / "summary.parquet", df)
+    differences = forest.forest_table(df, tables.runs, tables.audits, chosen=chosen)
+    paths[forest.FILE] = write_text(out / forest.FILE, differences.to_csv(index=False))
     if not every.empty:
         paths["attacks.csv"] = write_text(out / "attacks.csv", every.to_csv(index=False))
     md_lines = [ranking_markdown(df, failed)]
     for section in (
+        forest.forest_markdown(differences),
         leaks.strongest_markdown(strongest),
         leaks.every_attack_markdown(every),
         leaks.epsilon_markdown(epsilons, strongest),
@@ -432,6 +445,8 @@ def summarize_tables(
     md = "\n".join(md_lines)
     paths["ranking.md"] = write_text(out / "ranking.md", md + "\n")
     figures = plots.all_figures(df, tables.roc, tables.membins)
+    if not differences.empty:
+        figures["forest.png"] = forest.forest_plot(differences)
     for name, fig in figures.items():
         paths[name] = plots.save(fig, out / name)
     paths["report.html"] = write_report(out / "report.html", Path(title), df, md, {n: paths[n] for n in figures})

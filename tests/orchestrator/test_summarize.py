@@ -275,6 +275,8 @@ def test_summarize_writes_every_output(experiment, tmp_path):
         "roc.png",
         "membins.png",
         "threshold_sweep.png",
+        "forest.csv",
+        "forest.png",
         "report.html",
     }
     assert set(paths) == expected and all(p.exists() and p.stat().st_size > 0 for p in paths.values())
@@ -291,7 +293,7 @@ def test_summarize_writes_every_output(experiment, tmp_path):
     assert re.search(r"\| (2\.99|3\.00)\d ± 0\.0\d\d \(n=3 seeds\) \|", dp_row)  # epsilon ~3, 3 seeds
     assert "Design: 3 training seed(s)" in md and "paired" in md
     html = paths["report.html"].read_text()
-    assert html.count("data:image/png;base64,") == 4 and "<table>" in html and "dm_b" not in html.split("<table>")[0]
+    assert html.count("data:image/png;base64,") == 5 and "<table>" in html and "dm_b" not in html.split("<table>")[0]
     top = lines[0].splitlines()
     assert top[0].startswith("ranking (TPR at 1% FPR") and "method=pgd_at lambda=0.4 threshold=0.5" in top[2]
 
@@ -317,6 +319,7 @@ def test_figures_go_to_tensorboard_once(experiment, tmp_path):
     acc = EventAccumulator(str(logdir))
     acc.Reload()
     assert sorted(acc.Tags()["images"]) == [
+        "summary/forest",
         "summary/membins",
         "summary/pareto",
         "summary/roc",
@@ -402,6 +405,12 @@ def test_validate_plans_power_from_a_previous_experiment(experiment, tmp_path, c
         in out
     )
     assert f"from {len(SEEDS)} seeds of that experiment" in out
+    # and for robust accuracy, with the seeds a 2-point difference needs
+    from demem.stats import seeds_needed
+
+    sd_r = df.loc[df["robust_cost_n"] >= 2, "robust_cost_std"].median()
+    assert f"with 6 seeds the paired design detects about {100 * detectable_difference(sd_r, 6):.1f} points" in out
+    assert f"a 2-point difference needs about {seeds_needed(0.02, sd_r)} seeds" in out
 
 
 # --- resolution of low-FPR leakage and pool designs ------------------------------------------
@@ -553,9 +562,9 @@ def test_no_threshold_sweep_without_a_threshold_to_sweep(experiment, tmp_path):
     paths = summarize(root, out=tmp_path / "out", echo=lines.append, tensorboard=False)
     assert "threshold_sweep.png" not in paths and not (tmp_path / "out" / "threshold_sweep.png").exists()
     html = paths["report.html"].read_text()
-    assert html.count("data:image/png;base64,") == 3 and "threshold" not in html.split("<h2>Plots</h2>")[1]
+    assert html.count("data:image/png;base64,") == 4 and "threshold" not in html.split("<h2>Plots</h2>")[1]
     assert lines[-1].endswith(
-        "/ (ranking.md, ranking.csv, summary.parquet, pareto.png, roc.png, membins.png, report.html)"
+        "/ (ranking.md, ranking.csv, summary.parquet, pareto.png, roc.png, membins.png, forest.png, report.html)"
     )
     df, tables = pd.read_parquet(paths["summary.parquet"]), load_tables(root)
     assert not plots.sweeps_threshold(df)

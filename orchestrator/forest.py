@@ -1,0 +1,269 @@
+"""Every paired difference of a summary from its reference, and the forest plot that shows them.
+
+    comparisons   a defended group against its undefended baseline (`summarize`'s baseline_id), and
+                  each undefended training method against standard training on the same pools and
+                  settings (claim 1: does adversarial training leak more?)
+    objectives    robust accuracy, natural accuracy, and leakage under one attack per attack family
+                  (LiRA, RMIA, threshold, boundary, ... as the attacks declare it)
+
+Each difference is `group - reference`, paired per (seed, model index) for the accuracies and per
+(seed, audited target) for leakage, averaged within each seed, with a 95% t interval across the
+seeds (n = seeds; `demem.stats.paired_seed_delta`). Accuracies and leakage are in points (x 100).
+
+The attack of a family is chosen without peeking, as `leakage.strongest` chooses: the family's attack
+with the highest mean leakage over the reference groups on the SELECTION half of the seeds (every
+other seed in sorted order: 0th, 2nd, ...); its differences are then reported on the other half only,
+so the choice never sees the numbers it is reported with. An independent repeat may take the choice
+of an earlier experiment (`chosen=`: `demem summarize --forest-from EXPERIMENT`); its differences are
+then reported on all of its own seeds.
+
+Ray-free; reads the tables `orchestrator.collect` writes and the summary frame of
+`summarize.summarize_groups`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from demem.stats import excludes_zero, paired_seed_delta
+from orchestrator.columns import LEAKAGE_LABELS, NATURAL_ACC, ROBUST_ACC
+from orchestrator.layout import ExperimentDir
+
+FILE = "forest.csv"
+SCALE = 100.0  # fractions and AUCs as points
+ACCURACY = (("robust", ROBUST_ACC), ("natural", NATURAL_ACC))
+_COLUMNS = [
+    "comparison",
+    "kind",
+    "group_id",
+    "group_label",
+    "reference_id",
+    "reference_label",
+    "objective",
+    "family",
+    "attack",
+    "metric",
+    "chosen",
+    "mean",
+    "lo",
+    "hi",
+    "n",
+    "pairs",
+    "excludes_zero",
+]
+
+
+def comparisons(df: pd.DataFrame) -> list[tuple[str, str, str]]:
+    """(kind, group_id, reference_id) of each paired comparison the summary `df` allows.
+
+    "defence": a group and its matching undefended baseline. "training": an undefended method other
+    than standard training against the standard group of the same pools whose other settings, the
+    method's own aside (TRADES's beta, AWP), are the same."""
+    out = [
+        ("defence", r["group_id"], r["baseline_id"])
+        for _, r in df.iterrows()
+        if r["baseline_id"] is not None and r["baseline_id"] == r["baseline_id"] and r["baseline_id"] != r["group_id"]
+    ]
+    base = df[df["is_baseline"]]
+    standard = base[base["method"] == "standard"]
+    for _, r in base[base["method"] != "standard"].iterrows():
+        ref = standard[
+            (standard["pool_key"] == r["pool_key"]) & (standard["setting"].map(_shared) == _shared(r["setting"]))
+        ]
+        if len(ref):
+            out.append(("training", r["group_id"], ref["group_id"].iloc[0]))
+    return out
+
+
+def _shared(setting: str) -> str:
+    """A group's setting (`summarize._setting`) without the method's own keys."""
+    return "|".join(p for p in str(setting).split("|") if not p.startswith("config.method."))
+
+
+def _halves(seeds) -> tuple[set, set]:
+    seeds = sorted(seeds)
+    return set(seeds[0::2]), set(seeds[1::2])
+
+
+def choose_family_attacks(audits: pd.DataFrame, references: list[str], metric: str) -> dict[str, str]:
+    """{family: attack}: per attack family, the attack with the highest mean `metric` over the
+    reference groups' seed means on the selection half of the seeds."""
+    if audits.empty or "family" not in audits:
+        return {}
+    a = audits[audits["group_id"].isin(references)]
+    a = a[np.isfinite(pd.to_numeric(a[metric], errors="coerce").to_numpy(dtype=float))]
+    if a.empty:
+        return {}
+    select, _ = _halves(a["seed"].unique()) if a["seed"].nunique() >= 2 else (set(a["seed"]), set())
+    a = a[a["seed"].isin(select)]
+    per = a.groupby(["family", "attack", "group_id", "seed"])[metric].mean().groupby(["family", "attack"]).mean()
+    return {fam: str(s.droplevel(0).idxmax()) for fam, s in per.groupby(level=0)}
+
+
+def chosen_from(previous: str | Path) -> dict[str, str]:
+    """{family: attack} that an earlier experiment's summary chose (its summary/forest.csv)."""
+    path = ExperimentDir(Path(previous)).summary / FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no forest table; run `demem summarize {previous}` first")
+    f = pd.read_csv(path)
+    f = f[f["objective"].astype(str).str.startswith("leakage")]
+    return dict(zip(f["family"], f["attack"].astype(str)))
+
+
+def _minus(ci: dict[str, float]) -> dict[str, float]:
+    """group - reference from paired_seed_delta's reference - group, in points."""
+    return {**ci, "mean": -ci["mean"] * SCALE, "lo": -ci["hi"] * SCALE, "hi": -ci["lo"] * SCALE}
+
+
+def _units(frame: pd.DataFrame, gid: str, unit: str, seeds: set | None = None) -> pd.DataFrame:
+    f = frame.loc[frame["group_id"] == gid]
+    if seeds is not None:
+        f = f[f["seed"].isin(seeds)]
+    return f.rename(columns={unit: "unit"})
+
+
+def forest_table(
+    df: pd.DataFrame, runs: pd.DataFrame, audits: pd.DataFrame, *, chosen: dict[str, str] | None = None
+) -> pd.DataFrame:
+    """One row per (comparison, objective): group - reference with its interval across seeds.
+
+    `chosen` ({family: attack}, from an earlier experiment) fixes the attacks; then every seed
+    reports. Otherwise they are chosen on the selection half and reported on the other half."""
+    metric = str(df["leakage_metric"].iloc[0]) if len(df) else "auc"
+    pairs = comparisons(df)
+    labels = dict(zip(df["group_id"], df["group_label"]))
+    done = runs[runs["status"] == "done"] if "status" in runs else runs
+    if chosen is None:
+        attacks = choose_family_attacks(audits, sorted({ref for _, _, ref in pairs}), metric)
+        seeds = sorted(audits["seed"].unique()) if not audits.empty else []
+        if len(seeds) >= 2:
+            report = _halves(seeds)[1]
+            how = "selected on seeds " + ", ".join(str(int(s)) for s in sorted(_halves(seeds)[0]))
+        else:  # one draw: no interval either way
+            report, how = None, "chosen and reported on the one seed (no interval)"
+    else:
+        have = set(audits["attack"]) if not audits.empty else set()
+        attacks = {fam: a for fam, a in chosen.items() if a in have}
+        report, how = None, "chosen by an earlier experiment"
+    rows = []
+    for kind, gid, ref in pairs:
+        name = f"{labels[gid]} − {labels[ref]}"
+        common = {
+            "comparison": name,
+            "kind": kind,
+            "group_id": gid,
+            "group_label": labels[gid],
+            "reference_id": ref,
+            "reference_label": labels[ref],
+        }
+        for objective, col in ACCURACY:
+            ci = _minus(paired_seed_delta(_units(done, ref, "model_index"), _units(done, gid, "model_index"), col))
+            rows.append(
+                {**common, "objective": objective, "family": "", "attack": "", "metric": col, "chosen": "", **ci}
+            )
+        for family, attack in sorted(attacks.items()):
+            mine = audits[audits["attack"] == attack]
+            ci = _minus(
+                paired_seed_delta(_units(mine, ref, "target", report), _units(mine, gid, "target", report), metric)
+            )
+            objective = f"leakage: {family}"
+            rows.append(
+                {
+                    **common,
+                    "objective": objective,
+                    "family": family,
+                    "attack": attack,
+                    "metric": metric,
+                    "chosen": how,
+                    **ci,
+                }
+            )
+    if not rows:
+        return pd.DataFrame(columns=_COLUMNS)
+    out = pd.DataFrame(rows)
+    out["excludes_zero"] = [excludes_zero(r) for r in out[["lo", "hi"]].to_dict("records")]
+    return out[_COLUMNS]
+
+
+def forest_markdown(table: pd.DataFrame) -> list[str]:
+    if table.empty:
+        return []
+    objectives = list(dict.fromkeys(table["objective"]))
+    head = ["group − reference", *(_heading(table, o) for o in objectives)]
+    lines = [
+        "### Paired differences (forest plot)",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "|".join("---" for _ in head) + "|",
+    ]
+    for name, part in table.groupby("comparison", sort=False):
+        by = part.set_index("objective")
+        cells = [name.replace("|", "/"), *(_cell(by.loc[o]) if o in by.index else "—" for o in objectives)]
+        lines.append("| " + " | ".join(cells) + " |")
+    leak = table[table["objective"].str.startswith("leakage")]
+    chosen = leak["chosen"].iloc[0] if len(leak) else ""
+    lines += [
+        "",
+        "group − reference in points (× 100), paired per (seed, model) for accuracy and per (seed, target) for "
+        "leakage, averaged within each seed; [95% t interval across seeds] (n = seeds); * = the interval "
+        "excludes 0. Negative leakage: the group leaks less. Each family's attack is the one with the highest "
+        f"leakage of the reference groups, {chosen}"
+        + ("; its leakage differences are reported on the other seeds only." if "selected" in chosen else "."),
+    ]
+    return lines
+
+
+def _heading(table: pd.DataFrame, objective: str) -> str:
+    if not objective.startswith("leakage"):
+        return f"Δ {objective} acc"
+    row = table[table["objective"] == objective].iloc[0]
+    return f"Δ {LEAKAGE_LABELS.get(row['metric'], row['metric'])} {row['attack']}"
+
+
+def _cell(r: pd.Series) -> str:
+    if not np.isfinite(r["mean"]):
+        return "n/a"
+    if not np.isfinite(r["lo"]):
+        return f"{r['mean']:+.1f} (n={int(r['n'])}, no interval)"
+    return f"{r['mean']:+.1f} [{r['lo']:+.1f}, {r['hi']:+.1f}]{'*' if r['excludes_zero'] else ''} (n={int(r['n'])})"
+
+
+def forest_plot(table: pd.DataFrame) -> Figure:
+    """One row per comparison, one panel per objective: the difference with its interval across seeds,
+    a filled marker where the interval excludes 0, a line at 0."""
+    objectives = list(dict.fromkeys(table["objective"])) if not table.empty else ["robust"]
+    names = list(dict.fromkeys(table["comparison"])) if not table.empty else []
+    fig = Figure(figsize=(2.6 * len(objectives) + 3.2, 0.42 * max(len(names), 2) + 1.6), dpi=120)
+    axes = fig.subplots(1, len(objectives), sharey=True, squeeze=False)[0]
+    y = {n: len(names) - 1 - i for i, n in enumerate(names)}
+    colors = {"training": "tab:red", "defence": "tab:blue"}
+    for ax, objective in zip(axes, objectives):
+        part = table[table["objective"] == objective] if not table.empty else table
+        ax.axvline(0, color="0.4", lw=1)
+        for _, r in part.iterrows():
+            if not np.isfinite(r["mean"]):
+                continue
+            yy, color = y[r["comparison"]], colors.get(r["kind"], "k")
+            if np.isfinite(r["lo"]):
+                ax.plot([r["lo"], r["hi"]], [yy, yy], color=color, lw=1.6)
+            ax.plot(r["mean"], yy, "o", color=color, mfc=color if r["excludes_zero"] else "white", ms=6)
+        ax.set_title(_heading(table, objective) if not table.empty else objective, fontsize=9)
+        ax.set_xlabel("group − reference (points)", fontsize=8)
+        ax.grid(alpha=0.3, axis="x")
+        ax.tick_params(labelsize=8)
+    axes[0].set_yticks(list(y.values()), list(y.keys()), fontsize=8)
+    axes[0].set_ylim(-0.7, max(len(names), 1) - 0.3)
+    if table.empty:
+        axes[0].text(0.5, 0.5, "no paired comparison in this experiment", ha="center", transform=axes[0].transAxes)
+    n = int(table["n"].max()) if not table.empty else 0
+    fig.suptitle(
+        "Paired differences from the reference, 95% t intervals across seeds "
+        f"(n ≤ {n}; filled: excludes 0; red: method vs standard, blue: defence vs its baseline)",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    return fig
