@@ -1,67 +1,97 @@
-"""The study (search_spaces/study_fashion.yaml, docs/results.md) shrunk to seconds and run end to end
-on the session's Ray, then analysed by docs/study.py, so neither the spec nor the analysis can rot."""
+"""The second study (search_spaces/study2_*.yaml, docs/results.md) shrunk to seconds and run end to
+end on the session's Ray, then analysed by docs/study2.py, so neither the specs nor the analysis can
+rot; and the repeat is run A with other seeds, nothing else."""
 
 from __future__ import annotations
 
 import importlib.util
+import shutil
 
+import pandas as pd
 import yaml
 
 from .conftest import ROOT
 
-STUDY = ROOT / "search_spaces" / "study_fashion.yaml"
+SPECS = ROOT / "search_spaces"
+RUN_A, RUN_B, RUN_C = (SPECS / f"study2_{n}.yaml" for n in ("fashion", "defences", "fashion_repeat"))
 
 
 def _analysis():
-    spec = importlib.util.spec_from_file_location("study_analysis", ROOT / "docs" / "study.py")
+    spec = importlib.util.spec_from_file_location("study2_analysis", ROOT / "docs" / "study2.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-def test_the_shrunken_study_runs_and_every_claim_is_analysed(ray_session, tmp_path):
-    from orchestrator.run import run_experiment
-    from orchestrator.spec import load_spec
+def test_the_repeat_is_run_a_with_disjoint_seeds():
+    a, c = yaml.safe_load(RUN_A.read_text()), yaml.safe_load(RUN_C.read_text())
+    assert set(a["seeds"]["train"]).isdisjoint(c["seeds"]["train"]) and len(c["seeds"]["train"]) == 5
+    assert a["seeds"]["pool"] == c["seeds"]["pool"] == "per-seed"  # other seeds draw other pools
+    for raw in (a, c):
+        raw.pop("name"), raw["seeds"].pop("train")
+    assert a == c
+    b = yaml.safe_load(RUN_B.read_text())  # run B shares run A's pools: the same seeds, pool and models
+    assert b["seeds"] == yaml.safe_load(RUN_A.read_text())["seeds"] and b["audit"] == a["audit"]
+    assert b["base"]["data"] == a["base"]["data"] and b["base"]["train"] == a["base"]["train"]
 
-    raw = yaml.safe_load(STUDY.read_text())
-    full = load_spec(STUDY, check_data=False)
-    assert len(full.groups()) == len(raw["points"]) == 12 and len(full.seeds) >= 3 and raw["audit"]["models"] >= 16
-    # every point, 1 epoch on a 64-sample pool, PGD-1 evaluation, 2 seeds x 6 models
+
+def _shrink(path, tmp_path, points=None):
+    """Every point (or `points` of them) on a 64-sample pool (one batch per epoch), 1 epoch where the
+    point does not set its own, PGD-1 everywhere, 2 seeds x 4 models and the attacks 4 models allow
+    (LiRA needs 6; the full specs run it). The points keep their labels, which the analysis reads."""
+    raw = yaml.safe_load(path.read_text())
     raw["base"]["data"]["pool_size"] = 64
     raw["base"]["train"]["epochs"] = 1
-    raw["base"]["eval"]["attack"]["steps"] = 1
-    raw["base"]["eval"].update(adversarial=None, boundary=None)  # the study's attacks read neither
-    raw["seeds"]["train"] = [0, 1]
-    raw["audit"]["models"] = 6  # the fewest LiRA accepts
-    path = tmp_path / "study.yaml"
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    exp = run_experiment(path, storage=tmp_path / "results", echo=lambda _: None)
+    raw["base"]["eval"].update(
+        attack={"steps": 1}, adversarial={"steps": 1}, boundary={"norms": ["linf"], "bisections": 1, "steps": 1}
+    )
+    if points is not None:
+        raw["points"] = [p for p in raw["points"] if p in points]
+    raw["seeds"]["train"] = raw["seeds"]["train"][:2]
+    raw["audit"]["models"] = 4
+    raw["audit"]["attacks"] = ["rmia", "loss", "rmia_online_adv", "loss_adv", "boundary_linf"]
+    out = tmp_path / path.name
+    out.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return out
+
+
+def test_the_shrunken_study_runs_and_every_question_is_analysed(ray_session, tmp_path):
+    from orchestrator.run import run_experiment
+    from orchestrator.spec import load_spec
+    from orchestrator.summarize import summarize
+
+    for path, groups in ((RUN_A, 11), (RUN_B, 9), (RUN_C, 11)):
+        spec = load_spec(path, check_data=False)
+        assert len(spec.groups()) == groups and len(spec.seeds) == 5 and spec.audit.models == 8
+    b_points = yaml.safe_load(RUN_B.read_text())["points"]
+    keep = [p for p in b_points if p.get("dp.noise_multiplier") != 0.5 and p.get("method.beta") != 0.7]
+    exp_a = run_experiment(_shrink(RUN_A, tmp_path), storage=tmp_path / "results", echo=lambda _: None)
+    exp_b = run_experiment(_shrink(RUN_B, tmp_path, keep), storage=tmp_path / "results", echo=lambda _: None)
+    # run C: run A's tables under seeds 5 and 6, standing in for a repeat without training it again
+    root_c = tmp_path / "results" / "repeat"
+    shutil.copytree(exp_a.root, root_c)
+    for name in ("runs", "audits"):
+        frame = pd.read_parquet(root_c / f"{name}.parquet")
+        frame.assign(seed=frame["seed"] + 5).to_parquet(root_c / f"{name}.parquet")
+    paths = summarize(exp_a.root, echo=lambda _: None, tensorboard=False)
+    assert paths["forest.png"].stat().st_size > 0  # the page's figure
 
     study = _analysis()
-    text = study.report(exp.root)
-    for title in (
-        "Claim 1",
-        "Claim 2: DP-SGD",
-        "Claim 3",
-        "Threshold",
-        "Threshold at equal",
-        "Claim 2 by memorization",
-    ):
+    text = study.report(exp_a.root, exp_b.root, root_c)
+    for title in ("Every group", "Question 1", "Question 2", "Question 3", "Question 4", "Question 5", "Question 6"):
         assert f"### {title}" in text
-    s = study.Study(exp.root)
-    keys = [study.STANDARD, study.PGD_AT, study.TRADES, study.AWP, study.DP]
-    keys += [study.demem(study.PGD_AT, lam) for lam in (0.2, 0.4, 0.6)]
-    keys += [study.demem(study.TRADES, 0.4), study.demem(study.AWP, 0.4)]
-    keys += [study.demem(study.PGD_AT, 0.4, tau) for tau in (0.5, 0.9)]
-    assert sorted(keys) == sorted(s.ids)  # the analysis names exactly the spec's groups
-    assert s.n_seeds == 2
-    # a paired difference has an interval across the 2 seeds (or n/a where a metric is undefined)
-    d = s.acc(study.PGD_AT, study.STANDARD, "robust_acc_pgd")
+    a = study.Study(exp_a.root)
+    expected = {study.STD10, study.PGD10, study.TRADES10, study.STD, study.PGD, study.TRADES, study.TAU}
+    expected |= {study.dm(lam) for lam in study.LAMBDAS} | {study.TRADES_DM}
+    assert set(a.ids) == expected  # the analysis names exactly run A's groups
+    b = study.Study(exp_a.root, exp_b.root)
+    assert b.has(study.AWP, study.AWP_DM, study.TRADES_AWP, study.dp(1.0), study.relax(1.0))
+    # run B's PGD-AT is run A's group (the same config): joined, its second copy set aside
+    assert len(b.runs[b.runs["group_id"] == a.ids[study.PGD]]) == len(a.runs[a.runs["group_id"] == a.ids[study.PGD]])
+    assert "models were trained in two runs" in b.reproduced()
+    both = study.Study(exp_a.root, root_c)
+    assert both.seeds(study.TAU) == [0, 1, 5, 6]  # question 3 on both runs' seeds
+    d = study._acc(a, study.PGD, study.STD, "robust_acc_pgd")
     assert d["n"] == 2 and d["lo"] <= d["mean"] <= d["hi"]
-    rows = [
-        line
-        for line in text.splitlines()
-        if line.startswith("| ") and not line.startswith(("| group", "| mem", "| point"))
-    ]
-    assert len(rows) == 12 + 3 + 1 + 5 + 4 + 2 + 4  # every group, contrast, threshold point, memorization bin
-    assert all("n/a" not in line and "nan" not in line for line in rows[:12])  # every group has its levels
+    q6 = text.split("### Question 6")[1]
+    assert q6.count("| yes |") + q6.count("| sign only |") + q6.count("| no |") + q6.count("| n/a |") == 8 * 3
