@@ -99,6 +99,11 @@ def level(ci: dict[str, float], scale: float = 100.0) -> str:
     return f"{ci['mean'] * scale:.1f} ± {(ci['hi'] - ci['mean']) * scale:.1f}"
 
 
+def level_header(attack: str) -> list[str]:
+    gaps = ["train natural", "train robust", "natural gap", "robust gap"]
+    return ["group", "natural", "robust", *gaps, f"AUC {attack}"]
+
+
 def table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
@@ -248,16 +253,7 @@ def report(main: str | Path, defences: str | Path | None = None, repeat: str | P
         "### Every group (run A)",
         "",
         table(
-            [
-                "group",
-                "natural",
-                "robust",
-                "train natural",
-                "train robust",
-                "natural gap",
-                "robust gap",
-                f"AUC {chosen}",
-            ],
+            level_header(chosen),
             [[name(k), *a.levels(k, chosen)] for k in a.ids],
         ),
     ]
@@ -346,16 +342,7 @@ def _defences(s: Study, chosen: str, curve: list[str]) -> list[str]:
         out += ["", "### Question 5: AWP", ""]
         out.append(
             table(
-                [
-                    "group",
-                    "natural",
-                    "robust",
-                    "train natural",
-                    "train robust",
-                    "natural gap",
-                    "robust gap",
-                    f"AUC {chosen}",
-                ],
+                level_header(chosen),
                 [[name(k), *s.levels(k, chosen)] for k in (PGD, TRADES, AWP, AWP_DM, TRADES_AWP) if s.has(k)],
             )
         )

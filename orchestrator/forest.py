@@ -62,12 +62,14 @@ def comparisons(df: pd.DataFrame) -> list[tuple[str, str, str]]:
 
     "defence": a group and its matching undefended baseline. "training": an undefended method other
     than standard training against the standard group of the same pools whose other settings, the
-    method's own aside (TRADES's beta, AWP), are the same."""
-    out = [
+    method's own aside (TRADES's beta, AWP, the training attack), are the same. Comparisons of
+    methods with standard training come first."""
+    defences = [
         ("defence", r["group_id"], r["baseline_id"])
         for _, r in df.iterrows()
         if r["baseline_id"] is not None and r["baseline_id"] == r["baseline_id"] and r["baseline_id"] != r["group_id"]
     ]
+    out = []
     base = df[df["is_baseline"]]
     standard = base[base["method"] == "standard"]
     for _, r in base[base["method"] != "standard"].iterrows():
@@ -76,12 +78,17 @@ def comparisons(df: pd.DataFrame) -> list[tuple[str, str, str]]:
         ]
         if len(ref):
             out.append(("training", r["group_id"], ref["group_id"].iloc[0]))
-    return out
+    return out + defences
+
+
+# A training method's own keys: its settings and its training attack (TRADES starts its attack
+# from a Gaussian, PGD-AT from a uniform draw; standard training has none).
+_OWN = ("config.method.", "config.attack.")
 
 
 def _shared(setting: str) -> str:
-    """A group's setting (`summarize._setting`) without the method's own keys."""
-    return "|".join(p for p in str(setting).split("|") if not p.startswith("config.method."))
+    """A group's setting (`summarize._setting`) without the training method's own keys."""
+    return "|".join(p for p in str(setting).split("|") if not p.startswith(_OWN))
 
 
 def _halves(seeds) -> tuple[set, set]:
@@ -221,7 +228,7 @@ def _heading(table: pd.DataFrame, objective: str) -> str:
     if not objective.startswith("leakage"):
         return f"Δ {objective} acc"
     row = table[table["objective"] == objective].iloc[0]
-    return f"Δ {LEAKAGE_LABELS.get(row['metric'], row['metric'])} {row['attack']}"
+    return f"Δ {LEAKAGE_LABELS.get(row['metric'], row['metric'])}, {row['family']}: {row['attack']}"
 
 
 def _cell(r: pd.Series) -> str:

@@ -54,6 +54,7 @@ def _tables() -> Tables:
                     "status": "done",
                     "config.method.name": method,
                     "config.method.beta": beta,
+                    "config.attack.start": "gaussian" if method == "trades" else "uniform",  # TRADES's own
                     "config.data.dataset": "fashion-mnist",
                     "config.train.arch": "small-cnn",
                     "config.train.epochs": epochs,
@@ -107,8 +108,8 @@ def tables() -> Tables:
 def test_comparisons_pair_defences_with_baselines_and_methods_with_standard(tables):
     df = summarize_groups(tables, leakage="auc", attack="loss")
     pairs = set(forest.comparisons(df))
-    # TRADES's beta is its own: it still pairs with standard training; the 30-epoch standard group
-    # differs in a shared setting, so it is nobody's reference
+    # TRADES's beta and its attack's start are its own: it still pairs with standard training; the
+    # 30-epoch standard group differs in a shared setting, so it is nobody's reference
     assert pairs == {("defence", "pgd_dm", "pgd"), ("training", "pgd", "std"), ("training", "trades", "std")}
 
 
