@@ -7,7 +7,9 @@ from __future__ import annotations
 import importlib.util
 import shutil
 
+import numpy as np
 import pandas as pd
+import pytest
 import yaml
 
 from .conftest import ROOT
@@ -104,3 +106,44 @@ def test_the_first_study_spec_still_loads():
 
     spec = load_spec(SPECS / "study_fashion.yaml", check_data=False)
     assert len(spec.groups()) == 12 and len(spec.seeds) == 3
+
+
+def test_equal_leakage_is_the_curve_interpolated_per_seed(tmp_path):
+    """docs/study2.py's robust accuracy kept at equal leakage against a hand interpolation: per seed,
+    the curve's (AUC reduction, robust cost) points with the origin, read at the point's reduction."""
+    from scipy import stats as st
+
+    study = _analysis()
+    curve = [study.dm(lam) for lam in study.LAMBDAS]
+    # per seed: (AUC reduction, robust cost) of each curve point and of the tau = 0.5 point
+    red = {curve[0]: (0.01, 0.012, 0.008), curve[1]: (0.02, 0.024, 0.018), curve[2]: (0.03, 0.033, 0.029)}
+    cost = {curve[0]: (0.01, 0.02, 0.01), curve[1]: (0.03, 0.04, 0.02), curve[2]: (0.06, 0.07, 0.05)}
+    red[study.TAU], cost[study.TAU] = (0.025, 0.02, 0.04), (0.03, 0.02, 0.05)  # seed 2: past the curve's end
+    red[study.PGD], cost[study.PGD] = (0.0,) * 3, (0.0,) * 3
+    runs, audits = [], []
+    for label in red:
+        for seed in range(3):
+            for m in range(4):
+                common = {"group_id": label, "group_label": label, "seed": seed}
+                runs.append({**common, "model_index": m, "status": "done", "robust_acc_pgd": 0.5 - cost[label][seed]})
+                audits.append({**common, "target": m, "attack": "rmia_online", "auc": 0.6 - red[label][seed]})
+    pd.DataFrame(runs).assign(natural_acc=0.7).to_parquet(tmp_path / "runs.parquet")
+    pd.DataFrame(audits).to_parquet(tmp_path / "audits.parquet")
+    for name in ("roc", "membins", "lowfpr"):
+        pd.DataFrame({"group_id": pd.Series(dtype=str)}).to_parquet(tmp_path / f"{name}.parquet")
+    got = study.Study(tmp_path).equal_leakage(study.TAU, curve, study.PGD, "rmia_online")
+    gains = []
+    for seed in range(2):  # seed 2's reduction 0.04 is beyond the curve's 0.029: left out
+        xs = [0.0, *(red[k][seed] for k in curve)]
+        ys = [0.0, *(cost[k][seed] for k in curve)]
+        x = red[study.TAU][seed]
+        i = next(j for j in range(1, len(xs)) if xs[j] >= x)
+        interpolated = ys[i - 1] + (ys[i] - ys[i - 1]) * (x - xs[i - 1]) / (xs[i] - xs[i - 1])
+        gains.append(interpolated - cost[study.TAU][seed])
+    half = st.t.ppf(0.975, 1) * np.std(gains, ddof=1) / np.sqrt(2)
+    assert got["n"] == 2 and got["outside"] == 1
+    assert (got["mean"], got["lo"], got["hi"]) == pytest.approx(
+        (np.mean(gains), np.mean(gains) - half, np.mean(gains) + half)
+    )
+    # by hand: seed 0 reads 0.045 halfway between 0.02 and 0.03; seed 1 reads 0.02 + 0.02 * 8 / 12
+    assert gains == pytest.approx([0.045 - 0.03, 0.02 + 0.02 * 8 / 12 - 0.02])
