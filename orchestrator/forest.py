@@ -111,14 +111,24 @@ def choose_family_attacks(audits: pd.DataFrame, references: list[str], metric: s
     return {fam: str(s.droplevel(0).idxmax()) for fam, s in per.groupby(level=0)}
 
 
+MAX_BYTES = 16 << 20  # a forest table of 1,000 comparisons is under 1 MiB
+
+
 def chosen_from(previous: str | Path) -> dict[str, str]:
-    """{family: attack} that an earlier experiment's summary chose (its summary/forest.csv)."""
+    """{family: attack} that an earlier experiment's summary chose (its summary/forest.csv).
+
+    The directory may be someone else's: the table must be a plain file of at most MAX_BYTES with
+    the columns demem writes; its names only select among the attacks this experiment ran."""
     path = ExperimentDir(Path(previous)).summary / FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no forest table; run `demem summarize {previous}` first")
-    f = pd.read_csv(path)
-    f = f[f["objective"].astype(str).str.startswith("leakage")]
-    return dict(zip(f["family"], f["attack"].astype(str)))
+    if path.stat().st_size > MAX_BYTES:
+        raise ValueError(f"{path}: larger than {MAX_BYTES >> 20} MiB, not a forest table demem writes")
+    f = pd.read_csv(path, dtype=str, keep_default_na=False)
+    if not {"objective", "family", "attack"} <= set(f.columns):
+        raise ValueError(f"{path}: not a forest table (it needs the columns objective, family and attack)")
+    f = f[f["objective"].str.startswith("leakage")]
+    return dict(zip(f["family"], f["attack"]))
 
 
 def _minus(ci: dict[str, float]) -> dict[str, float]:

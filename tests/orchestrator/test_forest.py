@@ -163,6 +163,11 @@ def test_summarize_writes_the_forest_and_a_repeat_reads_it(tables, tmp_path):
     assert forest.chosen_from(root) == {"lira": "lira_online_fixed_adv", "threshold": "loss"}
     with pytest.raises(FileNotFoundError, match="no forest table"):
         forest.chosen_from(tmp_path / "nowhere")
+    for name, text in (("wrong", "a,b\n1,2\n"), ("huge", "x" * (forest.MAX_BYTES + 1))):
+        (tmp_path / name / "summary").mkdir(parents=True)
+        (tmp_path / name / "summary" / forest.FILE).write_text(text)
+        with pytest.raises(ValueError, match="not a forest table"):
+            forest.chosen_from(tmp_path / name)
     again = summarize(root, leakage="auc", attack="loss", echo=lambda _: None, tensorboard=False, forest_from=root)
     repeat = pd.read_csv(again[forest.FILE])
     assert (repeat.loc[repeat["objective"].str.startswith("leakage"), "n"] == len(SEEDS)).all()
