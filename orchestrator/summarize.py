@@ -12,8 +12,8 @@ which rebuilds them from the experiment's directories when missing) and writes, 
     ranking.md        the same as a Markdown table ("mean ± half-width (n)") to paste into a paper
     pareto.png, roc.png, membins.png, report.html
     threshold_sweep.png   only when the DeMem groups differ in their risk threshold
-    forest.csv, forest.png   every paired difference from its reference (orchestrator.forest), where
-                      the experiment has a comparison
+    forest.csv        every paired difference from its reference (orchestrator.forest)
+    forest.png        the same as a forest plot, where the experiment has a comparison
 
 Statistics (demem.stats). The training seed is the unit of replication: accuracies are averaged over
 a group's models within each seed, leakage over its audited targets within each seed, and the
