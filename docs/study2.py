@@ -1,7 +1,11 @@
 """The numbers of docs/results.md (the second study, issue 26), from its three runs:
 
-    .venv/bin/python docs/study2.py results/study2-fashion results/study2-defences \\
-        results/study2-fashion-repeat > study2_tables.md
+    .venv/bin/python docs/study2.py --a docs/study2/data/study2-fashion-s* \\
+        --b docs/study2/data/study2-defences-s* --c docs/study2/data/study2-fashion-repeat-s* > study2_tables.md
+
+Each run may come in pieces (`demem run SPEC --seeds 3`, one or a few seeds each, as a session allows);
+the pieces of a run are joined here as `demem merge` joins them. docs/study2/data/ holds the tables of
+every piece the page reports (spec.yaml, meta.json and the Parquet tables `demem` collected).
 
 Run A (study2_fashion.yaml, seeds 0-4) answers questions 1-3, run B (study2_defences.yaml, the same
 seeds and pools) questions 4 and 5, run C (study2_fashion_repeat.yaml, seeds 5-9) repeats A.
@@ -23,7 +27,7 @@ trained twice, and the first run's copy is kept. `reproduced` reports how closel
 
 from __future__ import annotations
 
-import sys
+import argparse
 from pathlib import Path
 
 import numpy as np
@@ -240,8 +244,16 @@ def attack_rows(s: Study, pairs: list[tuple[str, str]], chosen: str) -> list[lis
     return rows
 
 
-def report(main: str | Path, defences: str | Path | None = None, repeat: str | Path | None = None) -> str:
-    a = Study(main)
+Roots = str | Path | list[str | Path]
+
+
+def _roots(r: Roots) -> list[str | Path]:
+    return list(r) if isinstance(r, list | tuple) else [r]
+
+
+def report(main: Roots, defences: Roots | None = None, repeat: Roots | None = None) -> str:
+    """The page's tables; each run is one experiment directory or a list of its pieces."""
+    a = Study(*_roots(main))
     chosen = a.headline_attack()
     out = [
         f"Run A: n = {len(a.seeds(PGD))} seeds. Levels: mean ± 95% t half-width across seeds, in points. "
@@ -264,8 +276,8 @@ def report(main: str | Path, defences: str | Path | None = None, repeat: str | P
     q2 = [(g, r) for g, r in q2 if a.has(g, r)]
     out += ["", "### Question 2: DeMem − the same method at λ = 0", ""]
     out.append(table(["", *(f"{name(g)} − {name(r)}" for g, r in q2)], attack_rows(a, q2, chosen)))
-    c = Study(repeat) if repeat is not None else None
-    both = Study(main, repeat) if repeat is not None else a
+    c = Study(*_roots(repeat)) if repeat is not None else None
+    both = Study(*_roots(main), *_roots(repeat)) if repeat is not None else a
     curve = [dm(lam) for lam in LAMBDAS]
     if both.has(PGD, TAU, *curve):
         n = len(both.seeds(TAU))
@@ -291,7 +303,7 @@ def report(main: str | Path, defences: str | Path | None = None, repeat: str | P
             "more robust accuracy. Seeds where τ = 0.5 lies outside the curve are left out (counted).",
         ]
     if defences is not None:
-        out += _defences(Study(main, defences), chosen, curve)
+        out += _defences(Study(*_roots(main), *_roots(defences)), chosen, curve)
     if c is not None:
         out += _repeat(a, c, chosen, q1 + q2)
     return "\n".join(out) + "\n"
@@ -382,6 +394,9 @@ def _repeat(a: Study, c: Study, chosen: str, pairs: list[tuple[str, str]]) -> li
 
 
 if __name__ == "__main__":
-    if not 2 <= len(sys.argv) <= 4:
-        sys.exit("usage: python docs/study2.py RUN_A [RUN_B [RUN_C]]")
-    print(report(*sys.argv[1:]), end="")
+    p = argparse.ArgumentParser(description="the tables of docs/results.md from the study's runs")
+    p.add_argument("--a", nargs="+", required=True, help="run A: its experiment directory or its pieces")
+    p.add_argument("--b", nargs="+", default=None, help="run B (defences, AWP)")
+    p.add_argument("--c", nargs="+", default=None, help="run C (the repeat)")
+    args = p.parse_args()
+    print(report(args.a, args.b, args.c), end="")

@@ -161,6 +161,13 @@ def _drive(command: str, what: str, work) -> int:
     return EXIT_TRIALS_FAILED if n or unaudited else 0
 
 
+def _seed_list(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: a comma-separated list of integers, e.g. 3,4") from None
+
+
 def cmd_run(a: argparse.Namespace) -> int:
     from orchestrator.run import run_experiment
 
@@ -168,7 +175,12 @@ def cmd_run(a: argparse.Namespace) -> int:
         "run",
         a.spec,
         lambda: run_experiment(
-            a.spec, name=a.name, storage=a.storage, address=a.address, max_concurrent=a.max_concurrent
+            a.spec,
+            name=a.name,
+            storage=a.storage,
+            address=a.address,
+            max_concurrent=a.max_concurrent,
+            seeds=a.seeds,
         ),
     )
 
@@ -211,6 +223,20 @@ def cmd_summarize(a: argparse.Namespace) -> int:
             summarize_audits(a.experiment, out=a.out, leakage=a.leakage, attack=a.attack)
     except (FileNotFoundError, ValueError) as e:
         print(f"demem summarize: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_merge(a: argparse.Namespace) -> int:
+    from orchestrator.merge import merge_experiments
+    from orchestrator.spec import SpecError
+
+    try:
+        merge_experiments(a.experiments, a.name, storage=a.storage)
+    except SpecError as e:
+        return _print_problems("demem merge", e)
+    except (FileNotFoundError, FileExistsError, ValueError) as e:
+        print(f"demem merge: {e}", file=sys.stderr)
         return 2
     return 0
 
@@ -264,6 +290,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--max-concurrent", type=int, default=None, help="trials running at once (default: as resources allow)"
     )
+    r.add_argument(
+        "--seeds",
+        type=_seed_list,
+        default=None,
+        help="only these of the spec's training seeds, e.g. 3,4 (a piece of a study too long for one sitting; "
+        "default name <spec name>-s3-4; `demem merge` joins the pieces)",
+    )
     r.set_defaults(func=cmd_run)
     re_ = sub.add_parser("resume", help="continue an interrupted experiment")
     re_.add_argument("experiment", help="the experiment directory, e.g. results/quickstart")
@@ -313,6 +346,15 @@ def build_parser() -> argparse.ArgumentParser:
         "the other half",
     )
     sm.set_defaults(func=cmd_summarize)
+    mg = sub.add_parser(
+        "merge",
+        help="one experiment from several runs of the same spec with disjoint training seeds (a study run a few "
+        "seeds at a time), to summarize as one",
+    )
+    mg.add_argument("experiments", nargs="+", help="the finished experiment directories")
+    mg.add_argument("--name", required=True, help="name of the merged experiment")
+    mg.add_argument("--storage", default="results", help="where to write it (default: results)")
+    mg.set_defaults(func=cmd_merge)
     s = sub.add_parser("status", help="what is done, running, failed and pending in an experiment")
     s.add_argument("experiment")
     s.set_defaults(func=cmd_status)

@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, TextIO
@@ -28,6 +29,7 @@ from orchestrator.group_table import group_table
 from orchestrator.layout import SPEC, ExperimentDir, open_experiment, trial_records
 from orchestrator.leftovers import forget_private_instance, record_private_instance, stop_leftovers
 from orchestrator.lock import ExperimentLock
+from orchestrator.merge import piece_spec
 from orchestrator.probe import check_shared
 from orchestrator.progress import GridProgress, Printer, start_progress
 from orchestrator.search import run_search
@@ -114,12 +116,20 @@ def run_experiment(
     max_concurrent: int | None = None,
     echo: Printer = print,
     train: TrainFn | None = None,
+    seeds: list[int] | None = None,
 ) -> ExperimentDir:
     """Validate, plan, train every model, audit every group, collect. Returns the experiment dir.
-    `train` replaces the trial's training function (tests wrap the real one).
+    `train` replaces the trial's training function (tests wrap the real one). `seeds`: run only
+    these of the spec's training seeds, as the experiment `name` (default `<spec name>-s<seeds>`),
+    whose spec.yaml records the subset (a piece for `demem merge`).
 
     Nothing is written before the spec, the name and the trial resources (against the cluster)
     have been checked; the experiment directory is then locked for this driver's lifetime."""
+    if seeds is not None:
+        name, text = piece_spec(spec_path, seeds, name)
+        tmp = Path(tempfile.mkdtemp(prefix="demem-piece-"))
+        atexit.register(shutil.rmtree, tmp, ignore_errors=True)
+        spec_path = write_text(tmp / SPEC, text)
     spec = load_spec(spec_path)  # every problem is reported before Ray starts
     if name is not None and (why := name_problem(name, "--name")) is not None:
         raise SpecError([why])

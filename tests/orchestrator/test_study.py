@@ -58,6 +58,8 @@ def _shrink(path, tmp_path, points=None):
 
 
 def test_the_shrunken_study_runs_and_every_question_is_analysed(ray_session, tmp_path):
+    from orchestrator.layout import ExperimentDir
+    from orchestrator.merge import merge_experiments
     from orchestrator.run import run_experiment
     from orchestrator.spec import load_spec
     from orchestrator.summarize import summarize
@@ -67,10 +69,19 @@ def test_the_shrunken_study_runs_and_every_question_is_analysed(ray_session, tmp
         assert len(spec.groups()) == groups and len(spec.seeds) == 5 and spec.audit.models == 8
     b_points = yaml.safe_load(RUN_B.read_text())["points"]
     keep = [p for p in b_points if p.get("dp.noise_multiplier") != 0.5 and p.get("method.beta") != 0.7]
-    exp_a = run_experiment(_shrink(RUN_A, tmp_path), storage=tmp_path / "results", echo=lambda _: None)
-    exp_b = run_experiment(_shrink(RUN_B, tmp_path, keep), storage=tmp_path / "results", echo=lambda _: None)
+    # run A in two pieces, one seed each (`demem run --seeds`), merged into one experiment, as the
+    # full study is run a session at a time
+    spec_a, results = _shrink(RUN_A, tmp_path), tmp_path / "results"
+    parts = [run_experiment(spec_a, storage=results, echo=lambda _: None, seeds=[s]) for s in (0, 1)]
+    for s, part in zip((0, 1), parts):
+        raw = yaml.safe_load(part.spec.read_text())
+        assert part.root.name == f"study2-fashion-s{s}" and raw["seeds"]["train"] == [s]
+    ids = [set(pd.read_parquet(p.table("runs.parquet"))["group_id"]) for p in parts]
+    assert ids[0] == ids[1] and len(ids[0]) == 11  # the same groups: a group id does not hold the seed
+    exp_a = ExperimentDir(merge_experiments([p.root for p in parts], "study2-fashion", results, echo=lambda _: None))
+    exp_b = run_experiment(_shrink(RUN_B, tmp_path, keep), storage=results, echo=lambda _: None)
     # run C: run A's tables under seeds 5 and 6, standing in for a repeat without training it again
-    root_c = tmp_path / "results" / "repeat"
+    root_c = results / "repeat"
     shutil.copytree(exp_a.root, root_c)
     for name in ("runs", "audits"):
         frame = pd.read_parquet(root_c / f"{name}.parquet")

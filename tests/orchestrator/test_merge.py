@@ -1,0 +1,123 @@
+"""`demem merge`: a study run a few seeds at a time summarizes as the study run at once. The
+reference is the unsplit tables (test_forest's synthetic study, 4 seeds) and test_forest's plain
+loop with scipy's t quantile; the pieces are split by seed and merged back."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from orchestrator import forest
+from orchestrator.cli import main
+from orchestrator.merge import merge_experiments
+from orchestrator.spec import load_spec
+from orchestrator.summarize import summarize
+from tests.orchestrator.test_forest import SEEDS, _loop, _tables
+
+ROOT = Path(__file__).resolve().parents[2]
+SPEC = yaml.safe_load((ROOT / "search_spaces" / "quickstart.yaml").read_text())
+QUIET = {"echo": lambda _: None}
+
+
+def _piece(root: Path, name: str, seeds: list[int], tables, spec: dict | None = None) -> Path:
+    """An experiment directory holding `seeds` of the synthetic study, as `collect` leaves one."""
+    root.mkdir(parents=True)
+    raw = dict(spec or SPEC, name=name)
+    raw["seeds"] = {**raw["seeds"], "train": seeds}
+    (root / "spec.yaml").write_text(yaml.safe_dump(raw))
+    (root / "meta.json").write_text(json.dumps({"name": name}))
+    for table, frame in (("runs", tables.runs), ("audits", tables.audits)):
+        frame[frame["seed"].isin(seeds)].assign(experiment=name).to_parquet(root / f"{table}.parquet")
+    for table in ("samples", "roc", "membins", "lowfpr"):
+        pd.DataFrame({"group_id": pd.Series(dtype=str)}).to_parquet(root / f"{table}.parquet")
+    return root
+
+
+@pytest.fixture()
+def pieces(tmp_path):
+    tables = _tables()
+    a = _piece(tmp_path / "p01", "study-s01", [0, 1], tables)
+    b = _piece(tmp_path / "p23", "study-s23", [2, 3], tables)
+    return tables, a, b
+
+
+def test_merged_pieces_summarize_as_the_whole_study(pieces, tmp_path):
+    tables, a, b = pieces
+    out = merge_experiments([a, b], "study", storage=tmp_path / "merged", **QUIET)
+    merged = load_spec(out / "spec.yaml", check_data=False)
+    assert merged.name == "study" and list(merged.seeds) == list(SEEDS)
+    meta = yaml.safe_load((out / "meta.json").read_text())
+    assert [p["seeds"] for p in meta["pieces"]] == [[0, 1], [2, 3]]
+    runs = pd.read_parquet(out / "runs.parquet")
+    assert len(runs) == len(tables.runs) and set(runs["experiment"]) == {"study"}
+
+    whole = tmp_path / "whole"
+    _piece(whole, "study", list(SEEDS), tables)
+    got = summarize(out, leakage="auc", attack="loss", tensorboard=False, **QUIET)
+    want = summarize(whole, leakage="auc", attack="loss", tensorboard=False, **QUIET)
+    f_got, f_want = (pd.read_csv(p[forest.FILE]) for p in (got, want))
+    pd.testing.assert_frame_equal(f_got, f_want)
+    # and the interval is the plain loop's over all four seeds, not over one piece's two
+    row = f_got[(f_got["comparison"] == "pgd_dm − pgd") & (f_got["objective"] == "robust")].iloc[0]
+    mean, lo, hi = _loop(tables.runs, "pgd_dm", "pgd", "robust_acc_pgd", "model_index", SEEDS)
+    assert (row["n"], row["mean"], row["lo"], row["hi"]) == pytest.approx((4, mean, lo, hi))
+
+
+def test_pieces_that_are_not_one_spec_are_refused_before_anything_is_written(pieces, tmp_path):
+    tables, a, b = pieces
+    other = dict(SPEC, base={**SPEC["base"], "train": {**SPEC["base"]["train"], "epochs": 99}})
+    c = _piece(tmp_path / "p4", "study-s4", [4], tables, spec=other)
+    d = _piece(tmp_path / "p1", "study-s1", [1], tables)
+    out = tmp_path / "merged"
+    with pytest.raises(ValueError, match="differs .* in base"):
+        merge_experiments([a, c], "m", storage=out, **QUIET)
+    with pytest.raises(ValueError, match="seed 1 is in both"):
+        merge_experiments([a, d], "m", storage=out, **QUIET)
+    (b / "roc.parquet").unlink()
+    with pytest.raises(ValueError, match="has no roc.parquet: finish it first"):
+        merge_experiments([a, b], "m", storage=out, **QUIET)
+    with pytest.raises(ValueError, match="one path component"):
+        merge_experiments([a, d], "../m", storage=out, **QUIET)
+    assert not out.exists()
+
+
+def test_a_symlinked_or_oversized_table_is_refused(pieces, tmp_path, monkeypatch):
+    import orchestrator.merge as merge
+
+    _, a, b = pieces
+    (b / "audits.parquet").unlink()
+    (b / "audits.parquet").symlink_to(a / "audits.parquet")
+    with pytest.raises(ValueError, match="not a plain file"):
+        merge_experiments([a, b], "m", storage=tmp_path / "out", **QUIET)
+    (b / "audits.parquet").unlink()
+    (b / "audits.parquet").write_bytes((a / "audits.parquet").read_bytes())
+    monkeypatch.setattr(merge, "MAX_TABLE_BYTES", 100)
+    with pytest.raises(ValueError, match="larger than"):
+        merge_experiments([a, b], "m", storage=tmp_path / "out", **QUIET)
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_command_line_reports_problems_with_exit_2(pieces, tmp_path, capsys):
+    _, a, b = pieces
+    assert main(["merge", str(a), str(b), "--name", "m", "--storage", str(tmp_path / "o")]) == 0
+    assert main(["merge", str(a), str(b), "--name", "m", "--storage", str(tmp_path / "o")]) == 2
+    assert "already exists" in capsys.readouterr().err
+
+
+def test_a_piece_is_the_spec_with_fewer_seeds_and_the_same_groups(tmp_path, capsys):
+    from orchestrator.merge import piece_spec
+
+    path = ROOT / "search_spaces" / "quickstart.yaml"
+    name, text = piece_spec(path, [3, 4])
+    (tmp_path / "piece.yaml").write_text(text)
+    piece, whole = load_spec(tmp_path / "piece.yaml", check_data=False), load_spec(path, check_data=False)
+    assert name == piece.name == "quickstart-s3-4" and list(piece.seeds) == [3, 4]
+    assert [g.group_id for g in piece.groups()] == [g.group_id for g in whole.groups()]
+    # a seed the spec does not have is refused before Ray starts or anything is written
+    assert main(["run", str(path), "--seeds", "3,99", "--storage", str(tmp_path / "r")]) == 2
+    assert "name distinct seeds among the spec's 0, 1, 2, 3, 4, 5" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
