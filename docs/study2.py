@@ -20,6 +20,13 @@ undefended 60-epoch groups (standard, PGD-AT, TRADES) on run A's selection seeds
 differences under it are reported on its other seeds (1, 3); run C reports it on all of its seeds,
 chosen before C was looked at. Every other attack is shown beside it, on every seed, as exploration.
 
+Each group's own strongest attack (`Study.strongest`: the highest mean AUC against that group on the
+selection seeds) was added after run A's seeds 0-2 had run and before any of run C had: the pooled
+headline choice above lets the undefended models' weakness under adversarial queries pick a clean
+attack, which is not the strongest against any adversarially trained group. Questions 1 and 2 then
+also report each group under its own strongest attack and both under the reference's; on run A this
+is exploratory (its seeds 0 and 2 were seen), on run C, with run A's choices, confirmatory.
+
 Runs that share a group (the same config, hence the same group id: run B retrains run A's PGD-AT on
 the same pools) are joined on it; a (group, seed, model) present in two runs is the same model
 trained twice, and the first run's copy is kept. `reproduced` reports how closely they agree.
@@ -192,6 +199,16 @@ class Study:
         cells = [level(seed_level(runs, c)) if c in runs else "n/a" for c in cols]
         return [*cells, level(seed_level(self._targets(label, attack), "auc"))]
 
+    def strongest(self, label: str) -> str:
+        """The attack with the highest mean AUC against `label` on the selection seeds."""
+        a = self.audits[(self.audits["group_id"] == self.ids[label]) & self.audits["seed"].isin(SELECT)]
+        return str(a.groupby(["attack", "seed"])["auc"].mean().groupby("attack").mean().idxmax())
+
+    def leak_between(self, label: str, ref: str, attack: str, ref_attack: str, seeds=None) -> dict[str, float]:
+        """`label`'s AUC under `attack` minus `ref`'s under `ref_attack`, paired per (seed, target)."""
+        g, r = self._targets(label, attack, seeds), self._targets(ref, ref_attack, seeds)
+        return _minus(paired_seed_delta(r, g, "auc"))
+
     def headline_attack(self) -> str:
         """The attack with the highest mean AUC of REFERENCES on the selection seeds."""
         refs = [self.ids[r] for r in REFERENCES if r in self.ids]
@@ -229,9 +246,35 @@ def _report_seeds(s: Study, label: str) -> list[int] | None:
     return [x for x in seeds if x not in SELECT] if set(SELECT) & set(seeds) else None
 
 
-def attack_rows(s: Study, pairs: list[tuple[str, str]], chosen: str) -> list[list[str]]:
+def strong_rows(s: Study, pairs: list[tuple[str, str]], strong: dict[str, str]) -> list[list[str]]:
+    """Δ AUC under each group's own strongest attack, and under the reference's (`strong`: label ->
+    attack, chosen on run A's selection seeds), on the report seeds."""
+    return [
+        [
+            "Δ AUC, each group's strongest attack (report seeds)",
+            *(fmt(s.leak_between(g, r, strong[g], strong[r], _report_seeds(s, g))) for g, r in pairs),
+        ],
+        [
+            "Δ AUC, the reference's strongest attack (report seeds)",
+            *(fmt(s.leak(g, r, strong[r], _report_seeds(s, g))) for g, r in pairs),
+        ],
+    ]
+
+
+def strong_line(strong: dict[str, str]) -> str:
+    return (
+        f"Strongest attack per group, chosen on run A's seeds {', '.join(map(str, SELECT))}: "
+        + "; ".join(f"{name(k)}: {v}" for k, v in strong.items())
+        + "."
+    )
+
+
+def attack_rows(
+    s: Study, pairs: list[tuple[str, str]], chosen: str, strong: dict[str, str] | None = None
+) -> list[list[str]]:
     """One row per objective: Δ robust, Δ natural, then Δ AUC per attack (chosen first, on its report
-    seeds; the rest on every seed)."""
+    seeds, then under each group's and the reference's strongest attack where `strong` is given; the
+    rest on every seed)."""
     rows = [
         ["Δ robust acc", *(fmt(_acc(s, g, r, ROBUST_ACC)) for g, r in pairs)],
         ["Δ natural acc", *(fmt(_acc(s, g, r, NATURAL_ACC)) for g, r in pairs)],
@@ -240,6 +283,8 @@ def attack_rows(s: Study, pairs: list[tuple[str, str]], chosen: str) -> list[lis
             *(fmt(s.leak(g, r, chosen, _report_seeds(s, g))) for g, r in pairs),
         ],
     ]
+    if strong is not None:
+        rows += strong_rows(s, pairs, strong)
     rows += [[f"Δ AUC {a}", *(fmt(s.leak(g, r, a)) for g, r in pairs)] for a in s.attacks]
     return rows
 
@@ -255,6 +300,7 @@ def report(main: Roots, defences: Roots | None = None, repeat: Roots | None = No
     """The page's tables; each run is one experiment directory or a list of its pieces."""
     a = Study(*_roots(main))
     chosen = a.headline_attack()
+    strong = {k: a.strongest(k) for k in a.ids}
     out = [
         f"Run A: n = {len(a.seeds(PGD))} seeds. Levels: mean ± 95% t half-width across seeds, in points. "
         "Differences: group − reference, paired, [95% t interval across seeds]; * = the interval excludes 0.",
@@ -271,11 +317,12 @@ def report(main: Roots, defences: Roots | None = None, repeat: Roots | None = No
     ]
     q1 = [(g, r) for g, r in ((PGD10, STD10), (TRADES10, STD10), (PGD, STD), (TRADES, STD)) if a.has(g, r)]
     out += ["", "### Question 1: adversarial training − standard training", ""]
-    out.append(table(["", *(f"{name(g)} − {name(r)}" for g, r in q1)], attack_rows(a, q1, chosen)))
+    out.append(table(["", *(f"{name(g)} − {name(r)}" for g, r in q1)], attack_rows(a, q1, chosen, strong)))
     q2 = [(dm(lam), PGD) for lam in LAMBDAS] + [(TRADES_DM, TRADES)]
     q2 = [(g, r) for g, r in q2 if a.has(g, r)]
     out += ["", "### Question 2: DeMem − the same method at λ = 0", ""]
-    out.append(table(["", *(f"{name(g)} − {name(r)}" for g, r in q2)], attack_rows(a, q2, chosen)))
+    out.append(table(["", *(f"{name(g)} − {name(r)}" for g, r in q2)], attack_rows(a, q2, chosen, strong)))
+    out += ["", strong_line(strong)]
     c = Study(*_roots(repeat)) if repeat is not None else None
     both = Study(*_roots(main), *_roots(repeat)) if repeat is not None else a
     curve = [dm(lam) for lam in LAMBDAS]
@@ -305,7 +352,7 @@ def report(main: Roots, defences: Roots | None = None, repeat: Roots | None = No
     if defences is not None:
         out += _defences(Study(*_roots(main), *_roots(defences)), chosen, curve)
     if c is not None:
-        out += _repeat(a, c, chosen, q1 + q2)
+        out += _repeat(a, c, chosen, q1 + q2, strong)
     return "\n".join(out) + "\n"
 
 
@@ -370,7 +417,7 @@ def _agree(x: dict[str, float], y: dict[str, float]) -> str:
     return "yes" if sign and sig else ("sign only" if sign else "no")
 
 
-def _repeat(a: Study, c: Study, chosen: str, pairs: list[tuple[str, str]]) -> list[str]:
+def _repeat(a: Study, c: Study, chosen: str, pairs: list[tuple[str, str]], strong: dict[str, str]) -> list[str]:
     rows = []
     for g, r in pairs:
         if not c.has(g, r):
@@ -379,6 +426,12 @@ def _repeat(a: Study, c: Study, chosen: str, pairs: list[tuple[str, str]]) -> li
             ("Δ robust", _acc(a, g, r, ROBUST_ACC), _acc(c, g, r, ROBUST_ACC)),
             ("Δ natural", _acc(a, g, r, NATURAL_ACC), _acc(c, g, r, NATURAL_ACC)),
             (f"Δ AUC {chosen}", a.leak(g, r, chosen), c.leak(g, r, chosen)),
+            (
+                "Δ AUC, each group's strongest",
+                a.leak_between(g, r, strong[g], strong[r]),
+                c.leak_between(g, r, strong[g], strong[r]),
+            ),
+            (f"Δ AUC, the reference's strongest ({strong[r]})", a.leak(g, r, strong[r]), c.leak(g, r, strong[r])),
         ):
             rows.append([f"{name(g)} − {name(r)}", what, fmt(fa), fmt(fc), _agree(fa, fc)])
     return [

@@ -107,7 +107,9 @@ def test_the_shrunken_study_runs_and_every_question_is_analysed(ray_session, tmp
     d = study._acc(a, study.PGD, study.STD, "robust_acc_pgd")
     assert d["n"] == 2 and d["lo"] <= d["mean"] <= d["hi"]
     q6 = text.split("### Question 6")[1]
-    assert q6.count("| yes |") + q6.count("| sign only |") + q6.count("| no |") + q6.count("| n/a |") == 8 * 3
+    assert (
+        q6.count("| yes |") + q6.count("| sign only |") + q6.count("| no |") + q6.count("| n/a |") == 8 * 5
+    )  # 8 comparisons x (robust, natural, chosen, own strongest, reference strongest)
 
 
 def test_the_first_study_spec_still_loads():
@@ -158,3 +160,47 @@ def test_equal_leakage_is_the_curve_interpolated_per_seed(tmp_path):
     )
     # by hand: seed 0 reads 0.045 halfway between 0.02 and 0.03; seed 1 reads 0.02 + 0.02 * 8 / 12
     assert gains == pytest.approx([0.045 - 0.03, 0.02 + 0.02 * 8 / 12 - 0.02])
+
+
+def test_each_groups_strongest_attack_is_chosen_on_the_selection_seeds(tmp_path):
+    """docs/study2.py's strongest attack per group and the difference between two groups each under
+    its own: a hand loop over (seed, target). On the selection seeds (0, 2, 4) PGD-AT's strongest is
+    the adversarial query and standard training's the clean one; on seed 1 the order is reversed,
+    which the choice must not see."""
+    from scipy import stats as st
+
+    study = _analysis()
+    level = {  # (label, attack) -> AUC on selection seeds, on report seeds
+        (study.STD, "rmia_online"): (0.70, 0.60),
+        (study.STD, "rmia_online_adv"): (0.55, 0.75),
+        (study.PGD, "rmia_online"): (0.66, 0.80),
+        (study.PGD, "rmia_online_adv"): (0.78, 0.62),
+    }
+    rng = np.random.default_rng(3)
+    runs, audits = [], []
+    for label in (study.STD, study.PGD):
+        for seed in range(4):
+            for m in range(4):
+                common = {"group_id": label, "group_label": label, "seed": seed}
+                runs.append({**common, "model_index": m, "status": "done", "robust_acc_pgd": 0.3, "natural_acc": 0.7})
+                for attack in ("rmia_online", "rmia_online_adv"):
+                    auc = level[label, attack][seed not in study.SELECT] + rng.normal(0, 0.01)
+                    audits.append({**common, "target": m, "attack": attack, "auc": auc})
+    pd.DataFrame(runs).to_parquet(tmp_path / "runs.parquet")
+    frame = pd.DataFrame(audits)
+    frame.to_parquet(tmp_path / "audits.parquet")
+    for name in ("roc", "membins", "lowfpr"):
+        pd.DataFrame({"group_id": pd.Series(dtype=str)}).to_parquet(tmp_path / f"{name}.parquet")
+    s = study.Study(tmp_path)
+    assert (s.strongest(study.STD), s.strongest(study.PGD)) == ("rmia_online", "rmia_online_adv")
+    got = s.leak_between(study.PGD, study.STD, "rmia_online_adv", "rmia_online", [1, 3])
+    means = []
+    for seed in (1, 3):
+        g = frame[(frame.group_id == study.PGD) & (frame.attack == "rmia_online_adv") & (frame.seed == seed)]
+        r = frame[(frame.group_id == study.STD) & (frame.attack == "rmia_online") & (frame.seed == seed)]
+        means.append(np.mean(g.sort_values("target")["auc"].to_numpy() - r.sort_values("target")["auc"].to_numpy()))
+    half = st.t.ppf(0.975, 1) * np.std(means, ddof=1) / np.sqrt(2)
+    assert got["n"] == 2
+    assert (got["mean"], got["lo"], got["hi"]) == pytest.approx(
+        (np.mean(means), np.mean(means) - half, np.mean(means) + half)
+    )

@@ -1,0 +1,21 @@
+#!/bin/bash
+# The second study's summaries and the page's figures from the kept pieces (docs/study2/data/):
+# each run's pieces merged (`demem merge`), summarized (the repeat with run A's choice of attacks,
+# `--forest-from`), and its forest and Pareto plots copied to docs/img/study2_<run>_{forest,pareto}.png.
+# Then the page's tables: docs/study2.py.
+set -eu
+here=$(cd "$(dirname "$0")/../.." && pwd)
+out=${STUDY_SUMMARIES:-/tmp/study2-summaries}
+cd "$here"
+rm -rf "$out" && mkdir -p "$out"
+for run in study2-fashion study2-defences study2-fashion-repeat; do
+  pieces=$(ls -d docs/study2/data/$run-s[0-9]* 2>/dev/null || true)
+  [ -n "$pieces" ] || continue
+  if [ "$(echo "$pieces" | wc -l)" -eq 1 ]; then cp -r $pieces "$out/$run"; else
+    .venv/bin/demem merge $pieces --name "$run" --storage "$out" > /dev/null; fi
+  extra=()
+  [ "$run" = study2-fashion-repeat ] && extra=(--forest-from "$out/study2-fashion")
+  .venv/bin/demem summarize "$out/$run" "${extra[@]}" > "$out/$run.txt"
+  for fig in forest pareto; do cp "$out/$run/summary/$fig.png" "docs/img/${run//-/_}_$fig.png"; done
+done
+echo "summaries in $out; figures in docs/img/"
