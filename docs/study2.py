@@ -20,12 +20,13 @@ undefended 60-epoch groups (standard, PGD-AT, TRADES) on run A's selection seeds
 differences under it are reported on its other seeds (1, 3); run C reports it on all of its seeds,
 chosen before C was looked at. Every other attack is shown beside it, on every seed, as exploration.
 
-Each group's own strongest attack (`Study.strongest`: the highest mean AUC against that group on the
-selection seeds) was added after run A's seeds 0-2 had run and before any of run C had: the pooled
-headline choice above lets the undefended models' weakness under adversarial queries pick a clean
-attack, which is not the strongest against any adversarially trained group. Questions 1 and 2 then
-also report each group under its own strongest attack and both under the reference's; on run A this
-is exploratory (its seeds 0 and 2 were seen), on run C, with run A's choices, confirmatory.
+Each group's own strongest attack (`Study.strongest`, as `demem summarize` chooses it: the highest
+mean AUC against that group on the selection seeds) was added after run A's seeds 0-2 had run and
+before any of run C had: the pooled headline choice above lets the undefended models' weakness
+under adversarial queries pick a clean attack, which is not the strongest against any
+adversarially trained group. Questions 1 and 2 then also report each group under its own strongest
+attack and both under the reference's; on run A this is exploratory (its seeds 0 and 2 were
+seen), on run C, with run A's choices, confirmatory.
 
 Runs that share a group (the same config, hence the same group id: run B retrains run A's PGD-AT on
 the same pools) are joined on it; a (group, seed, model) present in two runs is the same model
@@ -43,6 +44,7 @@ import pandas as pd
 from demem.stats import excludes_zero, paired_seed_delta, seed_level, t_interval
 from orchestrator.collect import load_tables
 from orchestrator.columns import NATURAL_ACC, ROBUST_ACC
+from orchestrator.leakage import strongest
 
 # The study's groups, by the labels `demem run` gives the specs' points.
 STD10, PGD10, TRADES10 = "method=standard epochs=10", "method=pgd_at epochs=10", "method=trades epochs=10"
@@ -200,9 +202,9 @@ class Study:
         return [*cells, level(seed_level(self._targets(label, attack), "auc"))]
 
     def strongest(self, label: str) -> str:
-        """The attack with the highest mean AUC against `label` on the selection seeds."""
-        a = self.audits[(self.audits["group_id"] == self.ids[label]) & self.audits["seed"].isin(SELECT)]
-        return str(a.groupby(["attack", "seed"])["auc"].mean().groupby("attack").mean().idxmax())
+        """The attack with the highest mean AUC against `label` on every other seed (`demem
+        summarize`'s choice, `orchestrator.leakage.strongest`; on run A's seeds 0-4 that is SELECT)."""
+        return str(strongest(self.audits[self.audits["group_id"] == self.ids[label]], {})["attack"].iloc[0])
 
     def leak_between(self, label: str, ref: str, attack: str, ref_attack: str, seeds=None) -> dict[str, float]:
         """`label`'s AUC under `attack` minus `ref`'s under `ref_attack`, paired per (seed, target)."""

@@ -26,7 +26,7 @@ import yaml
 from demem import __version__
 from demem.io import write_json, write_parquet, write_text
 from orchestrator.layout import EPSILON, SPEC, TABLES, ExperimentDir, read_json
-from orchestrator.spec import load_spec
+from orchestrator.spec import ExperimentSpec, load_spec
 from orchestrator.spec.reader import read_spec
 from orchestrator.spec.schema import SpecError, name_problem
 
@@ -34,39 +34,34 @@ MAX_TABLE_BYTES = 256 << 20  # a paper-scale experiment's largest table (samples
 OPTIONAL = (EPSILON,)  # tables that experiments collected by older versions lack
 
 
-def _without_seeds(raw: dict[str, Any]) -> dict[str, Any]:
+def _seedless(raw: dict[str, Any]) -> dict[str, Any]:
+    """A raw spec without what may differ between pieces: its name and its training seeds, given
+    (as `check_seeds` reads them) as `seeds` or as `grid.seed`."""
     d = copy.deepcopy(raw)
     d.pop("name", None)
-    seeds = d.get("seeds")
-    if isinstance(seeds, dict):
-        seeds.pop("train", None)
+    d.pop("seeds", None)
+    if isinstance(d.get("grid"), dict):
+        d["grid"].pop("seed", None)
     return d
 
 
-def _train_seeds(raw: dict[str, Any], where: Path) -> list[int]:
-    seeds = raw.get("seeds", {}).get("train") if isinstance(raw.get("seeds"), dict) else None
-    if isinstance(seeds, int):
-        seeds = [seeds]
-    if not isinstance(seeds, list) or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
-        raise SpecError([f"{where}: seeds.train must be a list of integers"])
-    return seeds
+def _spec(path: str | Path) -> tuple[dict[str, Any], ExperimentSpec]:
+    """The raw spec at `path` and its validated form (seeds and pool design as the runner reads them)."""
+    raw = read_spec(path)
+    return raw, load_spec(path, check_data=False)  # SpecError for anything not a valid spec
 
 
 def piece_spec(spec_path: str | Path, seeds: list[int], name: str | None = None) -> tuple[str, str]:
     """(name, text) of the spec that runs only `seeds` of `spec_path`'s training seeds: the same
     settings, so the same group ids, under `name` (default: the spec's name + "-s" + the seeds).
     SpecError when a seed is not the spec's or the list is empty or repeats one."""
-    raw = read_spec(spec_path)
-    if not isinstance(raw, dict):
-        raise SpecError([f"{spec_path}: not a mapping of settings"])
-    have = _train_seeds(raw, Path(spec_path))
-    if not seeds or len(set(seeds)) < len(seeds) or not set(seeds) <= set(have):
-        raise SpecError(
-            [f"--seeds {','.join(map(str, seeds))}: name distinct seeds among the spec's {', '.join(map(str, have))}"]
-        )
-    piece = copy.deepcopy(raw)
-    piece["name"] = name or f"{raw.get('name')}-s{'-'.join(map(str, seeds))}"
-    piece["seeds"] = {**piece["seeds"], "train": list(seeds)}
+    raw, spec = _spec(spec_path)
+    if not seeds or len(set(seeds)) < len(seeds) or not set(seeds) <= set(spec.seeds):
+        have = ", ".join(map(str, spec.seeds))
+        raise SpecError([f"--seeds {','.join(map(str, seeds))}: name distinct seeds among the spec's {have}"])
+    piece = _seedless(raw)
+    piece["name"] = name or f"{spec.name}-s{'-'.join(map(str, seeds))}"
+    piece["seeds"] = {"train": list(seeds), "pool": spec.seed_pool}
     text = (
         f"# {Path(spec_path).name} with training seeds {', '.join(map(str, seeds))} only "
         "(`demem run --seeds`; `demem merge` joins the pieces)\n" + yaml.safe_dump(piece, sort_keys=False)
@@ -74,8 +69,8 @@ def piece_spec(spec_path: str | Path, seeds: list[int], name: str | None = None)
     return piece["name"], text
 
 
-def _read_piece(path: Path) -> tuple[dict[str, Any], list[int]]:
-    """A piece's raw spec and training seeds; ValueError when it is not a finished experiment."""
+def _read_piece(path: Path) -> tuple[dict[str, Any], ExperimentSpec]:
+    """A piece's raw and validated spec; ValueError when it is not a finished experiment."""
     exp = ExperimentDir(path)
     if not exp.spec.is_file():
         raise FileNotFoundError(f"{path} is not an experiment directory (no {SPEC})")
@@ -90,10 +85,7 @@ def _read_piece(path: Path) -> tuple[dict[str, Any], list[int]]:
             raise ValueError(f"{f}: not a plain file")
         if f.is_file() and f.stat().st_size > MAX_TABLE_BYTES:
             raise ValueError(f"{f}: larger than {MAX_TABLE_BYTES >> 20} MiB; not a table demem wrote")
-    raw = read_spec(exp.spec)
-    if not isinstance(raw, dict):
-        raise SpecError([f"{exp.spec}: not a mapping of settings"])
-    return raw, _train_seeds(raw, exp.spec)
+    return _spec(exp.spec)
 
 
 def merge_experiments(pieces: list[str | Path], name: str, storage: str | Path = "results", echo=print) -> Path:
@@ -110,31 +102,33 @@ def merge_experiments(pieces: list[str | Path], name: str, storage: str | Path =
     if out.exists() or out.is_symlink():
         raise FileExistsError(f"{out} already exists; name a new experiment")
     read = [_read_piece(p) for p in paths]
-    first, problems, owner = _without_seeds(read[0][0]), [], {}
-    for path, (raw, seeds) in zip(paths, read):
-        if _without_seeds(raw) != first:
-            keys = sorted(set(first) | set(_without_seeds(raw)))
-            differ = [k for k in keys if first.get(k) != _without_seeds(raw).get(k)]
+    first, pool = _seedless(read[0][0]), read[0][1].seed_pool
+    problems, owner = [], {}
+    for path, (raw, spec) in zip(paths, read):
+        mine = _seedless(raw)
+        differ = [k for k in sorted(set(first) | set(mine)) if first.get(k) != mine.get(k)]
+        if spec.seed_pool != pool:
+            differ.append("seeds.pool")
+        if differ:
             problems.append(
                 f"{path}: its spec differs from {paths[0]}'s in {', '.join(differ)} (only name and "
                 "seeds.train may differ)"
             )
-        for s in seeds:
+        for s in spec.seeds:
             if s in owner:
                 problems.append(f"seed {s} is in both {owner[s]} and {path}")
             owner.setdefault(s, path)
     if problems:
         raise ValueError("cannot merge:\n  " + "\n  ".join(problems))
-    merged = copy.deepcopy(read[0][0])
-    merged["name"] = name
-    merged["seeds"] = {**merged.get("seeds", {}), "train": sorted(owner)}
+    merged = {**first, "name": name, "seeds": {"train": sorted(owner), "pool": pool}}
     spec_text = (
         f"# {name}: the experiments {', '.join(p.name for p in paths)} merged by `demem merge` "
         "(one spec, disjoint training seeds)\n" + yaml.safe_dump(merged, sort_keys=False)
     )
     tables: dict[str, pd.DataFrame] = {}
     for t in TABLES:
-        frames = [pd.read_parquet(ExperimentDir(p).table(t)) for p in paths if ExperimentDir(p).table(t).is_file()]
+        files = [f for f in (ExperimentDir(p).table(t) for p in paths) if f.is_file()]
+        frames = [pd.read_parquet(f) for f in files]
         if frames:
             df = pd.concat(frames, ignore_index=True)
             if "experiment" in df.columns:
@@ -144,9 +138,9 @@ def merge_experiments(pieces: list[str | Path], name: str, storage: str | Path =
     write_text(out / SPEC, spec_text)
     load_spec(out / SPEC, check_data=False)  # the merged spec is a valid spec (it is the pieces' own)
     sources = []
-    for path, (raw, seeds) in zip(paths, read):
+    for path, (_, spec) in zip(paths, read):
         meta = read_json(ExperimentDir(path).meta, {}) or {}
-        sources.append({"experiment": str(path), "name": raw.get("name"), "seeds": seeds, "meta": meta})
+        sources.append({"experiment": str(path), "name": spec.name, "seeds": list(spec.seeds), "meta": meta})
     write_json(
         out / "meta.json", {"demem_version": __version__, "merged": time.time(), "name": name, "pieces": sources}
     )
