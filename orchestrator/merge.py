@@ -28,7 +28,7 @@ from demem.io import write_json, write_parquet, write_text
 from orchestrator.layout import EPSILON, SPEC, TABLES, ExperimentDir, read_json
 from orchestrator.spec import ExperimentSpec, load_spec
 from orchestrator.spec.reader import read_spec
-from orchestrator.spec.schema import SpecError, name_problem
+from orchestrator.spec.schema import SpecError, name_problem, validate
 
 MAX_TABLE_BYTES = 256 << 20  # a paper-scale experiment's largest table (samples.parquet) is under 64 MiB
 OPTIONAL = (EPSILON,)  # tables that experiments collected by older versions lack
@@ -48,7 +48,9 @@ def _seedless(raw: dict[str, Any]) -> dict[str, Any]:
 def _spec(path: str | Path) -> tuple[dict[str, Any], ExperimentSpec]:
     """The raw spec at `path` and its validated form (seeds and pool design as the runner reads them)."""
     raw = read_spec(path)
-    return raw, load_spec(path, check_data=False)  # SpecError for anything not a valid spec
+    if not isinstance(raw, dict):
+        raise SpecError([f"{path}: not a mapping of settings"])
+    return raw, validate(copy.deepcopy(raw), check_data=False)  # SpecError for anything not a valid spec
 
 
 def piece_spec(spec_path: str | Path, seeds: list[int], name: str | None = None) -> tuple[str, str]:

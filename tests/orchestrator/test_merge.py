@@ -121,3 +121,26 @@ def test_a_piece_is_the_spec_with_fewer_seeds_and_the_same_groups(tmp_path, caps
     assert main(["run", str(path), "--seeds", "3,99", "--storage", str(tmp_path / "r")]) == 2
     assert "name distinct seeds among the spec's 0, 1, 2, 3, 4, 5" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_seeds_are_read_as_the_spec_validator_reads_them(tmp_path, pieces):
+    """A spec giving its seeds as `grid.seed` pieces into `seeds.train`, with the same groups; a
+    piece whose pool design differs from the others' is refused."""
+    from orchestrator.merge import piece_spec
+
+    raw = {k: v for k, v in SPEC.items() if k != "seeds"}
+    raw["grid"] = {**SPEC["grid"], "seed": [0, 1, 2]}
+    path = tmp_path / "grid_seeds.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    _, text = piece_spec(path, [1])
+    (tmp_path / "piece.yaml").write_text(text)
+    piece, whole = load_spec(tmp_path / "piece.yaml", check_data=False), load_spec(path, check_data=False)
+    assert list(piece.seeds) == [1] and piece.seed_pool == whole.seed_pool == "same"
+    assert [g.group_id for g in piece.groups()] == [g.group_id for g in whole.groups()]
+
+    tables, a, _ = pieces
+    same_pool = dict(SPEC, seeds={**SPEC["seeds"], "pool": "same"})
+    c = _piece(tmp_path / "p4", "study-s4", [4], tables, spec=same_pool)
+    with pytest.raises(ValueError, match="differs .* in seeds.pool"):
+        merge_experiments([a, c], "m", storage=tmp_path / "out", **QUIET)
+    assert not (tmp_path / "out").exists()
