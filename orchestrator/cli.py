@@ -341,7 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--forest-from",
         default=None,
         metavar="EXPERIMENT",
-        help="an earlier summarized experiment: the forest plot takes its attack per family and reports on all "
+        help="an earlier summarized experiment: the forest plot takes its attacks (one per family and query kind) "
+        "and reports on all "
         "of this experiment's seeds (an independent repeat); default: chosen on half of the seeds, reported on "
         "the other half",
     )

@@ -313,7 +313,8 @@ def _caption(name: str, df: pd.DataFrame) -> str:
         "membins.png": "Who pays for privacy: held-out accuracy and attack TPR per memorization bin.",
         "threshold_sweep.png": "Leakage and robust accuracy against the DeMem risk threshold, one line per lambda.",
         "forest.png": "Every paired difference from its reference (group − reference, points), with its 95% t "
-        "interval across seeds; filled where the interval excludes 0.",
+        "interval across seeds; filled where the interval excludes 0; one panel per attack family, a marker per "
+        "query kind (clean, adversarial, boundary distance).",
     }
     return captions.get(name, name)
 

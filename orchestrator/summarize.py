@@ -381,7 +381,7 @@ def summarize(
 ) -> dict[str, Path]:
     """Aggregate, rank, plot and report an experiment. Returns {name: path} of everything written.
 
-    `forest_from`: an earlier summarized experiment whose per-family attacks the forest plot takes
+    `forest_from`: an earlier summarized experiment whose attacks (per family and query kind) the forest plot takes
     (an independent repeat), instead of choosing them on half of this experiment's seeds."""
     if leakage != AUTO and leakage not in LEAKAGE_METRICS:  # before any reading
         raise ValueError(f"unknown leakage metric {leakage!r}; known: {AUTO}, {', '.join(LEAKAGE_METRICS)}")
@@ -416,7 +416,7 @@ def summarize_tables(
 ) -> dict[str, Path]:
     """Everything `summarize` writes, from the tables of an experiment or of external audits
     (orchestrator.external): ranking, plots, report.html (titled `title`), the figures in TensorBoard
-    under `board` where given. `chosen`: the forest plot's attack per family (`forest.forest_table`)."""
+    under `board` where given. `chosen`: the forest plot's attacks (`forest.forest_table`)."""
     df = summarize_groups(tables, leakage=leakage, attack=attack)
     out.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}

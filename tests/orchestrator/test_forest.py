@@ -1,6 +1,6 @@
 """The forest plot's paired differences (orchestrator.forest) against a plain loop with scipy's t
-quantile: which comparisons are made, how each family's attack is chosen without peeking, and what
-`demem summarize` writes for it."""
+quantile: which comparisons are made, how each family's attack per query kind is chosen without
+peeking, and what `demem summarize` writes for it."""
 
 from __future__ import annotations
 
@@ -27,13 +27,20 @@ GROUPS = {
 }
 SEEDS = (0, 1, 2, 3)
 M = 4
-# attack -> (family, leakage on the selection seeds 0 and 2, on the report seeds 1 and 3) for every
-# group but pgd_dm, which leaks 0.03 less under each
+# attack -> (family, query, leakage on the selection seeds 0 and 2, on the report seeds 1 and 3) for
+# every group but pgd_dm, which leaks 0.03 less under each
 ATTACKS = {
-    "lira_online_fixed": ("lira", 0.60, 0.66),
-    "lira_online_fixed_adv": ("lira", 0.63, 0.61),  # strongest on the selection half only
-    "loss": ("threshold", 0.55, 0.55),
-    "loss_adv": ("threshold", 0.52, 0.52),
+    "lira_online_fixed": ("lira", "clean", 0.60, 0.66),  # the strongest clean LiRA on the selection half only
+    "lira_offline_fixed": ("lira", "clean", 0.57, 0.70),
+    "lira_online_fixed_adv": ("lira", "adversarial", 0.63, 0.61),
+    "loss": ("threshold", "clean", 0.55, 0.55),
+    "loss_adv": ("threshold", "adversarial", 0.52, 0.52),
+}
+CHOSEN = {
+    ("lira", "clean"): "lira_online_fixed",
+    ("lira", "adversarial"): "lira_online_fixed_adv",
+    ("threshold", "clean"): "loss",
+    ("threshold", "adversarial"): "loss_adv",
 }
 
 
@@ -68,7 +75,7 @@ def _tables() -> Tables:
                     "robust_acc_pgd": rob + shift + rng.normal(0, 0.02),
                 }
             )
-            for attack, (family, sel, rep) in ATTACKS.items():
+            for attack, (family, query, sel, rep) in ATTACKS.items():
                 level = (sel if seed % 2 == 0 else rep) - (0.03 if gid == "pgd_dm" else 0.0)
                 audits.append(
                     {
@@ -78,6 +85,7 @@ def _tables() -> Tables:
                         "target": m,
                         "attack": attack,
                         "family": family,
+                        "query": query,
                         "auc": level + shift + rng.normal(0, 0.003),
                         "tpr_at_1pct": 0.02,
                         "tpr_at_0_1pct": 0.002,
@@ -113,12 +121,23 @@ def test_comparisons_pair_defences_with_baselines_and_methods_with_standard(tabl
     assert pairs == {("defence", "pgd_dm", "pgd"), ("training", "pgd", "std"), ("training", "trades", "std")}
 
 
-def test_family_attacks_are_chosen_on_half_the_seeds_and_reported_on_the_other(tables):
+def _choice(leak: pd.DataFrame) -> dict[tuple[str, str], str]:
+    return dict(zip(zip(leak["family"], leak["query"]), leak["attack"]))
+
+
+def test_family_attacks_are_chosen_per_query_kind_on_half_the_seeds_and_reported_on_the_other(tables):
     df = summarize_groups(tables, leakage="auc", attack="loss")
     table = forest.forest_table(df, tables.runs, tables.audits)
     leak = table[table["objective"].str.startswith("leakage")]
-    # on seeds 0 and 2 the adversarial LiRA query is stronger; on 1 and 3 the clean one would be
-    assert dict(zip(leak["family"], leak["attack"])) == {"lira": "lira_online_fixed_adv", "threshold": "loss"}
+    # on seeds 0 and 2 lira_online_fixed is the stronger clean LiRA; on 1 and 3 lira_offline_fixed
+    # would be; the adversarial member of each family has its own panel row, weaker or not
+    assert _choice(leak) == CHOSEN
+    assert set(leak["objective"]) == {
+        "leakage: lira, clean query",
+        "leakage: lira, adversarial query",
+        "leakage: threshold, clean query",
+        "leakage: threshold, adversarial query",
+    }
     assert (leak["n"] == 2).all() and leak["chosen"].str.contains("selected on seeds 0, 2").all()
     for _, r in table.iterrows():
         if r["objective"].startswith("leakage"):
@@ -129,22 +148,35 @@ def test_family_attacks_are_chosen_on_half_the_seeds_and_reported_on_the_other(t
             expect = _loop(tables.runs, r["group_id"], r["reference_id"], col, "model_index", SEEDS)
             assert r["n"] == len(SEEDS)
         assert (r["mean"], r["lo"], r["hi"]) == pytest.approx(expect, abs=1e-9)
-    dm = leak[leak["group_id"] == "pgd_dm"].set_index("family")
-    assert dm.loc["lira", "mean"] == pytest.approx(-3.0, abs=1.5) and dm.loc["lira", "excludes_zero"]
+    dm = leak[leak["group_id"] == "pgd_dm"].set_index(["family", "query"])
+    assert (
+        dm.loc[("lira", "clean"), "mean"] == pytest.approx(-3.0, abs=1.5) and dm.loc[("lira", "clean"), "excludes_zero"]
+    )
     pgd_vs_std = table[(table["group_id"] == "pgd") & (table["objective"] == "robust")].iloc[0]
     assert pgd_vs_std["kind"] == "training" and pgd_vs_std["mean"] == pytest.approx(40, abs=3)
 
 
 def test_a_repeat_takes_the_earlier_choice_and_reports_every_seed(tables):
     df = summarize_groups(tables, leakage="auc", attack="loss")
-    chosen = {"lira": "lira_online_fixed", "threshold": "loss_adv", "rmia": "rmia_online"}  # rmia did not run
+    chosen = ["lira_offline_fixed", "loss_adv", "rmia_online"]  # rmia did not run here
     table = forest.forest_table(df, tables.runs, tables.audits, chosen=chosen)
     leak = table[table["objective"].str.startswith("leakage")]
-    assert dict(zip(leak["family"], leak["attack"])) == {"lira": "lira_online_fixed", "threshold": "loss_adv"}
+    # each attack's family and query kind are this experiment's audits' own
+    assert _choice(leak) == {("lira", "clean"): "lira_offline_fixed", ("threshold", "adversarial"): "loss_adv"}
     assert (leak["n"] == len(SEEDS)).all()
     r = leak[(leak["group_id"] == "pgd_dm") & (leak["family"] == "lira")].iloc[0]
-    a = tables.audits[tables.audits["attack"] == "lira_online_fixed"]
+    a = tables.audits[tables.audits["attack"] == "lira_offline_fixed"]
     assert (r["mean"], r["lo"], r["hi"]) == pytest.approx(_loop(a, "pgd_dm", "pgd", "auc", "target", SEEDS))
+
+
+def test_audits_without_query_kinds_are_read_as_clean(tables):
+    """Tables from before query kinds: every attack a clean one, one attack per family."""
+    old = Tables(tables.runs, tables.audits.drop(columns="query"), tables.roc, tables.membins)
+    df = summarize_groups(old, leakage="auc", attack="loss")
+    leak = forest.forest_table(df, old.runs, old.audits)
+    leak = leak[leak["objective"].str.startswith("leakage")]
+    # on the selection seeds lira_online_fixed_adv (0.63) is now the strongest LiRA
+    assert _choice(leak) == {("lira", "clean"): "lira_online_fixed_adv", ("threshold", "clean"): "loss"}
 
 
 def test_summarize_writes_the_forest_and_a_repeat_reads_it(tables, tmp_path):
@@ -160,7 +192,8 @@ def test_summarize_writes_the_forest_and_a_repeat_reads_it(tables, tmp_path):
     md = paths["ranking.md"].read_text()
     assert "### Paired differences (forest plot)" in md and "| pgd_dm − pgd |" in md and "| trades − std |" in md
     assert "forest.png" in paths["report.html"].read_text()
-    assert forest.chosen_from(root) == {"lira": "lira_online_fixed_adv", "threshold": "loss"}
+    assert forest.chosen_from(root) == sorted(CHOSEN.values())
+    assert "Δ ROC AUC, lira_online_fixed_adv (lira, adversarial)" in md
     with pytest.raises(FileNotFoundError, match="no forest table"):
         forest.chosen_from(tmp_path / "nowhere")
     for name, text in (("wrong", "a,b\n1,2\n"), ("huge", "x" * (forest.MAX_BYTES + 1))):
