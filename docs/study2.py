@@ -448,10 +448,25 @@ def _repeat(a: Study, c: Study, chosen: str, pairs: list[tuple[str, str]], stron
     ]
 
 
+BEGIN, END = "<!-- begin: the tables of docs/study2.py -->", "<!-- end: the tables of docs/study2.py -->"
+
+
+def splice(page: str | Path, tables: str) -> None:
+    """Put `tables` between the page's BEGIN and END lines, so the page's tables are the script's."""
+    text = Path(page).read_text()
+    head, sep, rest = text.partition(BEGIN)
+    _, sep2, tail = rest.partition(END)
+    if not (sep and sep2):
+        raise SystemExit(f"{page}: no {BEGIN} ... {END} block to put the tables in")
+    Path(page).write_text(f"{head}{BEGIN}\n{tables}{END}{tail}")
+
+
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description="the tables of docs/results.md from the study's runs")
     p.add_argument("--a", nargs="+", required=True, help="run A: its experiment directory or its pieces")
     p.add_argument("--b", nargs="+", default=None, help="run B (defences, AWP)")
     p.add_argument("--c", nargs="+", default=None, help="run C (the repeat)")
+    p.add_argument("--into", default=None, metavar="PAGE", help="write them into PAGE's tables block, not stdout")
     args = p.parse_args()
-    print(report(args.a, args.b, args.c), end="")
+    tables = report(args.a, args.b, args.c)
+    splice(args.into, tables) if args.into else print(tables, end="")

@@ -2,7 +2,7 @@
 # The second study's summaries and the page's figures from the kept pieces (docs/study2/data/):
 # each run's pieces merged (`demem merge`), summarized (the repeat with run A's choice of attacks,
 # `--forest-from`), and its forest and Pareto plots copied to docs/img/study2_<run>_{forest,pareto}.png.
-# Then the page's tables: docs/study2.py.
+# Then the page's tables: docs/study2.py, written into docs/results.md's tables block.
 set -eu
 here=$(cd "$(dirname "$0")/../.." && pwd)
 out=${STUDY_SUMMARIES:-/tmp/study2-summaries}
@@ -18,4 +18,10 @@ for run in study2-fashion study2-defences study2-fashion-repeat; do
   .venv/bin/demem summarize "$out/$run" "${extra[@]}" > "$out/$run.txt"
   for fig in forest pareto; do cp "$out/$run/summary/$fig.png" "docs/img/${run//-/_}_$fig.png"; done
 done
-echo "summaries in $out; figures in docs/img/"
+runs=()
+for run in a:study2-fashion b:study2-defences c:study2-fashion-repeat; do
+  pieces=$(ls -d docs/study2/data/${run#*:}-s[0-9]* 2>/dev/null || true)
+  [ -n "$pieces" ] && runs+=(--${run%%:*} $pieces)
+done
+.venv/bin/python docs/study2.py "${runs[@]}" --into docs/results.md
+echo "summaries in $out; figures in docs/img/; tables in docs/results.md"

@@ -112,15 +112,6 @@ def test_the_shrunken_study_runs_and_every_question_is_analysed(ray_session, tmp
     )  # 8 comparisons x (robust, natural, chosen, own strongest, reference strongest)
 
 
-def test_the_first_study_spec_still_loads():
-    """The first study (search_spaces/study_fashion.yaml), which docs/results.md reports until the
-    second study's page replaces it: still a valid spec of its 12 groups."""
-    from orchestrator.spec import load_spec
-
-    spec = load_spec(SPECS / "study_fashion.yaml", check_data=False)
-    assert len(spec.groups()) == 12 and len(spec.seeds) == 3
-
-
 def test_equal_leakage_is_the_curve_interpolated_per_seed(tmp_path):
     """docs/study2.py's robust accuracy kept at equal leakage against a hand interpolation: per seed,
     the curve's (AUC reduction, robust cost) points with the origin, read at the point's reduction."""
@@ -204,3 +195,15 @@ def test_each_groups_strongest_attack_is_chosen_on_the_selection_seeds(tmp_path)
     assert (got["mean"], got["lo"], got["hi"]) == pytest.approx(
         (np.mean(means), np.mean(means) - half, np.mean(means) + half)
     )
+
+
+def test_the_tables_go_into_the_page_block_and_nowhere_else(tmp_path):
+    study = _analysis()
+    page = tmp_path / "results.md"
+    page.write_text(f"# Results\nanswers\n{study.BEGIN}\nold tables\n{study.END}\nwhat differs\n")
+    study.splice(page, "| new |\n")
+    assert page.read_text() == f"# Results\nanswers\n{study.BEGIN}\n| new |\n{study.END}\nwhat differs\n"
+    page.write_text("# Results without a block\n")
+    with pytest.raises(SystemExit, match="no .* block"):
+        study.splice(page, "| new |\n")
+    assert page.read_text() == "# Results without a block\n"
