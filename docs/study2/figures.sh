@@ -8,6 +8,16 @@ here=$(cd "$(dirname "$0")/../.." && pwd)
 out=${STUDY_SUMMARIES:-/tmp/study2-summaries}
 cd "$here"
 rm -rf "$out" && mkdir -p "$out"
+# The Pareto plots and rankings use the page's headline attack (docs/study2.py's rule, on run A's
+# selection seeds), not `demem summarize`'s own default, so that the figures and the tables agree.
+headline=$(.venv/bin/python - docs/study2/data/study2-fashion-s[0-9]* <<'PY'
+import importlib.util, sys
+spec = importlib.util.spec_from_file_location("study2", "docs/study2.py")
+study2 = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(study2)
+print(study2.Study(*sys.argv[1:]).headline_attack())
+PY
+)
 for run in study2-fashion study2-defences study2-fashion-repeat; do
   pieces=$(ls -d docs/study2/data/$run-s[0-9]* 2>/dev/null || true)
   [ -n "$pieces" ] || continue
@@ -15,7 +25,7 @@ for run in study2-fashion study2-defences study2-fashion-repeat; do
     .venv/bin/demem merge $pieces --name "$run" --storage "$out" > /dev/null; fi
   extra=()
   [ "$run" = study2-fashion-repeat ] && extra=(--forest-from "$out/study2-fashion")
-  .venv/bin/demem summarize "$out/$run" "${extra[@]}" > "$out/$run.txt"
+  .venv/bin/demem summarize "$out/$run" --attack "$headline" "${extra[@]}" > "$out/$run.txt"
   for fig in forest pareto; do cp "$out/$run/summary/$fig.png" "docs/img/${run//-/_}_$fig.png"; done
 done
 runs=()
