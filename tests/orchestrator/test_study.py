@@ -102,6 +102,8 @@ def test_the_shrunken_study_runs_and_every_question_is_analysed(ray_session, tmp
     # run B's PGD-AT is run A's group (the same config): joined, its second copy set aside
     assert len(b.runs[b.runs["group_id"] == a.ids[study.PGD]]) == len(a.runs[a.runs["group_id"] == a.ids[study.PGD]])
     assert "models were trained in two runs" in b.reproduced()
+    beyond = text.split("| defence − PGD-AT + DeMem λ=0.6 |")[1].split("\n\n")[0]  # paired with the curve's end
+    assert "| DP-PGD-AT σ=1 |" in beyond and "| PGD-AT + RelaxLoss α=1 |" in beyond
     both = study.Study(exp_a.root, root_c)
     assert both.seeds(study.TAU) == [0, 1, 5, 6]  # question 3 on both runs' seeds
     d = study._acc(a, study.PGD, study.STD, "robust_acc_pgd")
