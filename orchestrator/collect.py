@@ -250,6 +250,8 @@ def load_tables(root: Path) -> Tables:
     if not all(exp.table(f).exists() for f in (RUNS, AUDITS, ROC, MEMBINS, LOWFPR)):
         collect(load_spec(exp.spec, check_data=False), exp)
     read = {f: pd.read_parquet(exp.table(f)) for f in (RUNS, AUDITS, ROC, MEMBINS, LOWFPR)}
+    if len(read[AUDITS]) and "query" not in read[AUDITS]:  # collected before query kinds: all clean
+        read[AUDITS] = read[AUDITS].assign(query="clean")
     # epsilon.parquet is newer than the others: tables collected before it have no empirical epsilon
     epsilon = pd.read_parquet(exp.table(EPSILON)) if exp.table(EPSILON).exists() else pd.DataFrame()
     return Tables(read[RUNS], read[AUDITS], read[ROC], read[MEMBINS], read[LOWFPR], epsilon)

@@ -100,21 +100,17 @@ def _halves(seeds) -> tuple[set, set]:
     return set(seeds[0::2]), set(seeds[1::2])
 
 
-# How each query kind reads in a heading; an audit table from before query kinds has only clean ones.
+# How each query kind reads in a heading (`collect.load_tables` reads older audits as all clean).
 QUERIES = {"clean": "clean query", "adversarial": "adversarial query", "boundary": "boundary distance"}
-
-
-def _with_query(audits: pd.DataFrame) -> pd.DataFrame:
-    return audits if "query" in audits else audits.assign(query="clean")
+KINDS = {"family", "query"}
 
 
 def choose_family_attacks(audits: pd.DataFrame, references: list[str], metric: str) -> dict[tuple[str, str], str]:
     """{(family, query kind): attack}: per attack family and query kind, the attack with the highest
     mean `metric` over the reference groups' seed means on the selection half of the seeds."""
-    if audits.empty or "family" not in audits:
+    if audits.empty or not KINDS <= set(audits):
         return {}
-    a = _with_query(audits)
-    a = a[a["group_id"].isin(references)]
+    a = audits[audits["group_id"].isin(references)]
     a = a[np.isfinite(pd.to_numeric(a[metric], errors="coerce").to_numpy(dtype=float))]
     if a.empty:
         return {}
@@ -169,7 +165,6 @@ def forest_table(
     pairs = comparisons(df)
     labels = dict(zip(df["group_id"], df["group_label"]))
     done = runs[runs["status"] == "done"] if "status" in runs else runs
-    audits = _with_query(audits)
     if chosen is None:
         attacks = choose_family_attacks(audits, sorted({ref for _, _, ref in pairs}), metric)
         seeds = sorted(audits["seed"].unique()) if not audits.empty else []
@@ -179,7 +174,8 @@ def forest_table(
         else:  # one draw: no interval either way
             report, how = None, "chosen and reported on the one seed (no interval)"
     else:
-        kinds = audits.groupby("attack")[["family", "query"]].first() if not audits.empty else pd.DataFrame()
+        have = KINDS <= set(audits) and not audits.empty
+        kinds = audits.groupby("attack")[["family", "query"]].first() if have else pd.DataFrame()
         attacks = {(kinds.at[a, "family"], kinds.at[a, "query"]): a for a in chosen if a in kinds.index}
         report, how = None, "chosen by an earlier experiment"
     rows = []

@@ -48,8 +48,6 @@ def _seedless(raw: dict[str, Any]) -> dict[str, Any]:
 def _spec(path: str | Path) -> tuple[dict[str, Any], ExperimentSpec]:
     """The raw spec at `path` and its validated form (seeds and pool design as the runner reads them)."""
     raw = read_spec(path)
-    if not isinstance(raw, dict):
-        raise SpecError([f"{path}: not a mapping of settings"])
     return raw, validate(copy.deepcopy(raw), check_data=False)  # SpecError for anything not a valid spec
 
 

@@ -14,7 +14,7 @@ import pytest
 from scipy import stats
 
 from orchestrator import forest
-from orchestrator.collect import Tables
+from orchestrator.collect import Tables, load_tables
 from orchestrator.summarize import summarize, summarize_groups
 
 # group -> (method, lambda, epochs, trades beta, robust, natural)
@@ -169,9 +169,10 @@ def test_a_repeat_takes_the_earlier_choice_and_reports_every_seed(tables):
     assert (r["mean"], r["lo"], r["hi"]) == pytest.approx(_loop(a, "pgd_dm", "pgd", "auc", "target", SEEDS))
 
 
-def test_audits_without_query_kinds_are_read_as_clean(tables):
+def test_audits_without_query_kinds_are_read_as_clean(tables, tmp_path):
     """Tables from before query kinds: every attack a clean one, one attack per family."""
-    old = Tables(tables.runs, tables.audits.drop(columns="query"), tables.roc, tables.membins)
+    _write(tmp_path, tables.runs, tables.audits.drop(columns="query"))
+    old = load_tables(tmp_path)
     df = summarize_groups(old, leakage="auc", attack="loss")
     leak = forest.forest_table(df, old.runs, old.audits)
     leak = leak[leak["objective"].str.startswith("leakage")]
@@ -179,13 +180,18 @@ def test_audits_without_query_kinds_are_read_as_clean(tables):
     assert _choice(leak) == {("lira", "clean"): "lira_online_fixed_adv", ("threshold", "clean"): "loss"}
 
 
-def test_summarize_writes_the_forest_and_a_repeat_reads_it(tables, tmp_path):
-    root = tmp_path / "exp"
-    root.mkdir()
-    for name, frame in (("runs", tables.runs), ("audits", tables.audits)):
+def _write(root: Path, runs: pd.DataFrame, audits: pd.DataFrame) -> None:
+    """An experiment's tables: these runs and audits, no curves."""
+    for name, frame in (("runs", runs), ("audits", audits)):
         frame.to_parquet(root / f"{name}.parquet")
     for name in ("roc", "membins", "lowfpr"):
         pd.DataFrame({"group_id": pd.Series(dtype=str)}).to_parquet(root / f"{name}.parquet")
+
+
+def test_summarize_writes_the_forest_and_a_repeat_reads_it(tables, tmp_path):
+    root = tmp_path / "exp"
+    root.mkdir()
+    _write(root, tables.runs, tables.audits)
     paths = summarize(root, leakage="auc", attack="loss", echo=lambda _: None, tensorboard=False)
     img = mpimg.imread(paths["forest.png"])
     assert img.ndim == 3 and img[..., :3].std() > 0.05
