@@ -106,10 +106,12 @@ def _drive(command: str, what: str, work) -> int:
         EXIT_BUSY,
         EXIT_DISK_FULL,
         EXIT_TRIALS_FAILED,
+        EXIT_UNFINISHED,
         RayStartError,
         disk_full_trials,
         failed_trials,
         unaudited_groups,
+        unfinished_trials,
     )
     from orchestrator.spec import SpecError, load_spec
     from orchestrator.storage import StorageError
@@ -144,6 +146,14 @@ def _drive(command: str, what: str, work) -> int:
             file=sys.stderr,
         )
         return EXIT_DISK_FULL
+    left = unfinished_trials(spec, exp)
+    if left:  # the tables hold what finished; a script must not take them for the experiment's
+        print(
+            f"demem {command}: {left} of {len(spec.trials())} trials did not finish (the driver was stopped "
+            f"before they ended); `demem resume {exp.where}` continues them",
+            file=sys.stderr,
+        )
+        return EXIT_UNFINISHED
     n, unaudited = failed_trials(spec, exp), unaudited_groups(spec, exp)
     if n:
         print(

@@ -43,6 +43,7 @@ EXIT_BAD_INPUT = 2  # the spec, a name, a file, a record or a link was refused b
 EXIT_TRIALS_FAILED = 3  # the experiment ran, but some trials failed after their retries, or a group's audit failed
 EXIT_BUSY = 4  # another driver holds the experiment
 EXIT_DISK_FULL = 5  # the results disk filled up; free space and `demem resume`
+EXIT_UNFINISHED = 6  # the driver was stopped (a signal, Ctrl-C) before every trial ended; `demem resume`
 
 
 class RayStartError(RuntimeError):
@@ -269,6 +270,16 @@ def failed_trials(spec: ExperimentSpec, exp: ExperimentDir) -> int:
     """How many trials of the experiment are recorded as failed."""
     state = trial_records(spec, exp)
     return sum(1 for r in state.values() if r.get("status") == "failed")
+
+
+def unfinished_trials(spec: ExperimentSpec, exp: ExperimentDir) -> int:
+    """How many of a grid experiment's trials have neither ended nor failed: the driver was stopped
+    (Tune ends `fit` quietly on a signal) before they ran or ended. 0 for a search, whose trial count
+    its scheduler decides."""
+    if spec.search is not None:
+        return 0
+    state = trial_records(spec, exp)
+    return sum(1 for t in spec.trials() if state.get(t.trial_key, {}).get("status") not in ("done", "failed"))
 
 
 def disk_full_trials(spec: ExperimentSpec, exp: ExperimentDir) -> int:

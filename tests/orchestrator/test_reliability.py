@@ -22,7 +22,8 @@ import torch
 import yaml
 
 from orchestrator.cli import _drive, main
-from orchestrator.run import EXIT_BUSY, EXIT_DISK_FULL, EXIT_TRIALS_FAILED
+from orchestrator.layout import ExperimentDir
+from orchestrator.run import EXIT_BUSY, EXIT_DISK_FULL, EXIT_TRIALS_FAILED, EXIT_UNFINISHED
 
 from .conftest import ROOT, TINY, tiny_spec
 
@@ -238,8 +239,49 @@ def test_resume_reads_no_pickle(tmp_path, capsys, no_marker, monkeypatch):
     monkeypatch.setattr(run, "start_ray", lambda *a, **k: seen.append("ray") or {"CPU": 2.0, "GPU": 0.0})
     monkeypatch.setattr(run, "build_tuner", lambda *a, **k: seen.append(k.get("trials")) or _NoTuner())
     monkeypatch.setattr(run, "finish", lambda *a, **k: seen.append("finish"))
-    assert main(["resume", str(root)]) == 0, capsys.readouterr().err
+    assert main(["resume", str(root)]) == EXIT_UNFINISHED, capsys.readouterr().err  # nothing trained
     assert len(seen[1]) == 8 and seen[-1] == "finish"  # every trial of the spec, from our own records
+    assert not MARKER.exists()
+
+
+def test_a_driver_stopped_before_every_trial_ended_says_so_and_exits_6(tmp_path, capsys, monkeypatch):
+    """Tune ends `fit` quietly when the driver gets SIGINT; the driver then collects what finished.
+    Its exit code must not say the experiment is done (a script would take the tables for the
+    whole experiment's), and the message names the trials left and `demem resume`."""
+    import orchestrator.run as run
+    from orchestrator.spec import load_spec
+
+    root = _experiment(tmp_path)
+    spec = load_spec(root / "spec.yaml", check_data=False)
+    trials = spec.trials()
+    ended = {  # three trials ended before the stop, one of them failed for good (resume retries no such)
+        t.trial_key: {
+            "status": s,
+            "error": "",
+            "deterministic": s == "failed",
+            "group_id": t.group_id,
+            "seed": t.seed,
+            "model_index": t.model_index,
+        }
+        for t, s in zip(trials[:3], ("done", "done", "failed"))
+    }
+    (root / "trials.json").write_text(json.dumps(ended))
+    monkeypatch.setattr(run, "start_ray", lambda *a, **k: {"CPU": 2.0, "GPU": 0.0})
+    monkeypatch.setattr(run, "build_tuner", lambda *a, **k: _NoTuner())  # stopped before the rest ran
+    monkeypatch.setattr(run, "finish", lambda *a, **k: None)
+    assert main(["resume", str(root)]) == EXIT_UNFINISHED
+    err = capsys.readouterr().err
+    assert f"{len(trials) - 3} of {len(trials)} trials did not finish" in err and f"demem resume {root}" in err
+    assert run.unfinished_trials(spec, ExperimentDir(root)) == len(trials) - 3
+    first = ended[trials[0].trial_key]
+    everything = {
+        t.trial_key: {**first, "group_id": t.group_id, "seed": t.seed, "model_index": t.model_index} for t in trials
+    }
+    (root / "trials.json").write_text(json.dumps(everything))
+    assert run.unfinished_trials(spec, ExperimentDir(root)) == 0
+    # every trial ended: the exit code is the audit's (none ran here, finish being stubbed), not 6
+    assert main(["resume", str(root)]) == EXIT_TRIALS_FAILED
+    assert "did not finish" not in capsys.readouterr().err
 
 
 class _NoTuner:
