@@ -24,14 +24,17 @@ import pandas as pd
 import yaml
 
 from demem import __version__
+from demem.artifacts import PER_MODEL_KEYS
 from demem.io import write_json, write_parquet, write_text
-from orchestrator.layout import EPSILON, SPEC, TABLES, ExperimentDir, read_json
+from orchestrator.layout import EPSILON, RUNS, SPEC, TABLES, ExperimentDir, read_json
 from orchestrator.spec import ExperimentSpec, load_spec
 from orchestrator.spec.reader import read_spec
 from orchestrator.spec.schema import SpecError, name_problem, validate
 
 MAX_TABLE_BYTES = 256 << 20  # a paper-scale experiment's largest table (samples.parquet) is under 64 MiB
 OPTIONAL = (EPSILON,)  # tables that experiments collected by older versions lack
+# config columns in which one group's models differ between seeds (a seed's own pool, per-seed design)
+PER_DRAW = {"config." + ".".join(k) for k in PER_MODEL_KEYS} | {"config.data.pool_seed"}
 
 
 def _seedless(raw: dict[str, Any]) -> dict[str, Any]:
@@ -88,6 +91,35 @@ def _read_piece(path: Path) -> tuple[dict[str, Any], ExperimentSpec]:
     return _spec(exp.spec)
 
 
+def _group_problems(paths: list[Path], runs: list[pd.DataFrame]) -> list[str]:
+    """Pieces of one spec whose groups are not the same groups: a label under another group id, the
+    settings having resolved differently where the piece ran (`train.precision: auto` is bf16 on a
+    machine with native bf16 and fp32 elsewhere), named by the config columns that differ."""
+    problems, seen = [], {}  # label -> (piece, its models' config row)
+    for path, frame in zip(paths, runs):
+        if not {"group_label", "group_id"} <= set(frame.columns):
+            continue
+        config = [c for c in frame.columns if c.startswith("config.")]
+        for label, rows in frame.groupby("group_label", sort=False):
+            row = rows.iloc[0]
+            if label not in seen:
+                seen[label] = (path, row)
+                continue
+            other_path, other = seen[label]
+            if row["group_id"] != other["group_id"]:
+                differ = [
+                    f"{c.removeprefix('config.')} {other[c]!r} vs {row[c]!r}"
+                    for c in config
+                    if c in other.index and c not in PER_DRAW and str(other[c]) != str(row[c])
+                ]
+                problems.append(
+                    f"{path}: its group {label!r} was trained under other settings than in {other_path} "
+                    f"({'; '.join(differ) or 'another group id'}); rerun it where they resolve the same, "
+                    "or fix them in the spec"
+                )
+    return problems
+
+
 def merge_experiments(pieces: list[str | Path], name: str, storage: str | Path = "results", echo=print) -> Path:
     """Write the experiment `storage/name` from `pieces` (see the module docstring). Every check runs
     before anything is written; the directory must not exist yet."""
@@ -118,6 +150,9 @@ def merge_experiments(pieces: list[str | Path], name: str, storage: str | Path =
             if s in owner:
                 problems.append(f"seed {s} is in both {owner[s]} and {path}")
             owner.setdefault(s, path)
+    frames = {t: [pd.read_parquet(f) for p in paths if (f := ExperimentDir(p).table(t)).is_file()] for t in TABLES}
+    if not problems:
+        problems = _group_problems(paths, frames[RUNS])
     if problems:
         raise ValueError("cannot merge:\n  " + "\n  ".join(problems))
     merged = {**first, "name": name, "seeds": {"train": sorted(owner), "pool": pool}}
@@ -127,10 +162,8 @@ def merge_experiments(pieces: list[str | Path], name: str, storage: str | Path =
     )
     tables: dict[str, pd.DataFrame] = {}
     for t in TABLES:
-        files = [f for f in (ExperimentDir(p).table(t) for p in paths) if f.is_file()]
-        frames = [pd.read_parquet(f) for f in files]
-        if frames:
-            df = pd.concat(frames, ignore_index=True)
+        if frames[t]:
+            df = pd.concat(frames[t], ignore_index=True)
             if "experiment" in df.columns:
                 df["experiment"] = name
             tables[t] = df

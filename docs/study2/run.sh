@@ -12,6 +12,28 @@ results=${STUDY_RESULTS:-/tmp/study2-results}
 export RAY_AUTH_MODE=disabled RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 RAY_TMPDIR=${RAY_TMPDIR:-/tmp/ray_study2}
 mkdir -p "$results"
 cd "$here"
+# A piece must train the run's groups. `train.precision: auto` resolves per machine (bf16 with native
+# bf16, fp32 without), and the group ids carry it: a piece run elsewhere would be other groups, which
+# `demem merge` refuses. So check against the pieces already kept before training anything.
+.venv/bin/python - "$spec" <<'PY' || exit 2
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from orchestrator.spec import load_spec
+
+spec = load_spec(sys.argv[1], check_data=False)
+mine = {g.label: g.group_id for g in spec.groups()}
+for piece in sorted(Path("docs/study2/data").glob(f"{spec.name}-s*")):
+    runs = pd.read_parquet(piece / "runs.parquet", columns=["group_label", "group_id", "config.train.precision"])
+    kept = dict(zip(runs["group_label"], runs["group_id"]))
+    if any(mine.get(label) not in (None, gid) for label, gid in kept.items()):
+        precision = ", ".join(sorted(set(runs["config.train.precision"])))
+        here = ", ".join(sorted({g.run["train"]["precision"] for g in spec.groups()}))
+        sys.exit(f"{piece.name} trained these groups at {precision}; here they resolve to {here}, so they are other "
+                 "groups: run this piece on a machine like the kept pieces' (docs/study2/data/README.md)")
+PY
 for seed in "$@"; do
   name=$(.venv/bin/python -c "import sys; from orchestrator.merge import piece_spec; print(piece_spec(sys.argv[1], [int(sys.argv[2])])[0])" "$spec" "$seed") || exit 2
   echo "$(date -u +%FT%T) start $name at $(git rev-parse --short HEAD)"

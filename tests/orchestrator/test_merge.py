@@ -4,6 +4,7 @@ loop with scipy's t quantile; the pieces are split by seed and merged back."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -83,6 +84,29 @@ def test_pieces_that_are_not_one_spec_are_refused_before_anything_is_written(pie
     with pytest.raises(ValueError, match="one path component"):
         merge_experiments([a, d], "../m", storage=out, **QUIET)
     assert not out.exists()
+
+
+def test_pieces_whose_groups_resolved_differently_are_refused(tmp_path):
+    """One spec, `train.precision: auto`, run on a machine with native bf16 and on one without: the
+    second piece's groups carry fp32 and so other group ids. Concatenated, each label would be two
+    groups (and an analysis by label would silently keep one), so merge refuses, naming the setting."""
+    tables = _tables()
+    bf16 = tables.runs.assign(**{"config.train.precision": "bf16"})
+    runs = bf16.copy()
+    slow = runs["seed"].isin([2, 3]) & (runs["group_label"] == "pgd")
+    runs.loc[slow, "config.train.precision"] = "fp32"
+    runs.loc[slow, "group_id"] = "pgd_fp32"
+    a = _piece(tmp_path / "p01", "study-s01", [0, 1], dataclasses.replace(tables, runs=runs))
+    b = _piece(tmp_path / "p23", "study-s23", [2, 3], dataclasses.replace(tables, runs=runs))
+    out = tmp_path / "merged"
+    with pytest.raises(
+        ValueError, match=r"group 'pgd' was trained under other settings .*train.precision 'bf16' vs 'fp32'"
+    ):
+        merge_experiments([a, b], "m", storage=out, **QUIET)
+    assert not out.exists()
+    same = _piece(tmp_path / "q23", "study-s23", [2, 3], dataclasses.replace(tables, runs=bf16))
+    # other seeds draw other pools (per-seed design): pool_seed differs and is not a problem
+    assert merge_experiments([a, same], "m", storage=out, **QUIET) == out / "m"
 
 
 def test_a_symlinked_or_oversized_table_is_refused(pieces, tmp_path, monkeypatch):
