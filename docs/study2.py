@@ -40,11 +40,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
 
 from demem.stats import excludes_zero, paired_seed_delta, seed_level, t_interval
 from orchestrator.collect import load_tables
 from orchestrator.columns import NATURAL_ACC, ROBUST_ACC
 from orchestrator.leakage import strongest
+from orchestrator.plots import save
 
 # The study's groups, by the labels `demem run` gives the specs' points.
 STD10, PGD10, TRADES10 = "method=standard epochs=10", "method=pgd_at epochs=10", "method=trades epochs=10"
@@ -432,6 +434,78 @@ def _defences(s: Study, chosen: str, curve: list[str]) -> list[str]:
     return out
 
 
+def tradeoff(s: Study, chosen: str) -> pd.DataFrame:
+    """Question 4's figure, as data: per defence on PGD-AT's pools, Δ AUC under `chosen` and Δ robust
+    accuracy against PGD-AT (defence − PGD-AT, paired, every seed), each mean with its 95% t interval
+    across seeds, in points. DeMem's curve is its λ points in order."""
+    rows = []
+    for d in [*(dm(lam) for lam in LAMBDAS), *DEFENCES]:
+        if not s.has(d, PGD):
+            continue
+        leak, robust = s.leak(d, PGD, chosen), _acc(s, d, PGD, ROBUST_ACC)
+        row = {"label": d, "name": name(d), "n": min(leak["n"], robust["n"])}
+        for what, ci in (("auc", leak), ("robust", robust)):
+            row.update({f"{what}_{k}": 100 * ci[k] for k in ("mean", "lo", "hi")})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# Question 4's figure: the DeMem curve and each other defence, by family.
+STYLE = {"DeMem": ("o", "C0"), "DP": ("^", "C3"), "RelaxLoss": ("D", "C2")}
+
+
+def _family(label: str) -> str:
+    return "DP" if label.startswith("method=dp_") else "RelaxLoss" if "relaxloss" in label else "DeMem"
+
+
+def tradeoff_figure(t: pd.DataFrame, chosen: str) -> Figure:
+    """Two panels of the same points (every defence; the region of DeMem's curve), each with its 95%
+    t intervals across seeds on both axes; DeMem's points joined from PGD-AT at the origin."""
+    fig = Figure(figsize=(12, 5), dpi=120)
+    axes = fig.subplots(1, 2)
+    demem = t[t["label"].map(_family) == "DeMem"]
+    near = t[t["label"].map(_family) != "DP"]
+    for ax in axes:
+        ax.plot([0, *demem["auc_mean"]], [0, *demem["robust_mean"]], color="C0", lw=1, alpha=0.6, zorder=0)
+        ax.plot([0], [0], "s", color="0.45", ms=8, label="PGD-AT (the reference)")
+        for family, part in t.groupby(t["label"].map(_family), sort=False):
+            marker, color = STYLE[family]
+            ax.errorbar(
+                part["auc_mean"],
+                part["robust_mean"],
+                xerr=[part["auc_mean"] - part["auc_lo"], part["auc_hi"] - part["auc_mean"]],
+                yerr=[part["robust_mean"] - part["robust_lo"], part["robust_hi"] - part["robust_mean"]],
+                fmt=marker,
+                color=color,
+                capsize=3,
+                elinewidth=1,
+                label=family,
+            )
+        for _, r in (t if ax is axes[1] else t[t["label"].map(_family) == "DP"]).iterrows():
+            text = r["name"].removeprefix("PGD-AT + ")
+            ax.annotate(text, (r["auc_mean"], r["robust_mean"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        ax.axhline(0, color="0.6", lw=0.8)
+        ax.axvline(0, color="0.6", lw=0.8)
+        ax.grid(alpha=0.3)
+        ax.set_xlabel(f"Δ AUC of {chosen} against PGD-AT (points; left = less leakage)")
+        ax.set_ylabel("Δ robust accuracy against PGD-AT (points)")
+    lo = near[["auc_lo", "robust_lo"]].min()
+    axes[1].set_xlim(min(lo["auc_lo"], 0) - 1, 1.5)
+    axes[1].set_ylim(min(lo["robust_lo"], 0) - 1, max(near["robust_hi"].max(), 0) + 1)
+    axes[0].set_title("every defence")
+    axes[1].set_title("near DeMem's curve (DP is off this panel)")
+    axes[0].legend(fontsize=8, loc="lower right")
+    n = t.groupby(t["label"].map(_family), sort=False)["n"].min()
+    fig.suptitle(
+        "Defences on PGD-AT's pools, paired: defence − PGD-AT, 95% t intervals across seeds (n = "
+        + ", ".join(f"{family} {int(k)}" for family, k in n.items())
+        + ")\nabove DeMem's line: more robust accuracy kept for the same leakage reduction",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    return fig
+
+
 def _agree(x: dict[str, float], y: dict[str, float]) -> str:
     if not (np.isfinite(x["mean"]) and np.isfinite(y["mean"])):
         return "n/a"
@@ -488,6 +562,11 @@ if __name__ == "__main__":
     p.add_argument("--b", nargs="+", default=None, help="run B (defences, AWP)")
     p.add_argument("--c", nargs="+", default=None, help="run C (the repeat)")
     p.add_argument("--into", default=None, metavar="PAGE", help="write them into PAGE's tables block, not stdout")
+    p.add_argument("--figure", default=None, metavar="PNG", help="with --b: draw question 4's figure into PNG")
     args = p.parse_args()
     tables = report(args.a, args.b, args.c)
     splice(args.into, tables) if args.into else print(tables, end="")
+    if args.figure and args.b:
+        s = Study(*args.a, *args.b)
+        chosen = Study(*args.a).headline_attack()
+        save(tradeoff_figure(tradeoff(s, chosen), chosen), Path(args.figure))

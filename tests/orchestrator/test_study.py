@@ -114,6 +114,14 @@ def test_the_shrunken_study_runs_and_every_question_is_analysed(ray_session, tmp
     )  # 8 comparisons x (robust, natural, chosen, own strongest, reference strongest)
 
 
+def _write_tables(root, runs: list[dict], audits: list[dict]) -> None:
+    """An experiment directory of just the tables docs/study2.py reads."""
+    pd.DataFrame(runs).to_parquet(root / "runs.parquet")
+    pd.DataFrame(audits).to_parquet(root / "audits.parquet")
+    for name in ("roc", "membins", "lowfpr"):
+        pd.DataFrame({"group_id": pd.Series(dtype=str)}).to_parquet(root / f"{name}.parquet")
+
+
 def test_equal_leakage_is_the_curve_interpolated_per_seed(tmp_path):
     """docs/study2.py's robust accuracy kept at equal leakage against a hand interpolation: per seed,
     the curve's (AUC reduction, robust cost) points with the origin, read at the point's reduction."""
@@ -133,10 +141,7 @@ def test_equal_leakage_is_the_curve_interpolated_per_seed(tmp_path):
                 common = {"group_id": label, "group_label": label, "seed": seed}
                 runs.append({**common, "model_index": m, "status": "done", "robust_acc_pgd": 0.5 - cost[label][seed]})
                 audits.append({**common, "target": m, "attack": "rmia_online", "auc": 0.6 - red[label][seed]})
-    pd.DataFrame(runs).assign(natural_acc=0.7).to_parquet(tmp_path / "runs.parquet")
-    pd.DataFrame(audits).to_parquet(tmp_path / "audits.parquet")
-    for name in ("roc", "membins", "lowfpr"):
-        pd.DataFrame({"group_id": pd.Series(dtype=str)}).to_parquet(tmp_path / f"{name}.parquet")
+    _write_tables(tmp_path, [{**r, "natural_acc": 0.7} for r in runs], audits)
     got = study.Study(tmp_path).equal_leakage(study.TAU, curve, study.PGD, "rmia_online")
     gains = []
     for seed in range(2):  # seed 2's reduction 0.04 is beyond the curve's 0.029: left out
@@ -179,11 +184,8 @@ def test_each_groups_strongest_attack_is_chosen_on_the_selection_seeds(tmp_path)
                 for attack in ("rmia_online", "rmia_online_adv"):
                     auc = level[label, attack][seed not in study.SELECT] + rng.normal(0, 0.01)
                     audits.append({**common, "target": m, "attack": attack, "auc": auc})
-    pd.DataFrame(runs).to_parquet(tmp_path / "runs.parquet")
+    _write_tables(tmp_path, runs, audits)
     frame = pd.DataFrame(audits)
-    frame.to_parquet(tmp_path / "audits.parquet")
-    for name in ("roc", "membins", "lowfpr"):
-        pd.DataFrame({"group_id": pd.Series(dtype=str)}).to_parquet(tmp_path / f"{name}.parquet")
     s = study.Study(tmp_path)
     assert (s.strongest(study.STD), s.strongest(study.PGD)) == ("rmia_online", "rmia_online_adv")
     got = s.leak_between(study.PGD, study.STD, "rmia_online_adv", "rmia_online", [1, 3])
@@ -197,6 +199,53 @@ def test_each_groups_strongest_attack_is_chosen_on_the_selection_seeds(tmp_path)
     assert (got["mean"], got["lo"], got["hi"]) == pytest.approx(
         (np.mean(means), np.mean(means) - half, np.mean(means) + half)
     )
+
+
+def test_question_4s_figure_draws_each_defences_paired_differences(tmp_path):
+    """docs/study2.py's trade-off points (defence − PGD-AT: Δ AUC per (seed, target), Δ robust per
+    (seed, model), averaged within each seed, a t interval across seeds) against a hand loop, and the
+    figure draws exactly those points."""
+    from scipy import stats as st
+
+    study = _analysis()
+    labels = [study.PGD, *(study.dm(lam) for lam in study.LAMBDAS), study.dp(1.0), study.relax(0.7)]
+    rng = np.random.default_rng(5)
+    runs, audits = [], []
+    for k, label in enumerate(labels):
+        for seed in range(3):
+            for m in range(4):
+                common = {"group_id": label, "group_label": label, "seed": seed}
+                robust, auc = 0.55 - 0.02 * k + rng.normal(0, 0.01), 0.8 - 0.03 * k + rng.normal(0, 0.01)
+                runs.append(
+                    {**common, "model_index": m, "status": "done", "robust_acc_pgd": robust, "natural_acc": 0.7}
+                )
+                audits.append({**common, "target": m, "attack": "rmia_online_adv", "auc": auc})
+    _write_tables(tmp_path, runs, audits)
+    got = study.tradeoff(study.Study(tmp_path), "rmia_online_adv").set_index("label")
+    assert list(got.index) == labels[1:]  # DeMem's curve in λ order, then the other defences
+    r, a = pd.DataFrame(runs), pd.DataFrame(audits)
+    for label in labels[1:]:
+        for what, frame, col, unit in (("robust", r, "robust_acc_pgd", "model_index"), ("auc", a, "auc", "target")):
+            means = []
+            for seed in range(3):
+                g = frame[(frame.group_id == label) & (frame.seed == seed)].sort_values(unit)[col].to_numpy()
+                ref = frame[(frame.group_id == study.PGD) & (frame.seed == seed)].sort_values(unit)[col].to_numpy()
+                means.append(100 * np.mean(g - ref))
+            half = st.t.ppf(0.975, 2) * np.std(means, ddof=1) / np.sqrt(3)
+            row = got.loc[label]
+            assert (row[f"{what}_mean"], row[f"{what}_lo"], row[f"{what}_hi"]) == pytest.approx(
+                (np.mean(means), np.mean(means) - half, np.mean(means) + half)
+            )
+    fig = study.tradeoff_figure(got.reset_index(), "rmia_online_adv")
+    for ax in fig.axes:  # one error-bar point per defence in each panel
+        drawn = sorted(
+            (float(x), float(y))
+            for line in ax.get_lines()
+            if line.get_linestyle() == "None" and line.get_marker() in ("o", "^", "D")
+            for x, y in zip(line.get_xdata(), line.get_ydata())
+        )
+        want = sorted(zip(got["auc_mean"], got["robust_mean"]))
+        assert np.allclose(drawn, want)
 
 
 def test_the_tables_go_into_the_page_block_and_nowhere_else(tmp_path):
