@@ -564,9 +564,11 @@ if __name__ == "__main__":
     p.add_argument("--into", default=None, metavar="PAGE", help="write them into PAGE's tables block, not stdout")
     p.add_argument("--figure", default=None, metavar="PNG", help="with --b: draw question 4's figure into PNG")
     args = p.parse_args()
+    if args.figure and not args.b:
+        p.error("--figure draws run B's defences: give --b too")
     tables = report(args.a, args.b, args.c)
     splice(args.into, tables) if args.into else print(tables, end="")
-    if args.figure and args.b:
+    if args.figure:
         s = Study(*args.a, *args.b)
         chosen = Study(*args.a).headline_attack()
         save(tradeoff_figure(tradeoff(s, chosen), chosen), Path(args.figure))
