@@ -434,6 +434,14 @@ def _defences(s: Study, chosen: str, curve: list[str]) -> list[str]:
     return out
 
 
+# Question 4's figure: the DeMem curve and each other defence, by family.
+STYLE = {"DeMem": ("o", "C0"), "DP": ("^", "C3"), "RelaxLoss": ("D", "C2")}
+
+
+def _family(label: str) -> str:
+    return "DP" if label in (dp(0.5), dp(1.0)) else "RelaxLoss" if label in (relax(0.7), relax(1.0)) else "DeMem"
+
+
 def tradeoff(s: Study, chosen: str) -> pd.DataFrame:
     """Question 4's figure, as data: per defence on PGD-AT's pools, Δ AUC under `chosen` and Δ robust
     accuracy against PGD-AT (defence − PGD-AT, paired, every seed), each mean with its 95% t interval
@@ -443,19 +451,11 @@ def tradeoff(s: Study, chosen: str) -> pd.DataFrame:
         if not s.has(d, PGD):
             continue
         leak, robust = s.leak(d, PGD, chosen), _acc(s, d, PGD, ROBUST_ACC)
-        row = {"label": d, "name": name(d), "n": min(leak["n"], robust["n"])}
+        row = {"label": d, "name": name(d), "family": _family(d), "n": min(leak["n"], robust["n"])}
         for what, ci in (("auc", leak), ("robust", robust)):
             row.update({f"{what}_{k}": 100 * ci[k] for k in ("mean", "lo", "hi")})
         rows.append(row)
     return pd.DataFrame(rows)
-
-
-# Question 4's figure: the DeMem curve and each other defence, by family.
-STYLE = {"DeMem": ("o", "C0"), "DP": ("^", "C3"), "RelaxLoss": ("D", "C2")}
-
-
-def _family(label: str) -> str:
-    return "DP" if label.startswith("method=dp_") else "RelaxLoss" if "relaxloss" in label else "DeMem"
 
 
 def tradeoff_figure(t: pd.DataFrame, chosen: str) -> Figure:
@@ -463,12 +463,11 @@ def tradeoff_figure(t: pd.DataFrame, chosen: str) -> Figure:
     t intervals across seeds on both axes; DeMem's points joined from PGD-AT at the origin."""
     fig = Figure(figsize=(12, 5), dpi=120)
     axes = fig.subplots(1, 2)
-    demem = t[t["label"].map(_family) == "DeMem"]
-    near = t[t["label"].map(_family) != "DP"]
+    demem, near = t[t["family"] == "DeMem"], t[t["family"] != "DP"]
     for ax in axes:
         ax.plot([0, *demem["auc_mean"]], [0, *demem["robust_mean"]], color="C0", lw=1, alpha=0.6, zorder=0)
         ax.plot([0], [0], "s", color="0.45", ms=8, label="PGD-AT (the reference)")
-        for family, part in t.groupby(t["label"].map(_family), sort=False):
+        for family, part in t.groupby("family", sort=False):
             marker, color = STYLE[family]
             ax.errorbar(
                 part["auc_mean"],
@@ -481,7 +480,7 @@ def tradeoff_figure(t: pd.DataFrame, chosen: str) -> Figure:
                 elinewidth=1,
                 label=family,
             )
-        for _, r in (t if ax is axes[1] else t[t["label"].map(_family) == "DP"]).iterrows():
+        for _, r in (t if ax is axes[1] else t[t["family"] == "DP"]).iterrows():
             text = r["name"].removeprefix("PGD-AT + ")
             ax.annotate(text, (r["auc_mean"], r["robust_mean"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
         ax.axhline(0, color="0.6", lw=0.8)
@@ -495,7 +494,7 @@ def tradeoff_figure(t: pd.DataFrame, chosen: str) -> Figure:
     axes[0].set_title("every defence")
     axes[1].set_title("near DeMem's curve (DP is off this panel)")
     axes[0].legend(fontsize=8, loc="lower right")
-    n = t.groupby(t["label"].map(_family), sort=False)["n"].min()
+    n = t.groupby("family", sort=False)["n"].min()
     fig.suptitle(
         "Defences on PGD-AT's pools, paired: defence − PGD-AT, 95% t intervals across seeds (n = "
         + ", ".join(f"{family} {int(k)}" for family, k in n.items())

@@ -55,12 +55,13 @@ from orchestrator.layout import (
 from orchestrator.spec import ExperimentSpec, load_spec, short_name
 
 
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested run config as runs.parquet's columns hold it (dotted keys, lists as JSON)."""
     out: dict[str, Any] = {}
     for k, v in d.items():
         key = f"{prefix}{k}"
         if isinstance(v, dict):
-            out.update(_flatten(v, f"{key}."))
+            out.update(flatten(v, f"{key}."))
         elif isinstance(v, (list, tuple)):
             out[key] = json.dumps(v)
         else:
@@ -89,7 +90,7 @@ def runs_frame(spec: ExperimentSpec, exp: ExperimentDir) -> pd.DataFrame:
                 "run_id": t.trial_key,
                 "seed": t.seed,
                 "model_index": t.model_index,
-                **{f"config.{k}": v for k, v in _flatten(t.run).items()},
+                **{f"config.{k}": v for k, v in flatten(t.run).items()},
                 "defence": metrics.get("defence"),
                 NATURAL_ACC: metrics.get(NATURAL_ACC),
                 ROBUST_ACC: metrics.get(ROBUST_ACC),

@@ -26,6 +26,7 @@ import yaml
 from demem import __version__
 from demem.artifacts import PER_MODEL_KEYS
 from demem.io import write_json, write_parquet, write_text
+from orchestrator.collect import flatten
 from orchestrator.layout import EPSILON, RUNS, SPEC, TABLES, ExperimentDir, read_json
 from orchestrator.spec import ExperimentSpec, load_spec
 from orchestrator.spec.reader import read_spec
@@ -89,6 +90,22 @@ def _read_piece(path: Path) -> tuple[dict[str, Any], ExperimentSpec]:
         if f.is_file() and f.stat().st_size > MAX_TABLE_BYTES:
             raise ValueError(f"{f}: larger than {MAX_TABLE_BYTES >> 20} MiB; not a table demem wrote")
     return _spec(exp.spec)
+
+
+def plan_problems(spec_path: str | Path, pieces: list[str | Path]) -> list[str]:
+    """What `_group_problems` says of `spec_path`'s groups as they resolve on this machine beside the
+    finished `pieces` of it: run before training a piece, so that one which would be other groups
+    (another precision here) is refused before the hours it takes, not at `demem merge`."""
+    groups = load_spec(spec_path, check_data=False).groups()
+    plan = pd.DataFrame(
+        [
+            {"group_label": g.label, "group_id": g.group_id, **{f"config.{k}": v for k, v in flatten(g.run).items()}}
+            for g in groups
+        ]
+    )
+    kept = [Path(p) for p in pieces]
+    runs = [pd.read_parquet(ExperimentDir(p).table(RUNS)) for p in kept]
+    return _group_problems([*kept, Path(f"{spec_path}, as planned here")], [*runs, plan])
 
 
 def _group_problems(paths: list[Path], runs: list[pd.DataFrame]) -> list[str]:

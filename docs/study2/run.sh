@@ -19,20 +19,12 @@ cd "$here"
 import sys
 from pathlib import Path
 
-import pandas as pd
-
+from orchestrator.merge import plan_problems
 from orchestrator.spec import load_spec
 
-spec = load_spec(sys.argv[1], check_data=False)
-mine = {g.label: g.group_id for g in spec.groups()}
-for piece in sorted(Path("docs/study2/data").glob(f"{spec.name}-s*")):
-    runs = pd.read_parquet(piece / "runs.parquet", columns=["group_label", "group_id", "config.train.precision"])
-    kept = dict(zip(runs["group_label"], runs["group_id"]))
-    if any(mine.get(label) not in (None, gid) for label, gid in kept.items()):
-        precision = ", ".join(sorted(set(runs["config.train.precision"])))
-        here = ", ".join(sorted({g.run["train"]["precision"] for g in spec.groups()}))
-        sys.exit(f"{piece.name} trained these groups at {precision}; here they resolve to {here}, so they are other "
-                 "groups: run this piece on a machine like the kept pieces' (docs/study2/data/README.md)")
+kept = sorted(Path("docs/study2/data").glob(f"{load_spec(sys.argv[1], check_data=False).name}-s*"))
+if problems := plan_problems(sys.argv[1], kept):
+    sys.exit("run this piece on a machine like the kept pieces' (docs/study2/data/README.md):\n  " + "\n  ".join(problems))
 PY
 for seed in "$@"; do
   name=$(.venv/bin/python -c "import sys; from orchestrator.merge import piece_spec; print(piece_spec(sys.argv[1], [int(sys.argv[2])])[0])" "$spec" "$seed") || exit 2

@@ -109,6 +109,39 @@ def test_pieces_whose_groups_resolved_differently_are_refused(tmp_path):
     assert merge_experiments([a, same], "m", storage=out, **QUIET) == out / "m"
 
 
+def test_a_piece_is_checked_against_the_kept_ones_before_it_trains(tmp_path):
+    """`plan_problems`: the spec's groups as they resolve here, beside a kept piece's runs table. A
+    piece collected from this very plan passes; one whose groups trained at another precision (the
+    other kind of CPU) is named with the setting, before anything would train."""
+    from orchestrator.collect import flatten
+    from orchestrator.merge import plan_problems
+
+    spec_path = ROOT / "search_spaces" / "quickstart.yaml"
+    groups = load_spec(spec_path, check_data=False).groups()
+    rows = [
+        {
+            "group_label": g.label,
+            "group_id": g.group_id,
+            "seed": s,
+            **{f"config.{k}": v for k, v in flatten(g.run).items()},
+        }
+        for g in groups
+        for s in (0, 1)
+    ]
+    here = pd.DataFrame(rows).assign(**{"config.seed": lambda f: f["seed"]})
+    tables = _tables()
+    same = _piece(tmp_path / "same", "quickstart-s0", [0], dataclasses.replace(tables, runs=here))
+    assert plan_problems(spec_path, [same]) == []
+    mine = here["config.train.precision"].iloc[0]
+    other = "fp32" if mine == "bf16" else "bf16"
+    elsewhere = here.assign(**{"config.train.precision": other, "group_id": here["group_id"] + "x"})
+    away = _piece(tmp_path / "away", "quickstart-s1", [1], dataclasses.replace(tables, runs=elsewhere))
+    problems = plan_problems(spec_path, [away])  # the plan here against a piece from the other CPU
+    assert len(problems) == len(groups) and all(p.startswith(f"{spec_path}, as planned here:") for p in problems)
+    assert all(f"train.precision '{other}' vs '{mine}'" in p for p in problems)
+    assert len(plan_problems(spec_path, [same, away])) == len(groups)  # the kept pieces disagree too
+
+
 def test_a_symlinked_or_oversized_table_is_refused(pieces, tmp_path, monkeypatch):
     import orchestrator.merge as merge
 
